@@ -1,0 +1,260 @@
+"""The `aesq` command: run the spine, manage the database, and read results."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aesq import database
+from aesq.config import Settings, get_settings
+
+app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+
+
+class CliError(Exception):
+    """An error the user can act on; printed as one line."""
+
+
+def _ready_settings() -> Settings:
+    """Settings with a database at the current schema (the embedded one is migrated automatically)."""
+    settings = get_settings()
+    if settings.database_url is None:
+        database.upgrade(settings=settings)
+    else:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory(str(database.MIGRATIONS_DIR)).get_current_head()
+        if database.current_revision(settings) != head:
+            raise CliError("the database schema is not current: run `aesq db upgrade`")
+    return settings
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's per-task log lines out of the progress display unless asked for."""
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _run_with_progress(settings: Settings, source: str) -> None:
+    """Run the spine flow on `source` while a bar follows scored/failed assets of that source."""
+    from aesq.queries import source_progress
+    from aesq.storage import open_source
+    from flows.spine import run_flow
+
+    opened = open_source(source, settings)
+    outcome: dict[str, BaseException | None] = {"error": None}
+
+    def work() -> None:
+        try:
+            run_flow(opened.uri)
+        except BaseException as error:  # reported by the main thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=work, daemon=True)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"scoring {opened.uri}", total=None)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            done, total = source_progress(settings, opened.storage, opened.bucket, opened.prefix)
+            progress.update(bar, completed=done, total=total or None)
+    if outcome["error"] is not None:
+        raise outcome["error"]
+
+
+def _comparison_table(settings: Settings, scorer: str | None) -> Table:
+    """The version comparison as a rich table."""
+    from aesq.queries import version_comparison
+
+    table = Table(title="Generator versions")
+    for column in ("generator", "version", "kind", "scorer", "n", "mean", "median", "p10", "p90", "share ≥ thr"):
+        table.add_column(column, justify="right" if column in ("n", "mean", "median", "p10", "p90", "share ≥ thr") else "left")
+    for row in version_comparison(settings, scorer):
+        share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
+        table.add_row(
+            row["generator"], row["version"], row["kind"], row["scorer"], str(row["count"]),
+            f"{row['mean']:.2f}", f"{row['median']:.2f}", f"{row['p10']:.2f}", f"{row['p90']:.2f}", share,
+        )
+    return table
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix or a local folder")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
+    _quiet_prefect(verbose)
+    settings = _ready_settings()
+    _run_with_progress(settings, source)
+    _print_status(settings)
+    console.print(_comparison_table(settings, None))
+
+
+def _print_status(settings: Settings) -> None:
+    """Counts by status and the latest failures."""
+    from aesq.queries import recent_failures, status_counts
+
+    counts = status_counts(settings)
+    console.print("assets: " + (", ".join(f"{status} {count}" for status, count in sorted(counts.items())) or "none"))
+    failures = recent_failures(settings)
+    if failures:
+        table = Table(title="Failures (latest first)")
+        table.add_column("object")
+        table.add_column("reason")
+        for failure in failures:
+            table.add_row(failure.location, failure.error)
+        console.print(table)
+
+
+@app.command()
+def status() -> None:
+    """Counts of assets by status, and failures with their reasons."""
+    _print_status(_ready_settings())
+
+
+@app.command()
+def compare(scorer: Annotated[str | None, typer.Option(help="only this scorer")] = None) -> None:
+    """Table of generator versions side by side."""
+    console.print(_comparison_table(_ready_settings(), scorer))
+
+
+@app.command()
+def top(
+    generator: Annotated[str, typer.Option("--generator", "-g", help="NAME or NAME:VERSION")],
+    n: Annotated[int, typer.Option("-n", min=1, help="how many")] = 10,
+    scorer: Annotated[str | None, typer.Option(help="scorer to rank by (default: the first enabled)")] = None,
+) -> None:
+    """A generator's best-scored assets."""
+    from aesq.queries import top_assets
+
+    settings = _ready_settings()
+    name, _, version = generator.partition(":")
+    rows = top_assets(settings, name, version or None, scorer or settings.scorers[0], n)
+    if not rows:
+        raise CliError(f"no scored assets for generator {generator!r}")
+    table = Table(title=f"Top {n} of {generator}")
+    for column in ("id", "version", "score", "object", "prompt"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["id"]), row["version"], f"{row['value']:.2f}", f"{row['bucket']}/{row['key']}", row["prompt"] or "")
+    console.print(table)
+
+
+@app.command()
+def similar(
+    asset_id: Annotated[int, typer.Argument(help="asset id")],
+    n: Annotated[int, typer.Option("-n", min=1)] = 5,
+    embedder: Annotated[str | None, typer.Option(help="default: the first enabled")] = None,
+) -> None:
+    """Nearest neighbours of an asset by embedding (pgvector HNSW)."""
+    from aesq.queries import nearest_assets
+
+    settings = _ready_settings()
+    try:
+        neighbours = nearest_assets(settings, asset_id, embedder or settings.embedders[0], n)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if not neighbours:
+        raise CliError(f"asset {asset_id} has no embedding")
+    for neighbour, distance in neighbours:
+        console.print(f"{neighbour}\t{distance:.4f}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path | None, typer.Option(help="where to build the sample (default: DATA_DIR/demo)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Build a sample of real photographs as three generator versions, run the spine, compare them."""
+    from aesq.demo import build_sample
+
+    _quiet_prefect(verbose)
+    settings = _ready_settings()
+    folder = folder or settings.data_dir / "demo"
+    count = build_sample(folder)
+    console.print(f"built {count} demo images in {folder}")
+    _run_with_progress(settings, str(folder))
+    _print_status(settings)
+    console.print(_comparison_table(settings, None))
+
+
+@app.command()
+def worker() -> None:
+    """Serve the spine flow: every AESQ_POLL_INTERVAL_SECONDS, run it on each of AESQ_SOURCES."""
+    from prefect import serve
+
+    from flows.spine import run_flow
+
+    settings = _ready_settings()
+    if not settings.sources:
+        raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
+    deployments = [
+        run_flow.to_deployment(
+            name=f"run-{index}", parameters={"source": source}, interval=settings.poll_interval_seconds
+        )
+        for index, source in enumerate(settings.sources)
+    ]
+    serve(*deployments)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply schema migrations (to head by default)."""
+    database.upgrade(revision)
+    console.print(f"database at revision {database.current_revision()}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. -1 or base")] = "-1") -> None:
+    """Revert schema migrations (one step by default)."""
+    database.downgrade(revision)
+    console.print(f"database at revision {database.current_revision()}")
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start the embedded Postgres (shared by every aesq process) and print its URL."""
+    settings = get_settings()
+    if settings.database_url:
+        raise CliError("AESQ_DATABASE_URL is set: aesq uses that database, not the embedded one")
+    console.print(database.start_embedded(settings))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded Postgres."""
+    console.print("stopped" if database.stop_embedded(get_settings()) else "the embedded Postgres is not running")
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one readable line."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if isinstance(error, CliError) else f"{type(error).__name__}: {message}"
+
+
+def main() -> None:
+    """Entry point: errors become one line on stderr and exit status 1 (AESQ_DEBUG=1 shows tracebacks)."""
+    try:
+        app(standalone_mode=False)
+    except (typer.Exit, SystemExit) as done:
+        sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get("AESQ_DEBUG"):
+            raise
+        Console(stderr=True).print(f"[red]aesq: error:[/red] {_one_line(error)}", highlight=False, markup=True)
+        sys.exit(1)

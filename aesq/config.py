@@ -1,0 +1,86 @@
+"""The one typed settings object: `AESQ_*` environment variables over an optional TOML file.
+
+The TOML file is `$AESQ_CONFIG` if set, else `./aesq.toml` if it exists; environment variables win.
+Obtain settings only through `get_settings()` so tests can override them (`get_settings.cache_clear()`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+import json
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def _toml_path() -> Path:
+    """Where the optional TOML file is looked for."""
+    return Path(os.environ.get("AESQ_CONFIG", "aesq.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything aesq reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="AESQ_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of a Postgres with pgvector; empty starts the embedded Postgres in data_dir.",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("aesq")),
+        description="Holds the embedded Postgres, the demo sample and reports.",
+    )
+    s3_endpoint: str = Field(default="localhost:9000", description="host:port of the S3/MinIO server.")
+    s3_access_key: str = Field(default="minioadmin", description="S3 access key.")
+    s3_secret_key: SecretStr = Field(default=SecretStr("minioadmin"), description="S3 secret key.")
+    s3_secure: bool = Field(default=False, description="Use HTTPS to reach the S3 server.")
+    s3_region: str | None = Field(default=None, description="S3 region; None lets the server say.")
+    sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="What `aesq run` and the worker ingest: s3://bucket/prefix URIs or local folders.",
+    )
+    scorers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["technical"], description="Enabled scorer names.")
+    embedders: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["efficientnet-lite0"], description="Enabled embedders.")
+    weights_dir: Path | None = Field(default=None, description="Folder of model checkpoints.")
+    device: str = Field(default="cpu", description="torch device the models run on.")
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"technical": 5.0},
+        description="Per scorer: a score at or above this counts as good in the statistics.",
+    )
+    max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
+    batch_size: int = Field(default=32, gt=0, description="Images per task run.")
+    fetch_threads: int = Field(default=8, gt=0, description="Parallel object downloads inside one batch.")
+    poll_interval_seconds: int = Field(default=300, gt=0, description="How often the worker looks for new objects.")
+
+    @field_validator("sources", "scorers", "embedders", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """Accept `a,b` as well as a JSON list in environment variables."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables override the TOML file."""
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_toml_path())
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,193 @@
+"""Storage access: S3/MinIO buckets through the `minio` SDK, and local folders, behind one `Source`.
+
+A source is named by a URI: `s3://bucket/prefix` or a folder path. Keys are always relative
+(the object key, or the path below the folder), so provenance key layouts work the same for both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+from minio import Minio
+from minio.error import S3Error
+
+from aesq.config import Settings, get_settings
+
+SIDECAR_SUFFIX = ".json"
+_MISSING_CODES = {"NoSuchKey", "NoSuchObject"}
+
+
+class SourceError(ValueError):
+    """A source URI that cannot be used; the message says why."""
+
+
+class ObjectMissing(LookupError):
+    """The object was listed but is gone: recorded as a per-image failure, not retried."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing tells about one object."""
+
+    key: str
+    etag: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object's bytes, ETag and user metadata (lower-case names without `x-amz-meta-`)."""
+
+    data: bytes
+    etag: str | None
+    metadata: dict[str, str]
+
+
+def is_sidecar(key: str) -> bool:
+    """Sidecar JSON files carry provenance for the image beside them; they are not images."""
+    return key.lower().endswith(SIDECAR_SUFFIX)
+
+
+def sidecar_keys(key: str) -> tuple[str, str]:
+    """Where a sidecar for `key` may be: `a/b.png.json` or `a/b.json`."""
+    path = PurePosixPath(key)
+    return f"{key}{SIDECAR_SUFFIX}", str(path.with_suffix(SIDECAR_SUFFIX))
+
+
+class Source:
+    """A bucket prefix or a folder whose image objects aesq ingests."""
+
+    storage: str
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        """The URI this source was opened from (normalised)."""
+        raise NotImplementedError
+
+    def list(self) -> Iterator[ObjectInfo]:
+        """Every object under the prefix, sidecars included."""
+        raise NotImplementedError
+
+    def read(self, key: str) -> StoredObject:
+        """The object's bytes and metadata; raises ObjectMissing when it is gone."""
+        raise NotImplementedError
+
+    def read_sidecar(self, key: str) -> bytes | None:
+        """The sidecar JSON bytes next to `key`, if there is one."""
+        for candidate in sidecar_keys(key):
+            try:
+                return self.read(candidate).data
+            except ObjectMissing:
+                continue
+        return None
+
+
+class S3Source(Source):
+    """Objects under a prefix of an S3/MinIO bucket."""
+
+    storage = "s3"
+
+    def __init__(self, client: Minio, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def list(self) -> Iterator[ObjectInfo]:
+        for item in self.client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
+            if not item.is_dir:
+                yield ObjectInfo(key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0)
+
+    def read(self, key: str) -> StoredObject:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                raise ObjectMissing(f"object s3://{self.bucket}/{key} no longer exists") from error
+            raise
+        try:
+            data = response.read()
+            metadata = {
+                name.lower().removeprefix("x-amz-meta-"): value
+                for name, value in response.headers.items()
+                if name.lower().startswith("x-amz-meta-")
+            }
+        finally:
+            response.close()
+            response.release_conn()
+        return StoredObject(data=data, etag=(response.headers.get("ETag") or "").strip('"') or None, metadata=metadata)
+
+
+def _file_etag(stat: os.stat_result) -> str:
+    """A change signal for local files, like an S3 ETag: modification time and size."""
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+class FolderSource(Source):
+    """Files below a local folder (the embedded default); the folder plays the bucket."""
+
+    storage = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.bucket, self.prefix = str(self.root), ""
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def list(self) -> Iterator[ObjectInfo]:
+        for directory, _dirs, files in os.walk(self.root):
+            for name in sorted(files):
+                path = Path(directory, name)
+                stat = path.stat()
+                yield ObjectInfo(key=path.relative_to(self.root).as_posix(), etag=_file_etag(stat), size=stat.st_size)
+
+    def read(self, key: str) -> StoredObject:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ObjectMissing(f"{key} is outside {self.root}")
+        try:
+            return StoredObject(data=path.read_bytes(), etag=_file_etag(path.stat()), metadata={})
+        except (FileNotFoundError, IsADirectoryError) as error:
+            raise ObjectMissing(f"file {path} no longer exists") from error
+
+
+@lru_cache
+def _minio_client(endpoint: str, access_key: str, secret_key: str, secure: bool, region: str | None) -> Minio:
+    """One client per endpoint and credentials per process (it pools connections)."""
+    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+
+
+def minio_client(settings: Settings | None = None) -> Minio:
+    """The S3 client configured by the settings."""
+    settings = settings or get_settings()
+    return _minio_client(
+        settings.s3_endpoint,
+        settings.s3_access_key,
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_secure,
+        settings.s3_region,
+    )
+
+
+def open_source(uri: str, settings: Settings | None = None) -> Source:
+    """Open `s3://bucket/prefix` or a folder path; SourceError says what is wrong with it."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if len(bucket) < 3:
+            raise SourceError(f"{uri!r}: an S3 bucket name has at least 3 characters")
+        return S3Source(minio_client(settings), bucket, prefix)
+    if "://" in uri:
+        raise SourceError(f"{uri!r}: a source is s3://bucket/prefix or a local folder")
+    root = Path(uri).expanduser()
+    if not root.is_dir():
+        raise SourceError(f"{uri!r}: no such folder")
+    return FolderSource(root)

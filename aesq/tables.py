@@ -1,0 +1,176 @@
+"""Database tables: the one place the schema is declared (migrations are generated from it).
+
+Views (`latest_scores`, `generator_stats`) are created by the migrations; see README "Schema".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+GENERATOR_KINDS = ("base", "lora", "sft", "other")
+SOURCE_KINDS = ("generated", "crawled")
+STORAGE_KINDS = ("s3", "file")
+# pending: ingested, waiting for scores; duplicate: same bytes as `duplicate_of`, never scored again.
+ASSET_STATUSES = ("pending", "scored", "failed", "duplicate")
+
+# Each embedder gets a partial HNSW index over its own fixed dimension (a halfvec column holds any).
+EMBEDDING_DIMENSIONS = {"efficientnet-lite0": 1280}
+
+
+def _enum(name: str, values: tuple[str, ...]) -> Enum:
+    """A text column limited to `values` by a CHECK constraint (easier to migrate than a PG enum)."""
+    return Enum(*values, name=name, native_enum=False, create_constraint=True, length=16)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {dict[str, Any]: JSONB}
+
+
+class Generator(Base):
+    """A model version that produced images: a base model, a LoRA or SFT checkpoint, …"""
+
+    __tablename__ = "generators"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(_enum("generator_kind", GENERATOR_KINDS), server_default="other")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("generators.id", ondelete="SET NULL"))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Asset(Base):
+    """One stored image (or object that failed to be one), with its provenance and status."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        UniqueConstraint("storage", "bucket", "key"),
+        # One canonical asset per content; failed objects and duplicates may repeat bytes.
+        Index("uq_assets_sha256_canonical", "sha256", unique=True,
+              postgresql_where=text("status IN ('pending', 'scored')")),
+        Index("ix_assets_status", "status"),
+        Index("ix_assets_generator_id", "generator_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    storage: Mapped[str] = mapped_column(_enum("storage_kind", STORAGE_KINDS))
+    bucket: Mapped[str] = mapped_column(Text, comment="S3 bucket, or the root folder of a local source")
+    key: Mapped[str] = mapped_column(Text, comment="object key, or the path below the root folder")
+    sha256: Mapped[str] = mapped_column(Text)
+    etag: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(Text)
+    color_mode: Mapped[str | None] = mapped_column(Text)
+    source_kind: Mapped[str] = mapped_column(_enum("source_kind", SOURCE_KINDS))
+    generator_id: Mapped[int | None] = mapped_column(ForeignKey("generators.id", ondelete="SET NULL"))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    extra: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(_enum("asset_status", ASSET_STATUSES), server_default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("assets.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ScoreRow(Base):
+    """One scorer's value for one asset; several scorers and scorer versions live side by side."""
+
+    __tablename__ = "scores"
+    __table_args__ = (UniqueConstraint("asset_id", "scorer", "scorer_version"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    scorer: Mapped[str] = mapped_column(Text)
+    scorer_version: Mapped[str] = mapped_column(Text)
+    value: Mapped[float] = mapped_column(Double)
+    raw: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Embedding(Base):
+    """One embedder's vector for one asset, for near-duplicate and similarity search."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = tuple(
+        Index(
+            f"ix_embeddings_hnsw_{name.replace('-', '_')}",
+            text(f"(vector::halfvec({dim})) halfvec_cosine_ops"),
+            postgresql_using="hnsw",
+            postgresql_where=text(f"embedder = '{name}'"),
+        )
+        for name, dim in EMBEDDING_DIMENSIONS.items()
+    )
+
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True)
+    embedder: Mapped[str] = mapped_column(Text, primary_key=True)
+    vector: Mapped[Any] = mapped_column(HALFVEC())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Defect(Base):
+    """A defect found on an asset (filled by defect analysis)."""
+
+    __tablename__ = "defects"
+    __table_args__ = (CheckConstraint("severity BETWEEN 0 AND 1", name="severity_range"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
+    category: Mapped[str] = mapped_column(Text)
+    severity: Mapped[float] = mapped_column(Double)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VersionStats(Base):
+    """Aggregated score statistics per generator version and scorer, written by the aggregate flow."""
+
+    __tablename__ = "version_stats"
+    __table_args__ = (UniqueConstraint("generator_id", "scorer"),)
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id", ondelete="CASCADE"))
+    scorer: Mapped[str] = mapped_column(Text)
+    count: Mapped[int] = mapped_column(Integer)
+    mean: Mapped[float] = mapped_column(Double)
+    median: Mapped[float] = mapped_column(Double)
+    p10: Mapped[float] = mapped_column(Double)
+    p90: Mapped[float] = mapped_column(Double)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    share_above: Mapped[float | None] = mapped_column(Double)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

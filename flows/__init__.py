@@ -1,0 +1,1 @@
+"""Prefect flows: wiring of tasks, no logic of their own."""

@@ -1,0 +1,21 @@
+"""Alembic environment: the tables' metadata from aesq.tables, the URL from aesq's settings."""
+
+from alembic import context
+
+from aesq.database import database_url, engine
+from aesq.tables import Base
+
+target_metadata = Base.metadata
+
+
+def run_migrations() -> None:
+    """Migrate online; the URL comes from the caller (`aesq db …`) or aesq's settings."""
+    url = context.config.attributes.get("url") or database_url()
+    with engine(url).connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+
+
+run_migrations()

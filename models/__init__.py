@@ -1,0 +1,10 @@
+"""ML scorers and embedders behind one interface (see `models.base`), looked up by name."""
+
+from models.base import Embedder, Score, Scorer
+from models.efficientnet import EfficientNetLite0Embedder
+from models.technical import TechnicalQualityScorer
+
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TechnicalQualityScorer,)}
+EMBEDDERS: dict[str, type[Embedder]] = {cls.name: cls for cls in (EfficientNetLite0Embedder,)}
+
+__all__ = ["EMBEDDERS", "SCORERS", "Embedder", "Score", "Scorer"]

@@ -1,0 +1,17 @@
+"""Task that refreshes per-version statistics."""
+
+from prefect import task
+
+from aesq import aggregate
+from aesq.config import get_settings
+from tasks import RETRY
+
+
+@task(name="aggregate-versions", **RETRY)
+def aggregate_versions() -> int:
+    """Recompute statistics per generator version and scorer.
+
+    Returns:
+        How many statistics rows changed.
+    """
+    return aggregate.aggregate_versions(get_settings())

