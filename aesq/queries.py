@@ -81,15 +81,15 @@ def top_assets(settings: Settings, generator: str, version: str | None, scorer: 
 
 
 def nearest_assets(settings: Settings, asset_id: int, embedder: str, limit: int = 10) -> list[tuple[int, float]]:
-    """Assets closest to `asset_id` by cosine distance, through the embedder's HNSW index."""
+    """Assets closest to `asset_id` by cosine distance, through the embedder's HNSW index ([] if it has none)."""
     if embedder not in EMBEDDING_DIMENSIONS:
         raise ValueError(f"no vector index for embedder {embedder!r}")
     # The embedder name is inlined (it is one of ours) so the planner can match the partial index.
     vector = f"vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"
-    query = text(
+    own = text(f"SELECT {vector} FROM embeddings WHERE asset_id = :asset_id AND embedder = '{embedder}'")
+    nearest = text(
         f"""
-        SELECT asset_id, {vector} <=> (SELECT {vector} FROM embeddings
-                                        WHERE asset_id = :asset_id AND embedder = '{embedder}') AS distance
+        SELECT asset_id, {vector} <=> :query AS distance
         FROM embeddings
         WHERE embedder = '{embedder}' AND asset_id <> :asset_id
         ORDER BY distance
@@ -97,7 +97,10 @@ def nearest_assets(settings: Settings, asset_id: int, embedder: str, limit: int 
         """
     )
     with get_engine(settings).connect() as connection:
-        rows = connection.execute(query, {"asset_id": asset_id, "limit": limit}).all()
+        query_vector = connection.execute(own, {"asset_id": asset_id}).scalar_one_or_none()
+        if query_vector is None:
+            return []
+        rows = connection.execute(nearest, {"query": query_vector, "asset_id": asset_id, "limit": limit}).all()
     return [(int(row.asset_id), float(row.distance)) for row in rows]
 
 

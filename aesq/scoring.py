@@ -44,16 +44,22 @@ class BatchOutcome:
 @lru_cache
 def _loaded(kind: str, name: str, weights_dir: Path | None, device: str) -> Scorer | Embedder:
     """Build and set up one model per process."""
-    registry = SCORERS if kind == "scorer" else EMBEDDERS
-    if name not in registry:
-        raise UnknownModel(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
-    model = registry[name](weights_dir=weights_dir, device=device)
+    model = (SCORERS if kind == "scorer" else EMBEDDERS)[name](weights_dir=weights_dir, device=device)
     model.setup()
     return model
 
 
+def check_model_names(settings: Settings) -> None:
+    """Fail before any work when a configured scorer or embedder does not exist."""
+    for kind, names, registry in (("scorer", settings.scorers, SCORERS), ("embedder", settings.embedders, EMBEDDERS)):
+        for name in names:
+            if name not in registry:
+                raise UnknownModel(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
+
+
 def load_models(settings: Settings) -> tuple[list[Scorer], list[Embedder]]:
     """The enabled scorers and embedders, loaded once per process."""
+    check_model_names(settings)
     with _loading:
         scorers = [_loaded("scorer", name, settings.weights_dir, settings.device) for name in settings.scorers]
         embedders = [_loaded("embedder", name, settings.weights_dir, settings.device) for name in settings.embedders]

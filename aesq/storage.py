@@ -7,6 +7,7 @@ A source is named by a URI: `s3://bucket/prefix` or a folder path. Keys are alwa
 from __future__ import annotations
 
 import os
+from stat import S_ISREG
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -148,6 +149,8 @@ class FolderSource(Source):
             for name in sorted(files):
                 path = Path(directory, name)
                 stat = path.stat()
+                if not S_ISREG(stat.st_mode):  # sockets, pipes and devices are not images
+                    continue
                 yield ObjectInfo(key=path.relative_to(self.root).as_posix(), etag=_file_etag(stat), size=stat.st_size)
 
     def read(self, key: str) -> StoredObject:

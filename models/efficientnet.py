@@ -6,6 +6,8 @@ L2-normalised so cosine distance in pgvector ranks near-duplicates first.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +34,8 @@ class EfficientNetLite0Embedder(Embedder):
         """Build the network and load its ImageNet weights once."""
         from efficientnet_lite_pytorch import EfficientNet
 
-        network = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self._weights_path()))
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line per load
+            network = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self._weights_path()))
         self._network = network.eval().to(self.device)
 
     def _weights_path(self) -> Path:

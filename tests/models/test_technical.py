@@ -1,0 +1,217 @@
+"""The technical-quality baseline ranks real photographs above degraded copies of themselves."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image, ImageFilter
+
+from models.base import Score
+from models.technical import WEIGHTS, TechnicalQualityScorer
+
+# Real photographs bundled with scikit-image (no download); retina and hubble exceed 512 px.
+PHOTOS = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "moon",
+    "coins",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+]
+FEATURES = [*WEIGHTS, "resolution"]
+
+
+def _photo(name: str) -> Image.Image:
+    """A bundled scikit-image photograph as an RGB PIL image (grayscale ones converted)."""
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def _blur(image: Image.Image) -> Image.Image:
+    """Gaussian blur, radius 3."""
+    return image.filter(ImageFilter.GaussianBlur(3))
+
+
+def _noise(image: Image.Image) -> Image.Image:
+    """Additive per-channel Gaussian noise, sigma 25 on 0-255, fixed seed."""
+    rng = np.random.default_rng(0)
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0.0, 25.0, (image.height, image.width, 3))
+    return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
+
+
+def _under(image: Image.Image) -> Image.Image:
+    """Under-exposure: every value times 0.25."""
+    return image.point(lambda v: round(v * 0.25))
+
+
+def _over(image: Image.Image) -> Image.Image:
+    """Over-exposure: v * 2.5 + 60, clipped at 255."""
+    return image.point(lambda v: min(255, round(v * 2.5 + 60)))
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    """Heavy JPEG compression, quality 8."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=8)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def _low_resolution(image: Image.Image) -> Image.Image:
+    """Downscale 4x (bilinear), then upscale back to the original size (bicubic)."""
+    small = image.resize((image.width // 4, image.height // 4), Image.Resampling.BILINEAR)
+    return small.resize(image.size, Image.Resampling.BICUBIC)
+
+
+DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "blur": _blur,
+    "noise": _noise,
+    "under_exposure": _under,
+    "over_exposure": _over,
+    "jpeg": _jpeg,
+    "low_resolution": _low_resolution,
+}
+
+
+@pytest.fixture(scope="module")
+def scorer() -> TechnicalQualityScorer:
+    """A ready scorer."""
+    model = TechnicalQualityScorer()
+    model.setup()
+    return model
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, Image.Image]:
+    """The original photographs by name."""
+    return {name: _photo(name) for name in PHOTOS}
+
+
+@pytest.fixture(scope="module")
+def scores(scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]) -> dict[tuple[str, str], Score]:
+    """Scores keyed by (photo, "original" or degradation)."""
+    kinds = ["original", *DEGRADATIONS]
+    result = {}
+    for name, image in photos.items():
+        batch = [image, *(degrade(image) for degrade in DEGRADATIONS.values())]
+        result.update({(name, kind): s for kind, s in zip(kinds, scorer.score(batch), strict=True)})
+    return result
+
+
+@pytest.fixture(scope="module")
+def pairs(scores: dict[tuple[str, str], Score]) -> list[tuple[str, str, float, float]]:
+    """(photo, degradation, original value, degraded value) for every pair."""
+    return [(n, k, scores[n, "original"].value, scores[n, k].value) for n in PHOTOS for k in DEGRADATIONS]
+
+
+def _report(rows: list[tuple[str, str, float, float]]) -> str:
+    """One line per pair where the original did not score higher."""
+    return "\n".join(f"{n:22s} {k:15s} original {o:.2f} <= degraded {d:.2f}" for n, k, o, d in rows if o <= d)
+
+
+def test_originals_beat_degraded_copies(pairs: list[tuple[str, str, float, float]]) -> None:
+    """At least 90 % of (original, degraded) pairs rank the original higher."""
+    share = sum(o > d for _, _, o, d in pairs) / len(pairs)
+    failures = _report(pairs)
+    print(f"\noriginal > degraded in {share:.1%} of {len(pairs)} pairs\n{failures}")
+    assert len(pairs) == len(PHOTOS) * len(DEGRADATIONS)
+    assert share >= 0.9, failures
+
+
+@pytest.mark.parametrize("kind", list(DEGRADATIONS))
+def test_each_degradation_is_mostly_detected(kind: str, pairs: list[tuple[str, str, float, float]]) -> None:
+    """Per degradation, at least 80 % of photographs score higher than their degraded copy."""
+    rows = [row for row in pairs if row[1] == kind]
+    share = sum(o > d for _, _, o, d in rows) / len(rows)
+    print(f"\n{kind}: {share:.0%}\n{_report(rows)}")
+    assert share >= 0.8, _report(rows)
+
+
+# The feature meant to catch each degradation; it must drop on every photo.
+RESPONSIBLE = {
+    "blur": "sharpness",
+    "noise": "noise",
+    "under_exposure": "exposure",
+    "over_exposure": "black_level",
+    "jpeg": "blockiness",
+    "low_resolution": "sharpness",
+}
+
+
+@pytest.mark.parametrize("kind", list(DEGRADATIONS))
+def test_responsible_feature_drops(kind: str, scores: dict[tuple[str, str], Score]) -> None:
+    """Each degradation lowers the sub-score of the feature designed to catch it, on every photo."""
+    key = f"{RESPONSIBLE[kind]}_score"
+    for name in PHOTOS:
+        assert scores[name, kind].raw[key] < scores[name, "original"].raw[key], (name, key)
+
+
+def test_noise_is_not_mistaken_for_detail(scores: dict[tuple[str, str], Score]) -> None:
+    """Noise-compensated sharpness barely moves under sigma-25 noise (uncompensated it would triple)."""
+    ratios = [scores[n, "noise"].raw["sharpness_lap_std"] / scores[n, "original"].raw["sharpness_lap_std"] for n in PHOTOS]
+    assert max(ratios) < 1.6, ratios
+    assert float(np.median(ratios)) < 1.2, ratios
+
+
+def test_values_in_range_and_raw_complete(scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]) -> None:
+    """Values lie in [0, 10]; every feature has a finite raw measurement and a sub-score in [0, 1]."""
+    for score in scorer.score(list(photos.values())):
+        assert isinstance(score, Score)
+        assert 0.0 <= score.value <= 10.0
+        assert all(isinstance(v, float) and math.isfinite(v) for v in score.raw.values()), score.raw
+        for feature in FEATURES:
+            assert 0.0 <= score.raw[f"{feature}_score"] <= 1.0
+        for key in ("sharpness_lap_std", "noise_sigma", "blockiness_ratio", "exposure_mean", "clipped_shadows",
+                    "clipped_highlights", "black_level", "contrast_rms", "colourfulness", "megapixels"):
+            assert key in score.raw
+
+
+def test_batch_equals_one_at_a_time(scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]) -> None:
+    """Scoring a batch gives exactly the scores of scoring each image alone, in order."""
+    images = [photos["astronaut"], _blur(photos["coffee"]), photos["camera"], _jpeg(photos["retina"])]
+    assert scorer.score(images) == [scorer.score([image])[0] for image in images]
+    assert scorer.score([]) == []
+
+
+def test_tiny_image_scores_lower(scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]) -> None:
+    """A 16x16 thumbnail of a photo scores well below the photo itself."""
+    full = photos["chelsea"]
+    tiny = full.resize((16, 16), Image.Resampling.BILINEAR)
+    full_score, tiny_score = scorer.score([full, tiny])
+    assert tiny_score.value < 0.5 * full_score.value
+    assert tiny_score.raw["resolution_score"] < full_score.raw["resolution_score"]
+
+
+def test_grayscale_photo_is_not_punished_to_zero(scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]) -> None:
+    """A grayscale photo converted to RGB scores sanely and loses at most the colourfulness weight."""
+    colour = photos["astronaut"]
+    gray = colour.convert("L").convert("RGB")
+    colour_score, gray_score = scorer.score([colour, gray])
+    assert gray_score.raw["colourfulness"] == pytest.approx(0.0, abs=1e-6)
+    assert gray_score.value > 5.0
+    assert colour_score.value - gray_score.value <= 10 * WEIGHTS["colourfulness"] + 1e-6
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5), (16, 16), (700, 9)])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_degenerate_inputs_stay_in_range(scorer: TechnicalQualityScorer, size: tuple[int, int], mode: str) -> None:
+    """Tiny, thin, flat and non-RGB images still give a finite value in [0, 10]."""
+    (score,) = scorer.score([Image.new(mode, size, 128)])
+    assert 0.0 <= score.value <= 10.0
+    assert all(math.isfinite(v) for v in score.raw.values())
+
+
+def test_registered_under_its_name() -> None:
+    """The scorer is looked up as "technical"."""
+    from models import SCORERS
+
+    assert SCORERS["technical"] is TechnicalQualityScorer
+    assert TechnicalQualityScorer.version == "1"
