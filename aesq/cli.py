@@ -19,7 +19,8 @@ from aesq.config import Settings, get_settings
 app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-console = Console()
+# Piped output is not cut to 80 columns, so tables stay readable in logs and CI.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 class CliError(Exception):
@@ -116,14 +117,8 @@ def _print_status(settings: Settings) -> None:
 
     counts = status_counts(settings)
     console.print("assets: " + (", ".join(f"{status} {count}" for status, count in sorted(counts.items())) or "none"))
-    failures = recent_failures(settings)
-    if failures:
-        table = Table(title="Failures (latest first)")
-        table.add_column("object")
-        table.add_column("reason")
-        for failure in failures:
-            table.add_row(failure.location, failure.error)
-        console.print(table)
+    for failure in recent_failures(settings):
+        console.print(f"failed: {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
 
 
 @app.command()

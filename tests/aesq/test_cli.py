@@ -1,0 +1,65 @@
+"""The `aesq` command on the real stack: the demo end to end, the read commands, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aesq.cli import app
+from aesq.queries import version_comparison
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.slow
+def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", "--folder", str(tmp_path / "sample")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "built 26 demo images" in result.output
+    assert "assets: failed 1, scored 25" in result.output
+    assert "broken.jpg" in result.output and "truncated" in result.output
+    versions = [row["version"] for row in version_comparison(settings, "technical")]
+    assert versions == ["v2.0-sft", "v1.1-lora", "v1.0-base"]
+    table = result.output[result.output.index("Generator versions") :]
+    positions = [table.index(f"demo-diffusion:{version}") for version in versions]
+    assert positions == sorted(positions)
+
+    top = runner.invoke(app, ["top", "--generator", "demo-diffusion:v2.0-sft", "-n", "2"])
+    rows = [line for line in top.output.splitlines() if line.startswith("│")]
+    assert top.exit_code == 0 and len(rows) == 2 and all("│ v2.0-sft" in row for row in rows), top.output
+    status = runner.invoke(app, ["status"])
+    assert "assets: failed 1, scored 25" in status.output
+    similar = runner.invoke(app, ["similar", "1", "-n", "3"])
+    assert similar.exit_code == 0 and len(similar.output.strip().splitlines()) == 3, similar.output
+
+
+def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run the installed `aesq` command."""
+    return subprocess.run([AESQ, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["run", "s3://ab"], {}, "an S3 bucket name has at least 3 characters"),
+        (["run", "/no/such/folder"], {}, "no such folder"),
+        (["status"], {"AESQ_SCORERS": "nope"}, "unknown scorer 'nope'"),
+        (["status"], {"AESQ_BATCH_SIZE": "0"}, "AESQ_BATCH_SIZE: Input should be greater than 0"),
+        (["status"], {"AESQ_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}, "cannot use the database"),
+        (["top", "--generator", "nobody"], {}, "no scored assets for generator 'nobody'"),
+    ],
+)
+def test_errors_are_one_clear_line(settings, args, env, message):
+    result = _aesq(*args, env=env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aesq: error: ") and message in lines[0], result.stderr
