@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from aesq.cli import app
 from aesq.queries import version_comparison
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
 def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["demo", "--folder", str(tmp_path / "sample")], catch_exceptions=False)
@@ -55,6 +55,7 @@ def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         (["status"], {"AESQ_BATCH_SIZE": "0"}, "AESQ_BATCH_SIZE: Input should be greater than 0"),
         (["status"], {"AESQ_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}, "cannot use the database"),
         (["top", "--generator", "nobody"], {}, "no scored assets for generator 'nobody'"),
+        (["worker"], {"AESQ_SOURCES": ""}, "no sources configured"),
     ],
 )
 def test_errors_are_one_clear_line(settings, args, env, message):
