@@ -248,6 +248,7 @@ def _one_line(error: BaseException) -> str:
     from aesq.storage import SourceError
 
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
     from sqlalchemy.exc import OperationalError
 
     if isinstance(error, ValidationError):
@@ -255,7 +256,7 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, OperationalError):
         return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
-    expected = (CliError, DatabaseError, SourceError, UnknownModel)
+    expected = (CliError, DatabaseError, SourceError, UnknownModel, SettingsError)
     return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
 
 

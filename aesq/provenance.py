@@ -114,14 +114,18 @@ def _seed(value: Any) -> int | None:
 
 def read_provenance(key: str, metadata: dict[str, str], sidecar: bytes | None) -> Provenance:
     """Combine key layout, object metadata and sidecar into one record (see module docstring)."""
-    supplied = _normalise(metadata)
+    layers = [_from_key(key), _normalise(metadata)]
     if sidecar is not None:
-        supplied.update(_normalise(_parse_sidecar(sidecar)))
-    fields = {**_from_key(key), **supplied}
-    extra = {k: v for k, v in supplied.items() if k not in _KNOWN_FIELDS}
+        layers.append(_normalise(_parse_sidecar(sidecar)))
+    fields: dict[str, Any] = {}
+    for layer in layers:
+        if layer.get("generator"):  # a layer naming a generator replaces everything said of the previous one
+            fields = {k: v for k, v in fields.items() if not k.startswith("generator")}
+        fields.update(layer)
+    extra = {k: v for layer in layers[1:] for k, v in layer.items() if k not in _KNOWN_FIELDS}
 
     generator = None
-    if fields.get("generator"):
+    if str(fields.get("generator") or "").strip():
         kind = fields.get("generator_kind")
         if kind is not None and kind not in GENERATOR_KINDS:
             raise ProvenanceError(f"generator kind must be one of {', '.join(GENERATOR_KINDS)}, got {kind!r}")

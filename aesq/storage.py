@@ -101,10 +101,19 @@ class S3Source(Source):
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def _no_bucket(self, error: S3Error) -> SourceError:
+        """A missing bucket is a configuration problem, not a transient one."""
+        return SourceError(f"s3://{self.bucket}/: no such bucket {self.bucket!r} at the S3 endpoint")
+
     def list(self) -> Iterator[ObjectInfo]:
-        for item in self.client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
-            if not item.is_dir:
-                yield ObjectInfo(key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0)
+        try:
+            for item in self.client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
+                if not item.is_dir:
+                    yield ObjectInfo(key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0)
+        except S3Error as error:
+            if error.code == "NoSuchBucket":
+                raise self._no_bucket(error) from error
+            raise
 
     def read(self, key: str) -> StoredObject:
         try:
@@ -112,6 +121,8 @@ class S3Source(Source):
         except S3Error as error:
             if error.code in _MISSING_CODES:
                 raise ObjectMissing(f"object s3://{self.bucket}/{key} no longer exists") from error
+            if error.code == "NoSuchBucket":
+                raise self._no_bucket(error) from error
             raise
         try:
             data = response.read()
@@ -148,7 +159,10 @@ class FolderSource(Source):
         for directory, _dirs, files in os.walk(self.root):
             for name in sorted(files):
                 path = Path(directory, name)
-                stat = path.stat()
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # a dangling link, or deleted while we walked
+                    continue
                 if not S_ISREG(stat.st_mode):  # sockets, pipes and devices are not images
                     continue
                 yield ObjectInfo(key=path.relative_to(self.root).as_posix(), etag=_file_etag(stat), size=stat.st_size)
