@@ -6,7 +6,7 @@ each batch is written in one transaction by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,42 +176,43 @@ def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> lis
     return [asset_id for asset_id, _key, status in written if status == "pending"]
 
 
-def write_scores(connection: Connection, scores: Sequence[ScoreValue]) -> None:
-    """COPY scores into a staging table, then insert those not already present."""
-    if not scores:
-        return
+def _copy_then_insert(
+    connection: Connection, target: str, columns: dict[str, str], conflict: str, rows: Iterable[tuple]
+) -> None:
+    """Binary-COPY rows into a per-transaction staging table, then insert those not already in `target`."""
+    staging = f"{target}_in"
+    names = ", ".join(columns)
     cursor = connection.connection.driver_connection.cursor()
     cursor.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS scores_in "
-        "(asset_id bigint, scorer text, scorer_version text, value float8, raw jsonb) ON COMMIT DELETE ROWS"
+        f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+        f"({', '.join(f'{name} {kind}' for name, kind in columns.items())}) ON COMMIT DELETE ROWS"
     )
-    with cursor.copy("COPY scores_in FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["int8", "text", "text", "float8", "jsonb"])
-        for score in scores:
-            copy.write_row((score.asset_id, score.scorer, score.scorer_version, score.value, Jsonb(score.raw)))
-    cursor.execute(
-        "INSERT INTO scores (asset_id, scorer, scorer_version, value, raw) "
-        "SELECT asset_id, scorer, scorer_version, value, raw FROM scores_in "
-        "ON CONFLICT (asset_id, scorer, scorer_version) DO NOTHING"
+    with cursor.copy(f"COPY {staging} FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(list(columns.values()))
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {staging} ON CONFLICT ({conflict}) DO NOTHING")
+
+
+def write_scores(connection: Connection, scores: Sequence[ScoreValue]) -> None:
+    """Store scores; a score already present for (asset, scorer, scorer version) is kept as it was."""
+    _copy_then_insert(
+        connection,
+        "scores",
+        {"asset_id": "int8", "scorer": "text", "scorer_version": "text", "value": "float8", "raw": "jsonb"},
+        "asset_id, scorer, scorer_version",
+        ((s.asset_id, s.scorer, s.scorer_version, s.value, Jsonb(s.raw)) for s in scores),
     )
 
 
 def write_embeddings(connection: Connection, embedder: str, asset_ids: Sequence[int], vectors: np.ndarray) -> None:
-    """COPY half-precision vectors into a staging table, then insert those not already present."""
-    if not len(asset_ids):
-        return
-    cursor = connection.connection.driver_connection.cursor()
-    cursor.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS embeddings_in (asset_id bigint, embedder text, vector halfvec) "
-        "ON COMMIT DELETE ROWS"
-    )
-    with cursor.copy("COPY embeddings_in FROM STDIN WITH (FORMAT BINARY)") as copy:
-        copy.set_types(["int8", "text", "halfvec"])
-        for asset_id, vector in zip(asset_ids, vectors.astype(np.float16)):
-            copy.write_row((asset_id, embedder, HalfVector(vector)))
-    cursor.execute(
-        "INSERT INTO embeddings (asset_id, embedder, vector) SELECT asset_id, embedder, vector FROM embeddings_in "
-        "ON CONFLICT (asset_id, embedder) DO NOTHING"
+    """Store half-precision vectors; an embedding already present for (asset, embedder) is kept."""
+    _copy_then_insert(
+        connection,
+        "embeddings",
+        {"asset_id": "int8", "embedder": "text", "vector": "halfvec"},
+        "asset_id, embedder",
+        ((asset_id, embedder, HalfVector(vector)) for asset_id, vector in zip(asset_ids, vectors.astype(np.float16))),
     )
 
 
