@@ -17,7 +17,7 @@ from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import ImageFacts, ImageRejected, inspect_image
 from aesq.provenance import Provenance, ProvenanceError, read_provenance
-from aesq.storage import ObjectMissing, Source, is_sidecar, open_source
+from aesq.storage import ObjectMissing, Source, is_sidecar, open_source, recent_objects, sidecar_for
 from aesq.store import AssetRecord, upsert_assets
 from aesq.tables import Asset
 
@@ -25,22 +25,38 @@ log = logging.getLogger(__name__)
 
 
 def discover(source_uri: str, settings: Settings) -> list[list[str]]:
-    """Keys under the source that are new or changed (by ETag), in batches of `batch_size`."""
+    """Keys under the source that are new or changed (by ETag), `batch_size` images a batch, plus their sidecars."""
     source = open_source(source_uri, settings)
     known_query = select(Asset.key, Asset.etag).where(
         Asset.storage == source.storage, Asset.bucket == source.bucket, Asset.key.startswith(source.prefix)
     )
     with get_engine(settings).connect() as connection:
         known = dict(connection.execute(known_query).all())
+    listed = list(source.list())
+    present = {item.key for item in listed}
     new_keys = [
         item.key
-        for item in source.list()
+        for item in listed
         if not is_sidecar(item.key) and (item.key not in known or known[item.key] != item.etag)
     ]
-    return in_batches(new_keys, settings.batch_size)
+    # Each batch carries its images' sidecar keys, so ingest reads only sidecars that exist.
+    return [
+        batch + [sidecar for key in batch if (sidecar := sidecar_for(key, present))]
+        for batch in in_batches(new_keys, settings.batch_size)
+    ]
 
 
-def _examine(source: Source, key: str, max_pixels: int) -> AssetRecord | None:
+def _read_sidecar(source: Source, sidecar_key: str | None) -> bytes | None:
+    """The sidecar's bytes, or None when there is none (or it vanished since listing)."""
+    if sidecar_key is None:
+        return None
+    try:
+        return source.read(sidecar_key).data
+    except ObjectMissing:
+        return None
+
+
+def _examine(source: Source, key: str, sidecar_key: str | None, max_pixels: int) -> AssetRecord | None:
     """Read one object into an asset record (failed ones carry the reason); None if it vanished."""
     try:
         stored = source.read(key)
@@ -52,7 +68,8 @@ def _examine(source: Source, key: str, max_pixels: int) -> AssetRecord | None:
     error: str | None = None
     try:
         facts = inspect_image(stored.data, max_pixels)
-        provenance = read_provenance(key, stored.metadata, source.read_sidecar(key))
+        provenance = read_provenance(key, stored.metadata, _read_sidecar(source, sidecar_key))
+        recent_objects.put(source, key, stored)
     except (ImageRejected, ProvenanceError) as rejected:
         error = str(rejected)
     return AssetRecord(
@@ -69,10 +86,14 @@ def _examine(source: Source, key: str, max_pixels: int) -> AssetRecord | None:
 
 
 def ingest(source_uri: str, keys: list[str], settings: Settings) -> list[int]:
-    """Record the objects at `keys`; returns the ids of assets now waiting to be scored."""
+    """Record the images among `keys` (the rest are their sidecars); returns the ids now waiting for scores."""
     source = open_source(source_uri, settings)
+    listed = set(keys)
+    images = [key for key in keys if not is_sidecar(key)]
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
-        examined = list(pool.map(lambda key: _examine(source, key, settings.max_pixels), keys))
+        examined = list(
+            pool.map(lambda key: _examine(source, key, sidecar_for(key, listed), settings.max_pixels), images)
+        )
     records = [record for record in examined if record is not None]
     with get_engine(settings).begin() as connection:
         return upsert_assets(connection, records)

@@ -20,7 +20,7 @@ from aesq.batches import in_batches
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import ImageRejected, decode_rgb
-from aesq.storage import FolderSource, ObjectMissing, S3Source, Source, minio_client
+from aesq.storage import FolderSource, ObjectMissing, S3Source, Source, minio_client, recent_objects
 from aesq.store import ScoreValue, mark_failed, mark_scored, write_embeddings, write_scores
 from aesq.tables import Asset
 from models import EMBEDDERS, SCORERS, Embedder, Scorer
@@ -73,10 +73,11 @@ def _source_for(storage: str, bucket: str, settings: Settings) -> Source:
     return FolderSource(Path(bucket))
 
 
-def _fetch_and_decode(source: Source, key: str, max_pixels: int) -> Image.Image | str:
-    """The decoded image, or the reason it cannot be scored."""
+def _fetch_and_decode(source: Source, key: str, etag: str | None, max_pixels: int) -> Image.Image | str:
+    """The decoded image (bytes from ingest's recent reads when this worker has them), or why it cannot be."""
     try:
-        return decode_rgb(source.read(key).data, max_pixels)
+        stored = recent_objects.take(source, key, etag) or source.read(key)
+        return decode_rgb(stored.data, max_pixels)
     except (ObjectMissing, ImageRejected) as problem:
         return str(problem)
 
@@ -87,7 +88,7 @@ def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
     engine = get_engine(settings)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Asset.id, Asset.storage, Asset.bucket, Asset.key)
+            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag)
             .where(Asset.id.in_(asset_ids), Asset.status == "pending")
             .order_by(Asset.id)
         ).all()
@@ -96,7 +97,10 @@ def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
         sources.setdefault((row.storage, row.bucket), _source_for(row.storage, row.bucket, settings))
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         decoded = list(
-            pool.map(lambda row: _fetch_and_decode(sources[(row.storage, row.bucket)], row.key, settings.max_pixels), rows)
+            pool.map(
+                lambda row: _fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, settings.max_pixels),
+                rows,
+            )
         )
     failures = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, str)}
     good = [(row.id, item) for row, item in zip(rows, decoded) if not isinstance(item, str)]

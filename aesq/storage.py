@@ -7,6 +7,9 @@ A source is named by a URI: `s3://bucket/prefix` or a folder path. Keys are alwa
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Collection
 from stat import S_ISREG
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,10 +56,12 @@ def is_sidecar(key: str) -> bool:
     return key.lower().endswith(SIDECAR_SUFFIX)
 
 
-def sidecar_keys(key: str) -> tuple[str, str]:
-    """Where a sidecar for `key` may be: `a/b.png.json` or `a/b.json`."""
-    path = PurePosixPath(key)
-    return f"{key}{SIDECAR_SUFFIX}", str(path.with_suffix(SIDECAR_SUFFIX))
+def sidecar_for(key: str, listed: Collection[str]) -> str | None:
+    """The sidecar of `key` among the listed keys: `a/b.png.json`, else `a/b.json`."""
+    for candidate in (f"{key}{SIDECAR_SUFFIX}", str(PurePosixPath(key).with_suffix(SIDECAR_SUFFIX))):
+        if candidate in listed:
+            return candidate
+    return None
 
 
 class Source:
@@ -78,15 +83,6 @@ class Source:
     def read(self, key: str) -> StoredObject:
         """The object's bytes and metadata; raises ObjectMissing when it is gone."""
         raise NotImplementedError
-
-    def read_sidecar(self, key: str) -> bytes | None:
-        """The sidecar JSON bytes next to `key`, if there is one."""
-        for candidate in sidecar_keys(key):
-            try:
-                return self.read(candidate).data
-            except ObjectMissing:
-                continue
-        return None
 
 
 class S3Source(Source):
@@ -175,6 +171,36 @@ class FolderSource(Source):
             return StoredObject(data=path.read_bytes(), etag=_file_etag(path.stat()), metadata={})
         except (FileNotFoundError, IsADirectoryError) as error:
             raise ObjectMissing(f"file {path} no longer exists") from error
+
+
+class RecentObjects:
+    """Objects ingest has just read, kept (bounded, in memory) so scoring in the same worker need not
+    download them again; a worker that never ingested them simply misses and downloads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._objects: OrderedDict[tuple[str, str, str], StoredObject] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def put(self, source: Source, key: str, stored: StoredObject) -> None:
+        """Remember an object, forgetting the oldest ones beyond the byte budget."""
+        with self._lock:
+            self._objects[(source.storage, source.bucket, key)] = stored
+            self._size += len(stored.data)
+            while self._size > self.max_bytes:
+                self._size -= len(self._objects.popitem(last=False)[1].data)
+
+    def take(self, source: Source, key: str, etag: str | None) -> StoredObject | None:
+        """Hand over (and forget) the object if it is here with the same ETag."""
+        with self._lock:
+            stored = self._objects.pop((source.storage, source.bucket, key), None)
+            if stored is not None:
+                self._size -= len(stored.data)
+        return stored if stored is not None and stored.etag == etag else None
+
+
+recent_objects = RecentObjects(max_bytes=256 * 2**20)
 
 
 @lru_cache

@@ -8,7 +8,17 @@ import uuid
 
 import pytest
 
-from aesq.storage import FolderSource, ObjectInfo, ObjectMissing, S3Source, SourceError, open_source
+from aesq.storage import (
+    FolderSource,
+    ObjectInfo,
+    ObjectMissing,
+    RecentObjects,
+    S3Source,
+    SourceError,
+    StoredObject,
+    open_source,
+    sidecar_for,
+)
 from tests.helpers import put
 
 
@@ -90,20 +100,31 @@ def test_s3_read_missing_key_raises_object_missing(settings, bucket):
 
 
 @pytest.mark.parametrize(
-    ("sidecars", "expected"),
+    ("listed", "expected"),
     [
-        ({"dir/a.png.json": b"long"}, b"long"),
-        ({"dir/a.json": b"short"}, b"short"),
-        ({"dir/a.png.json": b"long", "dir/a.json": b"short"}, b"long"),
-        ({"a.json": b"other folder"}, None),
+        ({"dir/a.png", "dir/a.png.json"}, "dir/a.png.json"),
+        ({"dir/a.png", "dir/a.json"}, "dir/a.json"),
+        ({"dir/a.png", "dir/a.png.json", "dir/a.json"}, "dir/a.png.json"),
+        ({"dir/a.png", "a.json", "dir/b.json"}, None),
     ],
     ids=["full-name", "stem", "full-name-preferred", "none"],
 )
-def test_s3_read_sidecar(settings, s3_client, bucket, sidecars, expected):
-    put(s3_client, bucket, "dir/a.png", b"image")
-    for key, payload in sidecars.items():
-        put(s3_client, bucket, key, payload)
-    assert open_source(f"s3://{bucket}", settings).read_sidecar("dir/a.png") == expected
+def test_sidecar_for(listed, expected):
+    assert sidecar_for("dir/a.png", listed) == expected
+
+
+def test_recent_objects_hand_over_once_with_matching_etag_within_budget(tmp_path):
+    source = FolderSource(tmp_path)
+    recent = RecentObjects(max_bytes=10)
+    recent.put(source, "a", StoredObject(b"123456", "e1", {}))
+    assert recent.take(source, "a", "other-etag") is None  # changed since ingest: download again
+    recent.put(source, "a", StoredObject(b"123456", "e1", {}))
+    recent.put(source, "b", StoredObject(b"7890", "e2", {}))
+    assert recent.take(source, "a", "e1").data == b"123456"
+    assert recent.take(source, "a", "e1") is None
+    recent.put(source, "c", StoredObject(b"abcdefgh", "e3", {}))  # over budget: the oldest goes
+    assert recent.take(source, "b", "e2") is None
+    assert recent.take(source, "c", "e3").data == b"abcdefgh"
 
 
 def test_folder_lists_regular_files_with_relative_posix_keys(tmp_path):
@@ -154,9 +175,3 @@ def test_folder_read_missing_file_raises_object_missing(tmp_path, key):
     (tmp_path / "sub").mkdir()
     with pytest.raises(ObjectMissing, match="no longer exists"):
         FolderSource(tmp_path).read(key)
-
-
-def test_folder_read_sidecar(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"image")
-    (tmp_path / "a.json").write_bytes(b'{"seed": 3}')
-    assert FolderSource(tmp_path).read_sidecar("a.png") == b'{"seed": 3}'
