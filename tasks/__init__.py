@@ -4,12 +4,12 @@ from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from aesq.provenance import ProvenanceError
 from aesq.scoring import UnknownModel
 from aesq.storage import SourceError
 
-# Errors a retry cannot fix: bad configuration or arguments. Everything else (network, database) is retried.
-_PERMANENT = (SourceError, UnknownModel, ProvenanceError, FileNotFoundError)
+# Errors a retry cannot fix: bad configuration or arguments, missing model weights.
+# Everything else (network, database) is retried.
+_PERMANENT = (SourceError, UnknownModel, FileNotFoundError)
 
 
 def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
