@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from aesq.cli import app
+from aesq.config import get_settings
 from aesq.queries import version_comparison
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
@@ -64,3 +65,17 @@ def test_errors_are_one_clear_line(settings, args, env, message):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aesq: error: ") and message in lines[0], result.stderr
+
+
+def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("AESQ_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    refused = _aesq("status", env={"AESQ_DATABASE_URL": empty_database_url})
+    assert "the database schema is not current: run `aesq db upgrade`" in refused.stderr
+    upgraded = runner.invoke(app, ["db", "upgrade"])
+    assert upgraded.exit_code == 0 and "database at revision 0001" in upgraded.output
+    downgraded = runner.invoke(app, ["db", "downgrade", "base"])
+    assert downgraded.exit_code == 0 and "database at revision None" in downgraded.output
+    get_settings.cache_clear()
