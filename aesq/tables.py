@@ -35,7 +35,7 @@ STORAGE_KINDS = ("s3", "file")
 ASSET_STATUSES = ("pending", "scored", "failed", "duplicate")
 
 # Each embedder gets a partial HNSW index over its own fixed dimension (a halfvec column holds any).
-EMBEDDING_DIMENSIONS = {"efficientnet-lite0": 1280}
+EMBEDDING_DIMENSIONS = {"efficientnet-lite0": 1280, "clip-vit-l-14": 768}
 
 
 def _enum(name: str, values: tuple[str, ...]) -> Enum:

@@ -2,9 +2,12 @@
 
 from models.base import Embedder, Score, Scorer
 from models.efficientnet import EfficientNetLite0Embedder
+from models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
 from models.technical import TechnicalQualityScorer
 
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TechnicalQualityScorer,)}
-EMBEDDERS: dict[str, type[Embedder]] = {cls.name: cls for cls in (EfficientNetLite0Embedder,)}
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TechnicalQualityScorer, LaionAestheticV2Scorer)}
+EMBEDDERS: dict[str, type[Embedder]] = {
+    cls.name: cls for cls in (EfficientNetLite0Embedder, ClipVitL14Embedder)
+}
 
 __all__ = ["EMBEDDERS", "SCORERS", "Embedder", "Score", "Scorer"]

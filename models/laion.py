@@ -1,0 +1,281 @@
+"""LAION aesthetic predictor v2 ("improved") and the OpenAI CLIP ViT-L/14 embedder it stands on.
+
+The predictor is a small MLP head (`sac+logos+ava1-l14-linearMSE.pth`, from
+christophschuhmann/improved-aesthetic-predictor) over the L2-normalised 768-d CLIP ViT-L/14 image
+embedding; it gives scores of about 1–10. Feeding the un-normalised embedding (a known pitfall)
+gives 20–30, so every score also records that embedding's norm in `raw`.
+
+Both classes share one loaded CLIP model per (checkpoint, device) in a process, and when the
+embedder is asked for the very same image objects the scorer has just seen (or the other way
+round), the embeddings of that batch are reused instead of running CLIP a second time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from models.base import Embedder, Score, Scorer
+
+CLIP_FOLDER = "clip-vit-large-patch14"
+CLIP_HUB_ID = "openai/clip-vit-large-patch14"
+HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+EMBEDDING_DIMENSION = 768
+INPUT_SIZE = 224
+# OpenAI CLIP preprocessing: shortest side 224 (bicubic), centre crop 224, these mean/std.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The published head's Linear layers by index in its nn.Sequential (Dropout at 1, 3 and 5).
+HEAD_LINEARS = {0: (768, 1024), 2: (1024, 128), 4: (128, 64), 6: (64, 16), 7: (16, 1)}
+
+
+class AestheticHead(nn.Module):
+    """The published MLP: Linear/Dropout at the original indices, no activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(768, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeddings)
+
+
+def clip_image_processor():
+    """CLIP's preprocessing with the OpenAI values spelled out (a folder's own config is not used).
+
+    The PIL backend is preferred: it resizes PIL images with PIL's bicubic filter, as the original
+    `clip.load` transforms do; the torchvision backend resizes tensors and differs slightly.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:  # transformers before the split into PIL and torchvision backends
+        from transformers import CLIPImageProcessor as processor_class
+    from transformers.image_utils import PILImageResampling
+
+    return processor_class(
+        do_resize=True,
+        size={"shortest_edge": INPUT_SIZE},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": INPUT_SIZE, "width": INPUT_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        do_convert_rgb=True,
+    )
+
+
+@dataclass
+class ClipEncoder:
+    """One loaded CLIP ViT-L/14 vision tower with its preprocessing, shared by scorer and embedder."""
+
+    model: nn.Module
+    processor: object
+    device: str
+    dtype: torch.dtype
+    forward_passes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _last_images: list[weakref.ref] = field(default_factory=list, repr=False)
+    _last_result: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def encode(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The L2-normalised image embeddings (float32, CPU, (n, 768)) and their norms before that.
+
+        A call with the same image objects as the previous call reuses its result.
+        """
+        with self._lock:
+            if self._last_result is not None and len(images) == len(self._last_images) and all(
+                ref() is image for ref, image in zip(self._last_images, images)
+            ):
+                return self._last_result
+            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+            with torch.inference_mode():
+                output = self.model(pixel_values=pixels.to(self.device, self.dtype))
+                embeds = output.image_embeds.float()
+                norms = embeds.norm(dim=-1)
+                normalised = torch.nn.functional.normalize(embeds, dim=-1)
+            self.forward_passes += 1
+            self._last_images = [weakref.ref(image) for image in images]
+            self._last_result = (normalised.cpu(), norms.cpu())
+            return self._last_result
+
+
+_encoders: dict[tuple[str, str], ClipEncoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def _dtype_for(device: str) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@functools.cache
+def _vision_model_class():
+    """CLIPVisionModelWithProjection that loads quietly from a full CLIP checkpoint (text tower skipped)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    class ClipVisionTower(CLIPVisionModelWithProjection):
+        # A full CLIPModel snapshot (such as openai/clip-vit-large-patch14) also holds the text tower.
+        _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale$"]
+
+    return ClipVisionTower
+
+
+def _load_vision_model(source: str | Path, dtype: torch.dtype, folder: Path | None) -> nn.Module:
+    """The CLIP vision tower with projection from a local folder or the local HF cache; never downloads.
+
+    `folder` is where a checkpoint folder was looked for (named in the error when none is found).
+    """
+    load = _vision_model_class().from_pretrained
+    if isinstance(source, Path):
+        if not (source / "config.json").is_file():
+            raise ValueError(
+                f"CLIP checkpoint folder {source} has no config.json: expected a save_pretrained / "
+                f"Hugging Face snapshot folder of {CLIP_HUB_ID} (config.json and model.safetensors)"
+            )
+        where = str(source)
+        try:
+            model, info = load(where, local_files_only=True, dtype=dtype, output_loading_info=True)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            raise ValueError(
+                f"cannot load a CLIP vision model from {source} (expected a save_pretrained / "
+                f"Hugging Face snapshot folder of {CLIP_HUB_ID}): {error}"
+            ) from error
+    else:
+        where = f"{source} (Hugging Face cache)"
+        try:
+            model, info = load(source, local_files_only=True, dtype=dtype, output_loading_info=True)
+        except OSError as error:
+            raise FileNotFoundError(
+                f"CLIP ViT-L/14 weights not found: put a save_pretrained / Hugging Face snapshot folder of "
+                f"{CLIP_HUB_ID} at {folder if folder is not None else f'<weights_dir>/{CLIP_FOLDER}'}, or have "
+                f"{source} in the local Hugging Face cache (nothing is downloaded)"
+            ) from error
+    # from_pretrained fills absent weights with random ones and only warns: refuse that here.
+    absent = sorted(set(info.get("missing_keys", ())) | {key[0] for key in info.get("mismatched_keys", ())})
+    if absent:
+        raise ValueError(f"CLIP checkpoint {where} lacks weights {absent[:5]}{' …' if len(absent) > 5 else ''}")
+    config = model.config
+    if config.projection_dim != EMBEDDING_DIMENSION or config.image_size != INPUT_SIZE:
+        raise ValueError(
+            f"CLIP checkpoint {where} has projection_dim {config.projection_dim} and image_size "
+            f"{config.image_size}; CLIP ViT-L/14 has {EMBEDDING_DIMENSION} and {INPUT_SIZE}"
+        )
+    return model
+
+
+def shared_clip(weights_dir: Path | None, device: str) -> ClipEncoder:
+    """The process-wide CLIP ViT-L/14 for this weights folder and device, loaded on first use.
+
+    `weights_dir / "clip-vit-large-patch14"` is used when it exists, else the local HF cache.
+    """
+    folder = weights_dir / CLIP_FOLDER if weights_dir is not None else None
+    source: str | Path = folder.resolve() if folder is not None and folder.exists() else CLIP_HUB_ID
+    key = (str(source), str(torch.device(device)))
+    with _encoders_lock:
+        if key not in _encoders:
+            dtype = _dtype_for(device)
+            model = _load_vision_model(source, dtype, folder).eval().to(device)
+            _encoders[key] = ClipEncoder(model=model, processor=clip_image_processor(), device=device, dtype=dtype)
+        return _encoders[key]
+
+
+def load_head(path: Path) -> AestheticHead:
+    """The published MLP head from `path`, checked strictly against the published layout."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"LAION aesthetic head not found at {path}: put {HEAD_FILE} "
+            "(christophschuhmann/improved-aesthetic-predictor) in the weights folder"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated file, an HTML page, a pickle with code in it, …
+        raise ValueError(f"cannot read the LAION aesthetic head {path} as a torch state dict: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"LAION aesthetic head {path} holds a {type(state).__name__}, expected a state dict")
+    head = AestheticHead()
+    try:
+        head.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"LAION aesthetic head {path} does not have the published layout (layers.0/2/4/6/7 Linear "
+            f"768→1024→128→64→16→1 with biases): {error}"
+        ) from error
+    return head.float().eval()
+
+
+class LaionAestheticV2Scorer(Scorer):
+    """LAION improved aesthetic predictor (v2, sac+logos+ava1 L14 linearMSE): about 1–10."""
+
+    name = "laion-aes-v2"
+    version = "2"
+
+    def setup(self) -> None:
+        """Load the head, then CLIP (shared with the `clip-vit-l-14` embedder)."""
+        if self.weights_dir is None:
+            raise FileNotFoundError(f"LAION aesthetic v2 needs a weights folder holding {HEAD_FILE}")
+        self._head = load_head(self.weights_dir / HEAD_FILE).to(self.device)
+        self._clip = shared_clip(self.weights_dir, self.device)
+
+    def score(self, images: Sequence[Image.Image]) -> list[Score]:
+        """Score a batch (one CLIP forward pass).
+
+        Args:
+            images: decoded RGB images, any size.
+
+        Returns:
+            One `Score` per image; `raw` has the CLIP embedding's norm before normalisation.
+        """
+        if not images:
+            return []
+        normalised, norms = self._clip.encode(images)
+        with torch.inference_mode():
+            values = self._head(normalised.to(self.device)).squeeze(1).cpu()
+        return [
+            Score(value=float(value), raw={"clip_embedding_norm": float(norm)})
+            for value, norm in zip(values.tolist(), norms.tolist(), strict=True)
+        ]
+
+
+class ClipVitL14Embedder(Embedder):
+    """768-d OpenAI CLIP ViT-L/14 image embeddings (projected, L2-normalised)."""
+
+    name = "clip-vit-l-14"
+    dimension = EMBEDDING_DIMENSION
+
+    def setup(self) -> None:
+        """Load CLIP (shared with the `laion-aes-v2` scorer)."""
+        self._clip = shared_clip(self.weights_dir, self.device)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed a batch.
+
+        Args:
+            images: decoded RGB images, any size (shortest side 224 bicubic, centre crop 224).
+
+        Returns:
+            float32 array (len(images), 768) of unit-length rows.
+        """
+        if not images:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        normalised, _ = self._clip.encode(images)
+        return normalised.numpy().astype(np.float32, copy=True)

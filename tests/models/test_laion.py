@@ -1,0 +1,269 @@
+"""LAION aesthetic v2 scorer and CLIP ViT-L/14 embedder, on a tiny random CLIP of the same architecture.
+
+The real checkpoints cannot be downloaded here, so a small randomly initialised CLIP vision tower
+(with the real 768-d projection so the real-size head fits) and a random head in the published key
+layout stand in for them. The expected scores are computed independently: PIL/numpy preprocessing
+from the published facts, the vision tower, manual normalisation and matmuls from the state dict.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+
+from models import laion
+from models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
+from tests.helpers import noise_image, photo
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+STD = np.array([0.26862954, 0.26130258, 0.27577711])
+HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+
+
+def _vision_config(**overrides) -> CLIPVisionConfig:
+    settings = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    image_size=224, patch_size=32, projection_dim=768)
+    return CLIPVisionConfig(**(settings | overrides))
+
+
+def _published_head(seed: int = 0) -> nn.Sequential:
+    """The published head's module layout (Linear/Dropout at the original indices), random weights."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(768, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+
+def _save_head(path: Path, module: nn.Module, prefix: str = "layers.") -> dict[str, torch.Tensor]:
+    state = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
+    torch.save(state, path)
+    return state
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A weights folder: tiny CLIP in clip-vit-large-patch14/ and a random head in the published layout."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(1)
+    CLIPVisionModelWithProjection(_vision_config()).save_pretrained(folder / "clip-vit-large-patch14")
+    _save_head(folder / HEAD_FILE, _published_head())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer(weights) -> LaionAestheticV2Scorer:
+    model = LaionAestheticV2Scorer(weights_dir=weights)
+    model.setup()
+    return model
+
+
+@pytest.fixture(scope="module")
+def embedder(weights) -> ClipVitL14Embedder:
+    model = ClipVitL14Embedder(weights_dir=weights)
+    model.setup()
+    return model
+
+
+def _images() -> list[Image.Image]:
+    # Landscape, square, odd sizes and a portrait. (OpenAI CLIP's torchvision CenterCrop rounds the
+    # offset, CLIPImageProcessor floors it; they differ by one pixel only when the excess is 3 mod 4,
+    # which none of these has.)
+    portrait = noise_image(7, size=300).resize((300, 500))
+    return [photo("coffee"), photo("astronaut"), photo("chelsea"), portrait]
+
+
+def _reference_pixels(image: Image.Image) -> np.ndarray:
+    """OpenAI CLIP preprocessing from the facts: shortest side 224 bicubic, centre crop 224, mean/std."""
+    width, height = image.size
+    scale = 224 / min(width, height)
+    size = (224, int(height * scale)) if width <= height else (int(width * scale), 224)
+    resized = image.convert("RGB").resize(size, Image.BICUBIC)
+    left, top = int(round((size[0] - 224) / 2)), int(round((size[1] - 224) / 2))
+    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float64) / 255
+    return ((crop - MEAN) / STD).transpose(2, 0, 1)
+
+
+def _reference(weights: Path, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unnormalised embeddings, normalised embeddings and scores, computed without models.laion."""
+    vision = CLIPVisionModelWithProjection.from_pretrained(weights / "clip-vit-large-patch14").eval()
+    pixels = torch.from_numpy(np.stack([_reference_pixels(image) for image in images])).float()
+    with torch.no_grad():
+        embeds = vision(pixel_values=pixels).image_embeds.double().numpy()
+    unit = embeds / np.sqrt((embeds**2).sum(axis=1, keepdims=True))
+    state = {key: value.double().numpy() for key, value in torch.load(weights / HEAD_FILE).items()}
+    x = unit
+    for index in (0, 2, 4, 6, 7):
+        x = x @ state[f"layers.{index}.weight"].T + state[f"layers.{index}.bias"]
+    return embeds, unit, x[:, 0]
+
+
+def test_score_matches_an_independent_computation(scorer, weights):
+    images = _images()
+    embeds, _, expected = _reference(weights, images)
+    norms = np.linalg.norm(embeds, axis=1)
+    assert np.all(np.abs(norms - 1) > 0.05)  # so feeding un-normalised embeddings would show
+    scores = scorer.score(images)
+    assert len(scores) == len(images)
+    np.testing.assert_allclose([score.value for score in scores], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([score.raw["clip_embedding_norm"] for score in scores], norms, rtol=1e-4)
+    assert all(isinstance(score.value, float) for score in scores)
+
+
+def test_batch_equals_single_and_empty_batch(scorer):
+    images = _images()
+    batch = [score.value for score in scorer.score(images)]
+    singles = [scorer.score([image])[0].value for image in images]
+    np.testing.assert_allclose(batch, singles, rtol=1e-4, atol=1e-5)
+    assert scorer.score([]) == []
+
+
+def test_embeddings_are_the_normalised_image_embeds(embedder, weights):
+    images = _images()
+    _, expected, _ = _reference(weights, images)
+    vectors = embedder.embed(images)
+    assert vectors.shape == (len(images), 768) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed(images[1:2])[0], vectors[1], atol=1e-5)
+    assert embedder.embed([]).shape == (0, 768)
+    assert ClipVitL14Embedder.dimension == 768
+
+
+def test_scorer_and_embedder_share_one_clip_and_one_forward_per_batch(scorer, embedder, weights):
+    assert scorer._clip is embedder._clip
+    again = ClipVitL14Embedder(weights_dir=weights)
+    again.setup()
+    assert again._clip is scorer._clip
+    clip = scorer._clip
+    images = _images()
+    before = clip.forward_passes
+    scorer.score(images)
+    assert clip.forward_passes == before + 1
+    embedder.embed(images)  # the same image objects: the scorer's embeddings are reused
+    assert clip.forward_passes == before + 1
+    embedder.embed([image.copy() for image in images])  # other objects: run again
+    assert clip.forward_passes == before + 2
+
+
+def test_float32_on_cpu_and_bfloat16_on_cuda(scorer):
+    assert scorer._clip.dtype == torch.float32 and next(scorer._clip.model.parameters()).dtype == torch.float32
+    assert laion._dtype_for("cuda:0") == torch.bfloat16 and laion._dtype_for("cpu") == torch.float32
+
+
+def test_bfloat16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeypatch):
+    """The CUDA dtype plumbing (bf16 weights and pixels, float32 head), exercised on the CPU."""
+    shutil.copytree(weights, tmp_path, dirs_exist_ok=True)  # another folder: its own cached CLIP
+    monkeypatch.setattr(laion, "_dtype_for", lambda device: torch.bfloat16)
+    half = LaionAestheticV2Scorer(weights_dir=tmp_path)
+    half.setup()
+    assert next(half._clip.model.parameters()).dtype == torch.bfloat16
+    images = _images()
+    full_values = [score.value for score in scorer.score(images)]
+    half_values = [score.value for score in half.score(images)]
+    np.testing.assert_allclose(half_values, full_values, rtol=5e-3)
+    full_vectors, half_vectors = scorer._clip.encode(images)[0].numpy(), half._clip.encode(images)[0].numpy()
+    assert half_vectors.dtype == np.float32
+    assert (full_vectors * half_vectors).sum(axis=1).min() > 0.995
+
+
+def test_processor_uses_the_openai_values_not_the_folders(weights):
+    processor = laion.clip_image_processor()
+    assert list(processor.image_mean) == list(MEAN) and list(processor.image_std) == list(STD)
+    assert processor.size["shortest_edge"] == 224 and (processor.crop_size["height"], processor.crop_size["width"]) == (224, 224)
+    assert int(processor.resample) == int(Image.BICUBIC)
+
+
+def test_loads_a_full_clip_snapshot(tmp_path):
+    """The openai/clip-vit-large-patch14 snapshot is a whole CLIPModel (text tower too)."""
+    torch.manual_seed(2)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    full = CLIPModel(CLIPConfig(text_config=text, vision_config=_vision_config().to_dict(), projection_dim=768))
+    full.save_pretrained(tmp_path / "clip-vit-large-patch14")
+    embedder = ClipVitL14Embedder(weights_dir=tmp_path)
+    embedder.setup()
+    model = embedder._clip.model
+    assert torch.equal(model.visual_projection.weight, full.visual_projection.weight)
+    assert torch.equal(model.vision_model.post_layernorm.weight, full.vision_model.post_layernorm.weight)
+    assert embedder.embed([photo("coffee")]).shape == (1, 768)
+
+
+def test_missing_clip_folder_is_a_clear_error_and_nothing_is_downloaded(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    vision_class = laion._vision_model_class()
+    calls = []
+
+    def spy(cls, *args, **kwargs):
+        calls.append((args, kwargs))
+        return CLIPVisionModelWithProjection.from_pretrained.__func__(cls, *args, **kwargs)
+
+    monkeypatch.setattr(vision_class, "from_pretrained", classmethod(spy))
+    with pytest.raises(FileNotFoundError, match=r"clip-vit-large-patch14.*nothing is downloaded") as error:
+        ClipVitL14Embedder(weights_dir=tmp_path).setup()
+    assert str(tmp_path / "clip-vit-large-patch14") in str(error.value)
+    assert [(args, kwargs["local_files_only"]) for args, kwargs in calls] == [(("openai/clip-vit-large-patch14",), True)]
+
+
+def test_missing_head_file_is_a_clear_error(weights, tmp_path):
+    (tmp_path / "clip-vit-large-patch14").symlink_to(weights / "clip-vit-large-patch14")
+    with pytest.raises(FileNotFoundError, match=r"sac\+logos\+ava1-l14-linearMSE\.pth"):
+        LaionAestheticV2Scorer(weights_dir=tmp_path).setup()
+    with pytest.raises(FileNotFoundError, match="weights folder"):
+        LaionAestheticV2Scorer(weights_dir=None).setup()
+
+
+@pytest.mark.parametrize(
+    "make_head",
+    [
+        pytest.param(lambda path: _save_head(path, _published_head(), prefix=""), id="no-layers-prefix"),
+        pytest.param(lambda path: _save_head(path, nn.Linear(768, 1), prefix="layers.0."), id="v1-linear"),
+        pytest.param(lambda path: _save_head(path, nn.Sequential(nn.Linear(1152, 1024), nn.Dropout(0.2),
+                                                                 nn.Linear(1024, 128), nn.Dropout(0.2),
+                                                                 nn.Linear(128, 64), nn.Dropout(0.1),
+                                                                 nn.Linear(64, 16), nn.Linear(16, 1))),
+                     id="v2.5-shapes"),
+        pytest.param(lambda path: path.write_bytes(b"<html>not found</html>"), id="not-a-checkpoint"),
+        pytest.param(lambda path: torch.save([1, 2, 3], path), id="not-a-dict"),
+    ],
+)
+def test_head_with_another_layout_is_refused(weights, tmp_path, make_head):
+    (tmp_path / "clip-vit-large-patch14").symlink_to(weights / "clip-vit-large-patch14")
+    make_head(tmp_path / HEAD_FILE)
+    with pytest.raises(ValueError, match=r"LAION aesthetic head .*sac\+logos\+ava1-l14-linearMSE\.pth"):
+        LaionAestheticV2Scorer(weights_dir=tmp_path).setup()
+
+
+def test_published_head_layout_loads(weights):
+    head = laion.load_head(weights / HEAD_FILE)
+    assert [name for name, _ in head.named_parameters()] == [
+        f"layers.{index}.{kind}" for index in (0, 2, 4, 6, 7) for kind in ("weight", "bias")
+    ]
+    assert not head.training
+
+
+@pytest.mark.parametrize(
+    "make_folder, message",
+    [
+        (lambda folder: folder.mkdir(), "no config.json"),
+        (lambda folder: _vision_config().save_pretrained(folder), "cannot load a CLIP vision model"),
+        (lambda folder: CLIPVisionModelWithProjection(_vision_config(projection_dim=512)).save_pretrained(folder),
+         "projection_dim 512"),
+        (lambda folder: CLIPVisionModelWithProjection(_vision_config(image_size=64)).save_pretrained(folder),
+         "image_size 64"),
+        (lambda folder: CLIPVisionModel(_vision_config()).save_pretrained(folder), "lacks weights .*visual_projection"),
+    ],
+    ids=["empty", "config-only", "projection-512", "image-size-64", "no-projection"],
+)
+def test_malformed_clip_folder_is_a_clear_error(tmp_path, make_folder, message):
+    folder = tmp_path / "clip-vit-large-patch14"
+    make_folder(folder)
+    with pytest.raises(ValueError, match=message) as error:
+        ClipVitL14Embedder(weights_dir=tmp_path).setup()
+    assert str(folder) in str(error.value)
