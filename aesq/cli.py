@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +21,8 @@ from aesq.config import Settings, get_settings
 app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+bench_app = typer.Typer(help="Benchmark scorers against human labels.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 # Piped output is not cut to 80 columns, so tables stay readable in logs and CI.
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -210,6 +214,85 @@ def worker() -> None:
         for index, source in enumerate(settings.sources)
     ]
     serve(*deployments)
+
+
+@contextmanager
+def _scorer_enabled(name: str) -> Iterator[None]:
+    """Add `name` to the enabled scorers (AESQ_SCORERS) for the duration, so the flows run it too."""
+    enabled = get_settings().scorers
+    if name in enabled:
+        yield
+        return
+    before = os.environ.get("AESQ_SCORERS")
+    os.environ["AESQ_SCORERS"] = ",".join([*enabled, name])
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("AESQ_SCORERS")
+        else:
+            os.environ["AESQ_SCORERS"] = before
+        get_settings.cache_clear()
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """A statistic for a table; "—" where it is undefined."""
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+@bench_app.command("labels")
+def bench_labels(
+    data: Annotated[Path, typer.Option(help="folder with test.json (or test/test.json) and the images")],
+    scorer: Annotated[str, typer.Option(help="scorer to benchmark; enabled for this run if it is not")],
+    bootstrap: Annotated[int, typer.Option(min=100, help="bootstrap resamples for the 95 % intervals")] = 2000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Score a labelled set through the flows and report agreement with the human scores (SRCC, PLCC, bias)."""
+    from aesq.labels import LabelError, label_report, labelled_pairs, read_labels
+
+    _quiet_prefect(verbose)
+    try:
+        labels = read_labels(data)
+    except LabelError as error:
+        raise CliError(str(error)) from None
+    with _scorer_enabled(scorer):
+        settings = _ready_settings()
+        _run_with_progress(settings, str(data))
+        pairs, excluded = labelled_pairs(settings, data, labels, scorer)
+    if excluded:
+        console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
+        for failure in excluded:
+            console.print(f"  {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
+    report = label_report(pairs, bootstrap, seed)
+
+    console.print(f"{scorer} against human scores: {report.count} images", highlight=False)
+    summary = Table()
+    for column, justify in (("metric", "left"), ("value", "right"), ("95 % CI (bootstrap)", "right")):
+        summary.add_column(column, justify=justify)
+    for name, estimate in (("SRCC", report.srcc), ("PLCC", report.plcc)):
+        interval = "—" if estimate.low is None else f"[{estimate.low:.3f}, {estimate.high:.3f}]"
+        summary.add_row(name, _number(estimate.value), interval)
+    console.print(summary)
+    if report.slope is not None:
+        console.print(
+            f"linear fit to the human scale: human ≈ {report.slope:.4g} × {scorer} "
+            f"{'−' if report.intercept < 0 else '+'} {abs(report.intercept):.4g}; "
+            "PLCC after this fit = |PLCC| above (a linear map changes Pearson's r at most in sign)",
+            highlight=False,
+        )
+    if report.categories:
+        console.print("per category (bias: mean of fitted prediction − human score)")
+        table = Table()
+        for column, justify in (("category", "left"), ("n", "right"), ("SRCC", "right"), ("bias", "right")):
+            table.add_column(column, justify=justify)
+        for row in report.categories:
+            bias = "—" if row.bias is None else f"{row.bias:+.3f}"
+            table.add_row(row.category, str(row.count), _number(row.srcc), bias)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
 
 
 @db_app.command("upgrade")
