@@ -2,10 +2,13 @@
 
 from models.base import Embedder, Score, Scorer
 from models.efficientnet import EfficientNetLite0Embedder
+from models.internvl import INTERNVL_SCORERS
 from models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
 from models.technical import TechnicalQualityScorer
 
-SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in (TechnicalQualityScorer, LaionAestheticV2Scorer)}
+SCORERS: dict[str, type[Scorer]] = {
+    cls.name: cls for cls in (TechnicalQualityScorer, LaionAestheticV2Scorer, *INTERNVL_SCORERS)
+}
 EMBEDDERS: dict[str, type[Embedder]] = {
     cls.name: cls for cls in (EfficientNetLite0Embedder, ClipVitL14Embedder)
 }
