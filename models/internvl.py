@@ -470,8 +470,16 @@ class ErnieImageAesScorer(Scorer):
 
     def setup(self) -> None:
         """Load (or reuse) the checkpoint as a native InternVL model and tokenize the fixed prompt."""
+        self.use_checkpoint(load_checkpoint(self.checkpoint_folder(), self.device, dtype_for(self.device)))
+
+    def use_checkpoint(self, checkpoint: LoadedCheckpoint) -> None:
+        """Score with an already loaded (or in-memory built) checkpoint and tokenize the fixed prompt.
+
+        `setup()` calls this with the checkpoint it read from disk; the GPU benchmark calls it with
+        a randomly initialised model built in memory. The checkpoint's model must be in `dtype_for(device)`.
+        """
         self.dtype = dtype_for(self.device)
-        self.checkpoint = load_checkpoint(self.checkpoint_folder(), self.device, self.dtype)
+        self.checkpoint = checkpoint
         self.model = self.checkpoint.model
         self.tokenizer = self.checkpoint.tokenizer
         chat = self.checkpoint.chat_config

@@ -233,8 +233,14 @@ class LaionAestheticV2Scorer(Scorer):
         """Load the head, then CLIP (shared with the `clip-vit-l-14` embedder)."""
         if self.weights_dir is None:
             raise FileNotFoundError(f"LAION aesthetic v2 needs a weights folder holding {HEAD_FILE}")
-        self._head = load_head(self.weights_dir / HEAD_FILE).to(self.device)
-        self._clip = shared_clip(self.weights_dir, self.device)
+        head = load_head(self.weights_dir / HEAD_FILE)
+        self.use(head, shared_clip(self.weights_dir, self.device))
+
+    def use(self, head: AestheticHead, clip: ClipEncoder) -> None:
+        """Score with an already loaded head and CLIP encoder (`setup()` reads both from the weights
+        folder; the GPU benchmark passes randomly initialised ones built in memory)."""
+        self._head = head.float().eval().to(self.device)
+        self._clip = clip
 
     def score(self, images: Sequence[Image.Image]) -> list[Score]:
         """Score a batch (one CLIP forward pass).
