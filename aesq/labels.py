@@ -166,7 +166,7 @@ def labelled_pairs(settings: Settings, folder: Path, labels: Sequence[Label], sc
         elif row.status == "pending":
             excluded.append(Failure(label.image, "not scored yet"))
         else:
-            excluded.append(Failure(label.image, f"no {scorer} score (scored before {scorer} was enabled)"))
+            excluded.append(Failure(label.image, f"no {scorer} score (its image could not be read again to add it)"))
     return pairs, excluded
 
 

@@ -6,6 +6,7 @@ runs on them (one scoring slot per process), while other threads fetch and decod
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import Connection, select, text
 
 from aesq.batches import in_batches
 from aesq.config import Settings
@@ -22,7 +24,7 @@ from aesq.database import get_engine
 from aesq.images import ImageRejected, decode_rgb
 from aesq.storage import FolderSource, ObjectMissing, S3Source, Source, minio_client, recent_objects
 from aesq.store import ScoreValue, mark_failed, mark_scored, write_embeddings, write_scores
-from aesq.tables import Asset
+from aesq.tables import Asset, Embedding, ScoreRow
 from models import EMBEDDERS, SCORERS, Embedder, Scorer
 
 _model_slot = threading.Lock()
@@ -82,16 +84,44 @@ def _fetch_and_decode(source: Source, key: str, etag: str | None, max_pixels: in
         return str(problem)
 
 
+def _missing_outputs(
+    connection: Connection, ids: list[int], scorers: list[Scorer], embedders: list[Embedder]
+) -> dict[Scorer | Embedder, set[int]]:
+    """For each enabled model, the assets among `ids` that do not have its output yet."""
+    have_scores = set(
+        connection.execute(
+            select(ScoreRow.asset_id, ScoreRow.scorer, ScoreRow.scorer_version).where(ScoreRow.asset_id.in_(ids))
+        ).all()
+    )
+    have_vectors = set(
+        connection.execute(select(Embedding.asset_id, Embedding.embedder).where(Embedding.asset_id.in_(ids))).all()
+    )
+    missing: dict[Scorer | Embedder, set[int]] = {}
+    for scorer in scorers:
+        missing[scorer] = {i for i in ids if (i, scorer.name, scorer.version) not in have_scores}
+    for embedder in embedders:
+        missing[embedder] = {i for i in ids if (i, embedder.name) not in have_vectors}
+    return missing
+
+
 def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
-    """Score the pending assets among `asset_ids` and store scores, embeddings and statuses."""
+    """Give the assets among `asset_ids` every enabled model's output they lack; store it and their status.
+
+    Pending assets are scored for the first time; scored ones are only backfilled for models enabled
+    since. An image that cannot be fetched or decoded fails a pending asset; a scored one keeps its status.
+    """
     scorers, embedders = load_models(settings)
     engine = get_engine(settings)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag)
-            .where(Asset.id.in_(asset_ids), Asset.status == "pending")
+            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.status)
+            .where(Asset.id.in_(asset_ids), Asset.status.in_(("pending", "scored")))
             .order_by(Asset.id)
         ).all()
+        missing = _missing_outputs(connection, [row.id for row in rows], scorers, embedders)
+    needed = set().union(*missing.values())
+    pending = {row.id for row in rows if row.status == "pending"}
+    rows = [row for row in rows if row.id in needed or row.id in pending]
     sources: dict[tuple[str, str], Source] = {}
     for row in rows:
         sources.setdefault((row.storage, row.bucket), _source_for(row.storage, row.bucket, settings))
@@ -103,36 +133,57 @@ def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
             )
         )
     failures = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, str)}
-    good = [(row.id, item) for row, item in zip(rows, decoded) if not isinstance(item, str)]
-    ids = [asset_id for asset_id, _ in good]
-    images = [image for _, image in good]
+    images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, str)}
 
     scores: list[ScoreValue] = []
-    vectors = {}
-    if images:
-        with _model_slot:
-            for scorer in scorers:
-                for asset_id, score in zip(ids, scorer.score(images), strict=True):
+    vectors: dict[str, tuple[list[int], np.ndarray]] = {}
+    with _model_slot:
+        for model, lacking in missing.items():
+            ids = [asset_id for asset_id in images if asset_id in lacking]
+            if not ids:
+                continue
+            batch = [images[asset_id] for asset_id in ids]
+            if isinstance(model, Scorer):
+                for asset_id, score in zip(ids, model.score(batch), strict=True):
                     if math.isfinite(score.value):
-                        scores.append(ScoreValue(asset_id, scorer.name, scorer.version, float(score.value), score.raw))
+                        scores.append(ScoreValue(asset_id, model.name, model.version, float(score.value), score.raw))
                     else:
-                        failures[asset_id] = f"scorer {scorer.name} returned {score.value}"
-            for embedder in embedders:
-                vectors[embedder.name] = embedder.embed(images)
-    scored_ids = [asset_id for asset_id in ids if asset_id not in failures]
+                        failures[asset_id] = f"scorer {model.name} returned {score.value}"
+            else:
+                vectors[model.name] = (ids, model.embed(batch))
+    scored_ids = [asset_id for asset_id in images if asset_id in pending and asset_id not in failures]
 
     with engine.begin() as connection:
         write_scores(connection, [score for score in scores if score.asset_id not in failures])
-        for name, matrix in vectors.items():
+        for name, (ids, matrix) in vectors.items():
             keep = [index for index, asset_id in enumerate(ids) if asset_id not in failures]
             write_embeddings(connection, name, [ids[index] for index in keep], matrix[keep])
-        mark_failed(connection, failures)
+        mark_failed(connection, {asset_id: reason for asset_id, reason in failures.items() if asset_id in pending})
         mark_scored(connection, scored_ids)
     return BatchOutcome(scored=len(scored_ids), failed=len(failures))
 
 
 def pending_batches(settings: Settings) -> list[list[int]]:
-    """Ids of every asset waiting for scores, in batches of `batch_size`."""
+    """Ids of assets waiting for scores, or lacking the output of a model enabled since, in batches."""
+    check_model_names(settings)
+    wanted_scores = [(name, SCORERS[name].version) for name in settings.scorers]
+    query = text(
+        """
+        SELECT a.id FROM assets a
+        WHERE a.status = 'pending'
+           OR a.status = 'scored' AND (
+                EXISTS (SELECT 1 FROM jsonb_to_recordset(CAST(:scorers AS jsonb)) AS w(name text, version text)
+                        WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.asset_id = a.id
+                                          AND s.scorer = w.name AND s.scorer_version = w.version))
+             OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(CAST(:embedders AS jsonb)) AS w(name)
+                        WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.asset_id = a.id AND e.embedder = w.name)))
+        ORDER BY a.id
+        """
+    )
+    params = {
+        "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
+        "embedders": json.dumps(settings.embedders),
+    }
     with get_engine(settings).connect() as connection:
-        ids = list(connection.execute(select(Asset.id).where(Asset.status == "pending").order_by(Asset.id)).scalars())
+        ids = list(connection.execute(query, params).scalars())
     return in_batches(ids, settings.batch_size)

@@ -183,3 +183,25 @@ def test_changed_object_is_rescored_and_new_objects_are_picked_up(settings, s3_c
     assert assets["generated/m/2/b.jpg"].status == "scored"
     with get_engine(settings).connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM scores")).scalar_one() == 2
+
+
+def test_enabling_a_model_backfills_scored_assets_without_touching_existing_scores(settings, s3_client, bucket, monkeypatch):
+    from aesq.config import get_settings
+
+    put(s3_client, bucket, "generated/m/1/a.jpg", ASTRONAUT)
+    put(s3_client, bucket, "generated/m/1/b.jpg", ROCKET)
+    monkeypatch.setenv("AESQ_EMBEDDERS", "")
+    get_settings.cache_clear()
+    run_flow(f"s3://{bucket}/")
+    before = _snapshot(get_settings())
+    assert before["embeddings"] == [] and len(before["scores"]) == 2
+
+    monkeypatch.setenv("AESQ_EMBEDDERS", "efficientnet-lite0")
+    get_settings.cache_clear()
+    run_flow(f"s3://{bucket}/")
+    after = _snapshot(get_settings())
+    assert after["scores"] == before["scores"]
+    assert [row.status for row in after["assets"]] == ["scored", "scored"]
+    assert len(after["embeddings"]) == 2
+    run_flow(f"s3://{bucket}/")
+    assert _snapshot(get_settings()) == after  # nothing left to backfill
