@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
 
     scores: list[ScoreValue] = []
     vectors: dict[str, tuple[list[int], np.ndarray]] = {}
-    with _model_slot:
+    with _model_slot if images else nullcontext():  # a batch with nothing to compute waits for no model
         for model, lacking in missing.items():
             ids = [asset_id for asset_id in images if asset_id in lacking]
             if not ids:
