@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aesq import database
-from aesq.config import Settings, get_settings
+from aesq.config import Settings, UnknownPool, get_settings
 
 app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
@@ -148,7 +149,7 @@ def top(
 
     settings = _ready_settings()
     name, _, version = generator.partition(":")
-    rows = top_assets(settings, name, version or None, scorer or settings.scorers[0], n)
+    rows = top_assets(settings, name, version or None, scorer or settings.enabled_scorers[0], n)
     if not rows:
         raise CliError(f"no scored assets for generator {generator!r}")
     table = Table(title=f"Top {n} of {generator}")
@@ -170,7 +171,7 @@ def similar(
 
     settings = _ready_settings()
     try:
-        neighbours = nearest_assets(settings, asset_id, embedder or settings.embedders[0], n)
+        neighbours = nearest_assets(settings, asset_id, embedder or settings.enabled_embedders[0], n)
     except ValueError as error:
         raise CliError(str(error)) from None
     if not neighbours:
@@ -198,13 +199,25 @@ def demo(
 
 
 @app.command()
-def worker() -> None:
-    """Serve the spine flow: every AESQ_POLL_INTERVAL_SECONDS, run it on each of AESQ_SOURCES."""
+def worker(
+    pool: Annotated[str | None, typer.Option(help="Serve this scoring pool (AESQ_POOLS) instead of the flows.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device of this pool worker, e.g. cuda:1.")] = None,
+    name: Annotated[str | None, typer.Option(help="Pool worker name, unique per GPU (default host-device).")] = None,
+    prefetch: Annotated[int, typer.Option(min=1, help="Batches a pool worker prepares at once.")] = 2,
+) -> None:
+    """Serve the spine flow on each of AESQ_SOURCES every AESQ_POLL_INTERVAL_SECONDS, or (--pool) score
+    batches for one scoring pool with its models loaded once."""
+    settings = _ready_settings()
+    if pool is not None:
+        from flows.scoring_pool import serve_scoring_pool
+
+        pool_settings = settings.for_pool(pool, device)
+        serve_scoring_pool(pool, name or f"{socket.gethostname()}-{pool_settings.device}", device, prefetch)
+        return
     from prefect import serve
 
     from flows.spine import run_flow
 
-    settings = _ready_settings()
     if not settings.sources:
         raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
     deployments = [
@@ -339,7 +352,7 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, OperationalError):
         return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
-    expected = (CliError, DatabaseError, SourceError, UnknownModel, SettingsError)
+    expected = (CliError, DatabaseError, SourceError, UnknownModel, UnknownPool, SettingsError)
     return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
 
 

@@ -13,13 +13,25 @@ from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
 def _toml_path() -> Path:
     """Where the optional TOML file is looked for."""
     return Path(os.environ.get("AESQ_CONFIG", "aesq.toml"))
+
+
+class ScoringPool(BaseModel):
+    """A named group of scoring workers (typically one per GPU) and the models they run."""
+
+    scorers: list[str] = Field(default_factory=list, description="Scorer names the pool's workers run.")
+    embedders: list[str] = Field(default_factory=list, description="Embedder names the pool's workers run.")
+    device: str = Field(default="cuda", description="torch device of a worker unless `aesq worker --device` says.")
+
+
+class UnknownPool(ValueError):
+    """A scoring pool name that the settings do not define."""
 
 
 class Settings(BaseSettings):
@@ -55,6 +67,14 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
     batch_size: int = Field(default=32, gt=0, description="Images per task run.")
     fetch_threads: int = Field(default=8, gt=0, description="Parallel object downloads inside one batch.")
+    pools: dict[str, ScoringPool] = Field(
+        default_factory=dict,
+        description="Scoring pools; when any is set, flows hand score batches to the pools' workers "
+        "(`aesq worker --pool NAME`) instead of scoring in-process, and `scorers`/`embedders` are unused.",
+    )
+    pool_wait_seconds: float = Field(
+        default=3600, gt=0, description="How long a flow waits for the scoring pools to score one batch."
+    )
     poll_interval_seconds: int = Field(default=300, gt=0, description="How often the worker looks for new objects.")
 
     @field_validator("sources", "scorers", "embedders", mode="before")
@@ -66,6 +86,30 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def enabled_scorers(self) -> list[str]:
+        """Every scorer that runs somewhere: the pools' when pools are set, else `scorers`."""
+        if not self.pools:
+            return self.scorers
+        return list(dict.fromkeys(name for pool in self.pools.values() for name in pool.scorers))
+
+    @property
+    def enabled_embedders(self) -> list[str]:
+        """Every embedder that runs somewhere: the pools' when pools are set, else `embedders`."""
+        if not self.pools:
+            return self.embedders
+        return list(dict.fromkeys(name for pool in self.pools.values() for name in pool.embedders))
+
+    def for_pool(self, name: str, device: str | None = None) -> Settings:
+        """These settings as a worker of pool `name` sees them: its models, on its (or the given) device."""
+        if name not in self.pools:
+            configured = ", ".join(sorted(self.pools)) or "none"
+            raise UnknownPool(f"no scoring pool {name!r} in the settings (configured: {configured})")
+        pool = self.pools[name]
+        return self.model_copy(
+            update={"scorers": pool.scorers, "embedders": pool.embedders, "device": device or pool.device, "pools": {}}
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -1,15 +1,19 @@
 """Scoring: fetch a batch of pending assets, decode them, run every enabled scorer and embedder, store.
 
-Models are built once per worker process and shared by its task threads; one batch at a time
-runs on them (one scoring slot per process), while other threads fetch and decode the next batch.
+Models are built once per worker process and shared by its task threads. Fetching, decoding and
+each model's CPU preprocessing run on threads outside the model slot, so while one batch holds the
+slot (one per process, plus any slot the caller adds, such as a GPU's concurrency limit) the next
+batches are being prepared.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from contextlib import nullcontext
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +32,7 @@ from aesq.store import ScoreValue, mark_failed, mark_scored, write_embeddings, w
 from aesq.tables import Asset, Embedding, ScoreRow
 from models import EMBEDDERS, SCORERS, Embedder, Scorer
 
+logger = logging.getLogger(__name__)
 _model_slot = threading.Lock()
 _loading = threading.Lock()
 
@@ -49,12 +54,16 @@ def _loaded(kind: str, name: str, weights_dir: Path | None, device: str) -> Scor
     """Build and set up one model per process."""
     model = (SCORERS if kind == "scorer" else EMBEDDERS)[name](weights_dir=weights_dir, device=device)
     model.setup()
+    logger.info("loaded %s %s on %s", kind, name, device)
     return model
 
 
 def check_model_names(settings: Settings) -> None:
     """Fail before any work when a configured scorer or embedder does not exist."""
-    for kind, names, registry in (("scorer", settings.scorers, SCORERS), ("embedder", settings.embedders, EMBEDDERS)):
+    for kind, names, registry in (
+        ("scorer", settings.enabled_scorers, SCORERS),
+        ("embedder", settings.enabled_embedders, EMBEDDERS),
+    ):
         for name in names:
             if name not in registry:
                 raise UnknownModel(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
@@ -105,11 +114,14 @@ def _missing_outputs(
     return missing
 
 
-def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
+def score_assets(
+    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager] = nullcontext
+) -> BatchOutcome:
     """Give the assets among `asset_ids` every enabled model's output they lack; store it and their status.
 
     Pending assets are scored for the first time; scored ones are only backfilled for models enabled
     since. An image that cannot be fetched or decoded fails a pending asset; a scored one keeps its status.
+    `model_slot` is held, inside this process's own slot, while the models run.
     """
     scorers, embedders = load_models(settings)
     engine = get_engine(settings)
@@ -135,23 +147,23 @@ def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
         )
     failures = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, str)}
     images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, str)}
+    work = {model: [asset_id for asset_id in images if asset_id in lacking] for model, lacking in missing.items()}
+    work = {model: ids for model, ids in work.items() if ids}
+    with ThreadPoolExecutor(max(1, len(work))) as pool:
+        prepared = dict(zip(work, pool.map(lambda model: model.prepare([images[i] for i in work[model]]), work)))
 
     scores: list[ScoreValue] = []
     vectors: dict[str, tuple[list[int], np.ndarray]] = {}
-    with _model_slot if images else nullcontext():  # a batch with nothing to compute waits for no model
-        for model, lacking in missing.items():
-            ids = [asset_id for asset_id in images if asset_id in lacking]
-            if not ids:
-                continue
-            batch = [images[asset_id] for asset_id in ids]
+    with (_model_slot if work else nullcontext()), (model_slot() if work else nullcontext()):
+        for model, ids in work.items():
             if isinstance(model, Scorer):
-                for asset_id, score in zip(ids, model.score(batch), strict=True):
+                for asset_id, score in zip(ids, model.score_prepared(prepared[model]), strict=True):
                     if math.isfinite(score.value):
                         scores.append(ScoreValue(asset_id, model.name, model.version, float(score.value), score.raw))
                     else:
                         failures[asset_id] = f"scorer {model.name} returned {score.value}"
             else:
-                vectors[model.name] = (ids, model.embed(batch))
+                vectors[model.name] = (ids, model.embed_prepared(prepared[model]))
     scored_ids = [asset_id for asset_id in images if asset_id in pending and asset_id not in failures]
 
     with engine.begin() as connection:
@@ -165,9 +177,10 @@ def score_assets(asset_ids: list[int], settings: Settings) -> BatchOutcome:
 
 
 def pending_batches(settings: Settings) -> list[list[int]]:
-    """Ids of assets waiting for scores, or lacking the output of a model enabled since, in batches."""
+    """Ids of assets waiting for scores, or lacking the output of a model enabled since (here or in
+    any scoring pool), in batches."""
     check_model_names(settings)
-    wanted_scores = [(name, SCORERS[name].version) for name in settings.scorers]
+    wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
     query = text(
         """
         SELECT a.id FROM assets a
@@ -183,8 +196,15 @@ def pending_batches(settings: Settings) -> list[list[int]]:
     )
     params = {
         "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
-        "embedders": json.dumps(settings.embedders),
+        "embedders": json.dumps(settings.enabled_embedders),
     }
     with get_engine(settings).connect() as connection:
         ids = list(connection.execute(query, params).scalars())
     return in_batches(ids, settings.batch_size)
+
+
+def batch_outcome(asset_ids: list[int], settings: Settings) -> BatchOutcome:
+    """How the assets of a batch stand now: scored and failed counts (after workers elsewhere scored it)."""
+    with get_engine(settings).connect() as connection:
+        statuses = connection.execute(select(Asset.status).where(Asset.id.in_(asset_ids))).scalars().all()
+    return BatchOutcome(scored=statuses.count("scored"), failed=statuses.count("failed"))

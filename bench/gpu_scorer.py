@@ -375,10 +375,10 @@ def internvl_steps(scorer: internvl.ArtiMuseScorer):
         return lambda: [score.value for score in scorer.score(images)]
 
     def preprocess(images):
-        return lambda: scorer.pixel_values(images)
+        return lambda: scorer.prepare(images)
 
     def forward(images):
-        pixels = scorer.pixel_values(images)
+        pixels = scorer.prepare(images).to(scorer.input_ids.device)
         input_ids = scorer.input_ids.expand(len(images), -1)
 
         def call():

@@ -1,7 +1,9 @@
 """The one small interface every scorer and embedder implements.
 
 A model is built with a weights folder and a device, loads its weights once in `setup()`
-(once per worker process), then handles whole batches of decoded RGB images.
+(once per worker process), then handles whole batches of decoded RGB images in two steps:
+`prepare()` (CPU work such as resizing and normalising, run on prefetch threads while the
+accelerator is busy with another batch) and `score_prepared()` / `embed_prepared()` (the model).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -36,18 +38,33 @@ class _Model(ABC):
     def setup(self) -> None:
         """Load weights; called once per worker before the first batch."""
 
+    def prepare(self, images: Sequence[Image.Image]) -> Any:
+        """CPU-side preprocessing of a non-empty batch, safe to run on several threads at once."""
+        return list(images)
+
 
 class Scorer(_Model):
     """Maps a batch of images to one score each."""
 
     version: ClassVar[str]
 
-    @abstractmethod
     def score(self, images: Sequence[Image.Image]) -> list[Score]:
-        """Score a batch.
+        """Prepare and score a batch in one call.
 
         Args:
             images: decoded RGB images, any size.
+
+        Returns:
+            One `Score` per image, in input order.
+        """
+        return self.score_prepared(self.prepare(images)) if images else []
+
+    @abstractmethod
+    def score_prepared(self, batch: Any) -> list[Score]:
+        """Score a batch that `prepare()` returned.
+
+        Args:
+            batch: `prepare()`'s result for a non-empty list of images.
 
         Returns:
             One `Score` per image, in input order.
@@ -59,13 +76,26 @@ class Embedder(_Model):
 
     dimension: ClassVar[int]
 
-    @abstractmethod
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed a batch.
+        """Prepare and embed a batch in one call.
 
         Args:
             images: decoded RGB images, any size.
 
         Returns:
             float32 array of shape (len(images), dimension), each row of unit length.
+        """
+        if not images:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self.embed_prepared(self.prepare(images))
+
+    @abstractmethod
+    def embed_prepared(self, batch: Any) -> np.ndarray:
+        """Embed a batch that `prepare()` returned.
+
+        Args:
+            batch: `prepare()`'s result for a non-empty list of images.
+
+        Returns:
+            float32 array of shape (batch size, dimension), each row of unit length.
         """

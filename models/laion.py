@@ -85,6 +85,25 @@ def clip_image_processor():
     )
 
 
+class _RecentBatches:
+    """The results for the last few batches, found again by the identity of the batch's objects."""
+
+    def __init__(self, size: int = 2) -> None:
+        self._size = size
+        self._entries: list[tuple[list[weakref.ref], object]] = []
+
+    def get(self, items: Sequence[object]) -> object | None:
+        """The result stored for exactly these objects, or None."""
+        for refs, result in self._entries:
+            if len(refs) == len(items) and all(ref() is item for ref, item in zip(refs, items)):
+                return result
+        return None
+
+    def put(self, items: Sequence[object], result: object) -> None:
+        """Remember `result` for these objects, forgetting the oldest entry when full."""
+        self._entries = [*self._entries[1 - self._size :], ([weakref.ref(item) for item in items], result)]
+
+
 @dataclass
 class ClipEncoder:
     """One loaded CLIP ViT-L/14 vision tower with its preprocessing, shared by scorer and embedder."""
@@ -95,29 +114,37 @@ class ClipEncoder:
     dtype: torch.dtype
     forward_passes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _last_images: list[weakref.ref] = field(default_factory=list, repr=False)
-    _last_result: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _prepared: _RecentBatches = field(default_factory=_RecentBatches, repr=False)
+    _encoded: _RecentBatches = field(default_factory=_RecentBatches, repr=False)
 
-    def encode(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CLIP pixel values on the CPU; the same image objects get the same tensor back."""
+        with self._lock:
+            pixels = self._prepared.get(images)
+        if pixels is None:
+            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+            with self._lock:
+                self._prepared.put(images, pixels)
+        return pixels  # type: ignore[return-value]
+
+    def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The L2-normalised image embeddings (float32, CPU, (n, 768)) and their norms before that.
 
-        A call with the same image objects as the previous call reuses its result.
+        The same pixel tensor as one of the last calls reuses that call's result.
         """
         with self._lock:
-            if self._last_result is not None and len(images) == len(self._last_images) and all(
-                ref() is image for ref, image in zip(self._last_images, images)
-            ):
-                return self._last_result
-            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+            cached = self._encoded.get([pixels])
+            if cached is not None:
+                return cached  # type: ignore[return-value]
             with torch.inference_mode():
                 output = self.model(pixel_values=pixels.to(self.device, self.dtype))
                 embeds = output.image_embeds.float()
                 norms = embeds.norm(dim=-1)
                 normalised = torch.nn.functional.normalize(embeds, dim=-1)
             self.forward_passes += 1
-            self._last_images = [weakref.ref(image) for image in images]
-            self._last_result = (normalised.cpu(), norms.cpu())
-            return self._last_result
+            result = (normalised.cpu(), norms.cpu())
+            self._encoded.put([pixels], result)
+            return result
 
 
 _encoders: dict[tuple[str, str], ClipEncoder] = {}
@@ -242,18 +269,20 @@ class LaionAestheticV2Scorer(Scorer):
         self._head = head.float().eval().to(self.device)
         self._clip = clip
 
-    def score(self, images: Sequence[Image.Image]) -> list[Score]:
-        """Score a batch (one CLIP forward pass).
+    def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CLIP preprocessing on the CPU (shared with the embedder for the same image objects)."""
+        return self._clip.prepare(images)
+
+    def score_prepared(self, batch: torch.Tensor) -> list[Score]:
+        """Score a batch (one CLIP forward pass, shared with the embedder for the same batch).
 
         Args:
-            images: decoded RGB images, any size.
+            batch: CLIP pixel values from `prepare()`.
 
         Returns:
             One `Score` per image; `raw` has the CLIP embedding's norm before normalisation.
         """
-        if not images:
-            return []
-        normalised, norms = self._clip.encode(images)
+        normalised, norms = self._clip.encode(batch)
         with torch.inference_mode():
             values = self._head(normalised.to(self.device)).squeeze(1).cpu()
         return [
@@ -272,16 +301,18 @@ class ClipVitL14Embedder(Embedder):
         """Load CLIP (shared with the `laion-aes-v2` scorer)."""
         self._clip = shared_clip(self.weights_dir, self.device)
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """CLIP preprocessing (shortest side 224 bicubic, centre crop 224) on the CPU."""
+        return self._clip.prepare(images)
+
+    def embed_prepared(self, batch: torch.Tensor) -> np.ndarray:
         """Embed a batch.
 
         Args:
-            images: decoded RGB images, any size (shortest side 224 bicubic, centre crop 224).
+            batch: CLIP pixel values from `prepare()`.
 
         Returns:
-            float32 array (len(images), 768) of unit-length rows.
+            float32 array (batch size, 768) of unit-length rows.
         """
-        if not images:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        normalised, _ = self._clip.encode(images)
+        normalised, _ = self._clip.encode(batch)
         return normalised.numpy().astype(np.float32, copy=True)

@@ -197,14 +197,17 @@ class TechnicalQualityScorer(Scorer):
     name: ClassVar[str] = "technical"
     version: ClassVar[str] = "1"
 
-    def score(self, images: Sequence[Image.Image]) -> list[Score]:
-        """Score each image independently; see the module docstring for the formula."""
-        return [self._score_one(image) for image in images]
+    def prepare(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        """The measurements: all of this scorer's work is CPU work, so it runs on the prefetch threads."""
+        return [_measure(image) for image in images]
+
+    def score_prepared(self, batch: list[dict[str, float]]) -> list[Score]:
+        """Map each image's measurements to sub-scores and combine them; see the module docstring."""
+        return [self._combine(dict(raw)) for raw in batch]
 
     @staticmethod
-    def _score_one(image: Image.Image) -> Score:
-        """Measure, map to sub-scores, combine."""
-        raw = _measure(image)
+    def _combine(raw: dict[str, float]) -> Score:
+        """Weighted sub-scores, scaled by the resolution factor, with the sub-scores kept in `raw`."""
         subs = _subscores(raw)
         quality = sum(weight * subs[key] for key, weight in WEIGHTS.items())
         value = 10.0 * subs["resolution"] * quality

@@ -1,6 +1,17 @@
-"""Tasks that score assets with the enabled models."""
+"""Tasks that score assets: in the flow's process, or on the workers of the configured scoring pools.
 
-from prefect import task
+A pool's workers (`aesq worker --pool NAME`, one per GPU) are Prefect task workers serving that
+pool's own task: they keep their models loaded across batches, and each holds a Prefect global
+concurrency limit of one slot while its models run, so one batch at a time uses its GPU while the
+next batches are fetched, decoded and preprocessed on CPU threads.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from prefect import Task, task
+from prefect.concurrency.sync import concurrency
 
 from aesq import scoring
 from aesq.config import get_settings
@@ -21,10 +32,53 @@ def pending_assets() -> list[list[int]]:
 def score_assets(asset_ids: list[int]) -> scoring.BatchOutcome:
     """Score one batch with every enabled scorer and embedder and store the results.
 
+    Without scoring pools the models run here; with pools, every pool's workers score the batch with
+    their models and this task waits for them.
+
     Args:
         asset_ids: ids of one batch; ids that are not pending any more are skipped.
 
     Returns:
         How many assets were scored and how many failed.
     """
-    return scoring.score_assets(asset_ids, get_settings())
+    settings = get_settings()
+    if not settings.pools:
+        return scoring.score_assets(asset_ids, settings)
+    futures = [pool_task(pool).delay(asset_ids) for pool in settings.pools]
+    for future in futures:
+        future.result(timeout=settings.pool_wait_seconds)
+    return scoring.batch_outcome(asset_ids, settings)
+
+
+def gpu_slot_name(worker: str) -> str:
+    """The global concurrency limit that gives worker `worker` one scoring slot."""
+    return f"aesq-slot:{worker}"
+
+
+def pool_task(pool: str, device: str | None = None, worker: str | None = None) -> Task[[list[int]], scoring.BatchOutcome]:
+    """The task that pool `pool`'s workers serve and flows hand batches to.
+
+    Args:
+        pool: scoring pool name from the settings.
+        device: torch device of the worker serving it (the pool's device when None).
+        worker: the worker's name, whose global concurrency slot is held while the models run;
+            None when the task is only being handed batches.
+
+    Returns:
+        A task keyed by the pool name, so only that pool's workers pick its runs up.
+    """
+
+    def slot() -> AbstractContextManager:
+        """The worker's single scoring slot."""
+        return concurrency(gpu_slot_name(worker), occupy=1, strict=True)
+
+    def score_on_pool(asset_ids: list[int]) -> scoring.BatchOutcome:
+        """Score one batch with this pool's models, holding the worker's slot while they run."""
+        settings = get_settings().for_pool(pool, device)
+        if worker is None:
+            return scoring.score_assets(asset_ids, settings)
+        return scoring.score_assets(asset_ids, settings, model_slot=slot)
+
+    # Prefect keys a task by its function's name and code: the pool in the name keeps pools apart.
+    score_on_pool.__qualname__ = f"score_on_pool_{pool}"
+    return task(score_on_pool, name=f"score-assets-{pool}", persist_result=True, **RETRY)

@@ -355,7 +355,7 @@ def test_score_equals_the_native_full_vocabulary_forward(ernie, native, tokenize
         assert 0 <= score.value <= 100 and score.raw["expected"] == score.value
         assert 0 < score.raw["score_token_mass"] < 1 and 0 < score.raw["argmax_probability"] <= 1
         assert float(score.raw["argmax"]).is_integer() and score.raw["std"] > 0
-    torch.testing.assert_close(ernie.pixel_values(batch), torch.stack([reference_pixels(i) for i in batch]))
+    torch.testing.assert_close(ernie.prepare(batch), torch.stack([reference_pixels(i) for i in batch]))
 
 
 def test_score_token_mass_matches_the_full_softmax(ernie, native, tokenizer):

@@ -167,7 +167,8 @@ def test_bfloat16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeyp
     full_values = [score.value for score in scorer.score(images)]
     half_values = [score.value for score in half.score(images)]
     np.testing.assert_allclose(half_values, full_values, rtol=5e-3)
-    full_vectors, half_vectors = scorer._clip.encode(images)[0].numpy(), half._clip.encode(images)[0].numpy()
+    full_vectors = scorer._clip.encode(scorer.prepare(images))[0].numpy()
+    half_vectors = half._clip.encode(half.prepare(images))[0].numpy()
     assert half_vectors.dtype == np.float32
     assert (full_vectors * half_vectors).sum(axis=1).min() > 0.995
 
