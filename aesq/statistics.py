@@ -1,0 +1,243 @@
+"""Statistics of score distributions, so a model version is called better or worse only with evidence."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import stats
+
+# Below 5 scores a bootstrap has at most 35 distinct resamples and a two-sided Mann–Whitney test of
+# 4 against 4 cannot go below p = 0.029; from 5 on it can reach p < 0.01 (2/252).
+MIN_SAMPLES = 5
+# A two-sided Wilcoxon signed-rank test cannot reach p < 0.05 with 5 pairs (its smallest p is
+# 2/32 = 0.0625); 6 pairs is the fewest with which it can (2/64 = 0.031).
+MIN_PAIRS = 6
+CONFIDENCE_LEVEL = 0.95
+N_RESAMPLES = 2000
+# Resamples evaluated at once: bounds memory to about BOOTSTRAP_BATCH x (number of scores) floats.
+BOOTSTRAP_BATCH = 256
+ADJUSTMENT_METHODS = ("holm", "bh")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap 95 % confidence interval."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Statistics of one version's scores under one scorer."""
+
+    count: int
+    mean: float
+    median: float
+    std: float
+    p10: float
+    p90: float
+    mean_interval: Interval | None
+    share_above: float | None
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """B against A on the same prompt and seed: differences are B minus A."""
+
+    pairs: int
+    mean_difference: float
+    difference_interval: Interval
+    wilcoxon_p: float
+    share_b_better: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """B against A: unpaired, and paired on matching prompts when there are enough pairs."""
+
+    count_a: int
+    count_b: int
+    mean_difference: float
+    difference_interval: Interval | None
+    mann_whitney_p: float | None
+    effect_size: float | None
+    paired: PairedComparison | None
+    too_few: str | None
+    adjusted_p: float | None = None
+
+
+def _scores(values: Sequence[float]) -> np.ndarray:
+    """The values as a float array; ValueError unless every one is finite."""
+    array = np.asarray(values, dtype=float)
+    if not np.isfinite(array).all():
+        raise ValueError("scores must be finite numbers (no NaN or infinity)")
+    return array
+
+
+def _mean(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The mean along an axis, in the form scipy.stats.bootstrap vectorises."""
+    return np.mean(sample, axis=axis)
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """mean(b) - mean(a) along an axis, in the form scipy.stats.bootstrap vectorises."""
+    return np.mean(b, axis=axis) - np.mean(a, axis=axis)
+
+
+def _bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], seed: int) -> Interval:
+    """BCa bootstrap 95 % interval of the statistic; percentile where BCa is degenerate (e.g. constant data)."""
+    options = dict(statistic=statistic, n_resamples=N_RESAMPLES, batch=BOOTSTRAP_BATCH, vectorized=True,
+                   paired=False, confidence_level=CONFIDENCE_LEVEL, rng=seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # scipy warns whenever BCa cannot be computed (NaN)
+            interval = stats.bootstrap(samples, method="BCa", **options).confidence_interval
+    except RuntimeWarning:
+        interval = stats.bootstrap(samples, method="percentile", **options).confidence_interval
+    return Interval(float(interval.low), float(interval.high))
+
+
+def summarize(scores: Sequence[float], threshold: float | None = None, *, seed: int = 0) -> Summary:
+    """Describe one version's scores under one scorer.
+
+    Args:
+        scores: the scores, at least one, all finite.
+        threshold: scores at or above it count towards `share_above`; None leaves that out.
+        seed: seeds the bootstrap, so the same scores and seed give the same interval.
+
+    Returns:
+        Count, mean, median, sample standard deviation (ddof=1; 0 for a single score), the 10th and
+        90th percentiles (linear interpolation, as Postgres' percentile_cont), a BCa bootstrap 95 %
+        interval of the mean (None below MIN_SAMPLES scores) and the share of scores >= threshold.
+
+    Raises:
+        ValueError: when there are no scores or one is not finite.
+    """
+    values = _scores(scores)
+    if values.size == 0:
+        raise ValueError("cannot summarize an empty set of scores")
+    p10, p90 = np.percentile(values, [10, 90])
+    return Summary(
+        count=values.size,
+        mean=float(np.mean(values)),
+        median=float(np.median(values)),
+        std=float(np.std(values, ddof=1)) if values.size > 1 else 0.0,
+        p10=float(p10),
+        p90=float(p90),
+        mean_interval=_bootstrap_interval((values,), _mean, seed) if values.size >= MIN_SAMPLES else None,
+        share_above=float(np.mean(values >= threshold)) if threshold is not None else None,
+    )
+
+
+def _compare_pairs(pairs: Sequence[tuple[float, float]], seed: int) -> PairedComparison | None:
+    """Paired statistics of B minus A; None below MIN_PAIRS pairs."""
+    scores = _scores(pairs).reshape(len(pairs), 2)
+    if len(scores) < MIN_PAIRS:
+        return None
+    differences = scores[:, 1] - scores[:, 0]
+    # zsplit: a tie (zero difference) counts half for each side, as in share_b_better, and keeps the
+    # test defined (p = 1) when every pair is tied.
+    wilcoxon = stats.wilcoxon(scores[:, 1], scores[:, 0], zero_method="zsplit")
+    return PairedComparison(
+        pairs=len(scores),
+        mean_difference=float(np.mean(differences)),
+        difference_interval=_bootstrap_interval((differences,), _mean, seed),
+        wilcoxon_p=float(wilcoxon.pvalue),
+        share_b_better=float(np.mean(differences > 0) + 0.5 * np.mean(differences == 0)),
+    )
+
+
+def compare(a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float, float]] = (), *,
+            seed: int = 0) -> Comparison:
+    """Compare version B's scores with version A's.
+
+    Args:
+        a: the scores of version A (the reference), at least one.
+        b: the scores of version B, at least one.
+        pairs: (score under A, score under B) for images of the same prompt and seed.
+        seed: seeds the bootstraps, so the same inputs and seed give the same intervals.
+
+    Returns:
+        The difference of means mean(B) - mean(A) with a two-sample (independent) BCa bootstrap 95 %
+        interval, the two-sided Mann–Whitney U p-value and, as effect size, the rank-biserial
+        correlation 2·U_B/(n_A·n_B) - 1 (equal to Cliff's delta: P(B > A) - P(B < A), in [-1, 1],
+        positive when B scores higher). Below MIN_SAMPLES scores on either side these are None and
+        `too_few` says why. `paired` holds the paired statistics when there are at least MIN_PAIRS
+        pairs (it depends only on `pairs`), else None. `adjusted_p` is left None; see compare_family.
+
+    Raises:
+        ValueError: when a or b is empty, or a score is not finite.
+    """
+    scores_a, scores_b = _scores(a), _scores(b)
+    if scores_a.size == 0 or scores_b.size == 0:
+        raise ValueError(f"cannot compare an empty set of scores (A has {scores_a.size}, B has {scores_b.size})")
+    paired = _compare_pairs(pairs, seed)
+    mean_difference = float(_mean_difference(scores_a, scores_b))
+    if min(scores_a.size, scores_b.size) < MIN_SAMPLES:
+        too_few = (f"Too few scores to compare: A has {scores_a.size} and B has {scores_b.size}, "
+                   f"but each needs at least {MIN_SAMPLES}.")
+        return Comparison(count_a=scores_a.size, count_b=scores_b.size, mean_difference=mean_difference,
+                          difference_interval=None, mann_whitney_p=None, effect_size=None, paired=paired,
+                          too_few=too_few)
+    mann_whitney = stats.mannwhitneyu(scores_b, scores_a, alternative="two-sided")  # U counts B above A
+    return Comparison(
+        count_a=scores_a.size,
+        count_b=scores_b.size,
+        mean_difference=mean_difference,
+        difference_interval=_bootstrap_interval((scores_a, scores_b), _mean_difference, seed),
+        mann_whitney_p=float(mann_whitney.pvalue),
+        effect_size=float(2 * mann_whitney.statistic / (scores_a.size * scores_b.size) - 1),
+        paired=paired,
+        too_few=None,
+    )
+
+
+def _holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment: the k-th smallest p times (m - k + 1), kept non-decreasing, capped at 1."""
+    order = np.argsort(p_values)
+    stepped = np.maximum.accumulate(p_values[order] * np.arange(len(p_values), 0, -1))
+    adjusted = np.empty_like(p_values)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
+
+
+def _tested_p(comparison: Comparison) -> float | None:
+    """The p-value that enters the family: paired Wilcoxon when there are pairs, else Mann–Whitney."""
+    return comparison.paired.wilcoxon_p if comparison.paired is not None else comparison.mann_whitney_p
+
+
+def compare_family(baseline: Sequence[float], others: Mapping[str, Sequence[float]],
+                   pairs: Mapping[str, Sequence[tuple[float, float]]] | None = None, *, method: str = "holm",
+                   seed: int = 0) -> dict[str, Comparison]:
+    """Compare every other version with the baseline, adjusting p-values for the number of comparisons.
+
+    Args:
+        baseline: the baseline version's scores (version A in every comparison).
+        others: scores of each other version (version B), by name.
+        pairs: for a name, (baseline score, its score) on the same prompt and seed; missing names have none.
+        method: "holm" (Holm–Bonferroni, controls the family-wise error rate) or "bh"
+            (Benjamini–Hochberg via scipy.stats.false_discovery_control, controls the false discovery rate).
+        seed: seeds the bootstraps.
+
+    Returns:
+        The comparison of each name, as `compare` gives it, with `adjusted_p` set: the adjusted paired
+        Wilcoxon p where `paired` is present, else the adjusted Mann–Whitney p. The family is the
+        comparisons that have a p-value; the others (too few scores, no pairs) keep adjusted_p None.
+
+    Raises:
+        ValueError: for an unknown method, or what `compare` raises.
+    """
+    if method not in ADJUSTMENT_METHODS:
+        raise ValueError(f"unknown adjustment method {method!r}; use one of {', '.join(ADJUSTMENT_METHODS)}")
+    pairs = pairs or {}
+    comparisons = {name: compare(baseline, scores, pairs.get(name, ()), seed=seed) for name, scores in others.items()}
+    tested = {name: p for name, comparison in comparisons.items() if (p := _tested_p(comparison)) is not None}
+    raw = np.array(list(tested.values()))
+    adjusted = _holm(raw) if method == "holm" else stats.false_discovery_control(raw, method="bh")
+    for name, adjusted_p in zip(tested, adjusted, strict=True):
+        comparisons[name] = replace(comparisons[name], adjusted_p=float(adjusted_p))
+    return comparisons
