@@ -30,6 +30,15 @@ class ScoringPool(BaseModel):
     device: str = Field(default="cuda", description="torch device of a worker unless `aesq worker --device` says.")
 
 
+class DefectRule(BaseModel):
+    """When an asset counts as a low scorer under one scorer and goes to defect analysis."""
+
+    below: float | None = Field(default=None, description="Scores under this absolute value.")
+    bottom_share: float | None = Field(
+        default=None, gt=0, le=1, description="Or the lowest share of its generator version (0.1 = bottom 10 %)."
+    )
+
+
 class UnknownPool(ValueError):
     """A scoring pool name that the settings do not define."""
 
@@ -64,6 +73,17 @@ class Settings(BaseSettings):
         default_factory=lambda: {"technical": 5.0},
         description="Per scorer: a score at or above this counts as good in the statistics.",
     )
+    defect_rules: dict[str, DefectRule] = Field(
+        default_factory=lambda: {"technical": DefectRule(below=5.0, bottom_share=0.1)},
+        description="Per scorer: which assets defect analysis looks at.",
+    )
+    near_duplicate_distance: float = Field(
+        default=0.02, ge=0, le=2, description="Cosine distance under which two assets' embeddings are near-duplicates."
+    )
+    reports_uri: str | None = Field(
+        default=None, description="Where reports are saved: s3://bucket/prefix or a folder; default data_dir/reports."
+    )
+    report_days: int = Field(default=14, gt=0, description="Days of daily means in the report's trend.")
     max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
     batch_size: int = Field(default=32, gt=0, description="Images per task run.")
     fetch_threads: int = Field(default=8, gt=0, description="Parallel object downloads inside one batch.")

@@ -78,14 +78,14 @@ def load_models(settings: Settings) -> tuple[list[Scorer], list[Embedder]]:
     return scorers, embedders  # type: ignore[return-value]
 
 
-def _source_for(storage: str, bucket: str, settings: Settings) -> Source:
+def source_for(storage: str, bucket: str, settings: Settings) -> Source:
     """Reopen the storage an asset was ingested from."""
     if storage == "s3":
         return S3Source(minio_client(settings), bucket, "")
     return FolderSource(Path(bucket))
 
 
-def _fetch_and_decode(source: Source, key: str, etag: str | None, max_pixels: int) -> Image.Image | str:
+def fetch_and_decode(source: Source, key: str, etag: str | None, max_pixels: int) -> Image.Image | str:
     """The decoded image (bytes from ingest's recent reads when this worker has them), or why it cannot be."""
     try:
         stored = recent_objects.take(source, key, etag) or source.read(key)
@@ -137,11 +137,11 @@ def score_assets(
     rows = [row for row in rows if row.id in needed or row.id in pending]
     sources: dict[tuple[str, str], Source] = {}
     for row in rows:
-        sources.setdefault((row.storage, row.bucket), _source_for(row.storage, row.bucket, settings))
+        sources.setdefault((row.storage, row.bucket), source_for(row.storage, row.bucket, settings))
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         decoded = list(
             pool.map(
-                lambda row: _fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, settings.max_pixels),
+                lambda row: fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, settings.max_pixels),
                 rows,
             )
         )

@@ -6,6 +6,7 @@ A source is named by a URI: `s3://bucket/prefix` or a folder path. Keys are alwa
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections import OrderedDict
@@ -234,3 +235,21 @@ def open_source(uri: str, settings: Settings | None = None) -> Source:
     if not root.is_dir():
         raise SourceError(f"{uri!r}: no such folder")
     return FolderSource(root)
+
+
+def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Settings | None = None) -> str:
+    """Store `data` as `name` under `uri` (s3://bucket/prefix or a local folder); returns where it went."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        key = str(PurePosixPath(prefix) / name) if prefix else name
+        try:
+            minio_client(settings).put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except S3Error as error:
+            if error.code == "NoSuchBucket":
+                raise SourceError(f"bucket {bucket!r} does not exist") from error
+            raise
+        return f"s3://{bucket}/{key}"
+    folder = Path(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return str(folder / name)

@@ -106,6 +106,7 @@ class Asset(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # by defect analysis
 
 
 class ScoreRow(Base):
@@ -147,7 +148,10 @@ class Defect(Base):
     """A defect found on an asset (filled by defect analysis)."""
 
     __tablename__ = "defects"
-    __table_args__ = (CheckConstraint("severity BETWEEN 0 AND 1", name="severity_range"),)
+    __table_args__ = (
+        CheckConstraint("severity BETWEEN 0 AND 1", name="severity_range"),
+        UniqueConstraint("asset_id", "category"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
@@ -174,3 +178,14 @@ class VersionStats(Base):
     threshold: Mapped[float | None] = mapped_column(Double)
     share_above: Mapped[float | None] = mapped_column(Double)
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Report(Base):
+    """A rendered quality report: where it was saved and the figures the next report compares with."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    location: Mapped[str] = mapped_column(Text)
+    summary: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

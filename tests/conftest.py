@@ -107,7 +107,7 @@ def bucket(s3_client: Minio) -> str:
     return name
 
 
-TABLES = ("defects", "embeddings", "scores", "version_stats", "assets", "generators")
+TABLES = ("reports", "defects", "embeddings", "scores", "version_stats", "assets", "generators")
 
 
 @pytest.fixture

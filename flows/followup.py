@@ -1,0 +1,19 @@
+"""Follow-up flows on scored assets: defect analysis of low scorers and the nightly report."""
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.defects import analyse_defects, low_scorers
+from tasks.report import publish_report
+
+
+@flow(name="aesq-defects", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def defects_flow() -> int:
+    """Analyse the low scorers not analysed since they were scored; returns defect rows written."""
+    return sum(future.result() for future in [analyse_defects.submit(ids) for ids in low_scorers()])
+
+
+@flow(name="aesq-report")
+def report_flow() -> str:
+    """Render and save the quality report; returns where it went."""
+    return publish_report()

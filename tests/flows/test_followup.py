@@ -1,0 +1,77 @@
+"""Follow-up flows end to end: scored S3 objects → defect analysis of low scorers → the HTML report."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from PIL import ImageEnhance, ImageFilter
+from prefect.client.orchestration import get_client
+
+from aesq.database import get_engine
+from aesq.defect_analysis import analyse_assets
+from flows.followup import defects_flow, report_flow
+from flows.spine import run_flow
+from tests.helpers import jpeg_bytes, photo, put
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def _defects(settings) -> dict[str, dict[str, str]]:
+    """Defect details by asset key and category."""
+    query = sa.text("SELECT a.key, d.category, d.detail FROM defects d JOIN assets a ON a.id = d.asset_id")
+    found: dict[str, dict[str, str]] = {}
+    with get_engine(settings).connect() as connection:
+        for key, category, detail in connection.execute(query):
+            found.setdefault(key, {})[category] = detail
+    return found
+
+
+def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3_client, bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("AESQ_REPORTS_URI", f"s3://{bucket}/reports")
+    # Blurred and darkened copies score about 6–7.5 on the technical scale, sharp originals above 9.
+    monkeypatch.setenv("AESQ_DEFECT_RULES", '{"technical": {"below": 8}}')
+    from aesq.config import get_settings
+
+    get_settings.cache_clear()
+    for name in PHOTOS:
+        original = photo(name)
+        put(s3_client, bucket, f"generated/sdxl/1.0/{name}.jpg", jpeg_bytes(original))
+        put(s3_client, bucket, f"generated/sdxl/1.1/{name}.jpg", jpeg_bytes(original.filter(ImageFilter.GaussianBlur(6))))
+        put(s3_client, bucket, f"generated/sdxl/1.2/{name}.jpg", jpeg_bytes(ImageEnhance.Brightness(original).enhance(0.15)))
+    put(s3_client, bucket, "generated/sdxl/1.0/astronaut-again.jpg", jpeg_bytes(photo("astronaut"), quality=80))
+    run_flow(f"s3://{bucket}/")
+
+    assert defects_flow() > 0
+    found = _defects(settings)
+    for name in PHOTOS:
+        assert "blur" in found[f"generated/sdxl/1.1/{name}.jpg"]
+        assert "underexposure" in found[f"generated/sdxl/1.2/{name}.jpg"]
+        original = found.get(f"generated/sdxl/1.0/{name}.jpg", {})
+        assert "blur" not in original and "underexposure" not in original
+    assert defects_flow() == 0  # nothing new to analyse
+
+    # A re-encoded copy is a near-duplicate of its original, which is named as the one to keep.
+    with get_engine(settings).connect() as connection:
+        ids = dict(connection.execute(sa.text("SELECT key, id FROM assets")).all())
+    analyse_assets([ids["generated/sdxl/1.0/astronaut-again.jpg"]], get_settings())
+    detail = _defects(settings)["generated/sdxl/1.0/astronaut-again.jpg"]["near_duplicate"]
+    assert f"keep asset {ids['generated/sdxl/1.0/astronaut.jpg']}" in detail
+
+    location = report_flow()
+    assert location.startswith(f"s3://{bucket}/reports/aesq-report-")
+    html = s3_client.get_object(bucket, location.removeprefix(f"s3://{bucket}/")).read().decode()
+    for version in ("sdxl:1.0", "sdxl:1.1", "sdxl:1.2"):
+        assert version in html
+    assert "data:image/jpeg;base64," in html and "underexposure" in html
+    with get_engine(settings).connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM reports")).scalar() == 1
+    with get_client(sync_client=True) as client:
+        keys = {artifact.key for artifact in client.read_latest_artifacts()}
+    assert {"aesq-report", "aesq-leaderboard"} <= keys
+
+    # The next report compares with this one: no version is new any more.
+    second = report_flow()
+    html = s3_client.get_object(bucket, second.removeprefix(f"s3://{bucket}/")).read().decode()
+    assert "new: sdxl:1.0" not in html
