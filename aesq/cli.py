@@ -133,9 +133,55 @@ def status() -> None:
 
 
 @app.command()
-def compare(scorer: Annotated[str | None, typer.Option(help="only this scorer")] = None) -> None:
-    """Table of generator versions side by side."""
-    console.print(_comparison_table(_ready_settings(), scorer))
+def compare(
+    versions: Annotated[list[str] | None, typer.Argument(help="NAME:VERSION ...; the first is the baseline")] = None,
+    scorer: Annotated[str | None, typer.Option(help="only this scorer (default for A B: the first enabled)")] = None,
+    correction: Annotated[str, typer.Option(help="for 3+ versions: holm or bh")] = "holm",
+) -> None:
+    """Table of generator versions side by side; with versions A B [C ...], the statistics of B (C, ...) against A."""
+    settings = _ready_settings()
+    if not versions:
+        console.print(_comparison_table(settings, scorer))
+        return
+    if len(versions) < 2:
+        raise CliError("name at least two versions: aesq compare NAME:A NAME:B")
+    from aesq.queries import version_scores
+    from aesq.statistics import compare_family
+
+    scorer = scorer or settings.enabled_scorers[0]
+    scores, by_prompt = version_scores(settings, versions, scorer)
+    for version, values in scores.items():
+        if not values:
+            raise CliError(f"no {scorer} scores for version {version!r}")
+    baseline, others = versions[0], versions[1:]
+    pairs = {
+        other: [(by_prompt[baseline][key], value) for key, value in by_prompt[other].items() if key in by_prompt[baseline]]
+        for other in others
+    }
+    try:
+        results = compare_family(scores[baseline], {v: scores[v] for v in others}, pairs, method=correction)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    table = Table(title=f"{scorer}: each version against {baseline} (n={len(scores[baseline])})")
+    for column in ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p",
+                   "pairs", "paired diff", "Wilcoxon p", "B better"):
+        table.add_column(column)
+    for version, result in results.items():
+        interval = result.difference_interval
+        paired = result.paired
+        table.add_row(
+            version, str(result.count_b), f"{result.mean_difference:+.3f}",
+            f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
+            _number(result.mann_whitney_p, 4), _number(result.effect_size), _number(result.adjusted_p, 4),
+            str(paired.pairs) if paired else str(len(pairs[version])),
+            f"{paired.mean_difference:+.3f}" if paired else "—",
+            _number(paired.wilcoxon_p, 4) if paired else "—",
+            f"{paired.share_b_better:.0%}" if paired else "—",
+        )
+    console.print(table)
+    for version, result in results.items():
+        if result.too_few:
+            console.print(f"{version}: {result.too_few}")
 
 
 @app.command()
@@ -196,6 +242,41 @@ def demo(
     _run_with_progress(settings, str(folder))
     _print_status(settings)
     console.print(_comparison_table(settings, None))
+    from flows.followup import defects_flow, report_flow
+
+    console.print(f"defect analysis: {defects_flow()} defects recorded on low scorers")
+    console.print(f"report: {report_flow()}")
+
+
+@app.command()
+def defects(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Analyse the low scorers (AESQ_DEFECT_RULES) not analysed since they were scored."""
+    from flows.followup import defects_flow
+
+    _quiet_prefect(verbose)
+    _ready_settings()
+    console.print(f"{defects_flow()} defects recorded")
+
+
+@app.command()
+def report(
+    out: Annotated[Path | None, typer.Option(help="also write the HTML here")] = None,
+    days: Annotated[int | None, typer.Option(min=1, help="trend window in days (default AESQ_REPORT_DAYS)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Render the quality report, save it to AESQ_REPORTS_URI (or DATA_DIR/reports) and record it."""
+    from aesq.storage import load_file
+    from flows.followup import report_flow
+
+    _quiet_prefect(verbose)
+    settings = _ready_settings()
+    if days is not None:
+        os.environ["AESQ_REPORT_DAYS"] = str(days)
+        get_settings.cache_clear()
+    location = report_flow()
+    if out is not None:
+        out.write_bytes(load_file(location, settings))
+    console.print(f"report saved to {location}" + (f" and {out}" if out else ""))
 
 
 @app.command()

@@ -112,3 +112,27 @@ def source_progress(settings: Settings, storage: str, bucket: str, prefix: str) 
     with get_engine(settings).connect() as connection:
         done, total = connection.execute(query).one()
     return int(done), int(total)
+
+
+def version_scores(
+    settings: Settings, versions: list[str], scorer: str
+) -> tuple[dict[str, list[float]], dict[str, dict[tuple[str, int | None], float]]]:
+    """Latest scores of each "name:version" under `scorer`, and the same keyed by (prompt, seed) for pairing."""
+    query = text(
+        """
+        SELECT g.name || ':' || g.version AS version, a.prompt, a.seed, ls.value
+        FROM latest_scores ls
+        JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+        JOIN generators g ON g.id = a.generator_id
+        WHERE ls.scorer = :scorer AND g.name || ':' || g.version = ANY(:versions)
+        ORDER BY a.id
+        """
+    )
+    scores: dict[str, list[float]] = {version: [] for version in versions}
+    by_prompt: dict[str, dict[tuple[str, int | None], float]] = {version: {} for version in versions}
+    with get_engine(settings).connect() as connection:
+        for row in connection.execute(query, {"scorer": scorer, "versions": versions}):
+            scores[row.version].append(row.value)
+            if row.prompt:
+                by_prompt[row.version].setdefault((row.prompt, row.seed), row.value)
+    return scores, by_prompt

@@ -253,3 +253,16 @@ def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Set
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(data)
     return str(folder / name)
+
+
+def load_file(location: str, settings: Settings | None = None) -> bytes:
+    """The bytes `save_file` stored at `location`."""
+    if location.startswith("s3://"):
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        response = minio_client(settings).get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+    return Path(location).read_bytes()

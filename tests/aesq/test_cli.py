@@ -40,6 +40,21 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     assert "assets: failed 1, scored 25" in status.output
     similar = runner.invoke(app, ["similar", "1", "-n", "3"])
     assert similar.exit_code == 0 and len(similar.output.strip().splitlines()) == 3, similar.output
+    assert "defects recorded on low scorers" in result.output
+    report = Path(result.output.split("report: ")[1].split()[0])
+    assert report.is_file() and "demo-diffusion:v2.0-sft" in report.read_text()
+
+    compared = runner.invoke(
+        app, ["compare", "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"]
+    )
+    assert compared.exit_code == 0, compared.output
+    assert "each version against demo-diffusion:v1.0-base" in compared.output
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in compared.output.splitlines()
+            if line.startswith("│ demo-diffusion")}
+    assert set(rows) == {"demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"}
+    assert all(diff.startswith("+") for diff in rows.values()), compared.output
+    lonely = runner.invoke(app, ["compare", "demo-diffusion:v1.0-base"])
+    assert lonely.exit_code != 0
 
 
 def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -75,7 +90,7 @@ def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_
     refused = _aesq("status", env={"AESQ_DATABASE_URL": empty_database_url})
     assert "the database schema is not current: run `aesq db upgrade`" in refused.stderr
     upgraded = runner.invoke(app, ["db", "upgrade"])
-    assert upgraded.exit_code == 0 and "database at revision 0002" in upgraded.output
+    assert upgraded.exit_code == 0 and "database at revision 0003" in upgraded.output
     downgraded = runner.invoke(app, ["db", "downgrade", "base"])
     assert downgraded.exit_code == 0 and "database at revision None" in downgraded.output
     get_settings.cache_clear()
