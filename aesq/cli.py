@@ -286,8 +286,8 @@ def worker(
     name: Annotated[str | None, typer.Option(help="Pool worker name, unique per GPU (default host-device).")] = None,
     prefetch: Annotated[int, typer.Option(min=1, help="Batches a pool worker prepares at once.")] = 2,
 ) -> None:
-    """Serve the spine flow on each of AESQ_SOURCES every AESQ_POLL_INTERVAL_SECONDS, or (--pool) score
-    batches for one scoring pool with its models loaded once."""
+    """Serve the chain (ingest each of AESQ_SOURCES on an interval → score → aggregate and analyse
+    defects; the nightly report), or (--pool) score batches for one scoring pool with its models loaded once."""
     settings = _ready_settings()
     if pool is not None:
         from flows.scoring_pool import serve_scoring_pool
@@ -297,17 +297,11 @@ def worker(
         return
     from prefect import serve
 
-    from flows.spine import run_flow
+    from flows.deployments import deployments
 
     if not settings.sources:
         raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
-    deployments = [
-        run_flow.to_deployment(
-            name=f"run-{index}", parameters={"source": source}, interval=settings.poll_interval_seconds
-        )
-        for index, source in enumerate(settings.sources)
-    ]
-    serve(*deployments)
+    serve(*deployments(settings))
 
 
 @contextmanager

@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     reports_uri: str | None = Field(
         default=None, description="Where reports are saved: s3://bucket/prefix or a folder; default data_dir/reports."
     )
+    report_cron: str = Field(default="0 3 * * *", description="When `aesq worker` renders the nightly report (cron, UTC).")
     report_days: int = Field(default=14, gt=0, description="Days of daily means in the report's trend.")
     max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
     batch_size: int = Field(default=32, gt=0, description="Images per task run.")

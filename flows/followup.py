@@ -3,6 +3,7 @@
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from tasks.aggregate import aggregate_versions
 from tasks.defects import analyse_defects, low_scorers
 from tasks.report import publish_report
 
@@ -17,3 +18,10 @@ def defects_flow() -> int:
 def report_flow() -> str:
     """Render and save the quality report; returns where it went."""
     return publish_report()
+
+
+@flow(name="aesq-after-scoring")
+def after_scoring_flow() -> int:
+    """Refresh the per-version statistics, then analyse new low scorers; returns defect rows written."""
+    aggregate_versions()
+    return defects_flow()
