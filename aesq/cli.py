@@ -92,13 +92,15 @@ def _comparison_table(settings: Settings, scorer: str | None) -> Table:
     table.add_column("generator:version", no_wrap=True)
     table.add_column("kind")
     table.add_column("scorer")
-    for column in ("n", "mean", "median", "p10", "p90", "≥ threshold"):
+    for column in ("n", "mean", "95% interval", "std", "median", "p10", "p90", "≥ threshold"):
         table.add_column(column, justify="right")
     for row in version_comparison(settings, scorer):
         share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
+        interval = "—" if row["mean_low"] is None else f"[{row['mean_low']:.2f}, {row['mean_high']:.2f}]"
         table.add_row(
             f"{row['generator']}:{row['version']}", row["kind"], row["scorer"], str(row["count"]),
-            f"{row['mean']:.2f}", f"{row['median']:.2f}", f"{row['p10']:.2f}", f"{row['p90']:.2f}", share,
+            f"{row['mean']:.2f}", interval, _number(row["std"], 2), f"{row['median']:.2f}", f"{row['p10']:.2f}",
+            f"{row['p90']:.2f}", share,
         )
     return table
 

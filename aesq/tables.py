@@ -5,13 +5,14 @@ Views (`latest_scores`, `generator_stats`) are created by the migrations; see RE
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Double,
     Enum,
@@ -172,12 +173,29 @@ class VersionStats(Base):
     scorer: Mapped[str] = mapped_column(Text)
     count: Mapped[int] = mapped_column(Integer)
     mean: Mapped[float] = mapped_column(Double)
+    mean_low: Mapped[float | None] = mapped_column(Double)  # bootstrap 95 % interval of the mean
+    mean_high: Mapped[float | None] = mapped_column(Double)
+    std: Mapped[float | None] = mapped_column(Double)
     median: Mapped[float] = mapped_column(Double)
     p10: Mapped[float] = mapped_column(Double)
     p90: Mapped[float] = mapped_column(Double)
     threshold: Mapped[float | None] = mapped_column(Double)
     share_above: Mapped[float | None] = mapped_column(Double)
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VersionDailyStats(Base):
+    """Per generator version, scorer and day (of scoring, UTC): count and mean, for trends."""
+
+    __tablename__ = "version_daily_stats"
+    __table_args__ = (UniqueConstraint("generator_id", "scorer", "day"),)
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id", ondelete="CASCADE"))
+    scorer: Mapped[str] = mapped_column(Text)
+    day: Mapped[date] = mapped_column(Date)
+    count: Mapped[int] = mapped_column(Integer)
+    mean: Mapped[float] = mapped_column(Double)
 
 
 class Report(Base):

@@ -12,7 +12,7 @@ from aesq import database
 from aesq.config import Settings
 from aesq.tables import Base
 
-EXPECTED_TABLES = {"generators", "assets", "scores", "embeddings", "defects", "version_stats", "reports"}
+EXPECTED_TABLES = {"generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports"}
 EXPECTED_VIEWS = {"latest_scores", "generator_stats"}
 
 
