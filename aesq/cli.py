@@ -282,6 +282,27 @@ def report(
 
 
 @app.command()
+def export(
+    scorer: Annotated[str, typer.Option(help="the scorer whose latest score decides")],
+    out: Annotated[Path, typer.Option(help="manifest file to write")],
+    min_score: Annotated[float | None, typer.Option(help="drop assets scored under this")] = None,
+    exclude_defects: Annotated[str, typer.Option(help="comma-separated defect categories that drop an asset")] = "",
+    min_severity: Annotated[float, typer.Option(min=0, max=1, help="severity from which a defect drops")] = 0.0,
+    format: Annotated[str, typer.Option(help="jsonl, csv or parquet")] = "jsonl",
+) -> None:
+    """Write a keep/drop manifest of every asset (bucket, key, sha256, scores, defects) for training."""
+    from aesq.export import export_manifest
+
+    settings = _ready_settings()
+    categories = [part.strip() for part in exclude_defects.split(",") if part.strip()]
+    try:
+        summary = export_manifest(settings, out, scorer, min_score, categories, format, min_severity)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    console.print(f"kept {summary.kept}, dropped {summary.dropped} → {summary.path}")
+
+
+@app.command()
 def worker(
     pool: Annotated[str | None, typer.Option(help="Serve this scoring pool (AESQ_POOLS) instead of the flows.")] = None,
     device: Annotated[str | None, typer.Option(help="torch device of this pool worker, e.g. cuda:1.")] = None,
