@@ -121,6 +121,13 @@ def _write(rows: Iterator[dict], handle, format: str) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def export_manifest(settings: Settings, out: Path, scorer: str, min_score: float | None = None,
                     exclude_defects: Sequence[str] = (), format: str = "jsonl", min_severity: float = 0.0) -> ExportSummary:
     """Write a keep/drop manifest of every asset to `out`, replacing it only once complete.
@@ -148,6 +155,7 @@ def export_manifest(settings: Settings, out: Path, scorer: str, min_score: float
         with os.fdopen(descriptor, "wb") as handle:
             rows = _manifest_rows(settings, scorer, min_score, set(exclude_defects), min_severity)
             kept, dropped = _write(rows, handle, format)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it an ordinary file's mode
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

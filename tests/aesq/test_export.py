@@ -68,6 +68,10 @@ def test_manifest_keeps_and_drops_with_reasons(settings, assets, tmp_path):
     assert rows["faint"]["defects"] == [{"category": "blur", "severity": 0.2}, {"category": "noise", "severity": 0.9}]
     assert list(rows["good"]) == list(COLUMNS) and rows["good"]["scores"] == {"technical": 7.0}
     assert rows["good"]["generator"] == "m:1" and rows["good"]["sha256"] == "sha-good"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert summary.path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]  # no temporary file left behind
 
 
 def test_formats_carry_the_same_rows(settings, assets, tmp_path):
