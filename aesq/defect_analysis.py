@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from aesq.batches import in_batches
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.defects import Finding, detect_defects
+from aesq.queries import nearest_assets
 from aesq.scoring import fetch_and_decode, source_for
 from aesq.tables import EMBEDDING_DIMENSIONS, Asset, Defect
 
@@ -46,28 +47,17 @@ def low_scorer_batches(settings: Settings) -> list[list[int]]:
     return in_batches(ids, settings.batch_size)
 
 
-def _near_duplicate(connection: Connection, asset_id: int, embedder: str, max_distance: float) -> Finding | None:
-    """The closest other asset by embedding when it is within `max_distance`; the better scored copy is kept."""
-    vector = f"vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"
-    row = connection.execute(
-        text(
-            f"""
-            SELECT e.asset_id, e.{vector} <=> q.v AS distance
-            FROM (SELECT {vector} AS v FROM embeddings WHERE asset_id = :id AND embedder = '{embedder}') q,
-                 embeddings e
-            WHERE e.embedder = '{embedder}' AND e.asset_id <> :id
-            ORDER BY e.{vector} <=> q.v LIMIT 1
-            """
-        ),
-        {"id": asset_id},
-    ).first()
-    if row is None or row.distance > max_distance:
+def _near_duplicate(settings: Settings, asset_id: int, embedder: str, max_distance: float) -> Finding | None:
+    """The closest other asset by embedding when it is within `max_distance`, named as the copy to keep."""
+    nearest = nearest_assets(settings, asset_id, embedder, limit=1)
+    if not nearest or nearest[0][1] > max_distance:
         return None
-    severity = 1.0 - row.distance / max_distance if max_distance > 0 else 1.0
+    other, distance = nearest[0]
+    severity = 1.0 - distance / max_distance if max_distance > 0 else 1.0
     return Finding(
         "near_duplicate",
         round(min(1.0, max(0.0, severity)), 4),
-        f"near-duplicate of asset {row.asset_id} (cosine distance {row.distance:.4f}); keep asset {row.asset_id}",
+        f"near-duplicate of asset {other} (cosine distance {distance:.4f}); keep asset {other}",
     )
 
 
@@ -92,12 +82,12 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         found = dict(zip((row.id for row in rows), pool.map(findings_for, rows)))
     embedders = [name for name in settings.enabled_embedders if name in EMBEDDING_DIMENSIONS]
+    if embedders:
+        for asset_id, findings in found.items():
+            duplicate = _near_duplicate(settings, asset_id, embedders[0], settings.near_duplicate_distance)
+            if duplicate is not None:
+                findings.append(duplicate)
     with engine.begin() as connection:
-        if embedders:
-            for asset_id, findings in found.items():
-                duplicate = _near_duplicate(connection, asset_id, embedders[0], settings.near_duplicate_distance)
-                if duplicate is not None:
-                    findings.append(duplicate)
         connection.execute(Defect.__table__.delete().where(Defect.asset_id.in_(list(found))))
         values = [
             {"asset_id": asset_id, "category": f.category, "severity": f.severity, "detail": f.detail}

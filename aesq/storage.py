@@ -133,6 +133,15 @@ class S3Source(Source):
             response.release_conn()
         return StoredObject(data=data, etag=(response.headers.get("ETag") or "").strip('"') or None, metadata=metadata)
 
+    def write(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` as object `key` (aesq's own outputs, such as reports)."""
+        try:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except S3Error as error:
+            if error.code == "NoSuchBucket":
+                raise self._no_bucket(error) from error
+            raise
+
 
 def _file_etag(stat: os.stat_result) -> str:
     """A change signal for local files, like an S3 ETag: modification time and size."""
@@ -242,12 +251,7 @@ def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Set
     if uri.startswith("s3://"):
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         key = str(PurePosixPath(prefix) / name) if prefix else name
-        try:
-            minio_client(settings).put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        except S3Error as error:
-            if error.code == "NoSuchBucket":
-                raise SourceError(f"bucket {bucket!r} does not exist") from error
-            raise
+        S3Source(minio_client(settings), bucket, "").write(key, data, content_type)
         return f"s3://{bucket}/{key}"
     folder = Path(uri)
     folder.mkdir(parents=True, exist_ok=True)
@@ -259,10 +263,5 @@ def load_file(location: str, settings: Settings | None = None) -> bytes:
     """The bytes `save_file` stored at `location`."""
     if location.startswith("s3://"):
         bucket, _, key = location.removeprefix("s3://").partition("/")
-        response = minio_client(settings).get_object(bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
+        return S3Source(minio_client(settings), bucket, "").read(key).data
     return Path(location).read_bytes()
