@@ -303,6 +303,24 @@ def export(
 
 
 @app.command()
+def bridge(
+    listen: Annotated[str, typer.Option(help="host:port to take bucket notifications on")] = "127.0.0.1:8787",
+) -> None:
+    """Turn bucket notifications POSTed here (MinIO webhook target) into Prefect events that start ingestion."""
+    from flows.bridge import bridge_server
+
+    settings = get_settings()
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise CliError(f"--listen takes host:port, not {listen!r}")
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.bridge_token:
+        raise CliError("listening beyond loopback needs AESQ_BRIDGE_TOKEN (MinIO sends it as the webhook auth_token)")
+    server = bridge_server(host or "127.0.0.1", int(port), settings.bridge_token.get_secret_value() if settings.bridge_token else None)
+    console.print(f"bridge listening on http://{listen}")
+    server.serve_forever()
+
+
+@app.command()
 def worker(
     pool: Annotated[str | None, typer.Option(help="Serve this scoring pool (AESQ_POOLS) instead of the flows.")] = None,
     device: Annotated[str | None, typer.Option(help="torch device of this pool worker, e.g. cuda:1.")] = None,

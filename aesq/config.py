@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         description="Scoring pools; when any is set, flows hand score batches to the pools' workers "
         "(`aesq worker --pool NAME`) instead of scoring in-process, and `scorers`/`embedders` are unused.",
     )
+    bridge_token: SecretStr | None = Field(
+        default=None, description="Bearer token `aesq bridge` requires (MinIO webhook auth_token)."
+    )
     pool_wait_seconds: float = Field(
         default=3600, gt=0, description="How long a flow waits for the scoring pools to score one batch."
     )

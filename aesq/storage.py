@@ -265,3 +265,16 @@ def load_file(location: str, settings: Settings | None = None) -> bytes:
         bucket, _, key = location.removeprefix("s3://").partition("/")
         return S3Source(minio_client(settings), bucket, "").read(key).data
     return Path(location).read_bytes()
+
+
+def created_objects(notification: dict) -> list[tuple[str, str]]:
+    """(bucket, key) of each object-created record in an S3 / MinIO event notification."""
+    from urllib.parse import unquote_plus
+
+    created = []
+    for record in notification.get("Records") or []:
+        name = str(record.get("eventName", ""))
+        if name.startswith(("s3:ObjectCreated:", "ObjectCreated:")):
+            s3 = record["s3"]
+            created.append((s3["bucket"]["name"], unquote_plus(s3["object"]["key"])))
+    return created

@@ -1,4 +1,4 @@
-"""What `aesq worker` serves: ingest on an interval, scoring when ingest found new assets, aggregation
+"""What `aesq worker` serves: ingest on an interval (and, for S3 sources, on bridge events), scoring when ingest found new assets, aggregation
 and defect analysis when scoring finished, the report every night.
 
 The links are Prefect events: the ingest and score flows emit `aesq.assets.ingested` and
@@ -11,15 +11,27 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from aesq.config import Settings
+from flows.bridge import OBJECT_CREATED, bucket_resource
 from flows.followup import after_scoring_flow, report_flow
 from flows.spine import INGESTED, SCORED, ingest_flow, score_flow
+
+
+def _on_new_objects(source: str) -> list[DeploymentEventTrigger]:
+    """An S3 source's ingest also runs when the bridge reports a new object in its bucket."""
+    if not source.startswith("s3://"):
+        return []
+    bucket = source.removeprefix("s3://").split("/", 1)[0]
+    return [DeploymentEventTrigger(expect={OBJECT_CREATED}, match={"prefect.resource.id": bucket_resource(bucket)})]
 
 
 def deployments(settings: Settings) -> list[RunnerDeployment]:
     """The deployments of the whole chain for the configured sources and schedules."""
     ingests = [
         ingest_flow.to_deployment(
-            name=f"ingest-{index}", parameters={"source": source}, interval=settings.poll_interval_seconds
+            name=f"ingest-{index}",
+            parameters={"source": source},
+            interval=settings.poll_interval_seconds,
+            triggers=_on_new_objects(source),
         )
         for index, source in enumerate(settings.sources)
     ]

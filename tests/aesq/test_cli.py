@@ -72,6 +72,8 @@ def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         (["status"], {"AESQ_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}, "cannot use the database"),
         (["top", "--generator", "nobody"], {}, "no scored assets for generator 'nobody'"),
         (["worker"], {"AESQ_SOURCES": ""}, "no sources configured"),
+        (["bridge", "--listen", "0.0.0.0:8787"], {}, "listening beyond loopback needs AESQ_BRIDGE_TOKEN"),
+        (["bridge", "--listen", "127.0.0.1:http"], {}, "--listen takes host:port"),
     ],
 )
 def test_errors_are_one_clear_line(settings, args, env, message):
