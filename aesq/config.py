@@ -77,6 +77,16 @@ class Settings(BaseSettings):
         default_factory=lambda: {"technical": DefectRule(below=5.0, bottom_share=0.1)},
         description="Per scorer: which assets defect analysis looks at.",
     )
+    critique: bool = Field(
+        default=True, description="Have a VLM scorer, when one is enabled, write a critique per aspect of each low scorer."
+    )
+    critic: str | None = Field(
+        default=None, description="The scorer that writes critiques; default the first enabled scorer that can."
+    )
+    critique_aspects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Aspects the critic judges; default its published ones (ArtiMuse's)."
+    )
+    critique_max_new_tokens: int = Field(default=512, gt=0, description="Longest critique of one aspect, in tokens.")
     near_duplicate_distance: float = Field(
         default=0.02, ge=0, le=2, description="Cosine distance under which two assets' embeddings are near-duplicates."
     )
@@ -101,7 +111,7 @@ class Settings(BaseSettings):
     )
     poll_interval_seconds: int = Field(default=300, gt=0, description="How often the worker looks for new objects.")
 
-    @field_validator("sources", "scorers", "embedders", mode="before")
+    @field_validator("sources", "scorers", "embedders", "critique_aspects", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """Accept `a,b` as well as a JSON list in environment variables."""

@@ -33,7 +33,7 @@ from aesq.tables import Asset, Embedding, ScoreRow
 from models import EMBEDDERS, SCORERS, Embedder, Scorer
 
 logger = logging.getLogger(__name__)
-_model_slot = threading.Lock()
+models_in_use = threading.Lock()  # one batch at a time runs this process's models
 _loading = threading.Lock()
 
 
@@ -67,6 +67,14 @@ def check_model_names(settings: Settings) -> None:
         for name in names:
             if name not in registry:
                 raise UnknownModel(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
+
+
+def loaded_scorer(name: str, settings: Settings) -> Scorer:
+    """One scorer of the settings, loaded once per process (shared with scoring)."""
+    if name not in SCORERS:
+        raise UnknownModel(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
+    with _loading:
+        return _loaded("scorer", name, settings.weights_dir, settings.device)  # type: ignore[return-value]
 
 
 def load_models(settings: Settings) -> tuple[list[Scorer], list[Embedder]]:
@@ -154,7 +162,7 @@ def score_assets(
 
     scores: list[ScoreValue] = []
     vectors: dict[str, tuple[list[int], np.ndarray]] = {}
-    with (_model_slot if work else nullcontext()), (model_slot() if work else nullcontext()):
+    with (models_in_use if work else nullcontext()), (model_slot() if work else nullcontext()):
         for model, ids in work.items():
             if isinstance(model, Scorer):
                 for asset_id, score in zip(ids, model.score_prepared(prepared[model]), strict=True):

@@ -4,14 +4,18 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.aggregate import aggregate_versions
-from tasks.defects import analyse_defects, low_scorers
+from tasks.defects import analyse_defects, critique_low_scorers, low_scorers
 from tasks.report import publish_report
 
 
 @flow(name="aesq-defects", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def defects_flow() -> int:
-    """Analyse the low scorers not analysed since they were scored; returns defect rows written."""
-    return sum(future.result() for future in [analyse_defects.submit(ids) for ids in low_scorers()])
+    """Analyse the low scorers not analysed since they were scored, then have the VLM critic judge them; returns rows written."""
+    futures = []
+    for ids in low_scorers():
+        analysed = analyse_defects.submit(ids)
+        futures += [analysed, critique_low_scorers.submit(ids, wait_for=[analysed])]
+    return sum(future.result() for future in futures)
 
 
 @flow(name="aesq-report")

@@ -7,13 +7,15 @@ import logging
 from prefect import get_client
 from prefect.task_worker import serve
 
-from aesq import scoring
+from aesq import critique, scoring
 from aesq.config import get_settings
+from tasks.defects import critique_pool_task
 from tasks.score import gpu_slot_name, pool_task
 
 
 def serve_scoring_pool(pool: str, worker: str, device: str | None = None, prefetch: int = 2) -> None:
-    """Load pool `pool`'s models once, claim one scoring slot for `worker`, then score batches until stopped.
+    """Load pool `pool`'s models once, claim one scoring slot for `worker`, then score (and, when its VLM is the
+    critic, critique) batches until stopped.
 
     Up to `prefetch` batches are in progress at once: one holds the slot and runs the models while
     the others are fetched, decoded and preprocessed.
@@ -24,4 +26,7 @@ def serve_scoring_pool(pool: str, worker: str, device: str | None = None, prefet
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(gpu_slot_name(worker), limit=1)
     logging.getLogger("aesq").info("worker %s serving pool %s with slot %s", worker, pool, gpu_slot_name(worker))
-    serve(pool_task(pool, settings.device, worker), limit=prefetch)
+    tasks = [pool_task(pool, settings.device, worker)]
+    if critique.critic_name(get_settings()) in settings.scorers:
+        tasks.append(critique_pool_task(pool, settings.device, worker))
+    serve(*tasks, limit=prefetch)

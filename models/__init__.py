@@ -1,6 +1,6 @@
 """ML scorers and embedders behind one interface (see `models.base`), looked up by name."""
 
-from models.base import Embedder, Score, Scorer
+from models.base import Critic, Embedder, Score, Scorer
 from models.efficientnet import EfficientNetLite0Embedder
 from models.internvl import INTERNVL_SCORERS
 from models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
@@ -13,4 +13,4 @@ EMBEDDERS: dict[str, type[Embedder]] = {
     cls.name: cls for cls in (EfficientNetLite0Embedder, ClipVitL14Embedder)
 }
 
-__all__ = ["EMBEDDERS", "SCORERS", "Embedder", "Score", "Scorer"]
+__all__ = ["EMBEDDERS", "SCORERS", "Critic", "Embedder", "Score", "Scorer"]

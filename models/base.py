@@ -71,6 +71,29 @@ class Scorer(_Model):
         """
 
 
+class Critic(ABC):
+    """A model that can also write a critique of an image per aspect, by text generation."""
+
+    aspects: ClassVar[tuple[str, ...]]  # the aspects it was trained to judge
+
+    def critique(self, images: Sequence[Image.Image], aspects: Sequence[str], max_new_tokens: int) -> list[dict[str, str]]:
+        """Prepare and critique a batch in one call (see `critique_prepared`)."""
+        return self.critique_prepared(self.prepare(images), aspects, max_new_tokens) if images else []  # type: ignore[attr-defined]
+
+    @abstractmethod
+    def critique_prepared(self, batch: Any, aspects: Sequence[str], max_new_tokens: int) -> list[dict[str, str]]:
+        """Critique a batch that `prepare()` returned, one answer per aspect.
+
+        Args:
+            batch: `prepare()`'s result for a non-empty list of images.
+            aspects: what to judge, e.g. "Composition & Design".
+            max_new_tokens: longest answer, in tokens.
+
+        Returns:
+            Per image, in input order: aspect → the model's answer.
+        """
+
+
 class Embedder(_Model):
     """Maps a batch of images to L2-normalised vectors of a fixed dimension."""
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.base import Score, Scorer
+from models.base import Critic, Score, Scorer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,6 +70,21 @@ UNIPERCEPT_QUESTION = (
     "53-dc, 54-dd, ..., 75-dy, \nscore 76 to 100: 76-ea, 77-eb, 73-ec, 74-ed, ..., 100-ey. \nThe answer "
     "only outputs 2 corresponding letters."
 )
+
+# ArtiMuse's aesthetic attributes and the question its evaluation asks about each one by generation
+# (`src/eval/eval_image.py` in thunderbolt215/ArtiMuse), the question joined after "<image>\n".
+ARTIMUSE_ASPECTS: tuple[str, ...] = (
+    "Composition & Design",
+    "Visual Elements & Structure",
+    "Technical Execution",
+    "Originality & Creativity",
+    "Theme & Communication",
+    "Emotion & Viewer Response",
+    "Overall Gestalt",
+    "Comprehensive Evaluation",
+)
+CRITIQUE_QUESTION = "Please evaluate the aesthetic quality of this image from the aspect of {aspect}."
+ANSWER_END = "<|im_end|>"
 
 
 def score_token(value: int) -> str:
@@ -439,8 +454,21 @@ def _read_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype) -> 
 # ---------------------------------------------------------------------------------------------------
 
 
-class ErnieImageAesScorer(Scorer):
-    """ERNIE-Image-Aes (baidu): 0–100 expected aesthetic score, ArtiMuse's prompt and tokens."""
+def generating_model(model: torch.nn.Module, lm_head: torch.Tensor) -> torch.nn.Module:
+    """transformers' `InternVLForConditionalGeneration` around a loaded `InternVLModel` and its LM head, sharing their weights."""
+    from transformers import InternVLForConditionalGeneration
+
+    with torch.device("meta"), _quiet_transformers():
+        generator = InternVLForConditionalGeneration(model.config)
+    generator.model = model
+    head = torch.nn.Linear(lm_head.shape[1], lm_head.shape[0], bias=False, device="meta")
+    head.weight = torch.nn.Parameter(lm_head, requires_grad=False)
+    generator.lm_head = head
+    return generator.eval()
+
+
+class ErnieImageAesScorer(Scorer, Critic):
+    """ERNIE-Image-Aes (baidu): 0–100 expected aesthetic score, ArtiMuse's prompt and tokens; critiques by generation."""
 
     name = "ernie-aes"
     version = "1"
@@ -448,6 +476,7 @@ class ErnieImageAesScorer(Scorer):
     hub_id: ClassVar[str] = "baidu/ERNIE-Image-Aes"
     question: ClassVar[str] = ARTIMUSE_QUESTION
     image_on_own_line: ClassVar[bool] = True
+    aspects = ARTIMUSE_ASPECTS
 
     def checkpoint_folder(self) -> Path:
         """`weights_dir/<folder>` when it exists, else the local Hugging Face cache (never downloads)."""
@@ -491,6 +520,8 @@ class ErnieImageAesScorer(Scorer):
             raise ValueError(f"the prompt does not tokenize to {self.num_image_tokens} {IMG_CONTEXT} tokens")
         device = torch.device(self.device)
         self.input_ids = ids.to(device)
+        self.system_message = system_message
+        self._generator: torch.nn.Module | None = None
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -534,6 +565,36 @@ class ErnieImageAesScorer(Scorer):
             )
             for e, a, p, s, m in rows
         ]
+
+
+    def critique_prepared(self, batch: torch.Tensor, aspects: Sequence[str], max_new_tokens: int) -> list[dict[str, str]]:
+        """Answer ArtiMuse's question about each aspect by greedy generation, one `generate` call per aspect.
+
+        Args:
+            batch: pixel values from `prepare()`.
+            aspects: aspect names put into the question, e.g. `ARTIMUSE_ASPECTS`.
+            max_new_tokens: longest answer, in tokens.
+
+        Returns:
+            Per image: aspect → answer text (up to the end-of-turn token, stripped).
+        """
+        if self._generator is None:
+            self._generator = generating_model(self.model, self.checkpoint.lm_head)
+        end_id = self.tokenizer.convert_tokens_to_ids(ANSWER_END)
+        pixels = batch.to(self.input_ids.device, non_blocking=True)
+        answers: list[dict[str, str]] = [{} for _ in range(len(batch))]
+        for aspect in aspects:
+            prompt = build_prompt(CRITIQUE_QUESTION.format(aspect=aspect), self.system_message, self.num_image_tokens)
+            ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(pixels.device).expand(len(batch), -1)
+            with torch.inference_mode():
+                output = self._generator.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id, pad_token_id=end_id,
+                )  # fmt: skip
+            for answer, tokens in zip(answers, output[:, ids.shape[1] :].tolist(), strict=True):
+                tokens = tokens[: tokens.index(end_id)] if end_id in tokens else tokens
+                answer[aspect] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return answers
 
 
 class ArtiMuseScorer(ErnieImageAesScorer):

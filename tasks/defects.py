@@ -1,10 +1,11 @@
-"""Tasks of defect analysis: find the low scorers, analyse them in batches."""
+"""Tasks of defect analysis: find the low scorers, analyse them in batches, have the VLM critique them."""
 
-from prefect import task
+from prefect import Task, task
 
-from aesq import defect_analysis
+from aesq import critique, defect_analysis
 from aesq.config import get_settings
 from tasks import RETRY
+from tasks.score import run_own_result, worker_slot
 
 
 @task(name="low-scorers", **RETRY)
@@ -28,3 +29,43 @@ def analyse_defects(asset_ids: list[int]) -> int:
         How many defect rows were written.
     """
     return defect_analysis.analyse_assets(asset_ids, get_settings())
+
+
+@task(name="critique-low-scorers", **RETRY)
+def critique_low_scorers(asset_ids: list[int]) -> int:
+    """Have the VLM critic, when one is enabled, judge one batch per aspect (here, or on its scoring pool).
+
+    Args:
+        asset_ids: ids of one batch of low scorers, already analysed.
+
+    Returns:
+        How many critiques were written (0 without a critic).
+    """
+    settings = get_settings()
+    critic = critique.critic_name(settings)
+    if critic is None:
+        return 0
+    if not settings.pools:
+        return critique.critique_assets(asset_ids, settings)
+    pool = next(name for name, pool in settings.pools.items() if critic in pool.scorers)
+    return critique_pool_task(pool).delay(asset_ids).result(timeout=settings.pool_wait_seconds)
+
+
+def critique_pool_task(pool: str, device: str | None = None, worker: str | None = None) -> Task[[list[int]], int]:
+    """The critique task that pool `pool`'s workers serve when the critic is one of its scorers.
+
+    Args:
+        pool: scoring pool name from the settings.
+        device: torch device of the worker serving it (the pool's device when None).
+        worker: the worker's name, whose slot is held while the critic generates; None when only handing work over.
+
+    Returns:
+        A task keyed by the pool name, so only that pool's workers pick its runs up.
+    """
+
+    def critique_on_pool(asset_ids: list[int]) -> int:
+        """Critique one batch with this pool's critic, holding the worker's slot while it generates."""
+        return critique.critique_assets(asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker))
+
+    critique_on_pool.__qualname__ = f"critique_on_pool_{pool}"  # Prefect keys a task by its function's name
+    return task(critique_on_pool, name=f"critique-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)

@@ -8,9 +8,11 @@ next batches are fetched, decoded and preprocessed on CPU threads.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from prefect import Task, task
+from prefect.context import TaskRunContext
 from prefect.concurrency.sync import concurrency
 
 from aesq import scoring
@@ -55,6 +57,23 @@ def gpu_slot_name(worker: str) -> str:
     return f"aesq-slot:{worker}"
 
 
+def run_own_result(context: TaskRunContext, parameters: dict) -> str:
+    """A result key of the task run itself, so no run is ever answered from another's cache.
+
+    A task worker turns "no caching" into Prefect's default cache key (inputs + code + flow run), which
+    is the same for every pool handed the same batch: a second pool would take the first pool's result
+    and never run its models.
+    """
+    return f"aesq-pool-run-{context.task_run.id}"
+
+
+def worker_slot(worker: str | None) -> Callable[[], AbstractContextManager]:
+    """What a pool task holds while its models run: worker `worker`'s single slot (nothing when not on a worker)."""
+    if worker is None:
+        return nullcontext
+    return lambda: concurrency(gpu_slot_name(worker), occupy=1, strict=True)
+
+
 def pool_task(pool: str, device: str | None = None, worker: str | None = None) -> Task[[list[int]], scoring.BatchOutcome]:
     """The task that pool `pool`'s workers serve and flows hand batches to.
 
@@ -68,17 +87,10 @@ def pool_task(pool: str, device: str | None = None, worker: str | None = None) -
         A task keyed by the pool name, so only that pool's workers pick its runs up.
     """
 
-    def slot() -> AbstractContextManager:
-        """The worker's single scoring slot."""
-        return concurrency(gpu_slot_name(worker), occupy=1, strict=True)
-
     def score_on_pool(asset_ids: list[int]) -> scoring.BatchOutcome:
         """Score one batch with this pool's models, holding the worker's slot while they run."""
-        settings = get_settings().for_pool(pool, device)
-        if worker is None:
-            return scoring.score_assets(asset_ids, settings)
-        return scoring.score_assets(asset_ids, settings, model_slot=slot)
+        return scoring.score_assets(asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker))
 
     # Prefect keys a task by its function's name and code: the pool in the name keeps pools apart.
     score_on_pool.__qualname__ = f"score_on_pool_{pool}"
-    return task(score_on_pool, name=f"score-assets-{pool}", persist_result=True, **RETRY)
+    return task(score_on_pool, name=f"score-assets-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)

@@ -21,7 +21,9 @@ from aesq.config import get_settings
 from aesq.database import get_engine
 from flows.spine import run_flow
 from tasks.score import gpu_slot_name
+from flows.followup import defects_flow
 from tests.helpers import jpeg_bytes, noise_image, put
+from tests.models.test_internvl import write_tiny_ernie
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -29,6 +31,7 @@ AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
 POOLS = {
     "quality": {"scorers": ["technical"], "device": "cpu"},
     "vectors": {"embedders": ["efficientnet-lite0"], "device": "cpu"},
+    "vlm": {"scorers": ["ernie-aes"], "device": "cpu"},  # a tiny random model in the published layout
 }
 
 
@@ -50,6 +53,9 @@ def _wait_for_slot(name: str, worker: subprocess.Popen, log: Path) -> None:
 def pool_workers(settings, monkeypatch, tmp_path) -> Iterator[dict[str, Path]]:
     """One `aesq worker --pool` process per pool, against the test harness's Prefect API."""
     monkeypatch.setenv("AESQ_POOLS", json.dumps(POOLS))
+    monkeypatch.setenv("AESQ_WEIGHTS_DIR", str(write_tiny_ernie(tmp_path / "weights")))
+    monkeypatch.setenv("AESQ_CRITIQUE_ASPECTS", "Technical Execution")
+    monkeypatch.setenv("AESQ_CRITIQUE_MAX_NEW_TOKENS", "3")
     monkeypatch.setenv("AESQ_POOL_WAIT_SECONDS", "60")
     get_settings.cache_clear()
     env = {
@@ -73,7 +79,7 @@ def pool_workers(settings, monkeypatch, tmp_path) -> Iterator[dict[str, Path]]:
             worker.wait(30)
 
 
-def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_workers, s3_client, bucket):
+def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_workers, s3_client, bucket, monkeypatch):
     for index in range(6):
         put(s3_client, bucket, f"generated/sdxl/1.0/{index}.jpg", jpeg_bytes(noise_image(index)))
     put(s3_client, bucket, "generated/sdxl/1.0/broken.jpg", b"not an image")
@@ -88,10 +94,19 @@ def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_w
                 "SELECT (SELECT count(*) FROM assets WHERE status = 'scored'), "
                 "(SELECT count(*) FROM scores WHERE scorer = 'technical'), "
                 "(SELECT count(*) FROM embeddings WHERE embedder = 'efficientnet-lite0'), "
+                "(SELECT count(*) FROM scores WHERE scorer = 'ernie-aes'), "
                 "(SELECT error FROM assets WHERE status = 'failed')"
             )
         ).one()
-    assert counts[:3] == (9, 9, 9) and "image" in counts[3]
+    assert counts[:4] == (9, 9, 9, 9) and "image" in counts[4]
+
+    # The VLM pool's worker also writes the critiques of the low scorers (here: all of them).
+    monkeypatch.setenv("AESQ_DEFECT_RULES", '{"ernie-aes": {"below": 101}}')
+    get_settings.cache_clear()
+    defects_flow()
+    with get_engine(settings).connect() as connection:
+        critiques = connection.execute(sa.text("SELECT detail FROM defects WHERE category = 'critique'")).scalars().all()
+    assert len(critiques) == 9 and all(json.loads(c)["critic"] == "ernie-aes" for c in critiques)
 
     # Every batch ran as a task run of each pool's own task, on its worker process.
     with get_client(sync_client=True) as client:
@@ -100,6 +115,8 @@ def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_w
                 task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"score-assets-{pool}"))
             )
             assert len(runs) >= 3 and all(run.state.is_completed() for run in runs)
+            critique_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"critique-{pool}")))
+            assert bool(critique_runs) == (pool == "vlm") and all(run.state.is_completed() for run in critique_runs)
             limit = client.read_global_concurrency_limit_by_name(gpu_slot_name(f"test-{pool}"))
             assert limit.limit == 1 and limit.active_slots == 0
     # Each worker loaded its models once, for all of those batches.
@@ -114,4 +131,4 @@ def test_unknown_pool_is_a_one_line_error(settings, monkeypatch):
         [AESQ, "worker", "--pool", "gpu"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 1
-    assert "no scoring pool 'gpu' in the settings (configured: quality, vectors)" in result.stderr
+    assert "no scoring pool 'gpu' in the settings (configured: quality, vectors, vlm)" in result.stderr

@@ -474,3 +474,40 @@ def test_truncated_shard_is_refused(tmp_path, weights_dir):
     with pytest.raises(ValueError, match="cannot read .*model-00002-of-00002.safetensors"):
         _load(tmp_path)
     assert load_file(str(weights_dir / "ERNIE-Image-Aes" / "model-00001-of-00002.safetensors"))
+
+
+def test_critique_is_the_native_models_greedy_answer_per_aspect(ernie, native, tokenizer):
+    batch = images()[:2]
+    aspects = ("Composition & Design", "Technical Execution")
+    critiques = ernie.critique(batch, aspects, max_new_tokens=6)
+    assert [sorted(c) for c in critiques] == [sorted(aspects)] * 2
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pixels = torch.stack([reference_pixels(image) for image in batch])
+    for aspect in aspects:
+        question = f"Please evaluate the aesthetic quality of this image from the aspect of {aspect}."
+        ids = torch.tensor([tokenizer.encode(expected_prompt(question))] * 2)
+        # reference: greedy decoding by hand, the whole sequence re-run for each new token
+        for _ in range(6):
+            with torch.no_grad():
+                next_ids = native(input_ids=ids, pixel_values=pixels).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_ids], dim=1)
+        for critique, row in zip(critiques, ids[:, -6:].tolist()):
+            row = row[: row.index(end)] if end in row else row
+            assert critique[aspect] == tokenizer.decode(row, skip_special_tokens=True).strip()
+    assert any(text for critique in critiques for text in critique.values())  # the tiny model says something
+    assert ernie.critique([], aspects, 6) == []
+
+
+def test_published_aspects_are_artimuses_attributes():
+    assert internvl.ARTIMUSE_ASPECTS[:7] == (
+        "Composition & Design", "Visual Elements & Structure", "Technical Execution", "Originality & Creativity",
+        "Theme & Communication", "Emotion & Viewer Response", "Overall Gestalt",
+    )  # fmt: skip
+
+
+def write_tiny_ernie(root: Path) -> Path:
+    """A weights folder with this tiny model as ERNIE-Image-Aes (for tests of the pipeline around it)."""
+    tokenizer = make_tokenizer()
+    native = native_model(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
+    write_checkpoint(root / "ERNIE-Image-Aes", to_chat_layout(native.state_dict()), chat_config(), tokenizer)
+    return root
