@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from PIL import ImageEnhance, ImageFilter
@@ -75,3 +77,22 @@ def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3
     second = report_flow()
     html = s3_client.get_object(bucket, second.removeprefix(f"s3://{bucket}/")).read().decode()
     assert "new: sdxl:1.0" not in html
+
+
+def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(settings, s3_client, bucket, tmp_path, monkeypatch):
+    from aesq.config import get_settings
+    from tests.models.test_internvl import write_tiny_ernie
+
+    monkeypatch.setenv("AESQ_SCORERS", "technical,ernie-aes")
+    monkeypatch.setenv("AESQ_WEIGHTS_DIR", str(write_tiny_ernie(tmp_path / "weights")))
+    monkeypatch.setenv("AESQ_DEFECT_RULES", '{"ernie-aes": {"below": 101}}')
+    monkeypatch.setenv("AESQ_CRITIQUE_ASPECTS", "Composition & Design,Overall Gestalt")
+    monkeypatch.setenv("AESQ_CRITIQUE_MAX_NEW_TOKENS", "4")
+    get_settings.cache_clear()
+    for name in ("astronaut", "rocket"):
+        put(s3_client, bucket, f"generated/sdxl/1.0/{name}.jpg", jpeg_bytes(photo(name)))
+    run_flow(f"s3://{bucket}/")
+    defects_flow()
+    critiques = {key: json.loads(found["critique"]) for key, found in _defects(settings).items()}
+    assert sorted(critiques) == ["generated/sdxl/1.0/astronaut.jpg", "generated/sdxl/1.0/rocket.jpg"]
+    assert all(sorted(c["aspects"]) == ["Composition & Design", "Overall Gestalt"] for c in critiques.values())
