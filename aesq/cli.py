@@ -145,26 +145,15 @@ def compare(
     if not versions:
         console.print(_comparison_table(settings, scorer))
         return
-    if len(versions) < 2:
-        raise CliError("name at least two versions: aesq compare NAME:A NAME:B")
-    from aesq.queries import version_scores
-    from aesq.statistics import compare_family
+    from aesq.browse import NotFound, compare_versions
 
     scorer = scorer or settings.enabled_scorers[0]
-    scores, by_prompt = version_scores(settings, versions, scorer)
-    for version, values in scores.items():
-        if not values:
-            raise CliError(f"no {scorer} scores for version {version!r}")
-    baseline, others = versions[0], versions[1:]
-    pairs = {
-        other: [(by_prompt[baseline][key], value) for key, value in by_prompt[other].items() if key in by_prompt[baseline]]
-        for other in others
-    }
     try:
-        results = compare_family(scores[baseline], {v: scores[v] for v in others}, pairs, method=correction)
-    except ValueError as error:
+        results, pair_counts = compare_versions(settings, versions, scorer, correction)
+    except (ValueError, NotFound) as error:
         raise CliError(str(error)) from None
-    table = Table(title=f"{scorer}: each version against {baseline} (n={len(scores[baseline])})")
+    baseline = versions[0]
+    table = Table(title=f"{scorer}: each version against {baseline}")
     for column in ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p",
                    "pairs", "paired diff", "Wilcoxon p", "B better"):
         table.add_column(column)
@@ -175,7 +164,7 @@ def compare(
             version, str(result.count_b), f"{result.mean_difference:+.3f}",
             f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
             _number(result.mann_whitney_p, 4), _number(result.effect_size), _number(result.adjusted_p, 4),
-            str(paired.pairs) if paired else str(len(pairs[version])),
+            str(paired.pairs) if paired else str(pair_counts[version]),
             f"{paired.mean_difference:+.3f}" if paired else "—",
             _number(paired.wilcoxon_p, 4) if paired else "—",
             f"{paired.share_b_better:.0%}" if paired else "—",
@@ -302,6 +291,26 @@ def export(
     console.print(f"kept {summary.kept}, dropped {summary.dropped} → {summary.path}")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 8000,
+) -> None:
+    """The dashboard and the read-only JSON API (/api/…, described at /openapi.json)."""
+    settings = _ready_settings()
+    if host not in LOOPBACK and not settings.api_token:
+        raise CliError("listening beyond loopback needs AESQ_API_TOKEN (clients send it as Authorization: Bearer)")
+    import uvicorn
+
+    from aesq.web import create_app
+
+    console.print(f"dashboard on http://{host}:{port}/")
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
 @app.command()
 def bridge(
     listen: Annotated[str, typer.Option(help="host:port to take bucket notifications on")] = "127.0.0.1:8787",
@@ -313,7 +322,7 @@ def bridge(
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         raise CliError(f"--listen takes host:port, not {listen!r}")
-    if host not in ("127.0.0.1", "localhost", "::1") and not settings.bridge_token:
+    if host not in LOOPBACK and not settings.bridge_token:
         raise CliError("listening beyond loopback needs AESQ_BRIDGE_TOKEN (MinIO sends it as the webhook auth_token)")
     server = bridge_server(host or "127.0.0.1", int(port), settings.bridge_token.get_secret_value() if settings.bridge_token else None)
     console.print(f"bridge listening on http://{listen}")

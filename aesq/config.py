@@ -103,6 +103,9 @@ class Settings(BaseSettings):
         description="Scoring pools; when any is set, flows hand score batches to the pools' workers "
         "(`aesq worker --pool NAME`) instead of scoring in-process, and `scorers`/`embedders` are unused.",
     )
+    api_token: SecretStr | None = Field(
+        default=None, description="Token `aesq serve` requires (bearer header or /login cookie); needed beyond loopback."
+    )
     bridge_token: SecretStr | None = Field(
         default=None, description="Bearer token `aesq bridge` requires (MinIO webhook auth_token)."
     )

@@ -74,6 +74,7 @@ def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         (["worker"], {"AESQ_SOURCES": ""}, "no sources configured"),
         (["bridge", "--listen", "0.0.0.0:8787"], {}, "listening beyond loopback needs AESQ_BRIDGE_TOKEN"),
         (["bridge", "--listen", "127.0.0.1:http"], {}, "--listen takes host:port"),
+        (["serve", "--host", "0.0.0.0"], {}, "listening beyond loopback needs AESQ_API_TOKEN"),
     ],
 )
 def test_errors_are_one_clear_line(settings, args, env, message):

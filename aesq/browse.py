@@ -1,0 +1,321 @@
+"""What the dashboard and the JSON API read: the leaderboard under filters, assets page by page, one asset
+in full, paired assets of two versions, daily means and reports. Read-only; every value is a bound parameter."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import text
+
+from aesq.config import Settings
+from aesq.database import get_engine
+from aesq.queries import nearest_assets, version_comparison, version_scores
+from aesq.statistics import Comparison, compare_family
+from aesq.tables import EMBEDDING_DIMENSIONS
+
+ASSET_ORDERS = {"score_desc": "value DESC NULLS LAST, a.id", "score_asc": "value ASC NULLS LAST, a.id", "newest": "a.id DESC"}
+
+
+class NotFound(LookupError):
+    """A version, asset or report the caller named does not exist."""
+
+
+@dataclass(frozen=True)
+class AssetFilter:
+    """Which assets a listing shows; None means any."""
+
+    scorer: str
+    generator: str | None = None
+    version: str | None = None
+    source_kind: str | None = None
+    since: date | None = None
+    until: date | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    defect: str | None = None
+
+
+def split_version(label: str) -> tuple[str, str]:
+    """("name", "version") of a "name:version" label; ValueError otherwise."""
+    name, colon, version = label.partition(":")
+    if not colon or not name or not version:
+        raise ValueError(f"a version is named NAME:VERSION, not {label!r}")
+    return name, version
+
+
+def compare_versions(
+    settings: Settings, versions: list[str], scorer: str, correction: str = "holm"
+) -> tuple[dict[str, Comparison], dict[str, int]]:
+    """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
+    corrected across the family; also how many prompt pairs each comparison had. ValueError for too few versions."""
+    if len(versions) < 2:
+        raise ValueError("name at least two versions: NAME:A NAME:B")
+    for label in versions:
+        split_version(label)
+    scores, by_prompt = version_scores(settings, versions, scorer)
+    for version, values in scores.items():
+        if not values:
+            raise NotFound(f"no {scorer} scores for version {version!r}")
+    baseline, others = versions[0], versions[1:]
+    pairs = {
+        other: [(by_prompt[baseline][key], value) for key, value in by_prompt[other].items() if key in by_prompt[baseline]]
+        for other in others
+    }
+    results = compare_family(scores[baseline], {v: scores[v] for v in others}, pairs, method=correction)
+    return results, {other: len(found) for other, found in pairs.items()}
+
+
+def filter_options(settings: Settings) -> dict[str, list[str]]:
+    """Values the dashboard's filters offer: generators, versions, scorers, source kinds, defect categories."""
+    queries = {
+        "generators": "SELECT DISTINCT name FROM generators ORDER BY 1",
+        "versions": "SELECT name || ':' || version FROM generators ORDER BY name, version",
+        "scorers": "SELECT DISTINCT scorer FROM version_stats ORDER BY 1",
+        "source_kinds": "SELECT DISTINCT source_kind::text FROM assets ORDER BY 1",
+        "defects": "SELECT DISTINCT category FROM defects ORDER BY 1",
+    }
+    with get_engine(settings).connect() as connection:
+        return {name: list(connection.execute(text(sql)).scalars()) for name, sql in queries.items()}
+
+
+_LIVE_LEADERBOARD = text(
+    """
+    SELECT g.name AS generator, g.version, g.kind::text AS kind, ls.scorer, count(*) AS count,
+           avg(ls.value) AS mean, stddev_samp(ls.value) AS std,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY ls.value) AS median,
+           percentile_cont(0.1) WITHIN GROUP (ORDER BY ls.value) AS p10,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY ls.value) AS p90
+    FROM latest_scores ls
+    JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+    JOIN generators g ON g.id = a.generator_id
+    WHERE (CAST(:scorer AS text) IS NULL OR ls.scorer = :scorer)
+      AND (CAST(:generator AS text) IS NULL OR g.name = :generator)
+      AND (CAST(:source_kind AS text) IS NULL OR a.source_kind::text = :source_kind)
+      AND (CAST(:since AS date) IS NULL OR a.scored_at >= :since)
+      AND (CAST(:until AS date) IS NULL OR a.scored_at < CAST(:until AS date) + 1)
+    GROUP BY g.name, g.version, g.kind, ls.scorer
+    ORDER BY ls.scorer, mean DESC
+    """
+)
+
+
+def leaderboard(
+    settings: Settings,
+    scorer: str | None = None,
+    generator: str | None = None,
+    source_kind: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> list[dict]:
+    """Versions best mean first, with a 95 % interval of the mean.
+
+    Unfiltered by source kind or dates, the figures are the aggregate flow's (bootstrap BCa intervals);
+    with those filters they are computed now, the interval by the normal approximation (`interval` says which).
+    """
+    if source_kind is None and since is None and until is None:
+        rows = [row for row in version_comparison(settings, scorer) if generator is None or row["generator"] == generator]
+        return [{**row, "interval": "bootstrap"} for row in rows]
+    params = {"scorer": scorer, "generator": generator, "source_kind": source_kind, "since": since, "until": until}
+    with get_engine(settings).connect() as connection:
+        rows = [dict(row._mapping) for row in connection.execute(_LIVE_LEADERBOARD, params)]
+    for row in rows:
+        half = 1.96 * row["std"] / row["count"] ** 0.5 if row["std"] is not None else None
+        row.update(
+            mean_low=None if half is None else row["mean"] - half,
+            mean_high=None if half is None else row["mean"] + half,
+            interval="normal",
+        )
+    return rows
+
+
+def daily_means(settings: Settings, scorer: str, generator: str | None = None) -> dict[str, list[tuple[date, float, int]]]:
+    """Per "name:version": (day, mean, count) of the scores given that day, oldest first."""
+    query = text(
+        """
+        SELECT g.name || ':' || g.version AS version, d.day, d.mean, d.count
+        FROM version_daily_stats d JOIN generators g ON g.id = d.generator_id
+        WHERE d.scorer = :scorer AND (CAST(:generator AS text) IS NULL OR g.name = :generator)
+        ORDER BY version, d.day
+        """
+    )
+    series: dict[str, list[tuple[date, float, int]]] = {}
+    with get_engine(settings).connect() as connection:
+        for row in connection.execute(query, {"scorer": scorer, "generator": generator}):
+            series.setdefault(row.version, []).append((row.day, row.mean, row.count))
+    return series
+
+
+def defect_shares(settings: Settings) -> list[dict]:
+    """Per version and defect category: assets with it, scored assets, share."""
+    query = text(
+        """
+        WITH totals AS (
+            SELECT generator_id, count(*) AS scored FROM assets WHERE status = 'scored' GROUP BY generator_id
+        )
+        SELECT g.name || ':' || g.version AS version, d.category, count(DISTINCT d.asset_id) AS assets,
+               t.scored, count(DISTINCT d.asset_id)::float8 / t.scored AS share
+        FROM defects d JOIN assets a ON a.id = d.asset_id
+        JOIN generators g ON g.id = a.generator_id JOIN totals t ON t.generator_id = g.id
+        GROUP BY g.name, g.version, d.category, t.scored
+        ORDER BY version, d.category
+        """
+    )
+    with get_engine(settings).connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def _asset_where(filters: AssetFilter) -> tuple[str, dict]:
+    """The WHERE clause and parameters of an asset listing."""
+    params = {
+        "scorer": filters.scorer, "generator": filters.generator, "version": filters.version,
+        "source_kind": filters.source_kind, "since": filters.since, "until": filters.until,
+        "min_score": filters.min_score, "max_score": filters.max_score, "defect": filters.defect,
+    }  # fmt: skip
+    where = """
+        a.status = 'scored'
+        AND (CAST(:generator AS text) IS NULL OR g.name = :generator)
+        AND (CAST(:version AS text) IS NULL OR g.version = :version)
+        AND (CAST(:source_kind AS text) IS NULL OR a.source_kind::text = :source_kind)
+        AND (CAST(:since AS date) IS NULL OR a.scored_at >= :since)
+        AND (CAST(:until AS date) IS NULL OR a.scored_at < CAST(:until AS date) + 1)
+        AND (CAST(:min_score AS float8) IS NULL OR s.value >= :min_score)
+        AND (CAST(:max_score AS float8) IS NULL OR s.value <= :max_score)
+        AND (CAST(:defect AS text) IS NULL OR EXISTS (
+             SELECT 1 FROM defects d WHERE d.asset_id = a.id AND (d.category = :defect OR :defect = '*')))
+    """
+    return where, params
+
+
+def list_assets(settings: Settings, filters: AssetFilter, order: str = "score_desc", limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+    """One page of scored assets with their `filters.scorer` score, and how many match in all."""
+    where, params = _asset_where(filters)
+    # The latest score per asset for one scorer, from the scores table directly (the index on
+    # (asset_id, scorer, scorer_version) serves it), so the listing does not sort every score.
+    base = f"""
+        FROM assets a
+        LEFT JOIN generators g ON g.id = a.generator_id
+        LEFT JOIN LATERAL (
+            SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
+        ) s ON true
+        WHERE {where}
+    """
+    rows_sql = text(
+        f"""
+        SELECT a.id, a.bucket, a.key, a.prompt, a.seed, a.source_kind::text AS source_kind,
+               g.name AS generator, g.version, s.value, a.scored_at,
+               (SELECT coalesce(array_agg(category ORDER BY category), '{{}}') FROM defects WHERE asset_id = a.id) AS defects
+        {base}
+        ORDER BY {ASSET_ORDERS[order]}
+        LIMIT :limit OFFSET :offset
+        """
+    )
+    with get_engine(settings).connect() as connection:
+        rows = [dict(row._mapping) for row in connection.execute(rows_sql, {**params, "limit": limit, "offset": offset})]
+        total = connection.execute(text(f"SELECT count(*) {base}"), params).scalar_one()
+    return rows, int(total)
+
+
+def asset_detail(settings: Settings, asset_id: int) -> dict:
+    """Everything about one asset: provenance, every scorer's latest score, defects (critique parsed)."""
+    with get_engine(settings).connect() as connection:
+        asset = connection.execute(
+            text(
+                """
+                SELECT a.id, a.storage::text AS storage, a.bucket, a.key, a.sha256, a.size_bytes, a.width, a.height,
+                       a.format, a.color_mode, a.source_kind::text AS source_kind, a.prompt, a.seed, a.extra,
+                       a.status::text AS status, a.error, a.created_at, a.scored_at, a.analysed_at,
+                       g.name AS generator, g.version, g.kind::text AS generator_kind
+                FROM assets a LEFT JOIN generators g ON g.id = a.generator_id WHERE a.id = :id
+                """
+            ),
+            {"id": asset_id},
+        ).one_or_none()
+        if asset is None:
+            raise NotFound(f"no asset {asset_id}")
+        scores = connection.execute(
+            text("SELECT scorer, scorer_version, value, raw, created_at FROM latest_scores WHERE asset_id = :id ORDER BY scorer"),
+            {"id": asset_id},
+        ).all()
+        defects = connection.execute(
+            text("SELECT category, severity, detail FROM defects WHERE asset_id = :id ORDER BY severity DESC, category"),
+            {"id": asset_id},
+        ).all()
+        embedders = connection.execute(
+            text("SELECT embedder FROM embeddings WHERE asset_id = :id ORDER BY embedder"), {"id": asset_id}
+        ).scalars().all()
+    critique = None
+    listed = []
+    for row in defects:
+        if row.category == "critique":
+            critique = json.loads(row.detail)
+        else:
+            listed.append(dict(row._mapping))
+    return {
+        **dict(asset._mapping),
+        "scores": [dict(row._mapping) for row in scores],
+        "defects": listed,
+        "critique": critique,
+        "embedders": [name for name in embedders if name in EMBEDDING_DIMENSIONS],
+    }
+
+
+def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, limit: int = 8) -> list[dict]:
+    """The nearest assets by embedding (the asset's first indexed embedder by default), with keys and distance."""
+    detail = asset_detail(settings, asset_id)
+    embedder = embedder or (detail["embedders"][0] if detail["embedders"] else None)
+    if embedder is None:
+        return []
+    nearest = nearest_assets(settings, asset_id, embedder, limit)
+    if not nearest:
+        return []
+    with get_engine(settings).connect() as connection:
+        keys = dict(
+            connection.execute(text("SELECT id, key FROM assets WHERE id = ANY(:ids)"), {"ids": [i for i, _ in nearest]}).all()
+        )
+    return [{"id": other, "key": keys.get(other), "distance": distance, "embedder": embedder} for other, distance in nearest]
+
+
+def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = 12) -> list[dict]:
+    """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first."""
+    (name_a, version_a), (name_b, version_b) = split_version(a), split_version(b)
+    query = text(
+        """
+        WITH side AS (
+            SELECT DISTINCT ON (g.name, g.version, a.prompt, a.seed)
+                   g.name, g.version, a.prompt, a.seed, a.id, ls.value
+            FROM assets a JOIN generators g ON g.id = a.generator_id
+            JOIN latest_scores ls ON ls.asset_id = a.id AND ls.scorer = :scorer
+            WHERE a.status = 'scored' AND a.prompt IS NOT NULL
+              AND ((g.name = :name_a AND g.version = :version_a) OR (g.name = :name_b AND g.version = :version_b))
+            ORDER BY g.name, g.version, a.prompt, a.seed, a.id
+        )
+        SELECT x.prompt, x.seed, x.id AS a_id, x.value AS a_value, y.id AS b_id, y.value AS b_value
+        FROM side x JOIN side y ON y.prompt = x.prompt AND y.seed IS NOT DISTINCT FROM x.seed
+        WHERE x.name = :name_a AND x.version = :version_a AND y.name = :name_b AND y.version = :version_b
+        ORDER BY abs(y.value - x.value) DESC, x.id
+        LIMIT :limit
+        """
+    )
+    params = {"scorer": scorer, "name_a": name_a, "version_a": version_a, "name_b": name_b, "version_b": version_b, "limit": limit}
+    with get_engine(settings).connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query, params)]
+
+
+def reports(settings: Settings, limit: int = 30) -> list[dict]:
+    """The latest reports: id, when, where."""
+    with get_engine(settings).connect() as connection:
+        rows = connection.execute(
+            text("SELECT id, created_at, location FROM reports ORDER BY created_at DESC, id DESC LIMIT :limit"), {"limit": limit}
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+def report_location(settings: Settings, report_id: int) -> str:
+    """Where report `report_id` was saved."""
+    with get_engine(settings).connect() as connection:
+        location = connection.execute(text("SELECT location FROM reports WHERE id = :id"), {"id": report_id}).scalar_one_or_none()
+    if location is None:
+        raise NotFound(f"no report {report_id}")
+    return location
