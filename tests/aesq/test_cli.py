@@ -93,7 +93,8 @@ def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_
     refused = _aesq("status", env={"AESQ_DATABASE_URL": empty_database_url})
     assert "the database schema is not current: run `aesq db upgrade`" in refused.stderr
     upgraded = runner.invoke(app, ["db", "upgrade"])
-    assert upgraded.exit_code == 0 and "database at revision 0004" in upgraded.output
+    head = sorted(path.name[:4] for path in (Path(__file__).parents[2] / "migrations" / "versions").glob("0*.py"))[-1]
+    assert upgraded.exit_code == 0 and f"database at revision {head}" in upgraded.output
     downgraded = runner.invoke(app, ["db", "downgrade", "base"])
     assert downgraded.exit_code == 0 and "database at revision None" in downgraded.output
     get_settings.cache_clear()
