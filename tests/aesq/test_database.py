@@ -13,7 +13,10 @@ from aesq.config import Settings
 from aesq.tables import Base
 
 EXPECTED_TABLES = {"generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports"}
-EXPECTED_VIEWS = {"latest_scores", "generator_stats"}
+EXPECTED_VIEWS = {
+    "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
+    "asset_defects", "version_defect_shares",
+}  # fmt: skip
 
 
 def _relations(url: str) -> tuple[set[str], set[str]]:
