@@ -80,18 +80,24 @@ def filter_options(settings: Settings) -> dict[str, list[str]]:
         return {name: list(connection.execute(text(sql)).scalars()) for name, sql in queries.items()}
 
 
+# The latest score per (asset, scorer) is materialised first: joined as the `latest_scores` view under
+# these filters, the planner underestimates it and repeats its sort once per asset.
 _LIVE_LEADERBOARD = text(
     """
+    WITH latest AS MATERIALIZED (
+        SELECT DISTINCT ON (asset_id, scorer) asset_id, scorer, value
+        FROM scores WHERE CAST(:scorer AS text) IS NULL OR scorer = :scorer
+        ORDER BY asset_id, scorer, created_at DESC, id DESC
+    )
     SELECT g.name AS generator, g.version, g.kind::text AS kind, ls.scorer, count(*) AS count,
            avg(ls.value) AS mean, stddev_samp(ls.value) AS std,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY ls.value) AS median,
            percentile_cont(0.1) WITHIN GROUP (ORDER BY ls.value) AS p10,
            percentile_cont(0.9) WITHIN GROUP (ORDER BY ls.value) AS p90
-    FROM latest_scores ls
+    FROM latest ls
     JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
     JOIN generators g ON g.id = a.generator_id
-    WHERE (CAST(:scorer AS text) IS NULL OR ls.scorer = :scorer)
-      AND (CAST(:generator AS text) IS NULL OR g.name = :generator)
+    WHERE (CAST(:generator AS text) IS NULL OR g.name = :generator)
       AND (CAST(:source_kind AS text) IS NULL OR a.source_kind::text = :source_kind)
       AND (CAST(:since AS date) IS NULL OR a.scored_at >= :since)
       AND (CAST(:until AS date) IS NULL OR a.scored_at < CAST(:until AS date) + 1)
@@ -282,11 +288,13 @@ def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = 
     (name_a, version_a), (name_b, version_b) = split_version(a), split_version(b)
     query = text(
         """
-        WITH side AS (
+        WITH side AS MATERIALIZED (
             SELECT DISTINCT ON (g.name, g.version, a.prompt, a.seed)
                    g.name, g.version, a.prompt, a.seed, a.id, ls.value
             FROM assets a JOIN generators g ON g.id = a.generator_id
-            JOIN latest_scores ls ON ls.asset_id = a.id AND ls.scorer = :scorer
+            JOIN LATERAL (
+                SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
+            ) ls ON true
             WHERE a.status = 'scored' AND a.prompt IS NOT NULL
               AND ((g.name = :name_a AND g.version = :version_a) OR (g.name = :name_b AND g.version = :version_b))
             ORDER BY g.name, g.version, a.prompt, a.seed, a.id

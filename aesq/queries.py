@@ -124,10 +124,12 @@ def version_scores(
     query = text(
         """
         SELECT g.name || ':' || g.version AS version, a.prompt, a.seed, ls.value
-        FROM latest_scores ls
-        JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
-        JOIN generators g ON g.id = a.generator_id
-        WHERE ls.scorer = :scorer AND g.name || ':' || g.version = ANY(:versions)
+        FROM generators g
+        JOIN assets a ON a.generator_id = g.id AND a.status = 'scored'
+        JOIN LATERAL (
+            SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
+        ) ls ON true
+        WHERE g.name || ':' || g.version = ANY(:versions)
         ORDER BY a.id
         """
     )
