@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -53,7 +54,8 @@ def browser(tmp_path) -> Iterator[webdriver.Chrome]:
 
 
 def _wait(browser, condition, seconds: float = 30):
-    return WebDriverWait(browser, seconds).until(condition)
+    """Wait for `condition`; elements of the page being left while it polls are simply polled again."""
+    return WebDriverWait(browser, seconds, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
 
 
 def _loaded(browser, image) -> bool:
