@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     )
     poll_interval_seconds: int = Field(default=300, gt=0, description="How often the worker looks for new objects.")
 
+    @field_validator("api_token", "bridge_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """An empty token (e.g. an unset compose variable) means no token, never an empty password."""
+        return None if value == "" else value
+
     @field_validator("sources", "scorers", "embedders", "critique_aspects", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -18,7 +18,7 @@ from aesq.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 SERVICES = yaml.safe_load(COMPOSE_TEXT)["services"]
-AESQ_SERVICES = ("aesq-migrate", "aesq-worker")
+AESQ_SERVICES = ("aesq-migrate", "aesq-worker", "aesq-dashboard")
 IMAGES = {
     "postgres": "pgvector/pgvector:pg17",
     "minio": "minio/minio",
@@ -161,3 +161,12 @@ def test_dockerfile_installs_aesq() -> None:
     assert "aesq" in scripts
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv/", ".git/", ".env", "aesq.toml"} <= set(ignored)
+
+
+def test_dashboard_serves_beyond_loopback_only_with_a_token(dotenv: dict[str, str]) -> None:
+    """The dashboard shares the aesq environment plus its token; unset, the token is absent and `aesq serve` refuses."""
+    dashboard = env("aesq-dashboard", dotenv)
+    assert {k: v for k, v in dashboard.items() if k != "AESQ_API_TOKEN"} == env("aesq-worker", dotenv)
+    assert SERVICES["aesq-dashboard"]["command"].split()[:3] == ["serve", "--host", "0.0.0.0"]
+    token = Settings(api_token=dashboard["AESQ_API_TOKEN"]).api_token
+    assert (token is None) == (dotenv == {})
