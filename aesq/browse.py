@@ -4,13 +4,15 @@ in full, paired assets of two versions, daily means and reports. Read-only; ever
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy import text
 
 from aesq.config import Settings
-from aesq.database import get_engine
+from aesq.database import database_url, get_engine
 from aesq.queries import nearest_assets, version_comparison, version_scores
 from aesq.statistics import Comparison, compare_family
 from aesq.tables import EMBEDDING_DIMENSIONS
@@ -45,15 +47,31 @@ def split_version(label: str) -> tuple[str, str]:
     return name, version
 
 
+_COMPARISONS: OrderedDict[tuple, tuple] = OrderedDict()  # recent comparisons, keyed by the scores they saw
+_COMPARISONS_KEPT = 64
+_comparisons_lock = threading.Lock()
+
+
 def compare_versions(
     settings: Settings, versions: list[str], scorer: str, correction: str = "holm"
-) -> tuple[dict[str, Comparison], dict[str, int]]:
+) -> tuple[dict[str, Comparison], dict[str, int], dict[str, list[float]]]:
     """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
-    corrected across the family; also how many prompt pairs each comparison had. ValueError for too few versions."""
+    corrected across the family; also how many prompt pairs each had, and the scores compared.
+
+    The bootstrap intervals take a while on large versions, so results are kept until the scores change.
+    Raises ValueError for fewer than two versions or a malformed name, NotFound for a version without scores.
+    """
     if len(versions) < 2:
         raise ValueError("name at least two versions: NAME:A NAME:B")
     for label in versions:
         split_version(label)
+    with get_engine(settings).connect() as connection:
+        state = tuple(connection.execute(text("SELECT coalesce(max(id), 0), count(*) FROM scores")).one())
+    key = (database_url(settings), tuple(versions), scorer, correction, state)
+    with _comparisons_lock:
+        if key in _COMPARISONS:
+            _COMPARISONS.move_to_end(key)
+            return _COMPARISONS[key]
     scores, by_prompt = version_scores(settings, versions, scorer)
     for version, values in scores.items():
         if not values:
@@ -64,7 +82,12 @@ def compare_versions(
         for other in others
     }
     results = compare_family(scores[baseline], {v: scores[v] for v in others}, pairs, method=correction)
-    return results, {other: len(found) for other, found in pairs.items()}
+    answer = (results, {other: len(found) for other, found in pairs.items()}, scores)
+    with _comparisons_lock:
+        _COMPARISONS[key] = answer
+        while len(_COMPARISONS) > _COMPARISONS_KEPT:
+            _COMPARISONS.popitem(last=False)
+    return answer
 
 
 def filter_options(settings: Settings) -> dict[str, list[str]]:
@@ -197,29 +220,35 @@ def _asset_where(filters: AssetFilter) -> tuple[str, dict]:
 def list_assets(settings: Settings, filters: AssetFilter, order: str = "score_desc", limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
     """One page of scored assets with their `filters.scorer` score, and how many match in all."""
     where, params = _asset_where(filters)
-    # The latest score per asset for one scorer, from the scores table directly (the index on
-    # (asset_id, scorer, scorer_version) serves it), so the listing does not sort every score.
-    base = f"""
+    # The latest score of each asset under the scorer, materialised once and hash-joined.
+    matching = f"""
+        WITH latest AS MATERIALIZED (
+            SELECT DISTINCT ON (asset_id) asset_id, value FROM scores WHERE scorer = :scorer
+            ORDER BY asset_id, created_at DESC, id DESC
+        )
+        SELECT a.id, a.bucket, a.key, a.prompt, a.seed, a.source_kind::text AS source_kind,
+               g.name AS generator, g.version, s.value, a.scored_at, count(*) OVER () AS total
         FROM assets a
         LEFT JOIN generators g ON g.id = a.generator_id
-        LEFT JOIN LATERAL (
-            SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
-        ) s ON true
+        LEFT JOIN latest s ON s.asset_id = a.id
         WHERE {where}
     """
-    rows_sql = text(
-        f"""
-        SELECT a.id, a.bucket, a.key, a.prompt, a.seed, a.source_kind::text AS source_kind,
-               g.name AS generator, g.version, s.value, a.scored_at,
-               (SELECT coalesce(array_agg(category ORDER BY category), '{{}}') FROM defects WHERE asset_id = a.id) AS defects
-        {base}
-        ORDER BY {ASSET_ORDERS[order]}
-        LIMIT :limit OFFSET :offset
-        """
-    )
+    page = text(f"{matching} ORDER BY {ASSET_ORDERS[order]} LIMIT :limit OFFSET :offset")
     with get_engine(settings).connect() as connection:
-        rows = [dict(row._mapping) for row in connection.execute(rows_sql, {**params, "limit": limit, "offset": offset})]
-        total = connection.execute(text(f"SELECT count(*) {base}"), params).scalar_one()
+        rows = [dict(row._mapping) for row in connection.execute(page, {**params, "limit": limit, "offset": offset})]
+        if rows:
+            total = rows[0]["total"]  # the window count sees every matching row, before LIMIT
+        else:
+            total = connection.execute(text(f"SELECT count(*) FROM ({matching}) matching"), params).scalar_one() if offset else 0
+        defects = dict(
+            connection.execute(
+                text("SELECT asset_id, array_agg(category ORDER BY category) FROM defects WHERE asset_id = ANY(:ids) GROUP BY asset_id"),
+                {"ids": [row["id"] for row in rows]},
+            ).all()
+        )
+    for row in rows:
+        del row["total"]
+        row["defects"] = defects.get(row["id"], [])
     return rows, int(total)
 
 
@@ -286,29 +315,33 @@ def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, l
 def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = 12) -> list[dict]:
     """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first."""
     (name_a, version_a), (name_b, version_b) = split_version(a), split_version(b)
+    # One row per version, prompt and seed (its first asset); matched here, as the planner misjudges a self-join.
     query = text(
         """
-        WITH side AS MATERIALIZED (
-            SELECT DISTINCT ON (g.name, g.version, a.prompt, a.seed)
-                   g.name, g.version, a.prompt, a.seed, a.id, ls.value
-            FROM assets a JOIN generators g ON g.id = a.generator_id
-            JOIN LATERAL (
-                SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
-            ) ls ON true
-            WHERE a.status = 'scored' AND a.prompt IS NOT NULL
-              AND ((g.name = :name_a AND g.version = :version_a) OR (g.name = :name_b AND g.version = :version_b))
-            ORDER BY g.name, g.version, a.prompt, a.seed, a.id
-        )
-        SELECT x.prompt, x.seed, x.id AS a_id, x.value AS a_value, y.id AS b_id, y.value AS b_value
-        FROM side x JOIN side y ON y.prompt = x.prompt AND y.seed IS NOT DISTINCT FROM x.seed
-        WHERE x.name = :name_a AND x.version = :version_a AND y.name = :name_b AND y.version = :version_b
-        ORDER BY abs(y.value - x.value) DESC, x.id
-        LIMIT :limit
+        SELECT DISTINCT ON (g.name, g.version, a.prompt, a.seed)
+               g.name || ':' || g.version AS label, a.prompt, a.seed, a.id, ls.value
+        FROM assets a JOIN generators g ON g.id = a.generator_id
+        JOIN LATERAL (
+            SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
+        ) ls ON true
+        WHERE a.status = 'scored' AND a.prompt IS NOT NULL
+          AND ((g.name = :name_a AND g.version = :version_a) OR (g.name = :name_b AND g.version = :version_b))
+        ORDER BY g.name, g.version, a.prompt, a.seed, a.id
         """
     )
-    params = {"scorer": scorer, "name_a": name_a, "version_a": version_a, "name_b": name_b, "version_b": version_b, "limit": limit}
+    params = {"scorer": scorer, "name_a": name_a, "version_a": version_a, "name_b": name_b, "version_b": version_b}
+    sides: dict[str, dict[tuple[str, int | None], tuple[int, float]]] = {a: {}, b: {}}
     with get_engine(settings).connect() as connection:
-        return [dict(row._mapping) for row in connection.execute(query, params)]
+        for row in connection.execute(query, params):
+            sides[row.label][(row.prompt, row.seed)] = (row.id, row.value)
+    pairs = [
+        {"prompt": prompt, "seed": seed, "a_id": a_id, "a_value": a_value, "b_id": b_id, "b_value": b_value}
+        for (prompt, seed), (a_id, a_value) in sides[a].items()
+        if (prompt, seed) in sides[b]
+        for b_id, b_value in [sides[b][(prompt, seed)]]
+    ]
+    pairs.sort(key=lambda pair: (-abs(pair["b_value"] - pair["a_value"]), pair["a_id"]))
+    return pairs[:limit]
 
 
 def reports(settings: Settings, limit: int = 30) -> list[dict]:

@@ -149,7 +149,7 @@ def compare(
 
     scorer = scorer or settings.enabled_scorers[0]
     try:
-        results, pair_counts = compare_versions(settings, versions, scorer, correction)
+        results, pair_counts, _ = compare_versions(settings, versions, scorer, correction)
     except (ValueError, NotFound) as error:
         raise CliError(str(error)) from None
     baseline = versions[0]

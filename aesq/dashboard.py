@@ -79,9 +79,8 @@ def compare(
     context = {"options": options, "a": a, "b": b, "scorer": scorer, "page": "compare", "result": None, "error": None}
     if a and b:
         try:
-            results, _ = browse.compare_versions(settings, [a, b], scorer)
+            results, _, scores = browse.compare_versions(settings, [a, b], scorer)
             context["result"] = asdict(results[b])
-            scores, _ = browse.version_scores(settings, [a, b], scorer)
             context["distributions"] = scores
             context["pairs"] = browse.paired_assets(settings, a, b, scorer)
         except (ValueError, browse.NotFound) as error:

@@ -136,3 +136,18 @@ def test_pages_answer_bad_parameters_with_a_4xx_or_a_message(client, path, statu
     response = client.get(path)
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_comparisons_are_kept_until_the_scores_change_and_pages_past_the_end_keep_the_total(client, demo_settings):
+    params = {"a": BASE, "b": SFT, "scorer": "technical"}
+    first = client.get("/api/compare", params=params).json()
+    assert client.get("/api/compare", params=params).json() == first
+    with get_engine(demo_settings).begin() as connection:  # a rescored asset of B: a newer, higher score
+        connection.execute(sa.text(
+            "INSERT INTO scores (asset_id, scorer, scorer_version, value, raw) SELECT a.id, 'technical', 'rescored', 10, '{}' "
+            "FROM assets a JOIN generators g ON g.id = a.generator_id WHERE g.version = 'v2.0-sft' ORDER BY a.id LIMIT 1"
+        ))  # fmt: skip
+    second = client.get("/api/compare", params=params).json()
+    assert second["mean_difference"] > first["mean_difference"]
+    past = client.get("/api/assets", params={"scorer": "technical", "version": "v1.0-base", "offset": 100}).json()
+    assert past["items"] == [] and past["total"] == 8
