@@ -20,6 +20,11 @@ N_RESAMPLES = 2000
 # Resamples evaluated at once: bounds memory to about BOOTSTRAP_BATCH x (number of scores) floats.
 BOOTSTRAP_BATCH = 256
 ADJUSTMENT_METHODS = ("holm", "bh")
+# BCa's acceleration comes from a jackknife that costs O(n²) per sample (0.26 s for two samples of
+# 5,000). Above this size the percentile interval is used instead: for a mean of that many scores the
+# two agree to within a few per cent of the interval's width, about the bootstrap's own Monte-Carlo
+# error with N_RESAMPLES (measured on exponential scores: 1.5–3 % at 2,000, 0.3 % at 5,000).
+BCA_MAX_SAMPLE = 2000
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,13 @@ def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
 
 
 def _bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], seed: int) -> Interval:
-    """BCa bootstrap 95 % interval of the statistic; percentile where BCa is degenerate (e.g. constant data)."""
+    """BCa bootstrap 95 % interval of the statistic; percentile where BCa is degenerate (e.g. constant data)
+    or a sample is larger than BCA_MAX_SAMPLE."""
     options = dict(statistic=statistic, n_resamples=N_RESAMPLES, batch=BOOTSTRAP_BATCH, vectorized=True,
                    paired=False, confidence_level=CONFIDENCE_LEVEL, rng=seed)
+    if max(sample.size for sample in samples) > BCA_MAX_SAMPLE:
+        interval = stats.bootstrap(samples, method="percentile", **options).confidence_interval
+        return Interval(float(interval.low), float(interval.high))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # scipy warns whenever BCa cannot be computed (NaN)
@@ -111,8 +120,9 @@ def summarize(scores: Sequence[float], threshold: float | None = None, *, seed: 
 
     Returns:
         Count, mean, median, sample standard deviation (ddof=1; 0 for a single score), the 10th and
-        90th percentiles (linear interpolation, as Postgres' percentile_cont), a BCa bootstrap 95 %
-        interval of the mean (None below MIN_SAMPLES scores) and the share of scores >= threshold.
+        90th percentiles (linear interpolation, as Postgres' percentile_cont), a BCa (percentile above
+        BCA_MAX_SAMPLE scores) bootstrap 95 % interval of the mean (None below MIN_SAMPLES scores)
+        and the share of scores >= threshold.
 
     Raises:
         ValueError: when there are no scores or one is not finite.
@@ -162,7 +172,8 @@ def compare(a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float,
         seed: seeds the bootstraps, so the same inputs and seed give the same intervals.
 
     Returns:
-        The difference of means mean(B) - mean(A) with a two-sample (independent) BCa bootstrap 95 %
+        The difference of means mean(B) - mean(A) with a two-sample (independent) BCa (percentile
+        above BCA_MAX_SAMPLE scores) bootstrap 95 %
         interval, the two-sided Mann–Whitney U p-value and, as effect size, the rank-biserial
         correlation 2·U_B/(n_A·n_B) - 1 (equal to Cliff's delta: P(B > A) - P(B < A), in [-1, 1],
         positive when B scores higher). Below MIN_SAMPLES scores on either side these are None and

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aesq.statistics import MIN_PAIRS, MIN_SAMPLES, N_RESAMPLES, Interval, compare, compare_family, summarize
+from aesq.statistics import BCA_MAX_SAMPLE, MIN_PAIRS, MIN_SAMPLES, N_RESAMPLES, Interval, compare, compare_family, summarize
 
 
 def _normal(mean: float, size: int, seed: int) -> list[float]:
@@ -76,6 +76,20 @@ def test_mean_interval_is_scipys_bca_interval_for_the_seed():
     assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))
     percentile = stats.bootstrap((skewed,), np.mean, n_resamples=N_RESAMPLES, method="percentile", rng=5)
     assert interval.low != pytest.approx(percentile.confidence_interval.low, rel=1e-3)
+
+
+def test_large_samples_get_the_percentile_interval_which_agrees_with_bca_there():
+    skewed = np.random.default_rng(22).exponential(1.0, BCA_MAX_SAMPLE + 1)
+    options = dict(n_resamples=N_RESAMPLES, rng=5)
+    percentile = stats.bootstrap((skewed,), np.mean, method="percentile", **options).confidence_interval
+    interval = summarize(list(skewed), seed=5).mean_interval
+    assert (interval.low, interval.high) == pytest.approx((percentile.low, percentile.high))
+    bca = stats.bootstrap((skewed,), np.mean, method="BCa", **options).confidence_interval
+    assert interval.low == pytest.approx(bca.low, abs=0.05 * (bca.high - bca.low))
+    assert interval.high == pytest.approx(bca.high, abs=0.05 * (bca.high - bca.low))
+    at_limit = list(skewed[:BCA_MAX_SAMPLE])
+    bca_at_limit = stats.bootstrap((at_limit,), np.mean, method="BCa", **options).confidence_interval
+    assert summarize(at_limit, seed=5).mean_interval.low == pytest.approx(bca_at_limit.low)
 
 
 def test_constant_data_gives_zero_width_intervals_without_warnings():
