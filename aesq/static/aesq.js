@@ -14,8 +14,9 @@ const charts = {
     }], layout({ yaxis: { title: "mean (95 % interval)" } }), { displayModeBar: false });
   },
   distributions(id) {
-    const scores = chartData(id);
-    const traces = Object.entries(scores).map(([version, values]) => ({ type: "histogram", name: version, x: values, opacity: 0.6 }));
+    const histograms = chartData(id);
+    const traces = Object.entries(histograms.counts).map(([version, counts]) => (
+      { type: "bar", name: version, x: histograms.centres, y: counts, width: histograms.width, opacity: 0.6 }));
     Plotly.newPlot(id, traces, layout({ barmode: "overlay", xaxis: { title: "score" } }), { displayModeBar: false });
   },
   trend(id) {
