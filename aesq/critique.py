@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
 from sqlalchemy import bindparam, text
@@ -13,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.scoring import UnknownModel, fetch_and_decode, loaded_scorer, models_in_use, source_for
+from aesq.scoring import UnknownModel, fetch_assets, loaded_scorer, models_in_use
 from aesq.tables import Defect
 from models import SCORERS, Critic
 
@@ -55,14 +54,7 @@ def critique_assets(
     aspects = settings.critique_aspects or list(critic.aspects)  # type: ignore[attr-defined]
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_WITH_CRITIC_SCORE, {"ids": asset_ids, "critic": name}).all()
-    with ThreadPoolExecutor(settings.fetch_threads) as pool:
-        decoded = list(
-            pool.map(
-                lambda row: fetch_and_decode(source_for(row.storage, row.bucket, settings), row.key, row.etag, settings.max_pixels),
-                rows,
-            )
-        )
-    readable = [(row, image) for row, image in zip(rows, decoded) if not isinstance(image, str)]
+    readable = [(row, image) for row, image in zip(rows, fetch_assets(rows, settings)) if not isinstance(image, str)]
     if not readable:
         return 0
     prepared = critic.prepare([image for _, image in readable])

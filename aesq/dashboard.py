@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from aesq import browse
-from aesq.config import Settings, get_settings
+from aesq.api import SettingsDep
+from aesq.config import Settings
 from aesq.storage import load_file
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def _blank_is_none(value: str | None) -> str | None:

@@ -12,7 +12,7 @@ from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.defects import Finding, detect_defects
 from aesq.queries import nearest_assets
-from aesq.scoring import fetch_and_decode, source_for
+from aesq.scoring import fetch_asset
 from aesq.tables import EMBEDDING_DIMENSIONS, Asset, Defect
 
 # Scored assets not analysed since their last scoring whose latest score breaks a rule: under the
@@ -74,7 +74,7 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
 
     def findings_for(row) -> list[Finding]:
         """The image detectors' findings for one asset."""
-        image = fetch_and_decode(source_for(row.storage, row.bucket, settings), row.key, row.etag, settings.max_pixels)
+        image = fetch_asset(row, settings)
         if isinstance(image, str):
             return [Finding("unreadable", 1.0, image)]
         return detect_defects(image)

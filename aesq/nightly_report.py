@@ -11,7 +11,7 @@ from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.defect_analysis import defect_counts
 from aesq.report import ReportData, Thumbnail, VersionLine, render_report
-from aesq.scoring import fetch_and_decode, source_for
+from aesq.scoring import fetch_asset
 from aesq.statistics import summarize
 from aesq.storage import save_file
 from aesq.tables import Report
@@ -33,7 +33,7 @@ _SCORES = text(
 
 def _thumbnail(row, settings: Settings) -> Thumbnail | None:
     """A small JPEG of one asset, or None when its image cannot be read any more."""
-    image = fetch_and_decode(source_for(row.storage, row.bucket, settings), row.key, row.etag, settings.max_pixels)
+    image = fetch_asset(row, settings)
     if isinstance(image, str):
         return None
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))

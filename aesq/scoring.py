@@ -102,6 +102,25 @@ def fetch_and_decode(source: Source, key: str, etag: str | None, max_pixels: int
         return str(problem)
 
 
+def fetch_asset(row, settings: Settings) -> Image.Image | str:
+    """The decoded image of an asset row (storage, bucket, key, etag), or why it cannot be read."""
+    return fetch_and_decode(source_for(row.storage, row.bucket, settings), row.key, row.etag, settings.max_pixels)
+
+
+def fetch_assets(rows: list, settings: Settings) -> list[Image.Image | str]:
+    """`fetch_asset` of each row on the fetch threads, in order, opening each storage location once."""
+    sources: dict[tuple[str, str], Source] = {}
+    for row in rows:
+        sources.setdefault((row.storage, row.bucket), source_for(row.storage, row.bucket, settings))
+    with ThreadPoolExecutor(settings.fetch_threads) as pool:
+        return list(
+            pool.map(
+                lambda row: fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, settings.max_pixels),
+                rows,
+            )
+        )
+
+
 def _missing_outputs(
     connection: Connection, ids: list[int], scorers: list[Scorer], embedders: list[Embedder]
 ) -> dict[Scorer | Embedder, set[int]]:
@@ -143,16 +162,7 @@ def score_assets(
     needed = set().union(*missing.values())
     pending = {row.id for row in rows if row.status == "pending"}
     rows = [row for row in rows if row.id in needed or row.id in pending]
-    sources: dict[tuple[str, str], Source] = {}
-    for row in rows:
-        sources.setdefault((row.storage, row.bucket), source_for(row.storage, row.bucket, settings))
-    with ThreadPoolExecutor(settings.fetch_threads) as pool:
-        decoded = list(
-            pool.map(
-                lambda row: fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, settings.max_pixels),
-                rows,
-            )
-        )
+    decoded = fetch_assets(rows, settings)
     failures = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, str)}
     images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, str)}
     work = {model: [asset_id for asset_id in images if asset_id in lacking] for model, lacking in missing.items()}

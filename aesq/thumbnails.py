@@ -13,7 +13,7 @@ from sqlalchemy import text
 from aesq.browse import NotFound
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.scoring import fetch_and_decode, source_for
+from aesq.scoring import fetch_asset
 
 SIZES = (128, 256, 512)
 
@@ -47,7 +47,7 @@ def thumbnail(settings: Settings, asset_id: int, size: int) -> bytes:
     cached = settings.data_dir / "thumbnails" / f"{row.sha256[:32]}-{size}.jpg"
     if cached.is_file():
         return cached.read_bytes()
-    image = fetch_and_decode(source_for(row.storage, row.bucket, settings), row.key, row.etag, settings.max_pixels)
+    image = fetch_asset(row, settings)
     if isinstance(image, str):
         raise NotFound(f"asset {asset_id} cannot be read: {image}")
     image.thumbnail((size, size))
