@@ -72,7 +72,7 @@ def defects(settings: SettingsDep) -> list[dict]:
 def compare(settings: SettingsDep, a: Version, b: Version, scorer: str) -> dict:
     """B against A under one scorer: unpaired, and paired on matching prompt + seed."""
     try:
-        results, _, _ = browse.compare_versions(settings, [a, b], scorer)
+        results = browse.compare_versions(settings, [a, b], scorer).results
     except browse.NotFound as error:
         raise HTTPException(404, str(error)) from None
     except ValueError as error:

@@ -3,19 +3,21 @@ in full, paired assets of two versions, daily means and reports. Read-only; ever
 
 from __future__ import annotations
 
+import heapq
 import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date
 
+import numpy as np
 from sqlalchemy import text
 
 from aesq.config import Settings
 from aesq.database import database_url, get_engine
-from aesq.queries import nearest_assets, version_comparison, version_scores
+from aesq.queries import VersionScores, nearest_assets, version_comparison, version_scores
 from aesq.statistics import Comparison, compare_family
-from aesq.tables import EMBEDDING_DIMENSIONS
+from aesq.tables import EMBEDDING_DIMENSIONS, SOURCE_KINDS
 
 ASSET_ORDERS = {"score_desc": "value DESC NULLS LAST, a.id", "score_asc": "value ASC NULLS LAST, a.id", "newest": "a.id DESC"}
 
@@ -47,42 +49,75 @@ def split_version(label: str) -> tuple[str, str]:
     return name, version
 
 
-_COMPARISONS: OrderedDict[tuple, tuple] = OrderedDict()  # recent comparisons, keyed by the scores they saw
+@dataclass(frozen=True)
+class VersionComparison:
+    """Each later version against the first: statistics, prompt pairs found, score histograms, widest pairs."""
+
+    results: dict[str, Comparison]
+    pair_counts: dict[str, int]
+    histograms: dict
+    widest_pairs: dict[str, list[dict]]
+
+
+WIDEST_PAIRS_KEPT = 12
+_COMPARISONS: OrderedDict[tuple, VersionComparison] = OrderedDict()  # recent ones, keyed by a hash of what they read
 _COMPARISONS_KEPT = 64
 _comparisons_lock = threading.Lock()
 
 
-def compare_versions(
-    settings: Settings, versions: list[str], scorer: str, correction: str = "holm"
-) -> tuple[dict[str, Comparison], dict[str, int], dict[str, list[float]]]:
-    """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
-    corrected across the family; also how many prompt pairs each had, and the scores compared.
+def score_histograms(scores: dict[str, list[float]], bins: int = 40) -> dict:
+    """Counts of each version's scores on shared bins (what a chart needs, not every score)."""
+    edges = np.histogram_bin_edges(np.concatenate([np.asarray(v, dtype=float) for v in scores.values()]), bins=bins)
+    return {
+        "centres": ((edges[:-1] + edges[1:]) / 2).tolist(),
+        "width": float(edges[1] - edges[0]),
+        "counts": {version: np.histogram(values, bins=edges)[0].tolist() for version, values in scores.items()},
+    }
 
-    The bootstrap intervals take a while on large versions, so results are kept until the scores change.
+
+def _widest_pairs(a: VersionScores, b: VersionScores, limit: int) -> list[dict]:
+    """Assets of A and B from the same prompt and seed, largest score difference first."""
+    matched = ((key, a.by_prompt[key], found) for key, found in b.by_prompt.items() if key in a.by_prompt)
+    widest = heapq.nsmallest(limit, matched, key=lambda pair: (-abs(pair[2][1] - pair[1][1]), pair[1][0]))
+    return [
+        {"prompt": prompt, "seed": seed, "a_id": a_id, "a_value": a_value, "b_id": b_id, "b_value": b_value}
+        for (prompt, seed), (a_id, a_value), (b_id, b_value) in widest
+    ]
+
+
+def compare_versions(settings: Settings, versions: list[str], scorer: str, correction: str = "holm") -> VersionComparison:
+    """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
+    corrected across the family.
+
+    The bootstrap intervals take a while on large versions, so results are kept for as long as the scores
+    (and their prompts) read back are the same.
     Raises ValueError for fewer than two versions or a malformed name, NotFound for a version without scores.
     """
     if len(versions) < 2:
         raise ValueError("name at least two versions: NAME:A NAME:B")
     for label in versions:
         split_version(label)
-    with get_engine(settings).connect() as connection:
-        state = tuple(connection.execute(text("SELECT coalesce(max(id), 0), count(*) FROM scores")).one())
-    key = (database_url(settings), tuple(versions), scorer, correction, state)
+    found = version_scores(settings, versions, scorer)
+    for version, scores in found.items():
+        if not scores.values:
+            raise NotFound(f"no {scorer} scores for version {version!r}")
+    seen = hash(tuple((version, tuple(s.values), tuple(s.by_prompt.items())) for version, s in found.items()))
+    key = (database_url(settings), tuple(versions), scorer, correction, seen)
     with _comparisons_lock:
         if key in _COMPARISONS:
             _COMPARISONS.move_to_end(key)
             return _COMPARISONS[key]
-    scores, by_prompt = version_scores(settings, versions, scorer)
-    for version, values in scores.items():
-        if not values:
-            raise NotFound(f"no {scorer} scores for version {version!r}")
-    baseline, others = versions[0], versions[1:]
+    baseline, others = found[versions[0]], versions[1:]
     pairs = {
-        other: [(by_prompt[baseline][key], value) for key, value in by_prompt[other].items() if key in by_prompt[baseline]]
+        other: [(baseline.by_prompt[key][1], value) for key, (_, value) in found[other].by_prompt.items() if key in baseline.by_prompt]
         for other in others
     }
-    results = compare_family(scores[baseline], {v: scores[v] for v in others}, pairs, method=correction)
-    answer = (results, {other: len(found) for other, found in pairs.items()}, scores)
+    answer = VersionComparison(
+        results=compare_family(baseline.values, {v: found[v].values for v in others}, pairs, method=correction),
+        pair_counts={other: len(matched) for other, matched in pairs.items()},
+        histograms=score_histograms({version: s.values for version, s in found.items()}),
+        widest_pairs={other: _widest_pairs(baseline, found[other], WIDEST_PAIRS_KEPT) for other in others},
+    )
     with _comparisons_lock:
         _COMPARISONS[key] = answer
         while len(_COMPARISONS) > _COMPARISONS_KEPT:
@@ -96,11 +131,11 @@ def filter_options(settings: Settings) -> dict[str, list[str]]:
         "generators": "SELECT DISTINCT name FROM generators ORDER BY 1",
         "versions": "SELECT name || ':' || version FROM generators ORDER BY name, version",
         "scorers": "SELECT DISTINCT scorer FROM version_stats ORDER BY 1",
-        "source_kinds": "SELECT DISTINCT source_kind::text FROM assets ORDER BY 1",
         "defects": "SELECT DISTINCT category FROM defects ORDER BY 1",
     }
     with get_engine(settings).connect() as connection:
-        return {name: list(connection.execute(text(sql)).scalars()) for name, sql in queries.items()}
+        options = {name: list(connection.execute(text(sql)).scalars()) for name, sql in queries.items()}
+    return {**options, "source_kinds": list(SOURCE_KINDS)}  # a fixed set; finding the ones in use scans every asset
 
 
 # The latest score per (asset, scorer) is materialised first: joined as the `latest_scores` view under
@@ -298,8 +333,14 @@ def asset_detail(settings: Settings, asset_id: int) -> dict:
 
 def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, limit: int = 8) -> list[dict]:
     """The nearest assets by embedding (the asset's first indexed embedder by default), with keys and distance."""
-    detail = asset_detail(settings, asset_id)
-    embedder = embedder or (detail["embedders"][0] if detail["embedders"] else None)
+    with get_engine(settings).connect() as connection:
+        embedders = connection.execute(
+            text("SELECT array(SELECT embedder FROM embeddings WHERE asset_id = a.id ORDER BY embedder) FROM assets a WHERE a.id = :id"),
+            {"id": asset_id},
+        ).scalar_one_or_none()
+    if embedders is None:
+        raise NotFound(f"no asset {asset_id}")
+    embedder = embedder or next((name for name in embedders if name in EMBEDDING_DIMENSIONS), None)
     if embedder is None:
         return []
     nearest = nearest_assets(settings, asset_id, embedder, limit)
@@ -312,36 +353,12 @@ def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, l
     return [{"id": other, "key": keys.get(other), "distance": distance, "embedder": embedder} for other, distance in nearest]
 
 
-def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = 12) -> list[dict]:
+def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_KEPT) -> list[dict]:
     """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first."""
-    (name_a, version_a), (name_b, version_b) = split_version(a), split_version(b)
-    # One row per version, prompt and seed (its first asset); matched here, as the planner misjudges a self-join.
-    query = text(
-        """
-        SELECT DISTINCT ON (g.name, g.version, a.prompt, a.seed)
-               g.name || ':' || g.version AS label, a.prompt, a.seed, a.id, ls.value
-        FROM assets a JOIN generators g ON g.id = a.generator_id
-        JOIN LATERAL (
-            SELECT value FROM scores WHERE asset_id = a.id AND scorer = :scorer ORDER BY created_at DESC, id DESC LIMIT 1
-        ) ls ON true
-        WHERE a.status = 'scored' AND a.prompt IS NOT NULL
-          AND ((g.name = :name_a AND g.version = :version_a) OR (g.name = :name_b AND g.version = :version_b))
-        ORDER BY g.name, g.version, a.prompt, a.seed, a.id
-        """
-    )
-    params = {"scorer": scorer, "name_a": name_a, "version_a": version_a, "name_b": name_b, "version_b": version_b}
-    sides: dict[str, dict[tuple[str, int | None], tuple[int, float]]] = {a: {}, b: {}}
-    with get_engine(settings).connect() as connection:
-        for row in connection.execute(query, params):
-            sides[row.label][(row.prompt, row.seed)] = (row.id, row.value)
-    pairs = [
-        {"prompt": prompt, "seed": seed, "a_id": a_id, "a_value": a_value, "b_id": b_id, "b_value": b_value}
-        for (prompt, seed), (a_id, a_value) in sides[a].items()
-        if (prompt, seed) in sides[b]
-        for b_id, b_value in [sides[b][(prompt, seed)]]
-    ]
-    pairs.sort(key=lambda pair: (-abs(pair["b_value"] - pair["a_value"]), pair["a_id"]))
-    return pairs[:limit]
+    for label in (a, b):
+        split_version(label)
+    found = version_scores(settings, [a, b], scorer)
+    return _widest_pairs(found[a], found[b], limit)
 
 
 def reports(settings: Settings, limit: int = 30) -> list[dict]:

@@ -149,7 +149,7 @@ def compare(
 
     scorer = scorer or settings.enabled_scorers[0]
     try:
-        results, pair_counts, _ = compare_versions(settings, versions, scorer, correction)
+        comparison = compare_versions(settings, versions, scorer, correction)
     except (ValueError, NotFound) as error:
         raise CliError(str(error)) from None
     baseline = versions[0]
@@ -157,20 +157,20 @@ def compare(
     for column in ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p",
                    "pairs", "paired diff", "Wilcoxon p", "B better"):
         table.add_column(column)
-    for version, result in results.items():
+    for version, result in comparison.results.items():
         interval = result.difference_interval
         paired = result.paired
         table.add_row(
             version, str(result.count_b), f"{result.mean_difference:+.3f}",
             f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
             _number(result.mann_whitney_p, 4), _number(result.effect_size), _number(result.adjusted_p, 4),
-            str(paired.pairs) if paired else str(pair_counts[version]),
+            str(paired.pairs) if paired else str(comparison.pair_counts[version]),
             f"{paired.mean_difference:+.3f}" if paired else "—",
             _number(paired.wilcoxon_p, 4) if paired else "—",
             f"{paired.share_b_better:.0%}" if paired else "—",
         )
     console.print(table)
-    for version, result in results.items():
+    for version, result in comparison.results.items():
         if result.too_few:
             console.print(f"{version}: {result.too_few}")
 

@@ -3,13 +3,11 @@ asset, reports. Server-rendered from the same reads as the JSON API; charts are 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -36,16 +34,6 @@ def _date(value: str | None, name: str) -> date | None:
         return date.fromisoformat(value)
     except ValueError:
         raise HTTPException(422, f"{name}: not a date (YYYY-MM-DD): {value!r}") from None
-
-
-def _histograms(scores: dict[str, list[float]], bins: int = 40) -> dict:
-    """Counts of each version's scores on shared bins (what the chart needs, not every score)."""
-    edges = np.histogram_bin_edges(np.concatenate([np.asarray(v, dtype=float) for v in scores.values()]), bins=bins)
-    return {
-        "centres": ((edges[:-1] + edges[1:]) / 2).tolist(),
-        "width": float(edges[1] - edges[0]),
-        "counts": {version: np.histogram(values, bins=edges)[0].tolist() for version, values in scores.items()},
-    }
 
 
 def _default_scorer(settings: Settings, options: dict[str, list[str]], scorer: str | None) -> str:
@@ -91,12 +79,10 @@ def compare(
     context = {"options": options, "a": a, "b": b, "scorer": scorer, "page": "compare", "result": None, "error": None}
     if a and b:
         try:
-            with ThreadPoolExecutor(1) as pool:  # Postgres finds the pairs while the bootstrap runs here
-                pairs = pool.submit(browse.paired_assets, settings, a, b, scorer)
-                results, _, scores = browse.compare_versions(settings, [a, b], scorer)
-                context["pairs"] = pairs.result()
-            context["result"] = asdict(results[b])
-            context["distributions"] = _histograms(scores)
+            comparison = browse.compare_versions(settings, [a, b], scorer)
+            context["result"] = asdict(comparison.results[b])
+            context["pairs"] = comparison.widest_pairs[b]
+            context["distributions"] = comparison.histograms
         except (ValueError, browse.NotFound) as error:
             context["error"] = str(error)
     return templates.TemplateResponse(request, "compare.html", context)

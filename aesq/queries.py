@@ -117,13 +117,19 @@ def source_progress(settings: Settings, storage: str, bucket: str, prefix: str) 
     return int(done), int(total)
 
 
-def version_scores(
-    settings: Settings, versions: list[str], scorer: str
-) -> tuple[dict[str, list[float]], dict[str, dict[tuple[str, int | None], float]]]:
-    """Latest scores of each "name:version" under `scorer`, and the same keyed by (prompt, seed) for pairing."""
+@dataclass(frozen=True)
+class VersionScores:
+    """One version's latest scores under one scorer, and the first asset of each prompt + seed for pairing."""
+
+    values: list[float]
+    by_prompt: dict[tuple[str, int | None], tuple[int, float]]  # (prompt, seed) -> (asset id, score)
+
+
+def version_scores(settings: Settings, versions: list[str], scorer: str) -> dict[str, VersionScores]:
+    """Latest scores of each "name:version" under `scorer`, in asset order, with what pairing needs."""
     query = text(
         """
-        SELECT g.name || ':' || g.version AS version, a.prompt, a.seed, ls.value
+        SELECT g.name || ':' || g.version AS version, a.id, a.prompt, a.seed, ls.value
         FROM generators g
         JOIN assets a ON a.generator_id = g.id AND a.status = 'scored'
         JOIN LATERAL (
@@ -133,11 +139,10 @@ def version_scores(
         ORDER BY a.id
         """
     )
-    scores: dict[str, list[float]] = {version: [] for version in versions}
-    by_prompt: dict[str, dict[tuple[str, int | None], float]] = {version: {} for version in versions}
+    found = {version: VersionScores([], {}) for version in versions}
     with get_engine(settings).connect() as connection:
-        for row in connection.execute(query, {"scorer": scorer, "versions": versions}):
-            scores[row.version].append(row.value)
-            if row.prompt:
-                by_prompt[row.version].setdefault((row.prompt, row.seed), row.value)
-    return scores, by_prompt
+        for version, asset_id, prompt, seed, value in connection.execute(query, {"scorer": scorer, "versions": versions}):
+            found[version].values.append(value)
+            if prompt:
+                found[version].by_prompt.setdefault((prompt, seed), (asset_id, value))
+    return found

@@ -90,6 +90,7 @@ def test_thumbnails_are_resized_cached_and_only_from_the_configured_storage(clie
         ("/api/assets/abc", {}, 422, "valid integer"),
         ("/api/assets/1/thumbnail", {"size": 100}, 422, "128, 256, 512"),
         ("/api/assets/1/neighbours", {"embedder": "nope"}, 422, "no vector index"),
+        ("/api/assets/999999/neighbours", {"embedder": "efficientnet-lite0"}, 404, "no asset 999999"),
     ],
 )
 def test_invalid_parameters_get_a_4xx_with_a_message(client, path, params, status, message):
