@@ -5,7 +5,7 @@ generator (scores of two scorers, 1280-d embeddings with their HNSW index, defec
 aggregate flow's statistics), writes real JPEGs for the assets whose thumbnails are requested, serves
 `aesq serve`'s application with uvicorn on loopback and times HTTP requests to each page.
 
-    .venv/bin/python bench/pages.py --assets 100000 --requests 40 --out bench/out
+    .venv/bin/python bench/pages.py --assets 100000 --requests 30 --out bench/out
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ VERSIONS = 20
 PAGES = {
     "leaderboard": lambda r: "/",
     "leaderboard, filtered (live)": lambda r: f"/?source_kind=generated&since=2026-10-{1 + r % 20:02d}",
-    "compare A B (paired)": lambda r: f"/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 1) % VERSIONS}&scorer=technical",
+    # Every request compares a pair not compared before (cold: fetch, bootstraps, page); then one pair again and again.
+    "compare A B (paired, cold)": lambda r: f"/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 1 + r // VERSIONS) % VERSIONS}&scorer=technical",
+    "compare A B (repeated)": lambda r: "/compare?a=bench-model:v0&b=bench-model:v1&scorer=technical",
     "trends + defects": lambda r: "/trends?scorer=technical",
     "gallery bottom of a version": lambda r: f"/gallery?show=bottom&scorer=technical&version=bench-model:v{r % VERSIONS}",
     "gallery defective": lambda r: f"/gallery?show=defective&scorer=technical&offset={48 * (r % 5)}",
     "asset page (+ neighbours)": lambda r: f"/assets/{1 + (r * 7919) % 1000}",
     "API assets, filtered page": lambda r: f"/api/assets?scorer=technical&min_score=4&max_score=6&limit=50&offset={50 * r}",
-    "API compare": lambda r: f"/api/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 3) % VERSIONS}&scorer=technical",
+    "API compare (cold)": lambda r: f"/api/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 3 + r // VERSIONS) % VERSIONS}&scorer=technical",
     "thumbnail (cached)": lambda r: f"/api/assets/{1 + r % 20}/thumbnail?size=256",
 }
 
@@ -45,7 +47,8 @@ PAGES = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", type=int, default=100_000)
-    parser.add_argument("--requests", type=int, default=40, help="timed requests per page (after 2 warm-up requests)")
+    parser.add_argument("--requests", type=int, default=30, help="timed requests per page (after 2 warm-up requests); "
+                        "above 38 the cold comparisons start to repeat pairs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     return parser.parse_args()
 
