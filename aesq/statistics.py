@@ -171,11 +171,10 @@ def compare(a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float,
 
     Returns:
         The difference of means mean(B) - mean(A) with a two-sample (independent) BCa (percentile
-        above BCA_MAX_SAMPLE scores) bootstrap 95 %
-        interval, the two-sided Mann–Whitney U p-value and, as effect size, the rank-biserial
-        correlation 2·U_B/(n_A·n_B) - 1 (equal to Cliff's delta: P(B > A) - P(B < A), in [-1, 1],
-        positive when B scores higher). Below MIN_SAMPLES scores on either side these are None and
-        `too_few` says why. `paired` holds the paired statistics when there are at least MIN_PAIRS
+        above BCA_MAX_SAMPLE scores) bootstrap 95 % interval, the two-sided Mann–Whitney U p-value and,
+        as effect size, the rank-biserial correlation 2·U_B/(n_A·n_B) - 1 (equal to Cliff's delta:
+        P(B > A) - P(B < A), in [-1, 1], positive when B scores higher). Below MIN_SAMPLES scores on
+        either side these are None and `too_few` says why. `paired` holds the paired statistics when there are at least MIN_PAIRS
         pairs (it depends only on `pairs`), else None. `adjusted_p` is left None; see compare_family.
 
     Raises:
