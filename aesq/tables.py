@@ -32,8 +32,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 GENERATOR_KINDS = ("base", "lora", "sft", "other")
 SOURCE_KINDS = ("generated", "crawled")
 STORAGE_KINDS = ("s3", "file")
-# pending: ingested, waiting for scores; duplicate: same bytes as `duplicate_of`, never scored again.
-ASSET_STATUSES = ("pending", "scored", "failed", "duplicate")
+# pending: ingested, waiting for scores; duplicate: same bytes as `duplicate_of`, never scored again;
+# deleted: the object is gone from its source (the row stays; its content's outputs went with it unless
+# another object still holds that content). See aesq/identity.py.
+ASSET_STATUSES = ("pending", "scored", "failed", "duplicate", "deleted")
+# The statuses of the one asset that holds a content's scores (unique per SHA-256).
+CANONICAL_STATUSES = ("pending", "scored")
 
 # Each embedder gets a partial HNSW index over its own fixed dimension (a halfvec column holds any).
 EMBEDDING_DIMENSIONS = {"efficientnet-lite0": 1280, "clip-vit-l-14": 768}
@@ -82,6 +86,7 @@ class Asset(Base):
         Index("uq_assets_sha256_canonical", "sha256", unique=True,
               postgresql_where=text("status IN ('pending', 'scored')")),
         Index("ix_assets_status", "status"),
+        Index("ix_assets_sha256", "sha256"),
         Index("ix_assets_generator_id", "generator_id"),
     )
 
@@ -104,6 +109,10 @@ class Asset(Base):
     status: Mapped[str] = mapped_column(_enum("asset_status", ASSET_STATUSES), server_default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("assets.id", ondelete="SET NULL"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0", comment="transient scoring failures so far")
+    retry_after: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="a pending asset deferred by a transient failure waits until then"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -196,6 +205,16 @@ class VersionDailyStats(Base):
     day: Mapped[date] = mapped_column(Date)
     count: Mapped[int] = mapped_column(Integer)
     mean: Mapped[float] = mapped_column(Double)
+
+
+class StaleVersion(Base):
+    """A generator version whose statistics may be out of date: written by triggers (migration 0006) in the
+    same transaction as any change to its scores or assets, consumed by the aggregate."""
+
+    __tablename__ = "stale_versions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id", ondelete="CASCADE"))
 
 
 class Report(Base):

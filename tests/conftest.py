@@ -107,7 +107,8 @@ def bucket(s3_client: Minio) -> str:
     return name
 
 
-TABLES = ("reports", "version_daily_stats", "defects", "embeddings", "scores", "version_stats", "assets", "generators")
+TABLES = ("reports", "version_daily_stats", "defects", "embeddings", "scores", "version_stats", "assets", "generators",
+          "stale_versions")
 
 
 @pytest.fixture

@@ -12,7 +12,10 @@ from aesq import database
 from aesq.config import Settings
 from aesq.tables import Base
 
-EXPECTED_TABLES = {"generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports"}
+EXPECTED_TABLES = {
+    "generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports",
+    "stale_versions",
+}
 EXPECTED_VIEWS = {
     "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
     "asset_defects", "version_defect_shares",
