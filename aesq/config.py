@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
     batch_size: int = Field(default=32, gt=0, description="Images per task run.")
     fetch_threads: int = Field(default=8, gt=0, description="Parallel object downloads inside one batch.")
+    retry_attempts: int = Field(
+        default=5, gt=0, description="Tries before an image missing or unreadable at scoring time is failed."
+    )
+    retry_backoff_seconds: float = Field(
+        default=60, ge=0, description="Wait before the second try of such an image; doubled for each further try."
+    )
     pools: dict[str, ScoringPool] = Field(
         default_factory=dict,
         description="Scoring pools; when any is set, flows hand score batches to the pools' workers "

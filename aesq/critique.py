@@ -12,14 +12,15 @@ from sqlalchemy.dialects.postgresql import insert
 
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.scoring import UnknownModel, fetch_assets, loaded_scorer, models_in_use
+from aesq.scoring import UnknownModel, Unusable, fetch_assets, loaded_scorer, models_in_use
+from aesq.store import current_holders
 from aesq.tables import Defect
 from models import SCORERS, Critic
 
 CATEGORY = "critique"
 _WITH_CRITIC_SCORE = text(
     """
-    SELECT a.id, a.storage, a.bucket, a.key, a.etag, ls.value
+    SELECT a.id, a.storage, a.bucket, a.key, a.etag, a.sha256, ls.value
     FROM assets a JOIN latest_scores ls ON ls.asset_id = a.id AND ls.scorer = :critic
     WHERE a.id IN :ids ORDER BY a.id
     """
@@ -54,12 +55,13 @@ def critique_assets(
     aspects = settings.critique_aspects or list(critic.aspects)  # type: ignore[attr-defined]
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_WITH_CRITIC_SCORE, {"ids": asset_ids, "critic": name}).all()
-    readable = [(row, image) for row, image in zip(rows, fetch_assets(rows, settings)) if not isinstance(image, str)]
+    readable = [(row, image) for row, image in zip(rows, fetch_assets(rows, settings)) if not isinstance(image, Unusable)]
     if not readable:
         return 0
     prepared = critic.prepare([image for _, image in readable])
     with models_in_use, model_slot():
         answers = critic.critique_prepared(prepared, aspects, settings.critique_max_new_tokens)  # type: ignore[attr-defined]
+    sha_of = {row.id: row.sha256 for row, _ in readable}
     values = [
         {
             "asset_id": row.id,
@@ -69,8 +71,12 @@ def critique_assets(
         }
         for (row, _), answer in zip(readable, answers, strict=True)
     ]
-    statement = insert(Defect).values(values)
     with get_engine(settings).begin() as connection:
+        holder = current_holders(connection, sha_of)
+        values = [{**value, "asset_id": holder[value["asset_id"]]} for value in values if value["asset_id"] in holder]
+        if not values:
+            return 0
+        statement = insert(Defect).values(values)
         connection.execute(
             statement.on_conflict_do_update(
                 index_elements=[Defect.asset_id, Defect.category],

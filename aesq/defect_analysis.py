@@ -12,7 +12,8 @@ from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.defects import Finding, detect_defects
 from aesq.queries import nearest_assets
-from aesq.scoring import fetch_asset
+from aesq.scoring import Unusable, fetch_asset
+from aesq.store import current_holders
 from aesq.tables import EMBEDDING_DIMENSIONS, Asset, Defect
 
 # Scored assets not analysed since their last scoring whose latest score breaks a rule: under the
@@ -64,19 +65,20 @@ def _near_duplicate(settings: Settings, asset_id: int, embedder: str, max_distan
 def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
     """Run every defect detector on the assets, replace their defect rows, mark them analysed; returns rows written.
 
-    An image that can no longer be fetched or decoded is recorded as an `unreadable` defect.
+    An image that can no longer be fetched or decoded is recorded as an `unreadable` defect. Findings go
+    to the asset holding the analysed content when they are written (`store.current_holders`).
     """
     engine = get_engine(settings)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag).where(Asset.id.in_(asset_ids))
+            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.sha256).where(Asset.id.in_(asset_ids))
         ).all()
 
     def findings_for(row) -> list[Finding]:
         """The image detectors' findings for one asset."""
         image = fetch_asset(row, settings)
-        if isinstance(image, str):
-            return [Finding("unreadable", 1.0, image)]
+        if isinstance(image, Unusable):
+            return [Finding("unreadable", 1.0, image.reason)]
         return detect_defects(image)
 
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
@@ -88,15 +90,17 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
             if duplicate is not None:
                 findings.append(duplicate)
     with engine.begin() as connection:
-        connection.execute(Defect.__table__.delete().where(Defect.asset_id.in_(list(found))))
+        holder = current_holders(connection, {row.id: row.sha256 for row in rows})
+        connection.execute(Defect.__table__.delete().where(Defect.asset_id.in_(list(holder.values()))))
         values = [
-            {"asset_id": asset_id, "category": f.category, "severity": f.severity, "detail": f.detail}
+            {"asset_id": holder[asset_id], "category": f.category, "severity": f.severity, "detail": f.detail}
             for asset_id, findings in found.items()
+            if asset_id in holder
             for f in findings
         ]
         if values:
             connection.execute(insert(Defect).values(values).on_conflict_do_nothing())
-        connection.execute(update(Asset).where(Asset.id.in_(list(found))).values(analysed_at=text("now()")))
+        connection.execute(update(Asset).where(Asset.id.in_(list(holder.values()))).values(analysed_at=text("now()")))
     return len(values)
 
 

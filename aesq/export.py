@@ -51,6 +51,8 @@ def _decide(row, scorer: str, min_score: float | None, exclude: set[str], min_se
         return False, f"duplicate of {row.duplicate_of}"
     if row.status == "failed":
         return False, f"failed: {row.error}"
+    if row.status == "deleted":
+        return False, "deleted from its source"
     score = (row.scores or {}).get(scorer)
     if score is None:
         return False, f"not scored by {scorer}"

@@ -11,7 +11,7 @@ from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.defect_analysis import defect_counts
 from aesq.report import ReportData, Thumbnail, VersionLine, render_report
-from aesq.scoring import fetch_asset
+from aesq.scoring import Unusable, fetch_asset
 from aesq.statistics import summarize
 from aesq.storage import save_file
 from aesq.tables import Report
@@ -22,7 +22,7 @@ THUMBNAIL_SIZE = 192
 _SCORES = text(
     """
     SELECT g.name || ':' || g.version AS version, ls.scorer, ls.value, ls.asset_id, a.storage, a.bucket, a.key,
-           a.etag, a.scored_at
+           a.etag, a.sha256, a.scored_at
     FROM latest_scores ls
     JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
     JOIN generators g ON g.id = a.generator_id
@@ -34,7 +34,7 @@ _SCORES = text(
 def _thumbnail(row, settings: Settings) -> Thumbnail | None:
     """A small JPEG of one asset, or None when its image cannot be read any more."""
     image = fetch_asset(row, settings)
-    if isinstance(image, str):
+    if isinstance(image, Unusable):
         return None
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buffer = io.BytesIO()

@@ -8,6 +8,7 @@ batches are being prepared.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,9 +28,27 @@ from aesq.batches import in_batches
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import ImageRejected, decode_rgb
-from aesq.storage import FolderSource, ObjectMissing, S3Source, Source, minio_client, recent_objects
-from aesq.store import ScoreValue, mark_failed, mark_scored, write_embeddings, write_scores
-from aesq.tables import Asset, Embedding, ScoreRow
+from aesq.storage import (
+    STORAGE_ERRORS,
+    FolderSource,
+    ObjectMissing,
+    S3Source,
+    Source,
+    StorageUnavailable,
+    minio_client,
+    one_line,
+    recent_objects,
+)
+from aesq.store import (
+    ScoreValue,
+    current_holders,
+    defer,
+    mark_failed,
+    mark_scored,
+    write_embeddings,
+    write_scores,
+)
+from aesq.tables import CANONICAL_STATUSES, Asset, Embedding, ScoreRow
 from models import EMBEDDERS, SCORERS, Embedder, Scorer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +66,7 @@ class BatchOutcome:
 
     scored: int
     failed: int
+    deferred: int = 0  # missing or unreadable for now: tried again on a later run
 
 
 @lru_cache
@@ -93,21 +113,42 @@ def source_for(storage: str, bucket: str, settings: Settings) -> Source:
     return FolderSource(Path(bucket))
 
 
-def fetch_and_decode(source: Source, key: str, etag: str | None, max_pixels: int) -> Image.Image | str:
-    """The decoded image (bytes from ingest's recent reads when this worker has them), or why it cannot be."""
+@dataclass(frozen=True)
+class Unusable:
+    """Why an asset's image cannot be had now; `transient` ones are tried again on a later run."""
+
+    reason: str
+    transient: bool = False
+    storage_error: bool = False  # the storage itself failed (not this object): a batch of only these is an outage
+
+
+def fetch_and_decode(
+    source: Source, key: str, etag: str | None, sha256: str, max_pixels: int
+) -> Image.Image | Unusable:
+    """The decoded image of exactly the bytes ingested as `sha256` (from ingest's recent reads when this
+    worker has them), or why it cannot be had."""
     try:
         stored = recent_objects.take(source, key, etag) or source.read(key)
+    except ObjectMissing as missing:
+        return Unusable(str(missing), transient=True)
+    except STORAGE_ERRORS as error:
+        return Unusable(f"cannot read {key}: {one_line(error)}", transient=True, storage_error=True)
+    if hashlib.sha256(stored.data).hexdigest() != sha256:
+        return Unusable(f"{key} holds other bytes than were ingested (overwritten since); re-ingested on the next run", transient=True)
+    try:
         return decode_rgb(stored.data, max_pixels)
-    except (ObjectMissing, ImageRejected) as problem:
-        return str(problem)
+    except ImageRejected as rejected:
+        return Unusable(str(rejected))
 
 
-def fetch_asset(row, settings: Settings) -> Image.Image | str:
-    """The decoded image of an asset row (storage, bucket, key, etag), or why it cannot be read."""
-    return fetch_and_decode(source_for(row.storage, row.bucket, settings), row.key, row.etag, settings.max_pixels)
+def fetch_asset(row, settings: Settings) -> Image.Image | Unusable:
+    """The decoded image of an asset row (storage, bucket, key, etag, sha256), or why it cannot be read."""
+    return fetch_and_decode(
+        source_for(row.storage, row.bucket, settings), row.key, row.etag, row.sha256, settings.max_pixels,
+    )
 
 
-def fetch_assets(rows: list, settings: Settings) -> list[Image.Image | str]:
+def fetch_assets(rows: list, settings: Settings) -> list[Image.Image | Unusable]:
     """`fetch_asset` of each row on the fetch threads, in order, opening each storage location once."""
     sources: dict[tuple[str, str], Source] = {}
     for row in rows:
@@ -115,7 +156,9 @@ def fetch_assets(rows: list, settings: Settings) -> list[Image.Image | str]:
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         return list(
             pool.map(
-                lambda row: fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, settings.max_pixels),
+                lambda row: fetch_and_decode(
+                    sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels
+                ),
                 rows,
             )
         )
@@ -147,15 +190,18 @@ def score_assets(
     """Give the assets among `asset_ids` every enabled model's output they lack; store it and their status.
 
     Pending assets are scored for the first time; scored ones are only backfilled for models enabled
-    since. An image that cannot be fetched or decoded fails a pending asset; a scored one keeps its status.
+    since. Only the bytes ingested are scored (SHA-256 checked). An image that cannot be decoded fails a
+    pending asset; one missing or unreadable for now is deferred (`settings.retry_attempts`, with
+    back-off); a batch in which storage failed for every image raises, so the task is retried.
+    Outputs are stored on each content's canonical asset as it stands when they are written.
     `model_slot` is held, inside this process's own slot, while the models run.
     """
     scorers, embedders = load_models(settings)
     engine = get_engine(settings)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.status)
-            .where(Asset.id.in_(asset_ids), Asset.status.in_(("pending", "scored")))
+            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.sha256, Asset.status)
+            .where(Asset.id.in_(asset_ids), Asset.status.in_(CANONICAL_STATUSES))
             .order_by(Asset.id)
         ).all()
         missing = _missing_outputs(connection, [row.id for row in rows], scorers, embedders)
@@ -163,8 +209,11 @@ def score_assets(
     pending = {row.id for row in rows if row.status == "pending"}
     rows = [row for row in rows if row.id in needed or row.id in pending]
     decoded = fetch_assets(rows, settings)
-    failures = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, str)}
-    images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, str)}
+    unusable = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, Unusable)}
+    if unusable and all(item.storage_error for item in unusable.values()) and len(unusable) == len(rows):
+        raise StorageUnavailable(next(iter(unusable.values())).reason)
+    failures = {asset_id: item.reason for asset_id, item in unusable.items()}
+    images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, Unusable)}
     work = {model: [asset_id for asset_id in images if asset_id in lacking] for model, lacking in missing.items()}
     work = {model: ids for model, ids in work.items() if ids}
     with ThreadPoolExecutor(max(1, len(work))) as pool:
@@ -182,27 +231,33 @@ def score_assets(
                         failures[asset_id] = f"scorer {model.name} returned {score.value}"
             else:
                 vectors[model.name] = (ids, model.embed_prepared(prepared[model]))
-    scored_ids = [asset_id for asset_id in images if asset_id in pending and asset_id not in failures]
 
+    sha_of = {row.id: row.sha256 for row in rows}
+    deferred = {asset_id: item.reason for asset_id, item in unusable.items() if item.transient}
     with engine.begin() as connection:
-        write_scores(connection, [score for score in scores if score.asset_id not in failures])
+        holder = current_holders(connection, sha_of)
+        usable = {asset_id: held for asset_id, held in holder.items() if asset_id not in failures}
+        write_scores(connection, [replace(s, asset_id=usable[s.asset_id]) for s in scores if s.asset_id in usable])
         for name, (ids, matrix) in vectors.items():
-            keep = [index for index, asset_id in enumerate(ids) if asset_id not in failures]
-            write_embeddings(connection, name, [ids[index] for index in keep], matrix[keep])
-        mark_failed(connection, {asset_id: reason for asset_id, reason in failures.items() if asset_id in pending})
+            kept = [index for index, asset_id in enumerate(ids) if asset_id in usable]
+            write_embeddings(connection, name, [usable[ids[index]] for index in kept], matrix[kept])
+        defer(connection, {holder[i]: reason for i, reason in deferred.items() if i in holder},
+              settings.retry_attempts, settings.retry_backoff_seconds)
+        mark_failed(connection, {holder[i]: reason for i, reason in failures.items() if i in holder and i not in deferred})
+        scored_ids = [usable[i] for i in images if i in pending and i in usable]
         mark_scored(connection, scored_ids)
-    return BatchOutcome(scored=len(scored_ids), failed=len(failures))
+    return BatchOutcome(scored=len(scored_ids), failed=len(failures) - len(deferred), deferred=len(deferred))
 
 
 def pending_batches(settings: Settings) -> list[list[int]]:
-    """Ids of assets waiting for scores, or lacking the output of a model enabled since (here or in
-    any scoring pool), in batches."""
+    """Ids of assets waiting for scores (deferred ones once their back-off has passed), or lacking the
+    output of a model enabled since (here or in any scoring pool), in batches."""
     check_model_names(settings)
     wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
     query = text(
         """
         SELECT a.id FROM assets a
-        WHERE a.status = 'pending'
+        WHERE a.status = 'pending' AND (a.retry_after IS NULL OR a.retry_after <= now())
            OR a.status = 'scored' AND (
                 EXISTS (SELECT 1 FROM jsonb_to_recordset(CAST(:scorers AS jsonb)) AS w(name text, version text)
                         WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.asset_id = a.id

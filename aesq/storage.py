@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from minio import Minio
 from minio.error import S3Error
+from urllib3.exceptions import HTTPError
 
 from aesq.config import Settings, get_settings
 
@@ -31,7 +32,20 @@ class SourceError(ValueError):
 
 
 class ObjectMissing(LookupError):
-    """The object was listed but is gone: recorded as a per-image failure, not retried."""
+    """The object was listed but is gone (deleted, or not yet visible): its asset is tried again later."""
+
+
+class StorageUnavailable(ConnectionError):
+    """The storage failed for every object asked of it: an outage, retried by the task."""
+
+
+# What reading one object raises when the storage (not the object's bytes) is the problem.
+STORAGE_ERRORS = (S3Error, HTTPError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, for stored reasons and log lines."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 @dataclass(frozen=True)

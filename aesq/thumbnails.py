@@ -13,7 +13,7 @@ from sqlalchemy import text
 from aesq.browse import NotFound
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.scoring import fetch_asset
+from aesq.scoring import Unusable, fetch_asset
 
 SIZES = (128, 256, 512)
 
@@ -48,8 +48,8 @@ def thumbnail(settings: Settings, asset_id: int, size: int) -> bytes:
     if cached.is_file():
         return cached.read_bytes()
     image = fetch_asset(row, settings)
-    if isinstance(image, str):
-        raise NotFound(f"asset {asset_id} cannot be read: {image}")
+    if isinstance(image, Unusable):
+        raise NotFound(f"asset {asset_id} cannot be read: {image.reason}")
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)

@@ -38,3 +38,95 @@ def put(client: Minio, bucket: str, key: str, payload: bytes, metadata: dict[str
 def noise_image(seed: int, size: int = 64) -> Image.Image:
     """A small random RGB image, distinct per seed."""
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def run_once(source: str, settings) -> None:
+    """Discover, ingest, score what is due and aggregate, with the plain functions the flows call."""
+    from aesq import aggregate, ingest, scoring
+
+    for keys in ingest.discover(source, settings):
+        ingest.ingest(source, keys, settings)
+    for batch in scoring.pending_batches(settings):
+        scoring.score_assets(batch, settings)
+    aggregate.aggregate_versions(settings)
+
+
+def technical_score(payload: bytes) -> float:
+    """What the technical scorer gives these bytes, decoded as the pipeline decodes them."""
+    from aesq.images import decode_rgb
+    from models.technical import TechnicalQualityScorer
+
+    return TechnicalQualityScorer().score([decode_rgb(payload, 64_000_000)])[0].value
+
+
+def assert_every_content_scored_once(settings, objects: dict[str, bytes]) -> None:
+    """The identity model's promise over `objects` (key → bytes now in the source): each distinct content
+    has exactly one scored canonical asset carrying its own bytes' score, its other locations are
+    duplicates pointing at it, nothing else holds live scores, and no asset outside `objects` counts."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from aesq.database import get_engine
+
+    with get_engine(settings).connect() as connection:
+        assets = {row.key: row for row in connection.execute(sa.text("SELECT * FROM assets"))}
+        scores = connection.execute(
+            sa.text("SELECT asset_id, value FROM scores WHERE scorer = 'technical'")
+        ).all()
+    live = {key: row for key, row in assets.items() if row.status != "deleted"}
+    assert set(live) == set(objects), "every object present is an asset, and only those are live"
+    by_content: dict[str, list[str]] = {}
+    for key, payload in objects.items():
+        by_content.setdefault(hashlib.sha256(payload).hexdigest(), []).append(key)
+    score_of = dict((asset_id, value) for asset_id, value in scores)
+    assert len(score_of) == len(scores), "one technical score per asset"
+    canonical_ids = set()
+    for sha, keys in by_content.items():
+        assert {live[key].sha256 for key in keys} == {sha}
+        canonical = [live[key] for key in keys if live[key].status == "scored"]
+        assert len(canonical) == 1, f"content at {keys} has {len(canonical)} scored assets"
+        canonical_ids.add(canonical[0].id)
+        for key in keys:
+            if live[key].id != canonical[0].id:
+                assert (live[key].status, live[key].duplicate_of) == ("duplicate", canonical[0].id), key
+        assert abs(score_of[canonical[0].id] - technical_score(objects[keys[0]])) < 1e-9, f"{keys}: not its own score"
+        assert canonical[0].scored_at is not None
+    assert set(score_of) == canonical_ids, "scores only on the canonical assets of present contents"
+
+
+def assert_statistics_match_rows(settings) -> None:
+    """Every stored per-version figure equals a recomputation from the score rows of scored assets."""
+    import sqlalchemy as sa
+
+    from aesq.database import get_engine
+
+    recompute = sa.text(
+        """
+        SELECT a.generator_id, ls.scorer, count(*) AS count, avg(ls.value) AS mean
+        FROM latest_scores ls JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+        WHERE a.generator_id IS NOT NULL GROUP BY 1, 2
+        """
+    )
+    daily = sa.text(
+        """
+        SELECT a.generator_id, ls.scorer, (a.scored_at AT TIME ZONE 'UTC')::date AS day, count(*) AS count
+        FROM latest_scores ls JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+        WHERE a.generator_id IS NOT NULL GROUP BY 1, 2, 3
+        """
+    )
+    with get_engine(settings).connect() as connection:
+        expected = {(r.generator_id, r.scorer): (r.count, r.mean) for r in connection.execute(recompute)}
+        stored = {
+            (r.generator_id, r.scorer): (r.count, r.mean)
+            for r in connection.execute(sa.text("SELECT generator_id, scorer, count, mean FROM version_stats"))
+        }
+        expected_days = {(r.generator_id, r.scorer, r.day): r.count for r in connection.execute(daily)}
+        stored_days = {
+            (r.generator_id, r.scorer, r.day): r.count
+            for r in connection.execute(sa.text("SELECT generator_id, scorer, day, count FROM version_daily_stats"))
+        }
+    assert set(stored) == set(expected)
+    for group, (count, mean) in expected.items():
+        assert stored[group][0] == count and abs(stored[group][1] - mean) < 1e-9, group
+    assert stored_days == expected_days

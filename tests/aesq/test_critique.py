@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -84,8 +85,10 @@ def test_low_scorers_get_the_critics_answer_per_aspect(settings, s3_client, buck
         assert detail["critic"] == "ernie-aes" and detail["score"] == pytest.approx(row.value)
         assert row.severity == pytest.approx(1 - row.value / 100, abs=1e-4)
         # each asset's answers are the model's answers about that asset's own image (as decoded from JPEG)
+        payload = jpeg_bytes(images[key])
         decoded = scoring.fetch_and_decode(
-            scoring.source_for("s3", bucket, settings), f"generated/sdxl/1.0/{key}", None, settings.max_pixels
+            scoring.source_for("s3", bucket, settings), f"generated/sdxl/1.0/{key}", None,
+            hashlib.sha256(payload).hexdigest(), settings.max_pixels,
         )
         assert detail["aspects"] == model.critique([decoded], ASPECTS, 5)[0]
     assert rows["a.jpg"].detail != rows["b.jpg"].detail

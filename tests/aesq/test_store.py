@@ -64,9 +64,16 @@ def test_duplicates_failures_and_reuploads(settings):
     assert (rows["e.png"].status, rows["e.png"].duplicate_of) == ("duplicate", rows["a.png"].id)
     assert len(_rows(settings, "SELECT * FROM scores")) == 1
 
-    with get_engine(settings).begin() as connection:  # new bytes at a known key: rescored from scratch
+    # New bytes at a known key: that key is scored from scratch, and the old content, still held by its
+    # copies, keeps its score and scoring time on the oldest copy, which the other copy now points at.
+    with get_engine(settings).begin() as connection:
         assert upsert_assets(connection, [_record("a.png", "sha-new", generator)]) == [rows["a.png"].id]
-    assert _rows(settings, "SELECT * FROM scores") == []
+    after = {row.key: row for row in _rows(settings, "SELECT * FROM assets")}
+    assert (after["a.png"].status, after["a.png"].sha256, after["a.png"].scored_at) == ("pending", "sha-new", None)
+    assert (after["b.png"].status, after["b.png"].duplicate_of) == ("scored", None)
+    assert after["b.png"].scored_at == rows["a.png"].scored_at
+    assert (after["e.png"].status, after["e.png"].duplicate_of) == ("duplicate", after["b.png"].id)
+    assert [(row.asset_id, row.value) for row in _rows(settings, "SELECT * FROM scores")] == [(after["b.png"].id, 7.5)]
 
 
 def test_score_and_embedding_writes_are_idempotent(settings):
