@@ -1,8 +1,13 @@
 """Aggregation: per generator version and scorer statistics (`version_stats`) and per-day figures
-(`version_daily_stats`), recomputed only for the versions that received scores since their last run."""
+(`version_daily_stats`), recomputed only for the versions queued in `stale_versions`.
+
+Triggers (migration 0006) queue a version in the same transaction as any change to its scores or to
+one of its assets' status, version or scoring time. The aggregate deletes exactly the queue rows it
+sees and recomputes those versions from the rows: a change committed while it runs was not seen, so
+its queue row stays for the next run. No clock decides what is new.
+"""
 
 from __future__ import annotations
-
 
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -11,15 +16,16 @@ from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.statistics import summarize
 
-# (generator, scorer) groups with a score newer than their statistics, or without statistics yet.
-_STALE = text(
+# Take the queue: the versions whose figures may be out of date (rows queued by uncommitted
+# transactions are invisible here and stay for the next run).
+_TAKE_STALE = text("DELETE FROM stale_versions RETURNING generator_id")
+
+# Every scorer with a score of a scored asset of these versions: the groups to recompute.
+_GROUPS = text(
     """
-    SELECT a.generator_id, s.scorer
-    FROM scores s
-    JOIN assets a ON a.id = s.asset_id AND a.status = 'scored' AND a.generator_id IS NOT NULL
-    LEFT JOIN version_stats v ON v.generator_id = a.generator_id AND v.scorer = s.scorer
-    GROUP BY a.generator_id, s.scorer
-    HAVING max(v.computed_at) IS NULL OR max(s.created_at) > max(v.computed_at)
+    SELECT DISTINCT a.generator_id, s.scorer
+    FROM assets a JOIN scores s ON s.asset_id = a.id
+    WHERE a.status = 'scored' AND a.generator_id = ANY(:versions)
     """
 )
 
@@ -52,7 +58,7 @@ _FIGURES = text(
     ON CONFLICT (generator_id, scorer) DO UPDATE
     SET count = excluded.count, mean = excluded.mean, std = excluded.std, median = excluded.median,
         p10 = excluded.p10, p90 = excluded.p90, threshold = excluded.threshold,
-        share_above = excluded.share_above, computed_at = now()
+        share_above = excluded.share_above, computed_at = clock_timestamp()
     """
 ).bindparams(bindparam("groups", type_=JSONB), bindparam("thresholds", type_=JSONB))
 
@@ -91,12 +97,21 @@ def _store_intervals(connection: Connection, groups: list[list]) -> None:
 
 
 def aggregate_versions(settings: Settings) -> int:
-    """Recompute the statistics of the versions with new scores; returns how many (version, scorer) groups."""
+    """Recompute the statistics of the queued versions; returns how many (version, scorer) groups."""
     with get_engine(settings).begin() as connection:
-        groups = [[row.generator_id, row.scorer] for row in connection.execute(_STALE)]
-        if not groups:
+        versions = sorted(set(connection.execute(_TAKE_STALE).scalars()))
+        if not versions:
             return 0
-        connection.execute(_FIGURES, {"groups": groups, "thresholds": settings.thresholds})
-        _store_intervals(connection, groups)
-        connection.execute(_DAILY, {"groups": groups})
+        groups = [[row.generator_id, row.scorer] for row in connection.execute(_GROUPS, {"versions": versions})]
+        # Figures of groups left without scores (assets deleted, moved or rescored elsewhere) go.
+        connection.execute(
+            text("DELETE FROM version_stats WHERE generator_id = ANY(:versions)"), {"versions": versions}
+        )
+        connection.execute(
+            text("DELETE FROM version_daily_stats WHERE generator_id = ANY(:versions)"), {"versions": versions}
+        )
+        if groups:
+            connection.execute(_FIGURES, {"groups": groups, "thresholds": settings.thresholds})
+            _store_intervals(connection, groups)
+            connection.execute(_DAILY, {"groups": groups})
     return len(groups)

@@ -12,6 +12,7 @@ from aesq.images import ImageFacts
 from aesq.provenance import GeneratorRef, Provenance
 from aesq.statistics import summarize
 from aesq.store import AssetRecord, ScoreValue, mark_scored, upsert_assets, upsert_generators, write_scores
+from tests.helpers import assert_statistics_match_rows
 
 FACTS = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
 VALUES = {"1": [float(v) for v in range(1, 41)], "2": [float(v) for v in np.linspace(3, 9, 25)]}
@@ -64,3 +65,30 @@ def test_figures_interval_days_and_incremental_runs(settings):
     after = _stats(settings)
     assert after["1"].computed_at == stats["1"].computed_at and after["2"].count == 26
     assert after["2"].mean == pytest.approx(np.mean(VALUES["2"] + [100.0]))
+
+
+def test_a_score_committed_while_the_aggregate_runs_is_counted_by_the_next_run(settings):
+    _add_scored(settings, "1", [1.0, 2.0])
+    assert aggregate_versions(settings) == 1
+    generator = GeneratorRef("m", "1")
+    with get_engine(settings).begin() as connection:
+        ids = upsert_assets(connection, [AssetRecord("s3", "bkt", "1/late.png", "late", None, 10, FACTS,
+                                                     Provenance("generated", generator, "p", 9, {}), None)])
+
+    # The late asset's scoring transaction is open (its queue row invisible) while an aggregate runs; the
+    # old clock watermark (computed_at = now() > the score's created_at) never counted it.
+    engine = get_engine(settings)
+    scoring_transaction = engine.connect()
+    with scoring_transaction.begin():
+        scoring_transaction.execute(
+            sa.text("INSERT INTO scores (asset_id, scorer, scorer_version, value) VALUES (:id, 'technical', '1', 5)"),
+            {"id": ids[0]},
+        )
+        scoring_transaction.execute(sa.text("UPDATE assets SET status = 'scored', scored_at = now() WHERE id = :id"),
+                                    {"id": ids[0]})
+        _add_scored(settings, "1", [3.0], offset=10)  # another batch of the version commits meanwhile
+        assert aggregate_versions(settings) == 1
+    scoring_transaction.close()
+    aggregate_versions(settings)
+    assert_statistics_match_rows(settings)
+    assert _stats(settings)["1"].count == 4 and _stats(settings)["1"].mean == pytest.approx(11 / 4)
