@@ -48,8 +48,11 @@ def aggregate_flow() -> int:
 def run_flow(source: str) -> list[BatchOutcome]:
     """Ingest, score and aggregate `source` once, scoring each batch as soon as it is ingested."""
     batches = discover_new_objects(source)
-    scored = [score_assets.submit(ingest_objects.submit(source, keys)) for keys in batches]
+    ingested = [ingest_objects.submit(source, keys) for keys in batches]
+    scored = [score_assets.submit(ids) for ids in ingested]
     wait(scored)
+    for ingest in ingested:
+        ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
     leftovers = [score_assets.submit(ids) for ids in pending_assets()]
     outcomes = [future.result() for future in scored + leftovers]
     aggregate_versions()

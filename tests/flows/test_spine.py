@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from aesq.database import get_engine
+from aesq.config import get_settings
+from aesq.database import engine, get_engine
 from aesq.queries import nearest_assets, version_comparison
 from flows.spine import aggregate_flow, ingest_flow, run_flow, score_flow
 from models.efficientnet import EfficientNetLite0Embedder
@@ -205,3 +208,28 @@ def test_enabling_a_model_backfills_scored_assets_without_touching_existing_scor
     assert len(after["embeddings"]) == 2
     run_flow(f"s3://{bucket}/")
     assert _snapshot(get_settings()) == after  # nothing left to backfill
+
+
+@pytest.fixture
+def read_only_database_url(settings) -> Iterator[str]:
+    """The test database through a new role that may read every table and write none."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+        connection.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+    url = sa.engine.make_url(settings.database_url).set(username=role).render_as_string(hide_password=False)
+    yield url
+    engine(url).dispose()
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
+        connection.execute(sa.text(f'DROP ROLE "{role}"'))
+
+
+def test_a_failed_ingest_raises_its_own_error_not_its_unrun_score(settings, s3_client, bucket, read_only_database_url, monkeypatch):
+    """Listing works through a read-only role; recording the assets fails, after the task's retries (~45 s)."""
+    put(s3_client, bucket, "generated/m/1/a.jpg", ASTRONAUT)
+    monkeypatch.setenv("AESQ_DATABASE_URL", read_only_database_url)
+    get_settings.cache_clear()
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied for table"):
+        run_flow(f"s3://{bucket}/")
