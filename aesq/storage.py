@@ -157,6 +157,11 @@ class S3Source(Source):
             raise
 
 
+def _unlistable(error: OSError) -> None:
+    """A folder that cannot be listed fails the listing: objects in it must not look deleted."""
+    raise error
+
+
 def _file_etag(stat: os.stat_result) -> str:
     """A change signal for local files, like an S3 ETag: modification time and size."""
     return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
@@ -176,7 +181,7 @@ class FolderSource(Source):
         return str(self.root)
 
     def list(self) -> Iterator[ObjectInfo]:
-        for directory, _dirs, files in os.walk(self.root):
+        for directory, _dirs, files in os.walk(self.root, onerror=_unlistable):
             for name in sorted(files):
                 path = Path(directory, name)
                 try:

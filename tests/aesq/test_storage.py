@@ -142,6 +142,19 @@ def test_folder_list_skips_dangling_symlinks(tmp_path):
     assert [item.key for item in FolderSource(tmp_path).list()] == ["a.png"]
 
 
+def test_folder_that_cannot_be_listed_fails_the_listing_instead_of_listing_nothing(tmp_path):
+    """An unmounted or vanished folder must not make every known object look deleted."""
+    root = tmp_path / "images"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.jpg").write_bytes(b"x")
+    source = FolderSource(root)
+    (root / "a" / "x.jpg").unlink()
+    (root / "a").rmdir()
+    root.rmdir()
+    with pytest.raises(FileNotFoundError):
+        list(source.list())
+
+
 def test_folder_etag_is_stable_and_changes_with_the_file(tmp_path):
     image = tmp_path / "a.png"
     image.write_bytes(b"first")
