@@ -4,6 +4,7 @@ deletions and restores each leave every content present scored once, with its ow
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from tests.helpers import (
 )
 
 A, B, C = (jpeg_bytes(noise_image(seed, 48)) for seed in (1, 2, 3))
+KEY = "generated/m/1/a.jpg"
 
 
 @pytest.fixture
@@ -76,14 +78,14 @@ def test_overwriting_the_original_of_a_copy_moves_its_score_to_the_copy(source, 
 
 
 def test_deleted_objects_leave_the_statistics_and_come_back_restored(source, s3_client, bucket):
-    objects = {"generated/m/1/a.jpg": A, "generated/m/1/b.jpg": B}
+    objects = {KEY: A, "generated/m/1/b.jpg": B}
     _upload(s3_client, bucket, objects)
     run_once(source, get_settings())
 
     s3_client.remove_object(bucket, "generated/m/1/b.jpg")
     run_once(source, get_settings())
     assert _assets()["generated/m/1/b.jpg"].status == "deleted"
-    assert_every_content_scored_once(get_settings(), {"generated/m/1/a.jpg": A})
+    assert_every_content_scored_once(get_settings(), {KEY: A})
     assert_statistics_match_rows(get_settings())
     with get_engine(get_settings()).connect() as connection:
         assert connection.execute(sa.text("SELECT count FROM version_stats")).scalar_one() == 1
@@ -105,36 +107,39 @@ def test_renamed_object_is_one_scored_content(source, s3_client, bucket):
     assert_statistics_match_rows(get_settings())
 
 
-def test_object_missing_at_scoring_time_is_retried_and_recovers_when_restored(source, s3_client, bucket):
-    put(s3_client, bucket, "generated/m/1/a.jpg", A)
-    settings = get_settings()
+def _ingest_then(settings, source: str, s3_client, bucket: str, change: Callable[[], None]) -> list[int]:
+    """Ingest object KEY (holding A), then change it before scoring, with no copy of its bytes kept in memory."""
+    put(s3_client, bucket, KEY, A)
     ids = [i for keys in ingest.discover(source, settings) for i in ingest.ingest(source, keys, settings)]
-    scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), "generated/m/1/a.jpg", _assets()["generated/m/1/a.jpg"].etag)
-    s3_client.remove_object(bucket, "generated/m/1/a.jpg")
+    scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), KEY, _assets()[KEY].etag)
+    change()
+    return ids
+
+
+def test_object_missing_at_scoring_time_is_retried_and_recovers_when_restored(source, s3_client, bucket):
+    settings = get_settings()
+    ids = _ingest_then(settings, source, s3_client, bucket, lambda: s3_client.remove_object(bucket, KEY))
 
     outcome = scoring.score_assets(ids, settings)
     assert (outcome.scored, outcome.failed, outcome.deferred) == (0, 0, 1)
-    row = _assets()["generated/m/1/a.jpg"]
+    row = _assets()[KEY]
     assert (row.status, row.attempts) == ("pending", 1) and "no longer exists" in row.error
 
-    put(s3_client, bucket, "generated/m/1/a.jpg", A)  # restored with the same bytes (and so the same ETag)
+    put(s3_client, bucket, KEY, A)  # restored with the same bytes (and so the same ETag)
     run_once(source, settings)
-    assert_every_content_scored_once(settings, {"generated/m/1/a.jpg": A})
-    assert (_assets()["generated/m/1/a.jpg"].attempts, _assets()["generated/m/1/a.jpg"].error) == (0, None)
+    assert_every_content_scored_once(settings, {KEY: A})
+    assert (_assets()[KEY].attempts, _assets()[KEY].error) == (0, None)
 
 
 def test_an_image_missing_on_every_try_fails_with_the_reason(source, s3_client, bucket, monkeypatch):
     monkeypatch.setenv("AESQ_RETRY_ATTEMPTS", "2")
     get_settings.cache_clear()
     settings = get_settings()
-    put(s3_client, bucket, "generated/m/1/a.jpg", A)
-    ids = [i for keys in ingest.discover(source, settings) for i in ingest.ingest(source, keys, settings)]
-    scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), "generated/m/1/a.jpg", _assets()["generated/m/1/a.jpg"].etag)
-    s3_client.remove_object(bucket, "generated/m/1/a.jpg")
+    ids = _ingest_then(settings, source, s3_client, bucket, lambda: s3_client.remove_object(bucket, KEY))
     scoring.score_assets(ids, settings)
     assert scoring.pending_batches(settings) == [ids]  # back-off 0: due again at once
     scoring.score_assets(ids, settings)
-    row = _assets()["generated/m/1/a.jpg"]
+    row = _assets()[KEY]
     assert row.status == "failed" and row.error.endswith("(gave up after 2 attempts)")
     assert scoring.pending_batches(settings) == []
 
@@ -143,10 +148,7 @@ def test_deferred_images_wait_for_their_back_off(source, s3_client, bucket, monk
     monkeypatch.setenv("AESQ_RETRY_BACKOFF_SECONDS", "3600")
     get_settings.cache_clear()
     settings = get_settings()
-    put(s3_client, bucket, "generated/m/1/a.jpg", A)
-    ids = [i for keys in ingest.discover(source, settings) for i in ingest.ingest(source, keys, settings)]
-    scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), "generated/m/1/a.jpg", _assets()["generated/m/1/a.jpg"].etag)
-    s3_client.remove_object(bucket, "generated/m/1/a.jpg")
+    ids = _ingest_then(settings, source, s3_client, bucket, lambda: s3_client.remove_object(bucket, KEY))
     scoring.score_assets(ids, settings)
     assert scoring.pending_batches(settings) == []
 
@@ -154,20 +156,17 @@ def test_deferred_images_wait_for_their_back_off(source, s3_client, bucket, monk
 def test_an_object_overwritten_after_ingest_never_gets_the_new_bytes_score_under_the_old_content(
     source, s3_client, bucket
 ):
-    put(s3_client, bucket, "generated/m/1/a.jpg", A)
     settings = get_settings()
-    ids = [i for keys in ingest.discover(source, settings) for i in ingest.ingest(source, keys, settings)]
-    scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), "generated/m/1/a.jpg", _assets()["generated/m/1/a.jpg"].etag)
-    put(s3_client, bucket, "generated/m/1/a.jpg", B)
+    ids = _ingest_then(settings, source, s3_client, bucket, lambda: put(s3_client, bucket, KEY, B))
 
     outcome = scoring.score_assets(ids, settings)
     assert (outcome.scored, outcome.deferred) == (0, 1)
     with get_engine(settings).connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM scores")).scalar_one() == 0
-    assert _assets()["generated/m/1/a.jpg"].sha256 == hashlib.sha256(A).hexdigest()
+    assert _assets()[KEY].sha256 == hashlib.sha256(A).hexdigest()
 
     run_once(source, settings)  # the next run re-ingests the new bytes and scores them
-    assert_every_content_scored_once(settings, {"generated/m/1/a.jpg": B})
+    assert_every_content_scored_once(settings, {KEY: B})
 
 
 def test_reingesting_the_same_bytes_keeps_scoring_time_and_daily_figures(source, s3_client, bucket):
