@@ -4,6 +4,10 @@ A model is built with a weights folder and a device, loads its weights once in `
 (once per worker process), then handles whole batches of decoded RGB images in two steps:
 `prepare()` (CPU work such as resizing and normalising, run on prefetch threads while the
 accelerator is busy with another batch) and `score_prepared()` / `embed_prepared()` (the model).
+
+Images may come decoded at reduced size (aesq does so for very large ones, keeping at least twice
+every model's `input_side`); such an image carries its native size and the native pixels of its
+centre in `info`, which `native_size()` and `native_centre()` return for any image.
 """
 
 from __future__ import annotations
@@ -16,6 +20,30 @@ from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+# `Image.info` keys of an image decoded at reduced size: its native (width, height), and the native
+# pixels of its centre as `native_centre()` crops them from the full-size image.
+NATIVE_SIZE = "native_size"
+NATIVE_CENTRE = "native_centre"
+NATIVE_CENTRE_SIDE = 512
+JPEG_BLOCK = 8
+
+
+def native_size(image: Image.Image) -> tuple[int, int]:
+    """The size of the image as stored, also when it was decoded at reduced size."""
+    return image.info.get(NATIVE_SIZE, image.size)
+
+
+def native_centre(image: Image.Image) -> Image.Image:
+    """A central crop of at most NATIVE_CENTRE_SIDE² native pixels, its corner on the 8x8 JPEG block grid
+    (pixel-level measures such as noise and compression blocks need native pixels)."""
+    if NATIVE_CENTRE in image.info:
+        return image.info[NATIVE_CENTRE]
+    width, height = image.size
+    crop_width, crop_height = min(width, NATIVE_CENTRE_SIDE), min(height, NATIVE_CENTRE_SIDE)
+    left = (width - crop_width) // 2 // JPEG_BLOCK * JPEG_BLOCK
+    top = (height - crop_height) // 2 // JPEG_BLOCK * JPEG_BLOCK
+    return image.crop((left, top, left + crop_width, top + crop_height))
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,7 @@ class _Model(ABC):
     """Shared construction: a weights folder (may be unused) and a torch device name."""
 
     name: ClassVar[str]
+    input_side: ClassVar[int]  # the longest side, in pixels, that `prepare()` resizes an image to
 
     def __init__(self, weights_dir: Path | None = None, device: str = "cpu") -> None:
         self.weights_dir = weights_dir

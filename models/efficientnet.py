@@ -29,6 +29,7 @@ class EfficientNetLite0Embedder(Embedder):
 
     name = "efficientnet-lite0"
     dimension = 1280
+    input_side = _INPUT_SIZE
 
     def setup(self) -> None:
         """Build the network and load its ImageNet weights once."""

@@ -472,6 +472,7 @@ class ErnieImageAesScorer(Scorer, Critic):
 
     name = "ernie-aes"
     version = "1"
+    input_side = 448  # the tile side (force_image_size) of every InternVL-chat checkpoint aesq scores with
     folder: ClassVar[str] = "ERNIE-Image-Aes"
     hub_id: ClassVar[str] = "baidu/ERNIE-Image-Aes"
     question: ClassVar[str] = ARTIMUSE_QUESTION

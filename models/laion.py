@@ -254,6 +254,7 @@ class LaionAestheticV2Scorer(Scorer):
     """LAION improved aesthetic predictor (v2, sac+logos+ava1 L14 linearMSE): about 1–10."""
 
     name = "laion-aes-v2"
+    input_side = INPUT_SIZE
     version = "2"
 
     def setup(self) -> None:
@@ -295,6 +296,7 @@ class ClipVitL14Embedder(Embedder):
     """768-d OpenAI CLIP ViT-L/14 image embeddings (projected, L2-normalised)."""
 
     name = "clip-vit-l-14"
+    input_side = INPUT_SIZE
     dimension = EMBEDDING_DIMENSION
 
     def setup(self) -> None:
