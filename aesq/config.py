@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     report_cron: str = Field(default="0 3 * * *", description="When `aesq worker` renders the nightly report (cron, UTC).")
     report_days: int = Field(default=14, gt=0, description="Days of daily means in the report's trend.")
     max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
+    decode_pixel_budget: int = Field(
+        default=64_000_000,
+        gt=0,
+        description="Pixels one process decodes at once, validating and decoding images (up to about 9 bytes each "
+        "while decoding); an image larger than this decodes alone.",
+    )
     batch_size: int = Field(default=32, gt=0, description="Images per task run.")
     fetch_threads: int = Field(default=8, gt=0, description="Parallel object downloads inside one batch.")
     retry_attempts: int = Field(

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from aesq.batches import in_batches
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.images import ImageFacts, ImageRejected, inspect_image
+from aesq.images import ImageFacts, ImageRejected, PixelBudget, inspect_image, pixel_budget
 from aesq.provenance import Provenance, ProvenanceError, read_provenance
 from aesq.storage import (
     STORAGE_ERRORS,
@@ -75,7 +75,7 @@ def _read_sidecar(source: Source, sidecar_key: str | None) -> bytes | None:
 
 
 def _examine(
-    source: Source, key: str, sidecar_key: str | None, max_pixels: int
+    source: Source, key: str, sidecar_key: str | None, max_pixels: int, budget: PixelBudget
 ) -> AssetRecord | None:
     """Read one object into an asset record (failed ones carry the reason); None if it vanished."""
     try:
@@ -88,7 +88,7 @@ def _examine(
     error: str | None = None
     sidecar = _read_sidecar(source, sidecar_key)  # storage errors raise: the task retries the batch
     try:
-        facts = inspect_image(stored.data, max_pixels)
+        facts = inspect_image(stored.data, max_pixels, budget)
         provenance = read_provenance(key, stored.metadata, sidecar)
         recent_objects.put(source, key, stored)
     except (ImageRejected, ProvenanceError) as rejected:
@@ -118,11 +118,12 @@ def ingest(source_uri: str, keys: list[str], settings: Settings) -> list[int]:
     source = open_source(source_uri, settings)
     listed = set(keys)
     images = [key for key in keys if not is_sidecar(key)]
+    budget = pixel_budget(settings.decode_pixel_budget)
 
     def examine(key: str) -> AssetRecord | None | Exception:
         """One object's record, or the storage error that kept it from being read."""
         try:
-            return _examine(source, key, sidecar_for(key, listed), settings.max_pixels)
+            return _examine(source, key, sidecar_for(key, listed), settings.max_pixels, budget)
         except STORAGE_ERRORS as error:
             return error
 

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, select, text
 from aesq.batches import in_batches
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.images import ImageRejected, decode_rgb
+from aesq.images import ImageRejected, PixelBudget, decode_rgb, pixel_budget
 from aesq.storage import (
     STORAGE_ERRORS,
     FolderSource,
@@ -123,7 +123,7 @@ class Unusable:
 
 
 def fetch_and_decode(
-    source: Source, key: str, etag: str | None, sha256: str, max_pixels: int
+    source: Source, key: str, etag: str | None, sha256: str, max_pixels: int, budget: PixelBudget
 ) -> Image.Image | Unusable:
     """The decoded image of exactly the bytes ingested as `sha256` (from ingest's recent reads when this
     worker has them), or why it cannot be had."""
@@ -136,7 +136,7 @@ def fetch_and_decode(
     if hashlib.sha256(stored.data).hexdigest() != sha256:
         return Unusable(f"{key} holds other bytes than were ingested (overwritten since); re-ingested on the next run", transient=True)
     try:
-        return decode_rgb(stored.data, max_pixels)
+        return decode_rgb(stored.data, max_pixels, budget)
     except ImageRejected as rejected:
         return Unusable(str(rejected))
 
@@ -145,6 +145,7 @@ def fetch_asset(row, settings: Settings) -> Image.Image | Unusable:
     """The decoded image of an asset row (storage, bucket, key, etag, sha256), or why it cannot be read."""
     return fetch_and_decode(
         source_for(row.storage, row.bucket, settings), row.key, row.etag, row.sha256, settings.max_pixels,
+        pixel_budget(settings.decode_pixel_budget),
     )
 
 
@@ -153,11 +154,12 @@ def fetch_assets(rows: list, settings: Settings) -> list[Image.Image | Unusable]
     sources: dict[tuple[str, str], Source] = {}
     for row in rows:
         sources.setdefault((row.storage, row.bucket), source_for(row.storage, row.bucket, settings))
+    budget = pixel_budget(settings.decode_pixel_budget)
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         return list(
             pool.map(
                 lambda row: fetch_and_decode(
-                    sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels
+                    sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels, budget
                 ),
                 rows,
             )

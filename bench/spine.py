@@ -245,20 +245,21 @@ def bare_loop(bucket: str, count: int) -> float:
     """List, fetch+decode (thread pool), score and embed all `count` images without Prefect or a database; seconds."""
     from aesq.batches import in_batches
     from aesq.config import get_settings
-    from aesq.images import decode_rgb
+    from aesq.images import decode_rgb, pixel_budget
     from aesq.scoring import load_models
     from aesq.storage import S3Source, minio_client
 
     settings = get_settings()
     scorers, embedders = load_models(settings)
     source = S3Source(minio_client(settings), bucket, "")
+    budget = pixel_budget(settings.decode_pixel_budget)
     start = time.perf_counter()
     keys = [item.key for item in source.list()]
     if len(keys) != count:
         raise RuntimeError(f"the bare loop listed {len(keys)} objects; expected {count}")
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         for batch in in_batches(keys, settings.batch_size):
-            images = list(pool.map(lambda key: decode_rgb(source.read(key).data, settings.max_pixels), batch))
+            images = list(pool.map(lambda key: decode_rgb(source.read(key).data, settings.max_pixels, budget), batch))
             for scorer in scorers:
                 scorer.score(images)
             for embedder in embedders:
@@ -314,7 +315,7 @@ def check_stored(count: int) -> None:
 def warm_up(bucket: str) -> None:
     """Load the models, score a few images, and run the flow once on an empty prefix (all untimed)."""
     from aesq.config import get_settings
-    from aesq.images import decode_rgb
+    from aesq.images import decode_rgb, pixel_budget
     from aesq.scoring import load_models
     from aesq.storage import S3Source, minio_client
     from flows.spine import run_flow
@@ -323,7 +324,8 @@ def warm_up(bucket: str) -> None:
     scorers, embedders = load_models(settings)
     source = S3Source(minio_client(settings), bucket, "")
     keys = [item.key for _, item in zip(range(4), source.list())]
-    images = [decode_rgb(source.read(key).data, settings.max_pixels) for key in keys]
+    budget = pixel_budget(settings.decode_pixel_budget)
+    images = [decode_rgb(source.read(key).data, settings.max_pixels, budget) for key in keys]
     for scorer in scorers:
         scorer.score(images)
     for embedder in embedders:

@@ -53,10 +53,10 @@ def run_once(source: str, settings) -> None:
 
 def technical_score(payload: bytes) -> float:
     """What the technical scorer gives these bytes, decoded as the pipeline decodes them."""
-    from aesq.images import decode_rgb
+    from aesq.images import decode_rgb, pixel_budget
     from models.technical import TechnicalQualityScorer
 
-    return TechnicalQualityScorer().score([decode_rgb(payload, 64_000_000)])[0].value
+    return TechnicalQualityScorer().score([decode_rgb(payload, 64_000_000, pixel_budget(64_000_000))])[0].value
 
 
 def assert_every_content_scored_once(settings, objects: dict[str, bytes]) -> None:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from aesq import critique, defect_analysis, ingest, scoring
 from aesq.config import Settings, get_settings
 from aesq.database import get_engine
+from aesq.images import pixel_budget
 from aesq.scoring import UnknownModel
 from models.internvl import ErnieImageAesScorer
 from tests.helpers import jpeg_bytes, noise_image, photo, put
@@ -88,7 +89,7 @@ def test_low_scorers_get_the_critics_answer_per_aspect(settings, s3_client, buck
         payload = jpeg_bytes(images[key])
         decoded = scoring.fetch_and_decode(
             scoring.source_for("s3", bucket, settings), f"generated/sdxl/1.0/{key}", None,
-            hashlib.sha256(payload).hexdigest(), settings.max_pixels,
+            hashlib.sha256(payload).hexdigest(), settings.max_pixels, pixel_budget(settings.decode_pixel_budget),
         )
         assert detail["aspects"] == model.critique([decoded], ASPECTS, 5)[0]
     assert rows["a.jpg"].detail != rows["b.jpg"].detail

@@ -215,3 +215,24 @@ def test_registered_under_its_name() -> None:
 
     assert SCORERS["technical"] is TechnicalQualityScorer
     assert TechnicalQualityScorer.version == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "size"), [("camera", (6000, 4000)), ("astronaut", (4096, 3072)), ("coffee", (5000, 3500))])
+def test_large_image_decoded_reduced_scores_as_at_full_size(
+    scorer: TechnicalQualityScorer, name: str, size: tuple[int, int]
+) -> None:
+    """aesq decodes images over 2048x2048 reduced, passing their native centre and size along: noise,
+    blockiness and resolution are measured exactly as on the full image, and the score barely moves."""
+    from aesq.images import PixelBudget, decode_rgb
+
+    stored = _noise(_photo(name).resize(size, Image.Resampling.BICUBIC))
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=60)
+    full = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    reduced = decode_rgb(buffer.getvalue(), 64_000_000, PixelBudget(64_000_000))
+    assert reduced.width < full.width
+    at_full, decoded = scorer.score([full, reduced])
+    for key in ("noise_sigma", "blockiness_ratio", "megapixels"):
+        assert decoded.raw[key] == at_full.raw[key], key
+    assert decoded.value == pytest.approx(at_full.value, abs=0.05)
