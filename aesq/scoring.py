@@ -279,7 +279,9 @@ def pending_batches(settings: Settings) -> list[list[int]]:
 
 
 def batch_outcome(asset_ids: list[int], settings: Settings) -> BatchOutcome:
-    """How the assets of a batch stand now: scored and failed counts (after workers elsewhere scored it)."""
+    """How the assets of a batch stand now (after workers elsewhere scored it): scored, failed and deferred."""
     with get_engine(settings).connect() as connection:
-        statuses = connection.execute(select(Asset.status).where(Asset.id.in_(asset_ids))).scalars().all()
-    return BatchOutcome(scored=statuses.count("scored"), failed=statuses.count("failed"))
+        rows = connection.execute(select(Asset.status, Asset.retry_after).where(Asset.id.in_(asset_ids))).all()
+    statuses = [row.status for row in rows]
+    deferred = sum(row.status == "pending" and row.retry_after is not None for row in rows)
+    return BatchOutcome(scored=statuses.count("scored"), failed=statuses.count("failed"), deferred=deferred)
