@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +20,10 @@ from rich.table import Table
 
 from aesq import database
 from aesq.config import Settings, UnknownPool, get_settings
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
 
 app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
 db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
@@ -30,6 +36,43 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 class CliError(Exception):
     """An error the user can act on; printed as one line."""
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM asked aesq to stop; not an Exception, so nothing on the way up swallows it."""
+
+    def __init__(self, signum: int, outcome: str = "") -> None:
+        super().__init__(signum, outcome)
+        self.signum, self.outcome = signum, outcome
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}" + (f"; {self.outcome}" if self.outcome else "")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    """Raise `Stopped` in the main thread; further signals are ignored while aesq stops."""
+    for handled in STOP_SIGNALS:
+        signal.signal(handled, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def _exit_by_signal(signum: int) -> None:
+    """End the process at once by the signal itself, so the shell sees it (status 130 / 143).
+
+    A normal exit would wait for the flow's task threads, which may be mid-batch or sleeping before a
+    retry. atexit handlers do not run, so the ephemeral Prefect API this process started is stopped here.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "prefect.server.api.server" in sys.modules:  # imported only where an ephemeral API was started
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().stop()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _ready_settings() -> Settings:
@@ -56,30 +99,97 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
-def _run_with_progress(settings: Settings, source: str) -> None:
-    """Run the spine flow on `source` while a bar follows scored/failed assets of that source."""
+@contextmanager
+def _run_logs_off_terminal(verbose: bool) -> Iterator[None]:
+    """Unless asked for, send flow and task run logs (retries, tracebacks) only to the Prefect API: on the
+    terminal a failure is aesq's one line, and the progress bar is not broken up."""
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    before = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.propagate = verbose
+    try:
+        yield
+    finally:
+        for logger, propagate in zip(loggers, before):
+            logger.propagate = propagate
+
+
+def _prefect_client(verbose: bool) -> SyncPrefectClient:
+    """A client of the Prefect API.
+
+    Without PREFECT_API_URL this starts Prefect's ephemeral API in a child process: with SIGINT blocked
+    there, because a terminal's Ctrl-C goes to the whole process group and the API has to outlive it to
+    record the stopped run (aesq stops the API itself); and, unless verbose, with its logs off the terminal,
+    because stopping it while events are in flight logs errors.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_SERVER_LOGGING_LEVEL, temporary_settings
+
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with temporary_settings(updates=None if verbose else {PREFECT_SERVER_LOGGING_LEVEL: "CRITICAL"}):
+            return get_client(sync_client=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
+def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
+    """Mark a stopped run Cancelled, so the Prefect API does not show it running forever; says how that went."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    try:
+        with get_client(sync_client=True) as client:
+            if client.read_flow_run(flow_run.id).state.is_final():  # it ended just as the signal came
+                return f"flow run {flow_run.name!r} had already ended"
+            client.set_flow_run_state(flow_run.id, Cancelled(message=f"aesq {stopped}"), force=True)
+    except Exception as error:
+        return f"flow run {flow_run.name!r} could not be marked Cancelled ({_one_line(error)})"
+    return f"flow run {flow_run.name!r} marked Cancelled; run the command again to finish (stored work is kept)"
+
+
+def _run_with_progress(settings: Settings, source: str, verbose: bool) -> None:
+    """Run the spine flow on `source` in a worker thread; the main thread shows a bar of the source's finished
+    assets and stays free to stop at once on SIGINT/SIGTERM, marking the flow run Cancelled."""
+    from prefect.flow_engine import run_flow as run_flow_engine
+    from prefect.states import Pending
+    from sqlalchemy.exc import SQLAlchemyError
+
     from aesq.queries import source_progress
     from aesq.storage import open_source
     from flows.spine import run_flow
 
     opened = open_source(source, settings)
+    parameters = {"source": opened.uri}
+    with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
+        flow_run = client.create_flow_run(run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending())
     outcome: dict[str, BaseException | None] = {"error": None}
 
     def work() -> None:
         try:
-            run_flow(opened.uri)
+            run_flow_engine(run_flow, flow_run=flow_run, parameters=parameters)
         except BaseException as error:  # reported by the main thread
             outcome["error"] = error
 
-    worker = threading.Thread(target=work, daemon=True)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"scoring {opened.uri}", total=None)
-        worker.start()
-        while worker.is_alive():
-            worker.join(0.5)
+    def show_progress() -> None:
+        """Move the bar; display only, so a database error skips one update (the flow's tasks retry their own)."""
+        try:
             done, total = source_progress(settings, opened.storage, opened.bucket, opened.prefix)
-            progress.update(bar, completed=done, total=total or None)
+        except SQLAlchemyError:
+            return
+        progress.update(bar, completed=done, total=total or None)
+
+    worker = threading.Thread(target=work, name="aesq-run")
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with _run_logs_off_terminal(verbose), Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task(f"scoring {opened.uri}", total=None)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.5)
+                show_progress()
+    except Stopped as stopped:
+        raise Stopped(stopped.signum, _cancel_flow_run(flow_run, stopped)) from None
     if outcome["error"] is not None:
         raise outcome["error"]
 
@@ -113,7 +223,7 @@ def run(
     """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
     _quiet_prefect(verbose)
     settings = _ready_settings()
-    _run_with_progress(settings, source)
+    _run_with_progress(settings, source, verbose)
     _print_status(settings)
     console.print(_comparison_table(settings, None))
 
@@ -230,7 +340,7 @@ def demo(
     folder = folder or settings.data_dir / "demo"
     count = build_sample(folder)
     console.print(f"built {count} demo images in {folder}")
-    _run_with_progress(settings, str(folder))
+    _run_with_progress(settings, str(folder), verbose)
     _print_status(settings)
     console.print(_comparison_table(settings, None))
     from flows.followup import defects_flow, report_flow
@@ -397,7 +507,7 @@ def bench_labels(
         raise CliError(str(error)) from None
     with _scorer_enabled(scorer):
         settings = _ready_settings()
-        _run_with_progress(settings, str(data))
+        _run_with_progress(settings, str(data), verbose)
         pairs, excluded = labelled_pairs(settings, data, labels, scorer)
     if excluded:
         console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
@@ -470,11 +580,11 @@ def _one_line(error: BaseException) -> str:
 
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     if isinstance(error, ValidationError):
         return "; ".join(f"AESQ_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
-    if isinstance(error, OperationalError):
+    if isinstance(error, DBAPIError):  # the driver's message, without the statement and its parameters
         return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
     expected = (CliError, DatabaseError, SourceError, UnknownModel, UnknownPool, SettingsError)
@@ -482,9 +592,16 @@ def _one_line(error: BaseException) -> str:
 
 
 def main() -> None:
-    """Entry point: errors become one line on stderr and exit status 1 (AESQ_DEBUG=1 shows tracebacks)."""
+    """Entry point: errors become one line on stderr and exit status 1 (AESQ_DEBUG=1 shows tracebacks);
+    SIGINT and SIGTERM one line too, then the process ends by that signal."""
+    for handled in STOP_SIGNALS:
+        if signal.getsignal(handled) is not signal.SIG_IGN:  # started with it ignored (nohup, `&`): keep it so
+            signal.signal(handled, _stop_on_signal)
     try:
         app(standalone_mode=False)
+    except Stopped as stopped:
+        Console(stderr=True, soft_wrap=True).print(f"[red]aesq:[/red] {stopped}", highlight=False)
+        _exit_by_signal(stopped.signum)
     except (typer.Exit, SystemExit) as done:
         sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
     except typer.Abort:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from aesq import database
 from aesq.cli import app
 from aesq.config import get_settings
-from aesq.queries import version_comparison
+from aesq.queries import status_counts, version_comparison
+from tests.helpers import noise_image
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
 
@@ -85,6 +94,22 @@ def test_errors_are_one_clear_line(settings, args, env, message):
     assert len(lines) == 1 and lines[0].startswith("aesq: error: ") and message in lines[0], result.stderr
 
 
+def test_a_database_refusal_is_one_line_without_the_statement(settings):
+    role = f"stranger_{uuid.uuid4().hex[:8]}"
+    admin = database.engine(settings.database_url)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(sa.text(f'GRANT SELECT ON alembic_version TO "{role}"'))
+    try:
+        url = sa.engine.make_url(settings.database_url).set(username=role).render_as_string(hide_password=False)
+        result = _aesq("status", env={"AESQ_DATABASE_URL": url})
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            connection.execute(sa.text(f'DROP ROLE "{role}"'))
+    assert result.returncode == 1
+    assert result.stderr == "aesq: error: cannot use the database: permission denied for table assets\n"
+
 def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_path):
     monkeypatch.setenv("AESQ_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)
@@ -98,3 +123,133 @@ def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_
     downgraded = runner.invoke(app, ["db", "downgrade", "base"])
     assert downgraded.exit_code == 0 and "database at revision None" in downgraded.output
     get_settings.cache_clear()
+
+
+def _image_folder(folder: Path, count: int) -> Path:
+    """`count` distinct JPEGs, enough for a run that lasts some seconds."""
+    folder.mkdir()
+    for seed in range(count):
+        noise_image(seed, 256).save(folder / f"{seed:03d}.jpg", quality=90)
+    return folder
+
+
+def _start_run(source: Path, env: dict[str, str], new_session: bool = False) -> subprocess.Popen:
+    """`aesq run SOURCE` as a background process with environment `env`."""
+    return subprocess.Popen(
+        [AESQ, "run", str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=new_session,
+    )
+
+
+def _harness_env() -> dict[str, str]:
+    """This environment, pointed at the test harness's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def _wait_until_scoring(process: subprocess.Popen, settings, seconds: float = 180) -> None:
+    """Return once the run has scored its first assets, while it still runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if status_counts(settings).get("scored"):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the run scored nothing in time")
+
+
+def _stop(process: subprocess.Popen, send: Callable[[], None]) -> tuple[float, str]:
+    """Send a signal; returns the seconds until the process was gone and its stderr."""
+    sent = time.monotonic()
+    send()
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+    return time.monotonic() - sent, stderr
+
+
+def _flow_run_states(source: Path) -> list[str]:
+    """States of the aesq-run flow runs of `source`, from the test harness's Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["aesq-run"])))
+    return [run.state.type.value for run in runs if run.parameters.get("source") == str(source)]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_run_at_once_and_cancels_its_flow_run(settings, tmp_path, signum):
+    source = _image_folder(tmp_path / "images", 120)
+    process = _start_run(source, _harness_env())
+    _wait_until_scoring(process, settings)
+    seconds, stderr = _stop(process, lambda: process.send_signal(signum))
+    assert seconds < 5 and process.returncode == -signum, (seconds, process.returncode, stderr)
+    assert stderr.strip().splitlines() == [stderr.strip()], stderr
+    assert stderr.startswith(f"aesq: stopped by {signum.name}; flow run ") and "marked Cancelled" in stderr
+    assert _flow_run_states(source) == ["CANCELLED"]
+    assert status_counts(settings).get("scored", 0) < 120
+
+
+@pytest.mark.slow
+def test_terminal_ctrl_c_leaves_the_ephemeral_api_up_to_record_the_cancel(settings, tmp_path):
+    """A terminal sends SIGINT to the whole process group, Prefect's ephemeral API server included."""
+    source = _image_folder(tmp_path / "images", 120)
+    prefect_home = tmp_path / "prefect"
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    process = _start_run(source, {**env, "PREFECT_HOME": str(prefect_home)}, new_session=True)
+    _wait_until_scoring(process, settings)
+    seconds, stderr = _stop(process, lambda: os.killpg(process.pid, signal.SIGINT))
+    assert seconds < 5 and process.returncode == -signal.SIGINT, (seconds, process.returncode, stderr)
+    assert stderr.strip().splitlines() == [stderr.strip()] and "marked Cancelled" in stderr, stderr
+    with pytest.raises(ProcessLookupError):  # the API server went with it
+        os.killpg(process.pid, 0)
+    with sqlite3.connect(prefect_home / "prefect.db") as prefect_db:
+        states = prefect_db.execute("SELECT state_type FROM flow_run").fetchall()
+    assert states == [("CANCELLED",)]
+
+
+@contextmanager
+def _connections_refused(database_url: str, admin_url: str) -> Iterator[None]:
+    """The database refuses connections and drops the open ones for the duration: a database blip."""
+    name = sa.engine.make_url(database_url).database
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+        connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                           {"name": name})
+        try:
+            yield
+        finally:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+    admin.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_database_blip_during_run_is_ridden_out(settings, postgres_server, tmp_path):
+    source = _image_folder(tmp_path / "images", 60)
+    process = _start_run(source, _harness_env())
+    _wait_until_scoring(process, settings)
+    with _connections_refused(settings.database_url, postgres_server):
+        time.sleep(3)  # the progress display polls every 0.5 s; tasks retry after 2 s, then 10 s
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "assets: scored 60" in stdout, stdout
+    assert _flow_run_states(source) == ["COMPLETED"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_that_fails_says_why_in_one_line(settings):
+    result = subprocess.run([AESQ, "run", "s3://no-such-bucket-here/"], capture_output=True, text=True,
+                            env=_harness_env(), timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at the S3 endpoint"
+    ], result.stderr
