@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Collection
 
 import numpy as np
 from minio import Minio
@@ -59,10 +60,11 @@ def technical_score(payload: bytes) -> float:
     return TechnicalQualityScorer().score([decode_rgb(payload, 64_000_000, pixel_budget(64_000_000))])[0].value
 
 
-def assert_every_content_scored_once(settings, objects: dict[str, bytes]) -> None:
+def assert_every_content_scored_once(settings, objects: dict[str, bytes], failed: Collection[str] = ()) -> None:
     """The identity model's promise over `objects` (key → bytes now in the source): each distinct content
     has exactly one scored canonical asset carrying its own bytes' score, its other locations are
-    duplicates pointing at it, nothing else holds live scores, and no asset outside `objects` counts."""
+    duplicates pointing at it, nothing else holds live scores, and no asset outside `objects` counts
+    but the keys `failed`: objects present that are not usable images, failed with a reason."""
     import hashlib
 
     import sqlalchemy as sa
@@ -75,7 +77,9 @@ def assert_every_content_scored_once(settings, objects: dict[str, bytes]) -> Non
             sa.text("SELECT asset_id, value FROM scores WHERE scorer = 'technical'")
         ).all()
     live = {key: row for key, row in assets.items() if row.status != "deleted"}
-    assert set(live) == set(objects), "every object present is an asset, and only those are live"
+    assert set(live) == set(objects) | set(failed), "every object present is an asset, and only those are live"
+    for key in failed:
+        assert live[key].status == "failed" and live[key].error, f"{key}: {live[key].status}, {live[key].error!r}"
     by_content: dict[str, list[str]] = {}
     for key, payload in objects.items():
         by_content.setdefault(hashlib.sha256(payload).hexdigest(), []).append(key)

@@ -1,10 +1,11 @@
-"""What the fault scenarios share: image sets with copies across generator versions, and `aesq run` as a real
+"""What the fault scenarios share: images in several generator versions, with copies, and `aesq run` as a real
 process pointed at the test stack."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,11 +20,11 @@ from tests.helpers import jpeg_bytes, noise_image, put
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
 
 
-def generated_images(versions: int, per_version: int, copies_per_version: int, first_seed: int = 0) -> dict[str, bytes]:
-    """Keys under `generated/model/v<n>/` holding distinct 48x48 noise JPEGs, plus in each version
+def generated_images(versions: int, per_version: int, copies_per_version: int) -> dict[str, bytes]:
+    """Keys under `generated/model/v<n>/` holding distinct 48x48 noise JPEGs (seeds from 0), plus in each version
     `copies_per_version` keys holding the same bytes as another key of that version."""
     objects: dict[str, bytes] = {}
-    seed = first_seed
+    seed = 0
     for version in range(1, versions + 1):
         originals = []
         for index in range(per_version):
@@ -60,38 +61,32 @@ def counted_per_version(settings) -> dict[str, int]:
         return dict(connection.execute(query).all())
 
 
-def asset_count(settings) -> int:
-    """Assets recorded so far, whatever their status."""
-    with get_engine(settings).connect() as connection:
-        return connection.execute(sa.text("SELECT count(*) FROM assets")).scalar_one()
-
-
 def scored_count(settings) -> int:
     """Assets scored so far."""
     with get_engine(settings).connect() as connection:
         return connection.execute(sa.text("SELECT count(*) FROM assets WHERE status = 'scored'")).scalar_one()
 
 
-def harness_environment(**overrides: str) -> dict[str, str]:
+def harness_environment() -> dict[str, str]:
     """This process's environment (the AESQ_* of the test), pointed at the test harness's Prefect API."""
     from prefect.settings import PREFECT_API_URL
 
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), **overrides}
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
-def start_aesq_run(source: str, **overrides: str) -> subprocess.Popen:
+def start_aesq_run(source: str) -> subprocess.Popen:
     """`aesq run SOURCE` as a separate process, in its own process group (so everything it started can be ended)."""
     return subprocess.Popen(
         [AESQ, "run", source], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=harness_environment(**overrides), start_new_session=True,
+        env=harness_environment(), start_new_session=True,
     )
 
 
-def aesq_run(source: str, timeout: float = 240, **overrides: str) -> subprocess.CompletedProcess:
+def aesq_run(source: str) -> subprocess.CompletedProcess:
     """`aesq run SOURCE` to its end."""
-    process = start_aesq_run(source, **overrides)
+    process = start_aesq_run(source)
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        stdout, stderr = process.communicate(timeout=240)
     finally:
         end_process_group(process)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -100,18 +95,18 @@ def aesq_run(source: str, timeout: float = 240, **overrides: str) -> subprocess.
 def end_process_group(process: subprocess.Popen) -> None:
     """Kill whatever is left of the process group a test started (a killed run's helper processes)."""
     try:
-        os.killpg(process.pid, 9)
+        os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     if process.returncode is None:
         process.communicate()
 
 
-def wait_until(condition: Callable[[], bool], seconds: float, process: subprocess.Popen | None = None) -> None:
+def wait_until(condition: Callable[[], bool], seconds: float, process: subprocess.Popen) -> None:
     """Poll `condition` until it holds; fails when `process` ends first or time runs out."""
     deadline = time.monotonic() + seconds
     while not condition():
-        if process is not None and process.poll() is not None:
+        if process.poll() is not None:
             raise AssertionError(f"the run ended first: {process.communicate()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{condition.__doc__ or condition} did not happen within {seconds} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+import psutil
 import pytest
 
 from tests.faults.stack import (
@@ -34,8 +35,11 @@ def test_a_run_killed_mid_batch_is_finished_by_the_next_run(fault_settings, sour
             return 8 <= scored_count(fault_settings) < distinct - 8
 
         wait_until(some_but_not_all_scored, 180, process)
+        helpers = psutil.Process(process.pid).children(recursive=True)  # its image validation workers
         process.send_signal(signal.SIGKILL)
         process.wait(10)
+        _, left = psutil.wait_procs(helpers, timeout=10)
+        assert all(helper.status() == psutil.STATUS_ZOMBIE for helper in left), "helpers outlived the killed run"
     finally:
         end_process_group(process)
     assert process.returncode == -signal.SIGKILL
