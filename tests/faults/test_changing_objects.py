@@ -126,4 +126,4 @@ def test_a_swap_whose_objects_are_ingested_in_different_batches_scores_nothing_a
 
     assert_every_content_scored_once(fault_settings, objects)
     assert_statistics_match_rows(fault_settings)
-    assert _scored_at_by_content(fault_settings) == before
+    assert _scored_at_by_content(fault_settings) == before, "a content that moved was scored again"
