@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
@@ -24,6 +26,8 @@ from urllib3.exceptions import HTTPError
 from aesq.config import Settings, get_settings
 
 SIDECAR_SUFFIX = ".json"
+S3_CONNECTIONS = 64  # at least the flows' batches in flight (4) × fetch threads (8 by default)
+S3_STALL_SECONDS = 60  # a connection or read that stalls this long fails (and is retried)
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject"}
 
 
@@ -234,8 +238,20 @@ recent_objects = RecentObjects(max_bytes=256 * 2**20)
 
 @lru_cache
 def _minio_client(endpoint: str, access_key: str, secret_key: str, secure: bool, region: str | None) -> Minio:
-    """One client per endpoint and credentials per process (it pools connections)."""
-    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+    """One client per endpoint and credentials per process, pooling connections for every fetch thread.
+
+    The SDK's own pool keeps 10 connections, fewer than the flows' batches in flight × fetch threads
+    read at once (each extra one is opened, then dropped with a warning), and waits 5 minutes for a
+    silent server; the same retries as the SDK's, a larger pool and a one-minute stall limit instead.
+    """
+    http = urllib3.PoolManager(
+        maxsize=S3_CONNECTIONS,
+        timeout=urllib3.Timeout(connect=S3_STALL_SECONDS, read=S3_STALL_SECONDS),
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
 
 
 def minio_client(settings: Settings | None = None) -> Minio:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 
@@ -188,3 +189,16 @@ def test_folder_read_missing_file_raises_object_missing(tmp_path, key):
     (tmp_path / "sub").mkdir()
     with pytest.raises(ObjectMissing, match="no longer exists"):
         FolderSource(tmp_path).read(key)
+
+
+def test_s3_reads_from_every_fetch_thread_of_every_batch_share_one_pool(settings, s3_client, bucket, caplog):
+    """32 reads at once (4 batches x 8 fetch threads) reuse pooled connections instead of dropping extras."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for index in range(32):
+        put(s3_client, bucket, f"k{index}", os.urandom(200_000))
+    source = open_source(f"s3://{bucket}/", settings)
+    with caplog.at_level(logging.WARNING, logger="urllib3"), ThreadPoolExecutor(32) as pool:
+        for _ in range(3):
+            list(pool.map(lambda index: source.read(f"k{index}"), range(32)))
+    assert not [record for record in caplog.records if "pool is full" in record.getMessage()]
