@@ -47,12 +47,12 @@ def discover(source_uri: str, settings: Settings) -> list[list[str]]:
         known = {row.key: row for row in connection.execute(known_query)}
     listed = list(source.list())
     present = {item.key for item in listed}
-    new_keys = [
-        item.key
-        for item in listed
-        if not is_sidecar(item.key)
-        and (item.key not in known or known[item.key].etag != item.etag or known[item.key].status == "deleted")
-    ]
+    images = [item for item in listed if not is_sidecar(item.key)]
+    changed = [item.key for item in images if item.key in known and known[item.key].etag != item.etag]
+    fresh = [item.key for item in images if item.key not in known or known[item.key].status == "deleted"]
+    # Changed keys first and together: objects that swapped or moved bytes among them land in one batch
+    # (up to batch_size of them), where their contents' scores move instead of being computed again.
+    new_keys = list(dict.fromkeys(changed + fresh))
     gone = sorted(key for key, row in known.items() if key not in present and row.status != "deleted")
     for keys in in_batches(gone, DELETIONS_PER_TRANSACTION):
         with get_engine(settings).begin() as connection:

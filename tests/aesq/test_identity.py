@@ -63,6 +63,21 @@ def test_swapped_objects_keep_their_contents_scores(source, s3_client, bucket):
     assert after["generated/m/1/k3.jpg"].scored_at == before["generated/m/1/k2.jpg"].scored_at
 
 
+def test_a_swap_among_many_new_objects_is_ingested_in_one_batch_and_scored_nothing_again(source, s3_client, bucket):
+    _upload(s3_client, bucket, {"generated/m/1/a.jpg": A, "generated/m/1/z.jpg": B})
+    run_once(source, get_settings())
+    before = _assets()
+    objects = {"generated/m/1/a.jpg": B, "generated/m/1/z.jpg": A} | {
+        f"generated/m/1/new-{i}.jpg": jpeg_bytes(noise_image(20 + i, 40)) for i in range(6)
+    }
+    _upload(s3_client, bucket, objects)  # listed a, new-0 … new-5, z: batches of 4 would split the swap
+    run_once(source, get_settings())
+    assert_every_content_scored_once(get_settings(), objects)
+    after = _assets()
+    assert after["generated/m/1/a.jpg"].scored_at == before["generated/m/1/z.jpg"].scored_at
+    assert after["generated/m/1/z.jpg"].scored_at == before["generated/m/1/a.jpg"].scored_at
+
+
 def test_overwriting_the_original_of_a_copy_moves_its_score_to_the_copy(source, s3_client, bucket):
     put(s3_client, bucket, "generated/m/1/original.jpg", A)
     run_once(source, get_settings())
