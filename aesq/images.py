@@ -261,7 +261,8 @@ def decode_rgb(data: bytes, max_pixels: int, budget: PixelBudget) -> Image.Image
 
     Images of at most NATIVE_PIXELS come at full resolution. Larger ones come reduced by an integer
     factor (`_reduction_factor`) to at most NATIVE_PIXELS, carrying their native size and native
-    centre crop (see `models.base`).
+    centre crop (see `models.base`). Large JPEGs too are decoded at full size first rather than with
+    libjpeg's `draft` scaling: the native centre needs native pixels, and the budget bounds the decode.
     """
     image = _open(data, max_pixels)
     with budget.holding(image.width * image.height):
