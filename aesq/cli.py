@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import signal
 import socket
@@ -63,14 +64,19 @@ def _exit_by_signal(signum: int) -> None:
     """End the process at once by the signal itself, so the shell sees it (status 130 / 143).
 
     A normal exit would wait for the flow's task threads, which may be mid-batch or sleeping before a
-    retry. atexit handlers do not run, so the ephemeral Prefect API this process started is stopped here.
+    retry. atexit handlers do not run, so two of their jobs are done here: the ephemeral Prefect API this
+    process started is told to stop (it stays registered, so a task thread still running cannot start
+    another one meanwhile), and multiprocessing's named semaphores (image validation workers) are
+    unlinked, which its resource tracker would otherwise report on stderr.
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    multiprocessing.util._run_finalizers(0)  # what multiprocessing's own atexit hook runs first
     if "prefect.server.api.server" in sys.modules:  # imported only where an ephemeral API was started
         from prefect.server.api.server import SubprocessASGIServer
 
-        SubprocessASGIServer().stop()
+        if (server := SubprocessASGIServer().server_process) is not None:
+            server.terminate()
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
 

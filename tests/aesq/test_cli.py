@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -133,12 +134,23 @@ def _image_folder(folder: Path, count: int) -> Path:
     return folder
 
 
-def _start_run(source: Path, env: dict[str, str], new_session: bool = False) -> subprocess.Popen:
-    """`aesq run SOURCE` as a background process with environment `env`."""
-    return subprocess.Popen(
-        [AESQ, "run", str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=new_session,
-    )
+@pytest.fixture
+def start_run(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], subprocess.Popen]]:
+    """Start `aesq run SOURCE` in its own process group, as a terminal runs a command, with stdout and stderr
+    in tmp_path; whatever is left of the group is killed afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(source: Path, env: dict[str, str]) -> subprocess.Popen:
+        with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
+            started.append(subprocess.Popen([AESQ, "run", str(source)], stdout=stdout, stderr=stderr, env=env,
+                                            start_new_session=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _harness_env() -> dict[str, str]:
@@ -152,23 +164,30 @@ def _wait_until_scoring(process: subprocess.Popen, settings, seconds: float = 18
     """Return once the run has scored its first assets, while it still runs."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
+        assert process.poll() is None, f"aesq run ended early with status {process.returncode}"
         if status_counts(settings).get("scored"):
             return
         time.sleep(0.2)
     raise AssertionError("the run scored nothing in time")
 
 
-def _stop(process: subprocess.Popen, send: Callable[[], None]) -> tuple[float, str]:
-    """Send a signal; returns the seconds until the process was gone and its stderr."""
+def _seconds_to_stop(process: subprocess.Popen, send: Callable[[], None]) -> float:
+    """Send a signal; the seconds until the process was gone."""
     sent = time.monotonic()
     send()
-    try:
-        _, stderr = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        _, stderr = process.communicate()
-    return time.monotonic() - sent, stderr
+    process.wait(30)
+    return time.monotonic() - sent
+
+
+def _live_members(group: int) -> list[int]:
+    """Processes of process group `group` that are not zombies (those only wait for a parent to reap them)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _parent, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(process_group) == group and state != "Z":
+                members.append(int(stat.parent.name))
+    return members
 
 
 def _flow_run_states(source: Path) -> list[str]:
@@ -184,11 +203,12 @@ def _flow_run_states(source: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_run_at_once_and_cancels_its_flow_run(settings, tmp_path, signum):
+def test_a_signal_stops_run_at_once_and_cancels_its_flow_run(settings, tmp_path, start_run, signum):
     source = _image_folder(tmp_path / "images", 120)
-    process = _start_run(source, _harness_env())
+    process = start_run(source, _harness_env())
     _wait_until_scoring(process, settings)
-    seconds, stderr = _stop(process, lambda: process.send_signal(signum))
+    seconds = _seconds_to_stop(process, lambda: process.send_signal(signum))
+    stderr = (tmp_path / "stderr").read_text()
     assert seconds < 5 and process.returncode == -signum, (seconds, process.returncode, stderr)
     assert stderr.strip().splitlines() == [stderr.strip()], stderr
     assert stderr.startswith(f"aesq: stopped by {signum.name}; flow run ") and "marked Cancelled" in stderr
@@ -197,18 +217,21 @@ def test_a_signal_stops_run_at_once_and_cancels_its_flow_run(settings, tmp_path,
 
 
 @pytest.mark.slow
-def test_terminal_ctrl_c_leaves_the_ephemeral_api_up_to_record_the_cancel(settings, tmp_path):
+def test_terminal_ctrl_c_leaves_the_ephemeral_api_up_to_record_the_cancel(settings, tmp_path, start_run):
     """A terminal sends SIGINT to the whole process group, Prefect's ephemeral API server included."""
     source = _image_folder(tmp_path / "images", 120)
     prefect_home = tmp_path / "prefect"
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
-    process = _start_run(source, {**env, "PREFECT_HOME": str(prefect_home)}, new_session=True)
+    process = start_run(source, {**env, "PREFECT_HOME": str(prefect_home)})
     _wait_until_scoring(process, settings)
-    seconds, stderr = _stop(process, lambda: os.killpg(process.pid, signal.SIGINT))
+    seconds = _seconds_to_stop(process, lambda: os.killpg(process.pid, signal.SIGINT))
+    stderr = (tmp_path / "stderr").read_text()
     assert seconds < 5 and process.returncode == -signal.SIGINT, (seconds, process.returncode, stderr)
     assert stderr.strip().splitlines() == [stderr.strip()] and "marked Cancelled" in stderr, stderr
-    with pytest.raises(ProcessLookupError):  # the API server went with it
-        os.killpg(process.pid, 0)
+    deadline = time.monotonic() + 20  # the API server, told to stop, goes too
+    while _live_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _live_members(process.pid) == []
     with sqlite3.connect(prefect_home / "prefect.db") as prefect_db:
         states = prefect_db.execute("SELECT state_type FROM flow_run").fetchall()
     assert states == [("CANCELLED",)]
@@ -232,14 +255,14 @@ def _connections_refused(database_url: str, admin_url: str) -> Iterator[None]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_database_blip_during_run_is_ridden_out(settings, postgres_server, tmp_path):
+def test_a_database_blip_during_run_is_ridden_out(settings, postgres_server, tmp_path, start_run):
     source = _image_folder(tmp_path / "images", 60)
-    process = _start_run(source, _harness_env())
+    process = start_run(source, _harness_env())
     _wait_until_scoring(process, settings)
     with _connections_refused(settings.database_url, postgres_server):
         time.sleep(3)  # the progress display polls every 0.5 s; tasks retry after 2 s, then 10 s
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr
+    assert process.wait(300) == 0, (tmp_path / "stderr").read_text()
+    stdout = (tmp_path / "stdout").read_text()
     assert "assets: scored 60" in stdout, stdout
     assert _flow_run_states(source) == ["COMPLETED"]
 
