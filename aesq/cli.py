@@ -151,7 +151,7 @@ def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
             client.set_flow_run_state(flow_run.id, Cancelled(message=f"aesq {stopped}"), force=True)
     except Exception as error:
         return f"flow run {flow_run.name!r} could not be marked Cancelled ({_one_line(error)})"
-    return f"flow run {flow_run.name!r} marked Cancelled; run the command again to finish (stored work is kept)"
+    return f"flow run {flow_run.name!r} marked Cancelled; run it again to finish"
 
 
 def _run_with_progress(settings: Settings, source: str, verbose: bool) -> None:
