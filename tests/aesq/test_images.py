@@ -368,11 +368,14 @@ def _validation_workers() -> list[psutil.Process]:
 @pytest.mark.slow
 def test_a_decoder_that_crashes_rejects_that_image_only(near_limit_png):
     inspect_image(jpeg_bytes(PHOTO), LIMIT, BUDGET)  # the pool is up
+    idle = max(worker.memory_info().rss for worker in _validation_workers())
     with ThreadPoolExecutor(1) as pool:
         inspecting = pool.submit(inspect_image, near_limit_png, 64_000_000, BUDGET)
         deadline = time.monotonic() + 10
-        while not (busy := [worker for worker in _validation_workers() if worker.cpu_percent(0.05) > 50]):
+        # A worker 40 MB above idle has decoded a sixth of the bomb's 256 MB of pixels, far from done.
+        while not (busy := [worker for worker in _validation_workers() if worker.memory_info().rss > idle + 40_000_000]):
             assert time.monotonic() < deadline, "no validation worker started decoding"
+            time.sleep(0.005)
         os.kill(busy[0].pid, signal.SIGKILL)  # as a segfault in the decoder would end it
         with pytest.raises(ImageRejected, match=r"^the decoder crashed \(worker exit code -9\)$"):
             inspecting.result(timeout=30)
