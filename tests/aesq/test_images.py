@@ -414,9 +414,9 @@ def test_budget_queues_requests_in_order_and_lets_an_oversized_one_run_alone():
             release.wait(10)
 
     first_done, big_done, small_done = threading.Event(), threading.Event(), threading.Event()
-    _started(lambda: hold("first", 60, first_done), 0.1)
-    big = _started(lambda: hold("big", 500, big_done), 0.2)
-    small = _started(lambda: hold("small", 30, small_done), 0.2)  # would fit beside "first", but "big" is ahead
+    _started(lambda: hold("first", 60, first_done), 0.5)
+    big = _started(lambda: hold("big", 500, big_done), 0.5)
+    small = _started(lambda: hold("small", 30, small_done), 0.5)  # would fit beside "first", but "big" is ahead
     assert admitted == ["first"]
     first_done.set()
     big_done.set()
