@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-CANONICAL = ("pending", "scored")
+from aesq.tables import CANONICAL_STATUSES as CANONICAL
 
 
 class Arrival(Enum):
