@@ -125,6 +125,25 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="How long a flow waits for the scoring pools to score one batch."
     )
     poll_interval_seconds: int = Field(default=300, gt=0, description="How often the worker looks for new objects.")
+    lease_seconds: float = Field(
+        default=600, gt=0,
+        description="How long a worker's claim on a batch lasts; the batch of a worker killed meanwhile goes to another then.",
+    )
+    ordered_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sources whose new keys always sort after the existing ones (e.g. time-stamped names): "
+        "a poll lists only the keys after the last one seen.",
+    )
+    full_listing_seconds: int = Field(
+        default=86_400, gt=0,
+        description="How often an ordered source is listed whole anyway, to find deletions and overwrites.",
+    )
+    notification_window_seconds: float = Field(
+        default=2.0, ge=0, description="`aesq bridge` starts one ingest for all the objects notified within this window."
+    )
+    database_pool_size: int = Field(
+        default=10, gt=0, description="Database connections one process keeps (plus as many again at peaks)."
+    )
 
     @field_validator("api_token", "bridge_token", mode="before")
     @classmethod
@@ -132,7 +151,7 @@ class Settings(BaseSettings):
         """An empty token (e.g. an unset compose variable) means no token, never an empty password."""
         return None if value == "" else value
 
-    @field_validator("sources", "scorers", "embedders", "critique_aspects", mode="before")
+    @field_validator("sources", "ordered_sources", "scorers", "embedders", "critique_aspects", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """Accept `a,b` as well as a JSON list in environment variables."""

@@ -11,6 +11,7 @@ from typing import Any
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -117,6 +118,56 @@ class Asset(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # by defect analysis
+    lease_owner: Mapped[str | None] = mapped_column(Text, comment="the worker scoring this asset now (aesq/claims.py)")
+    lease_until: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="the scoring claim lapses then, and any worker may take the asset"
+    )
+
+
+class QueuedObject(Base):
+    """An object found new or changed (by a listing or a bucket notification) and not yet ingested; workers
+    claim batches of these (aesq/claims.py), and ingest removes them in the transaction that records them."""
+
+    __tablename__ = "ingest_queue"
+    __table_args__ = (Index("ix_ingest_queue_order", "storage", "bucket", text("changed DESC"), "key"),)
+
+    storage: Mapped[str] = mapped_column(Text, primary_key=True)
+    bucket: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    etag: Mapped[str | None] = mapped_column(Text, comment="as listed; None when a notification queued it")
+    sidecar: Mapped[str | None] = mapped_column(Text, comment="the provenance sidecar's key, when one was listed")
+    listed: Mapped[bool] = mapped_column(
+        Boolean, server_default=text("true"), comment="false: queued by a notification, sidecar not looked for yet"
+    )
+    changed: Mapped[bool] = mapped_column(
+        Boolean, server_default=text("false"), comment="a known key with new bytes: claimed first and together"
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0", comment="reads that failed so far")
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SourceCursor(Base):
+    """Where the last listing of a source whose keys arrive in order ended, and when it was last listed whole."""
+
+    __tablename__ = "source_cursors"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    after_key: Mapped[str | None] = mapped_column(Text, comment="the greatest key listed so far")
+    full_listing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkDone(Base):
+    """Work a worker did on one batch (object reads, one model's images): duplicated work shows here."""
+
+    __tablename__ = "work_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    worker: Mapped[str] = mapped_column(Text)
+    stage: Mapped[str] = mapped_column(Text, comment="'fetch' or 'model:<name>'")
+    items: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class ScoreRow(Base):

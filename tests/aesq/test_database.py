@@ -14,7 +14,7 @@ from aesq.tables import Base
 
 EXPECTED_TABLES = {
     "generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports",
-    "stale_versions",
+    "stale_versions", "ingest_queue", "source_cursors", "work_log",
 }
 EXPECTED_VIEWS = {
     "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
