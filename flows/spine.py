@@ -1,38 +1,102 @@
-"""The spine: ingest new objects, score them, aggregate per version."""
+"""The spine: ingest new objects, score them, aggregate per version.
+
+Every flow takes its work by claims (aesq/claims.py), so any number of runs, deployments and workers
+can run at once on the same source: each batch is fetched and scored by one of them.
+"""
+
+import time
+from collections.abc import Iterator
 
 from prefect import flow
 from prefect.events import emit_event
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from aesq.claims import Queued
 from aesq.scoring import BatchOutcome
 from tasks.aggregate import aggregate_versions
-from tasks.ingest import discover_new_objects, ingest_objects
-from tasks.score import pending_assets, score_assets
+from tasks.ingest import (
+    claim_objects,
+    discover_objects,
+    ingest_objects,
+    others_ingesting,
+)
+from tasks.score import claim_assets, others_scoring, release_assets, score_assets
 
 # Events that chain the deployments (flows/deployments.py): emitted only when a flow did something.
 INGESTED = "aesq.assets.ingested"
 SCORED = "aesq.assets.scored"
 
-# A few batches in flight: downloads and decoding of one overlap the models working on another.
-_RUNNER = ThreadPoolTaskRunner(max_workers=4)
+# A few batches in flight: downloads and decoding of one overlap the models working on another. A run
+# claims no more than that ahead, so other workers on the same source get their share.
+IN_FLIGHT = 4
+_RUNNER = ThreadPoolTaskRunner(max_workers=IN_FLIGHT)
+POLL_SECONDS = 1.0
+
+
+def _room(in_flight: list[PrefectFuture]) -> bool:
+    """Wait until fewer than IN_FLIGHT batches are unfinished; False once one of them failed (stop claiming)."""
+    while sum(not future.state.is_final() for future in in_flight) >= IN_FLIGHT:
+        time.sleep(0.05)
+    return not any(future.state.is_failed() or future.state.is_crashed() for future in in_flight)
+
+
+def _claimed_objects(source: str, discovery: PrefectFuture | None, in_flight: list[PrefectFuture]) -> Iterator[list[Queued]]:
+    """Batches claimed from the source's queue while discovery fills it, until it is empty and no other
+    worker holds a claim on it (a dead worker's batch is taken over when its lease lapses)."""
+    while _room(in_flight):
+        listing_done = discovery is None or discovery.state.is_final()
+        if claimed := claim_objects(source):
+            yield claimed
+        elif listing_done and not others_ingesting(source):
+            return
+        else:
+            time.sleep(POLL_SECONDS)
+
+
+def _claimed_assets(in_flight: list[PrefectFuture]) -> Iterator[list[int]]:
+    """Batches of assets claimed for scoring, until none is due and no other worker holds a claim."""
+    while _room(in_flight):
+        if ids := claim_assets():
+            yield ids
+        elif not others_scoring():
+            return
+        else:
+            time.sleep(POLL_SECONDS)
 
 
 @flow(name="aesq-ingest", task_runner=_RUNNER)
-def ingest_flow(source: str) -> list[int]:
-    """Record new objects of `source` as assets; returns the ids waiting for scores."""
-    batches = discover_new_objects(source)
-    futures = [ingest_objects.submit(source, keys) for keys in batches]
-    ids = [asset_id for future in futures for asset_id in future.result()]
+def ingest_flow(source: str, listing: bool = True) -> list[int]:
+    """Record the new objects of `source` as assets; returns the ids waiting for scores.
+
+    With `listing` off, only objects already queued (by bucket notifications) are ingested.
+    """
+    discovery = discover_objects.submit(source) if listing else None
+    ingested: list[PrefectFuture] = []
+    for claimed in _claimed_objects(source, discovery, ingested):
+        ingested.append(ingest_objects.submit(source, claimed))
+    ids = [asset_id for future in ingested for asset_id in future.result()]
+    if discovery is not None:
+        discovery.result()
     if ids:
         emit_event(INGESTED, resource={"prefect.resource.id": f"aesq.source.{source}"}, payload={"assets": len(ids)})
     return ids
 
 
+def _score_claimed(in_flight: list[PrefectFuture]) -> list[BatchOutcome]:
+    """Score every batch claimed for scoring; what could not be finished is given back for the next run."""
+    for ids in _claimed_assets(in_flight):
+        in_flight.append(score_assets.submit(ids))
+    outcomes = [future.result() for future in in_flight]
+    if unfinished := [asset_id for outcome in outcomes for asset_id in outcome.unfinished]:
+        release_assets(unfinished)
+    return outcomes
+
+
 @flow(name="aesq-score", task_runner=_RUNNER)
 def score_flow() -> list[BatchOutcome]:
-    """Score every pending asset."""
-    outcomes = [future.result() for future in [score_assets.submit(ids) for ids in pending_assets()]]
+    """Score every asset waiting for scores."""
+    outcomes = _score_claimed([])
     if outcomes:
         emit_event(SCORED, resource={"prefect.resource.id": "aesq.scoring"}, payload={"batches": len(outcomes)})
     return outcomes
@@ -46,14 +110,18 @@ def aggregate_flow() -> int:
 
 @flow(name="aesq-run", task_runner=_RUNNER)
 def run_flow(source: str) -> list[BatchOutcome]:
-    """Ingest, score and aggregate `source` once, scoring each batch as soon as it is ingested."""
-    batches = discover_new_objects(source)
-    ingested = [ingest_objects.submit(source, keys) for keys in batches]
-    scored = [score_assets.submit(ids) for ids in ingested]
+    """Ingest, score and aggregate `source` once, each batch scored by the worker that ingested it, with
+    its bytes still in memory; ends when the source is done, by this run or by others."""
+    discovery = discover_objects.submit(source)
+    ingested: list[PrefectFuture] = []
+    scored: list[PrefectFuture] = []
+    for claimed in _claimed_objects(source, discovery, scored):
+        ingested.append(ingest := ingest_objects.submit(source, claimed, score_next=True))
+        scored.append(score_assets.submit(ingest))
     wait(scored)
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
-    leftovers = [score_assets.submit(ids) for ids in pending_assets()]
-    outcomes = [future.result() for future in scored + leftovers]
+    discovery.result()
+    outcomes = _score_claimed(scored)
     aggregate_versions()
     return outcomes

@@ -1,34 +1,52 @@
-"""Tasks that find new objects in a source and record them as assets."""
+"""Tasks that find new objects in a source, claim them and record them as assets."""
 
 from prefect import task
 
-from aesq import ingest
+from aesq import discovery, ingest
+from aesq.claims import Queued
 from aesq.config import get_settings
 from tasks import RETRY
 
 
-@task(name="discover-new-objects", **RETRY)
-def discover_new_objects(source: str) -> list[list[str]]:
-    """List the source and keep keys not yet ingested.
+@task(name="discover-objects", **RETRY)
+def discover_objects(source: str) -> discovery.Discovered:
+    """List the source and queue the keys not yet ingested (new, changed or back), page by page.
 
     Args:
         source: `s3://bucket/prefix` or a local folder.
 
     Returns:
-        Batches of object keys (new, or changed since their last ingest).
+        How many objects were listed, queued and found deleted.
     """
-    return ingest.discover(source, get_settings())
+    return discovery.discover(source, get_settings())
+
+
+@task(name="claim-objects", **RETRY)
+def claim_objects(source: str) -> list[Queued]:
+    """Claim the next batch of the source's queued objects for this worker.
+
+    Returns:
+        The claimed objects; empty when every queued object is claimed (or none is queued).
+    """
+    return ingest.claim_batch(source, get_settings())
 
 
 @task(name="ingest-objects", **RETRY)
-def ingest_objects(source: str, keys: list[str]) -> list[int]:
-    """Read one batch of objects, validate them and record assets with provenance.
+def ingest_objects(source: str, claimed: list[Queued], score_next: bool = False) -> list[int]:
+    """Read one claimed batch of objects, validate them and record assets with provenance.
 
     Args:
-        source: the source the keys were listed from.
-        keys: object keys of one batch.
+        source: the source the objects were queued from.
+        claimed: the batch, as `claim_objects` handed it out.
+        score_next: claim the assets it leaves pending for this worker, which scores them next.
 
     Returns:
         Ids of the assets now waiting for scores (failed and duplicate objects are not among them).
     """
-    return ingest.ingest(source, keys, get_settings())
+    return ingest.ingest(source, claimed, get_settings(), score_next)
+
+
+@task(name="others-ingesting", **RETRY)
+def others_ingesting(source: str) -> bool:
+    """Whether other workers still hold claims on the source's queued objects."""
+    return ingest.others_ingesting(source, get_settings())

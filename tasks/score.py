@@ -12,22 +12,34 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 from prefect import Task, task
-from prefect.context import TaskRunContext
 from prefect.concurrency.sync import concurrency
+from prefect.context import TaskRunContext
 
 from aesq import scoring
 from aesq.config import get_settings
 from tasks import RETRY
 
 
-@task(name="pending-assets", **RETRY)
-def pending_assets() -> list[list[int]]:
-    """Find assets waiting for scores.
+@task(name="claim-assets", **RETRY)
+def claim_assets() -> list[int]:
+    """Claim the next batch of assets waiting for scores (or for a model enabled since) for this worker.
 
     Returns:
-        Batches of asset ids.
+        Asset ids; empty when none is free.
     """
-    return scoring.pending_batches(get_settings())
+    return scoring.claim_batch(get_settings())
+
+
+@task(name="others-scoring", **RETRY)
+def others_scoring() -> bool:
+    """Whether other workers still hold claims on assets that need scoring."""
+    return scoring.others_scoring(get_settings())
+
+
+@task(name="release-assets", **RETRY)
+def release_assets(asset_ids: list[int]) -> None:
+    """Give back the claims on assets this run could not finish (deferred, unreadable), for the next run."""
+    scoring.release(asset_ids, get_settings())
 
 
 @task(name="score-assets", **RETRY)

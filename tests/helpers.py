@@ -41,14 +41,33 @@ def noise_image(seed: int, size: int = 64) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
+def ingest_all(source: str, settings) -> list[int]:
+    """Discover `source`, then ingest its queued objects batch by batch; the ids waiting for scores."""
+    from aesq import discovery, ingest
+
+    discovery.discover(source, settings)
+    waiting = []
+    while claimed := ingest.claim_batch(source, settings):
+        waiting += ingest.ingest(source, claimed, settings)
+    return waiting
+
+
+def score_all(settings) -> None:
+    """Claim and score batches until none is due, then give back what could not be finished (as a run does)."""
+    from aesq import scoring
+
+    unfinished = []
+    while batch := scoring.claim_batch(settings):
+        unfinished += scoring.score_assets(batch, settings).unfinished
+    scoring.release(unfinished, settings)
+
+
 def run_once(source: str, settings) -> None:
     """Discover, ingest, score what is due and aggregate, with the plain functions the flows call."""
-    from aesq import aggregate, ingest, scoring
+    from aesq import aggregate
 
-    for keys in ingest.discover(source, settings):
-        ingest.ingest(source, keys, settings)
-    for batch in scoring.pending_batches(settings):
-        scoring.score_assets(batch, settings)
+    ingest_all(source, settings)
+    score_all(settings)
     aggregate.aggregate_versions(settings)
 
 

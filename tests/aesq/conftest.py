@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from aesq import aggregate, defect_analysis, ingest, scoring
+from aesq import aggregate, defect_analysis, scoring
 from aesq.config import Settings, get_settings
 from aesq.demo import build_sample
-from tests.helpers import noise_image
+from tests.helpers import ingest_all, noise_image
 
 
 def seed_demo(settings: Settings) -> Path:
@@ -21,7 +21,7 @@ def seed_demo(settings: Settings) -> Path:
         other = folder / "generated" / "other-model" / "v1" / f"noise-{index}.jpg"
         other.parent.mkdir(parents=True, exist_ok=True)
         noise_image(index, 160).save(other, "JPEG")
-    ids = [asset_id for keys in ingest.discover(str(folder), settings) for asset_id in ingest.ingest(str(folder), keys, settings)]
+    ids = ingest_all(str(folder), settings)
     scoring.score_assets(ids, settings)
     aggregate.aggregate_versions(settings)
     for batch in defect_analysis.low_scorer_batches(settings):

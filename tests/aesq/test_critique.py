@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aesq import critique, defect_analysis, ingest, scoring
+from aesq import critique, defect_analysis, scoring
 from aesq.config import Settings, get_settings
 from aesq.database import get_engine
 from aesq.images import pixel_budget
 from aesq.scoring import UnknownModel
 from models.internvl import ErnieImageAesScorer
-from tests.helpers import jpeg_bytes, noise_image, photo, put
+from tests.helpers import ingest_all, jpeg_bytes, noise_image, photo, put
 from tests.models.test_internvl import write_tiny_ernie
 
 ASPECTS = ["Composition & Design", "Technical Execution"]
@@ -64,7 +64,7 @@ def test_low_scorers_get_the_critics_answer_per_aspect(settings, s3_client, buck
     for key, image in images.items():
         put(s3_client, bucket, f"generated/sdxl/1.0/{key}", jpeg_bytes(image))
     source = f"s3://{bucket}/"
-    ids = [asset_id for keys in ingest.discover(source, settings) for asset_id in ingest.ingest(source, keys, settings)]
+    ids = ingest_all(source, settings)
     assert scoring.score_assets(ids, settings).scored == 3
     s3_client.remove_object(bucket, "generated/sdxl/1.0/gone.jpg")
 

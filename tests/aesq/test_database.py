@@ -87,3 +87,68 @@ def test_embedded_server_is_shared_between_processes_and_stopped_by_command(tmp_
     assert database.stop_embedded(settings) is False
     with pytest.raises(sa.exc.OperationalError):
         sa.create_engine(url).connect()
+
+
+def test_the_pool_is_sized_by_the_setting_with_as_many_again_at_peaks(migrated_database_url):
+    pooled = database.get_engine(Settings(database_url=migrated_database_url, database_pool_size=3))
+    assert (pooled.pool.size(), pooled.pool._max_overflow) == (3, 3)
+    assert pooled is database.engine(migrated_database_url, 3)  # one engine per URL and size, however asked for
+    default = database.get_engine(Settings(database_url=migrated_database_url))
+    assert default is database.engine(migrated_database_url) and default.pool.size() == 10
+
+
+def _own_engine_url(url: str, name: str) -> str:
+    """The URL with an application name: an engine of one test alone, not the cached one other tests share."""
+    return sa.make_url(url).update_query_dict({"application_name": name}).render_as_string(hide_password=False)
+
+
+def test_a_full_pool_says_which_setting_sizes_it(migrated_database_url, monkeypatch):
+    monkeypatch.setattr(database, "POOL_TIMEOUT_SECONDS", 0.2)
+    url = _own_engine_url(migrated_database_url, "aesq-pool-test")
+    pooled = database.engine(url, 1)
+    try:
+        held = [pooled.connect(), pooled.connect()]  # the one pooled and the one more at peaks
+        with pytest.raises(sa.exc.TimeoutError, match=r"all 2 database connections .*AESQ_DATABASE_POOL_SIZE=1"):
+            pooled.connect()
+        held.pop().close()
+        with pooled.connect() as connection:  # a returned connection serves the next thread
+            assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
+        held.pop().close()
+    finally:
+        pooled.dispose()
+
+
+def _terminate_other_backends(url: str) -> int:
+    """End every other session on the test's database, as a server-side kill or failover does; returns how many."""
+    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as admin:
+        ended = admin.execute(
+            sa.text("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        ).scalar_one()
+        admin.commit()
+    return ended
+
+
+def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url):
+    url = _own_engine_url(migrated_database_url, "aesq-reconnect-test")
+    pooled = database.engine(url, 2)
+    try:
+        first, second = pooled.connect(), pooled.connect()
+        pids = {c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for c in (first, second)}
+        first.close()
+        second.close()  # both idle in the pool now
+        assert _terminate_other_backends(migrated_database_url) >= 2
+        with pooled.connect() as connection:  # pinged, found dead, replaced
+            assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() not in pids
+            assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().tolist() == [1, 2]
+
+        busy = pooled.connect()
+        busy.execute(sa.text("SELECT 1"))  # in a transaction when its session is ended
+        _terminate_other_backends(migrated_database_url)
+        with pytest.raises(sa.exc.OperationalError):
+            busy.execute(sa.text("SELECT 1"))
+        busy.close()
+        with pooled.connect() as connection:  # the broken one was discarded, not returned to the pool
+            assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        pooled.dispose()

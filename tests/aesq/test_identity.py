@@ -9,13 +9,14 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from aesq import ingest, scoring
+from aesq import scoring
 from aesq.config import get_settings
 from aesq.database import get_engine
 from aesq.identity import Arrival, Located, plan_batch
 from tests.helpers import (
     assert_every_content_scored_once,
     assert_statistics_match_rows,
+    ingest_all,
     jpeg_bytes,
     noise_image,
     put,
@@ -125,7 +126,7 @@ def test_renamed_object_is_one_scored_content(source, s3_client, bucket):
 def _ingest_then(settings, source: str, s3_client, bucket: str, change: Callable[[], None]) -> list[int]:
     """Ingest object KEY (holding A), then change it before scoring, with no copy of its bytes kept in memory."""
     put(s3_client, bucket, KEY, A)
-    ids = [i for keys in ingest.discover(source, settings) for i in ingest.ingest(source, keys, settings)]
+    ids = ingest_all(source, settings)
     scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), KEY, _assets()[KEY].etag)
     change()
     return ids
@@ -140,6 +141,7 @@ def test_object_missing_at_scoring_time_is_retried_and_recovers_when_restored(so
     assert scoring.batch_outcome(ids, settings) == outcome  # as a flow handing batches to pools reads it
     row = _assets()[KEY]
     assert (row.status, row.attempts) == ("pending", 1) and "no longer exists" in row.error
+    scoring.release(list(outcome.unfinished), settings)
 
     put(s3_client, bucket, KEY, A)  # restored with the same bytes (and so the same ETag)
     run_once(source, settings)
@@ -152,12 +154,14 @@ def test_an_image_missing_on_every_try_fails_with_the_reason(source, s3_client, 
     get_settings.cache_clear()
     settings = get_settings()
     ids = _ingest_then(settings, source, s3_client, bucket, lambda: s3_client.remove_object(bucket, KEY))
-    scoring.score_assets(ids, settings)
-    assert scoring.pending_batches(settings) == [ids]  # back-off 0: due again at once
+    outcome = scoring.score_assets(ids, settings)
+    assert scoring.claim_batch(settings) == []  # this run keeps its claim on what it could not finish
+    scoring.release(list(outcome.unfinished), settings)
+    assert scoring.claim_batch(settings) == ids  # back-off 0: due again at once
     scoring.score_assets(ids, settings)
     row = _assets()[KEY]
     assert row.status == "failed" and row.error.endswith("(gave up after 2 attempts)")
-    assert scoring.pending_batches(settings) == []
+    assert scoring.claim_batch(settings) == []
 
 
 def test_deferred_images_wait_for_their_back_off(source, s3_client, bucket, monkeypatch):
@@ -165,8 +169,8 @@ def test_deferred_images_wait_for_their_back_off(source, s3_client, bucket, monk
     get_settings.cache_clear()
     settings = get_settings()
     ids = _ingest_then(settings, source, s3_client, bucket, lambda: s3_client.remove_object(bucket, KEY))
-    scoring.score_assets(ids, settings)
-    assert scoring.pending_batches(settings) == []
+    scoring.release(list(scoring.score_assets(ids, settings).unfinished), settings)
+    assert scoring.claim_batch(settings) == []
 
 
 def test_an_object_overwritten_after_ingest_never_gets_the_new_bytes_score_under_the_old_content(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from aesq import ingest, scoring
+from aesq import scoring
 from aesq.config import get_settings
 from aesq.database import get_engine
 from tests.aesq.test_images import tiff_whose_second_page_has_no_width
-from tests.helpers import jpeg_bytes, noise_image, put
+from tests.helpers import ingest_all, jpeg_bytes, noise_image, put
 
 
 @pytest.mark.slow
@@ -23,8 +23,7 @@ def test_a_poison_file_fails_alone_and_the_rest_of_its_batch_is_scored(settings,
     put(s3_client, bucket, "generated/sdxl/1.0/poison.tif", tiff_whose_second_page_has_no_width())
     source = f"s3://{bucket}/"
 
-    (batch,) = ingest.discover(source, settings)
-    scoring.score_assets(ingest.ingest(source, batch, settings), settings)
+    scoring.score_assets(ingest_all(source, settings), settings)
 
     with get_engine(settings).connect() as connection:
         assets = {row.key: row for row in connection.execute(sa.text("SELECT key, status, error FROM assets"))}

@@ -9,14 +9,14 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 
 from aesq.config import get_settings
-from tasks.ingest import discover_new_objects
+from tasks.ingest import discover_objects
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _attempts(source: str) -> tuple[bool, int]:
     """Run discovery once in a flow; whether it failed, and how many times the task ran."""
-    task = discover_new_objects.with_options(retry_delay_seconds=0)
+    task = discover_objects.with_options(retry_delay_seconds=0)
 
     @flow
     def probe() -> tuple[bool, UUID]:
