@@ -140,7 +140,7 @@ def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url)
         assert _terminate_other_backends(migrated_database_url) >= 2
         with pooled.connect() as connection:  # pinged, found dead, replaced
             assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() not in pids
-            assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().tolist() == [1, 2]
+            assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().to_list() == [1, 2]  # vector types registered anew
 
         busy = pooled.connect()
         busy.execute(sa.text("SELECT 1"))  # in a transaction when its session is ended
