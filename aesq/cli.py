@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import multiprocessing.util
 import os
@@ -139,6 +140,36 @@ def _prefect_client(verbose: bool) -> SyncPrefectClient:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
+# What aesq's long-running entry points ask of the Prefect client, unless PREFECT_CLIENT_MAX_RETRIES or
+# PREFECT_CLIENT_RETRY_EXTRA_CODES (environment or profile) says otherwise. Prefect retries 408, 429, 502 and 503,
+# and read/connect/pool timeouts, itself; 500 and 504 only when told. Between tries it waits 2, 4, 8, ... s
+# (PREFECT_CLIENT_RETRY_JITTER_FACTOR of jitter, or the server's Retry-After): seven retries ride out about four
+# minutes of a busy or restarting API before a call fails, and a failed call of the flow run's state ends the run.
+CLIENT_MAX_RETRIES = 7
+CLIENT_RETRY_CODES = frozenset({500, 502, 503, 504})
+
+
+@contextmanager
+def _prefect_client_retries() -> Iterator[None]:
+    """Prefect settings for the duration: its client retries server errors (CLIENT_RETRY_CODES) with back-off.
+
+    They are settings in this thread's context, so threads started inside must copy it (contextvars); the flow
+    runs `aesq worker` starts in subprocesses get them as environment variables from Prefect.
+    """
+    from prefect.settings import (
+        PREFECT_CLIENT_MAX_RETRIES,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES,
+        temporary_settings,
+    )
+
+    defaults = {
+        PREFECT_CLIENT_MAX_RETRIES: CLIENT_MAX_RETRIES,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES: set(CLIENT_RETRY_CODES),
+    }
+    with temporary_settings(set_defaults=defaults):
+        yield
+
+
 def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
     """Mark a stopped run Cancelled, so the Prefect API does not show it running forever; says how that went."""
     from prefect.client.orchestration import get_client
@@ -185,7 +216,8 @@ def _run_with_progress(settings: Settings, source: str, verbose: bool) -> None:
             return
         progress.update(bar, completed=done, total=total or None)
 
-    worker = threading.Thread(target=work, name="aesq-run")
+    # In this thread's context, so the flow run sees the Prefect settings of the entry point.
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="aesq-run")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with _run_logs_off_terminal(verbose), Progress(*columns, console=console, transient=False) as progress:
@@ -229,7 +261,8 @@ def run(
     """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
     _quiet_prefect(verbose)
     settings = _ready_settings()
-    _run_with_progress(settings, source, verbose)
+    with _prefect_client_retries():
+        _run_with_progress(settings, source, verbose)
     _print_status(settings)
     console.print(_comparison_table(settings, None))
 
@@ -459,7 +492,8 @@ def worker(
         from flows.scoring_pool import serve_scoring_pool
 
         pool_settings = settings.for_pool(pool, device)
-        serve_scoring_pool(pool, name or f"{socket.gethostname()}-{pool_settings.device}", device, prefetch)
+        with _prefect_client_retries():
+            serve_scoring_pool(pool, name or f"{socket.gethostname()}-{pool_settings.device}", device, prefetch)
         return
     from prefect import serve
 
@@ -467,7 +501,8 @@ def worker(
 
     if not settings.sources:
         raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
-    serve(*deployments(settings))
+    with _prefect_client_retries():
+        serve(*deployments(settings))
 
 
 @contextmanager
