@@ -96,8 +96,9 @@ class Source:
         """The URI this source was opened from (normalised)."""
         raise NotImplementedError
 
-    def list(self) -> Iterator[ObjectInfo]:
-        """Every object under the prefix, sidecars included."""
+    def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under the prefix, sidecars included, in binary (UTF-8 byte, i.e. code point) order
+        of the keys, streamed; with `start_after`, only the keys that sort after it."""
         raise NotImplementedError
 
     def read(self, key: str) -> StoredObject:
@@ -121,9 +122,12 @@ class S3Source(Source):
         """A missing bucket is a configuration problem, not a transient one."""
         return SourceError(f"s3://{self.bucket}/: no such bucket {self.bucket!r} at the S3 endpoint")
 
-    def list(self) -> Iterator[ObjectInfo]:
+    def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        # S3 lists in UTF-8 byte order, 1000 keys a request; the SDK yields them request by request.
         try:
-            for item in self.client.list_objects(self.bucket, prefix=self.prefix or None, recursive=True):
+            for item in self.client.list_objects(
+                self.bucket, prefix=self.prefix or None, recursive=True, start_after=start_after or None
+            ):
                 if not item.is_dir:
                     yield ObjectInfo(key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0)
         except S3Error as error:
@@ -162,9 +166,12 @@ class S3Source(Source):
             raise
 
 
-def _unlistable(error: OSError) -> None:
-    """A folder that cannot be listed fails the listing: objects in it must not look deleted."""
-    raise error
+def _is_directory(entry: os.DirEntry) -> bool:
+    """A directory the listing descends into; links to directories are not followed (as `os.walk` does)."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def _file_etag(stat: os.stat_result) -> str:
@@ -185,17 +192,33 @@ class FolderSource(Source):
     def uri(self) -> str:
         return str(self.root)
 
-    def list(self) -> Iterator[ObjectInfo]:
-        for directory, _dirs, files in os.walk(self.root, onerror=_unlistable):
-            for name in sorted(files):
-                path = Path(directory, name)
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:  # a dangling link, or deleted while we walked
-                    continue
-                if not S_ISREG(stat.st_mode):  # sockets, pipes and devices are not images
-                    continue
-                yield ObjectInfo(key=path.relative_to(self.root).as_posix(), etag=_file_etag(stat), size=stat.st_size)
+    def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        # One directory's names at a time, never the whole tree: a directory sorts as its name plus "/"
+        # among its siblings, so the keys come out in the same binary order as an S3 listing's.
+        yield from self._walk(self.root, "", start_after)
+
+    def _walk(self, directory: Path, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        """The files below `directory` (whose keys start with `prefix`), in key order, after `start_after`."""
+        with os.scandir(directory) as scan:  # a folder that cannot be listed fails the listing
+            entries = sorted(
+                ((f"{prefix}{entry.name}/" if _is_directory(entry) else f"{prefix}{entry.name}", entry) for entry in scan),
+                key=lambda pair: pair[0],
+            )
+        for key, entry in entries:
+            if key.endswith("/"):
+                # Skip a subtree whose keys all sort before the cursor; enter the one holding the cursor.
+                if start_after is None or key > start_after or start_after.startswith(key):
+                    yield from self._walk(Path(entry.path), key, start_after)
+                continue
+            if start_after is not None and key <= start_after:
+                continue
+            try:
+                stat = os.stat(entry.path)
+            except FileNotFoundError:  # a dangling link, or deleted while we walked
+                continue
+            if not S_ISREG(stat.st_mode):  # sockets, pipes and devices are not images
+                continue
+            yield ObjectInfo(key=key, etag=_file_etag(stat), size=stat.st_size)
 
     def read(self, key: str) -> StoredObject:
         path = (self.root / key).resolve()
@@ -303,8 +326,8 @@ def load_file(location: str, settings: Settings | None = None) -> bytes:
     return Path(location).read_bytes()
 
 
-def created_objects(notification: dict) -> list[tuple[str, str]]:
-    """(bucket, key) of each object-created record in an S3 / MinIO event notification."""
+def created_objects(notification: dict) -> list[tuple[str, str, str | None]]:
+    """(bucket, key, ETag or None) of each object-created record in an S3 / MinIO event notification."""
     from urllib.parse import unquote_plus
 
     created = []
@@ -312,5 +335,6 @@ def created_objects(notification: dict) -> list[tuple[str, str]]:
         name = str(record.get("eventName", ""))
         if name.startswith(("s3:ObjectCreated:", "ObjectCreated:")):
             s3 = record["s3"]
-            created.append((s3["bucket"]["name"], unquote_plus(s3["object"]["key"])))
+            etag = str(s3["object"].get("eTag") or "").strip('"') or None
+            created.append((s3["bucket"]["name"], unquote_plus(s3["object"]["key"]), etag))
     return created
