@@ -48,7 +48,9 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     assert top.exit_code == 0 and len(rows) == 2 and all("│ v2.0-sft" in row for row in rows), top.output
     status = runner.invoke(app, ["status"])
     assert "assets: failed 1, scored 25" in status.output
-    similar = runner.invoke(app, ["similar", "1", "-n", "3"])
+    with database.get_engine(settings).connect() as connection:
+        first_scored = connection.execute(sa.text("SELECT min(id) FROM assets WHERE status = 'scored'")).scalar_one()
+    similar = runner.invoke(app, ["similar", str(first_scored), "-n", "3"])
     assert similar.exit_code == 0 and len(similar.output.strip().splitlines()) == 3, similar.output
     assert "defects recorded on low scorers" in result.output
     report = Path(result.output.split("report: ")[1].split()[0])
