@@ -464,8 +464,9 @@ def serve(
 def bridge(
     listen: Annotated[str, typer.Option(help="host:port to take bucket notifications on")] = "127.0.0.1:8787",
 ) -> None:
-    """Turn bucket notifications POSTed here (MinIO webhook target) into Prefect events that start ingestion."""
-    from flows.bridge import bridge_server
+    """Queue the objects of bucket notifications POSTed here (MinIO webhook target) for the s3:// sources, and
+    start one ingest per burst (AESQ_NOTIFICATION_WINDOW_SECONDS) with a Prefect event."""
+    from flows.bridge import bridge_server, s3_sources
 
     settings = get_settings()
     host, _, port = listen.rpartition(":")
@@ -473,9 +474,18 @@ def bridge(
         raise CliError(f"--listen takes host:port, not {listen!r}")
     if host not in LOOPBACK and not settings.bridge_token:
         raise CliError("listening beyond loopback needs AESQ_BRIDGE_TOKEN (MinIO sends it as the webhook auth_token)")
-    server = bridge_server(host or "127.0.0.1", int(port), settings.bridge_token.get_secret_value() if settings.bridge_token else None)
+    if not s3_sources(settings.sources):
+        raise CliError("no s3:// source configured: set AESQ_SOURCES (the bridge queues objects of those only)")
+    settings = _ready_settings()
+    server = bridge_server(host or "127.0.0.1", int(port), settings)
     console.print(f"bridge listening on http://{listen}")
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        from prefect.events.worker import EventsWorker
+
+        server.server_close()  # emits the events still due, and waits for them to be sent: a signal ends
+        EventsWorker.drain_all(timeout=30)  # the process without the atexit hooks that would send them
 
 
 @app.command()

@@ -1,8 +1,17 @@
-"""Bucket notifications → Prefect events, so ingestion starts when an object lands instead of at the next interval.
+"""Bucket notifications → the ingest queue, and one Prefect event per burst, so ingestion starts when
+objects land instead of at the next interval, and a burst of uploads starts one ingest run.
 
-MinIO (webhook target) or anything that forwards S3 event notifications POSTs them here; each created
-object becomes an `aesq.object.created` event on resource `aesq.bucket.<bucket>`, which the ingest
-deployments of that bucket are triggered by.
+MinIO (webhook target) or anything that forwards S3 event notifications POSTs them here. The bridge puts
+each created object of a configured `s3://` source straight into the Postgres ingest queue (with the
+notification's ETag; ingest looks for its sidecar itself) and answers 200 once that is committed — 503
+when the database cannot take it, so the sender retries. The first notification for a quiet bucket
+schedules one `aesq.object.created` event on resource `aesq.bucket.<bucket>` after
+`notification_window_seconds`; later ones within the window only add to the queue. That event triggers
+the bucket's ingest deployments with `listing=False`: the run drains the queue without listing the bucket.
+
+No key is lost to the coalescing: an object is queued before its event is scheduled, and a bucket's
+pending event is forgotten before it is emitted, so an object queued after the run started (or while
+one is draining) schedules another event and another run. The interval runs list the bucket anyway.
 """
 
 from __future__ import annotations
@@ -10,13 +19,20 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import sqlalchemy as sa
 from prefect.events import emit_event
 
-from aesq.storage import created_objects
+from aesq.claims import Listed, queue_objects
+from aesq.config import Settings
+from aesq.database import DatabaseError, get_engine
+from aesq.storage import created_objects, is_sidecar
 
 OBJECT_CREATED = "aesq.object.created"
+STORAGE = "s3"
 logger = logging.getLogger(__name__)
 
 
@@ -25,16 +41,105 @@ def bucket_resource(bucket: str) -> str:
     return f"aesq.bucket.{bucket}"
 
 
-def publish(notification: dict) -> int:
-    """Emit one event per created object in `notification`; returns how many."""
-    objects = created_objects(notification)
-    for bucket, key in objects:
-        emit_event(OBJECT_CREATED, resource={"prefect.resource.id": bucket_resource(bucket)}, payload={"key": key})
-    return len(objects)
+def s3_sources(sources: Iterable[str]) -> list[tuple[str, str]]:
+    """(bucket, prefix) of each `s3://` source."""
+    return [tuple(uri.removeprefix("s3://").partition("/")[::2]) for uri in sources if uri.startswith("s3://")]
 
 
-def bridge_server(host: str, port: int, token: str | None) -> ThreadingHTTPServer:
-    """An HTTP server taking notifications by POST (with `Authorization: Bearer <token>` when a token is set)."""
+_KNOWN = sa.text(
+    "SELECT key, etag, status FROM assets WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys)"
+)
+
+
+class Bridge:
+    """Queues notified objects and emits one event per bucket per window."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sources = s3_sources(settings.sources)
+        self.window = settings.notification_window_seconds
+        self._lock = threading.Lock()
+        self._due: dict[str, threading.Timer] = {}  # bucket → its scheduled event
+        self._counts: dict[str, int] = {}  # bucket → objects queued since its event was scheduled
+
+    def covered(self, bucket: str, key: str) -> bool:
+        """Whether a configured source holds the object (others would wait in the queue for nobody)."""
+        return any(bucket == b and key.startswith(prefix) for b, prefix in self.sources)
+
+    def accept(self, notification: dict) -> dict[str, int]:
+        """Queue the created objects of `notification` (committed on return) and schedule their buckets'
+        events; raises ValueError & co for a body that is not a notification, SQLAlchemyError when the
+        database cannot take them. Returns how many objects were queued and ignored (outside the sources,
+        sidecars, or already ingested with that ETag)."""
+        by_bucket: dict[str, dict[str, str | None]] = {}
+        created = created_objects(notification)
+        for bucket, key, etag in created:
+            if self.covered(bucket, key) and not is_sidecar(key):
+                by_bucket.setdefault(bucket, {})[key] = etag  # a later record of the same key wins
+        queued: dict[str, int] = {}
+        with get_engine(self.settings).begin() as connection:
+            for bucket, etags in by_bucket.items():
+                known = {row.key: row for row in connection.execute(
+                    _KNOWN, {"storage": STORAGE, "bucket": bucket, "keys": sorted(etags)})}
+                objects = [
+                    Listed(key, etag, changed=key in known and known[key].status != "deleted", listed=False)
+                    for key, etag in etags.items()
+                    if key not in known or known[key].status == "deleted" or etag is None or known[key].etag != etag
+                ]
+                queue_objects(connection, STORAGE, bucket, objects)
+                if objects:
+                    queued[bucket] = len(objects)
+        for bucket, count in queued.items():
+            self._schedule(bucket, count)
+        total = sum(queued.values())
+        return {"objects": total, "ignored": len(created) - total}
+
+    def _schedule(self, bucket: str, count: int) -> None:
+        """Emit the bucket's event after the window, unless one is already due (then it covers these)."""
+        with self._lock:
+            self._counts[bucket] = self._counts.get(bucket, 0) + count
+            if bucket in self._due:
+                return
+            timer = threading.Timer(self.window, self._emit)
+            timer.args, timer.daemon = (bucket, timer), True
+            self._due[bucket] = timer
+        timer.start()
+
+    def _emit(self, bucket: str, timer: threading.Timer) -> None:
+        """Emit the bucket's event if `timer` is the one due. It is forgotten first: an object queued from
+        now on schedules the next event."""
+        with self._lock:
+            if self._due.get(bucket) is not timer:
+                return  # already emitted by `flush`
+            del self._due[bucket]
+            count = self._counts.pop(bucket, 0)
+        emit_event(OBJECT_CREATED, resource={"prefect.resource.id": bucket_resource(bucket)}, payload={"objects": count})
+        logger.info("%d objects queued in bucket %s: ingest notified", count, bucket)
+
+    def flush(self) -> None:
+        """Emit every due event now (on shutdown, so queued objects do not wait for the interval)."""
+        with self._lock:
+            due = list(self._due.items())
+        for bucket, timer in due:
+            timer.cancel()
+            self._emit(bucket, timer)
+
+
+class BridgeServer(ThreadingHTTPServer):
+    """The HTTP server; `server_close` emits the events still due."""
+
+    bridge: Bridge
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.bridge.flush()
+
+
+def bridge_server(host: str, port: int, settings: Settings) -> BridgeServer:
+    """An HTTP server taking notifications by POST (with `Authorization: Bearer <AESQ_BRIDGE_TOKEN>` when
+    that is set) for the `s3://` sources of `settings`."""
+    token = settings.bridge_token.get_secret_value() if settings.bridge_token else None
+    bridge = Bridge(settings)
 
     class Handler(BaseHTTPRequestHandler):
         def authorised(self) -> bool:
@@ -44,23 +149,31 @@ def bridge_server(host: str, port: int, token: str | None) -> ThreadingHTTPServe
                 return False
             return True
 
-        def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_HEAD(self) -> None:
             """MinIO checks that a webhook target is up with HEAD."""
             if self.authorised():
                 self.send_response(200)
                 self.end_headers()
 
-        def do_POST(self) -> None:  # noqa: N802
-            """Publish the notification in the body; 400 for a body that is not one, 401 without the token."""
+        def do_POST(self) -> None:
+            """Queue the notification in the body; 400 for a body that is not one, 401 without the token,
+            503 when the database cannot take it (the sender keeps it and retries)."""
             if not self.authorised():
                 return
             try:
                 notification = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                count = publish(notification)
+                counts = bridge.accept(notification)
             except (ValueError, KeyError, TypeError, AttributeError) as problem:
                 self.send_error(400, f"not an S3 event notification: {problem}")
                 return
-            body = json.dumps({"objects": count}).encode()
+            except (sa.exc.SQLAlchemyError, DatabaseError) as problem:
+                logger.warning("cannot queue notified objects: %s", problem)
+                self.send_response(503, "database unavailable")
+                self.send_header("Retry-After", "5")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = json.dumps(counts).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -71,4 +184,6 @@ def bridge_server(host: str, port: int, token: str | None) -> ThreadingHTTPServe
             """Requests go to aesq's logger, not stderr."""
             logger.debug(format, *args)
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = BridgeServer((host, port), Handler)
+    server.bridge = bridge
+    return server

@@ -1,6 +1,10 @@
 """What `aesq worker` serves: ingest on an interval (and, for S3 sources, on bridge events), scoring when ingest found new assets, aggregation
 and defect analysis when scoring finished, the report every night.
 
+A bridge event (one per bucket per `notification_window_seconds`, flows/bridge.py) runs the source's ingest
+with `listing=False`: it drains the objects the bridge queued, without listing the bucket. Runs that
+overlap share the queue by claims, so an extra one costs a claim query; the interval runs list the bucket.
+
 The links are Prefect events: the ingest and score flows emit `aesq.assets.ingested` and
 `aesq.assets.scored` when they did something, and the next deployment has a trigger on that event.
 """
@@ -17,11 +21,17 @@ from flows.spine import INGESTED, SCORED, ingest_flow, score_flow
 
 
 def _on_new_objects(source: str) -> list[DeploymentEventTrigger]:
-    """An S3 source's ingest also runs when the bridge reports a new object in its bucket."""
+    """An S3 source's ingest also runs, draining the queue only, when the bridge queued objects in its bucket."""
     if not source.startswith("s3://"):
         return []
     bucket = source.removeprefix("s3://").split("/", 1)[0]
-    return [DeploymentEventTrigger(expect={OBJECT_CREATED}, match={"prefect.resource.id": bucket_resource(bucket)})]
+    return [
+        DeploymentEventTrigger(
+            expect={OBJECT_CREATED},
+            match={"prefect.resource.id": bucket_resource(bucket)},
+            parameters={"source": source, "listing": False},
+        )
+    ]
 
 
 def deployments(settings: Settings) -> list[RunnerDeployment]:
