@@ -28,3 +28,17 @@ def test_completed_ingest_triggers_scoring_then_aggregation(settings, serve_chai
         assert connection.execute(sa.text("SELECT count FROM version_stats")).scalars().all() == [3]
     runs = flow_runs()
     assert ("aesq-ingest", "COMPLETED") in runs and ("aesq-score", "COMPLETED") in runs, runs
+
+
+def test_a_bucket_event_runs_the_s3_sources_ingest_without_listing(settings):
+    from flows.bridge import OBJECT_CREATED, bucket_resource
+    from flows.deployments import deployments
+
+    served = deployments(settings.model_copy(update={"sources": ["s3://images/generated/", "/srv/images"]}))
+    s3_ingest, folder_ingest = (next(d for d in served if d.name == f"ingest-{index}") for index in (0, 1))
+    [trigger] = s3_ingest.triggers
+    assert trigger.expect == {OBJECT_CREATED}
+    assert trigger.match.model_dump() == {"prefect.resource.id": bucket_resource("images")}
+    assert trigger.parameters == {"source": "s3://images/generated/", "listing": False}
+    assert s3_ingest.parameters == {"source": "s3://images/generated/"}  # the interval runs list the bucket
+    assert folder_ingest.triggers == []
