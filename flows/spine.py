@@ -34,18 +34,34 @@ _RUNNER = ThreadPoolTaskRunner(max_workers=IN_FLIGHT)
 POLL_SECONDS = 1.0
 
 
-def _room(in_flight: list[PrefectFuture]) -> bool:
-    """Wait until fewer than IN_FLIGHT batches are unfinished; False once one of them failed (stop claiming)."""
-    while sum(not future.state.is_final() for future in in_flight) >= IN_FLIGHT:
+def _ended(future: PrefectFuture) -> bool:
+    """Whether a submitted task run ended, asking its thread rather than the Prefect API (its final state
+    is at hand afterwards)."""
+    try:
+        future.result(timeout=0, raise_on_failure=False)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _room(active: list[PrefectFuture]) -> bool:
+    """Wait until fewer than IN_FLIGHT of the `active` batches are unfinished (finished ones leave the list);
+    False once one of them failed: no more work is claimed, and the flow reports that batch's error."""
+    while True:
+        ended = [future for future in active if _ended(future)]
+        if any(not future.state.is_completed() for future in ended):
+            return False
+        active[:] = [future for future in active if future not in ended]
+        if len(active) < IN_FLIGHT:
+            return True
         time.sleep(0.05)
-    return not any(future.state.is_failed() or future.state.is_crashed() for future in in_flight)
 
 
-def _claimed_objects(source: str, discovery: PrefectFuture | None, in_flight: list[PrefectFuture]) -> Iterator[list[Queued]]:
+def _claimed_objects(source: str, discovery: PrefectFuture | None, active: list[PrefectFuture]) -> Iterator[list[Queued]]:
     """Batches claimed from the source's queue while discovery fills it, until it is empty and no other
     worker holds a claim on it (a dead worker's batch is taken over when its lease lapses)."""
-    while _room(in_flight):
-        listing_done = discovery is None or discovery.state.is_final()
+    while _room(active):
+        listing_done = discovery is None or _ended(discovery)
         if claimed := claim_objects(source):
             yield claimed
         elif listing_done and not others_ingesting(source):
@@ -54,9 +70,9 @@ def _claimed_objects(source: str, discovery: PrefectFuture | None, in_flight: li
             time.sleep(POLL_SECONDS)
 
 
-def _claimed_assets(in_flight: list[PrefectFuture]) -> Iterator[list[int]]:
+def _claimed_assets(active: list[PrefectFuture]) -> Iterator[list[int]]:
     """Batches of assets claimed for scoring, until none is due and no other worker holds a claim."""
-    while _room(in_flight):
+    while _room(active):
         if ids := claim_assets():
             yield ids
         elif not others_scoring():
@@ -73,8 +89,10 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
     """
     discovery = discover_objects.submit(source) if listing else None
     ingested: list[PrefectFuture] = []
-    for claimed in _claimed_objects(source, discovery, ingested):
+    active: list[PrefectFuture] = []
+    for claimed in _claimed_objects(source, discovery, active):
         ingested.append(ingest_objects.submit(source, claimed))
+        active.append(ingested[-1])
     ids = [asset_id for future in ingested for asset_id in future.result()]
     if discovery is not None:
         discovery.result()
@@ -83,14 +101,17 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
     return ids
 
 
-def _score_claimed(in_flight: list[PrefectFuture]) -> list[BatchOutcome]:
-    """Score every batch claimed for scoring; what could not be finished is given back for the next run."""
-    for ids in _claimed_assets(in_flight):
-        in_flight.append(score_assets.submit(ids))
-    outcomes = [future.result() for future in in_flight]
-    if unfinished := [asset_id for outcome in outcomes for asset_id in outcome.unfinished]:
+def _score_claimed(outcomes: list[PrefectFuture]) -> list[BatchOutcome]:
+    """Score every batch claimed for scoring, after the batches in `outcomes`; what could not be finished is
+    given back for the next run."""
+    active = list(outcomes)
+    for ids in _claimed_assets(active):
+        outcomes.append(score_assets.submit(ids))
+        active.append(outcomes[-1])
+    done = [future.result() for future in outcomes]
+    if unfinished := [asset_id for outcome in done for asset_id in outcome.unfinished]:
         release_assets(unfinished)
-    return outcomes
+    return done
 
 
 @flow(name="aesq-score", task_runner=_RUNNER)
@@ -115,9 +136,11 @@ def run_flow(source: str) -> list[BatchOutcome]:
     discovery = discover_objects.submit(source)
     ingested: list[PrefectFuture] = []
     scored: list[PrefectFuture] = []
-    for claimed in _claimed_objects(source, discovery, scored):
+    active: list[PrefectFuture] = []
+    for claimed in _claimed_objects(source, discovery, active):
         ingested.append(ingest := ingest_objects.submit(source, claimed, score_next=True))
         scored.append(score_assets.submit(ingest))
+        active.append(scored[-1])
     wait(scored)
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
