@@ -108,7 +108,7 @@ def bucket(s3_client: Minio) -> str:
 
 
 TABLES = ("reports", "version_daily_stats", "defects", "embeddings", "scores", "version_stats", "assets", "generators",
-          "stale_versions")
+          "stale_versions", "ingest_queue", "source_cursors", "work_log")
 
 
 @pytest.fixture
