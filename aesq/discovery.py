@@ -51,18 +51,21 @@ _DROP = "DROP TABLE IF EXISTS pg_temp.discovery_listed, pg_temp.discovery_gone"
 
 # The images that became ready since the previous page (`ready_at` in (:after, :upto]; to the end once the
 # listing is over), compared with their assets: new keys, other ETags, deleted ones back. Their sidecar is
-# the first candidate listed. The look-ups are LATERAL ... LIMIT 1 so they stay index probes per image
-# whatever the planner guesses about the temporary table (it has no statistics).
+# the first candidate listed. Every look-up is a LATERAL ... LIMIT 1, so it stays an index probe per image
+# whatever the planner guesses about the growing temporary table (it has no statistics; a hashed subplan
+# would read the whole table on every page).
 _READY = """
-    SELECT r.key, r.etag, coalesce(a.status <> 'deleted', false) AS changed,
-           CASE WHEN EXISTS (SELECT 1 FROM discovery_listed f WHERE f.key = r.first) THEN r.first
-                WHEN EXISTS (SELECT 1 FROM discovery_listed s WHERE s.key = r.second) THEN r.second END AS sidecar,
+    SELECT r.key, r.etag, coalesce(a.status <> 'deleted', false) AS changed, coalesce(f.key, s.key) AS sidecar,
            least(r.first COLLATE "C", r.second COLLATE "C") AS earliest
     FROM discovery_listed r
     LEFT JOIN LATERAL (
         SELECT a.id, a.status, a.etag FROM assets a
         WHERE a.storage = :storage AND a.bucket = :bucket AND a.key = r.key LIMIT 1
     ) a ON true
+    LEFT JOIN LATERAL (SELECT f.key FROM discovery_listed f WHERE f.key = r.first LIMIT 1) f ON a.id IS NULL
+        OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag
+    LEFT JOIN LATERAL (SELECT s.key FROM discovery_listed s WHERE s.key = r.second LIMIT 1) s ON f.key IS NULL
+        AND (a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag)
     WHERE r.ready_at > CAST(:after AS text) {upto}
       AND (a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag)
 """
@@ -196,15 +199,20 @@ def discover(source_uri: str, settings: Settings, page_size: int | None = None) 
             with suppress(Exception):  # the error that stopped discovery is the one to report
                 connection.rollback()
                 connection.exec_driver_sql(_DROP)
+                connection.exec_driver_sql("RESET plan_cache_mode")
                 connection.commit()
             raise
         connection.exec_driver_sql(_DROP)
+        connection.exec_driver_sql("RESET plan_cache_mode")
         connection.commit()
     return found
 
 
 def _discover(connection: Connection, source: Source, settings: Settings, page_size: int) -> Discovered:
     ordered = is_ordered(source, settings)
+    # psycopg prepares statements run often; a generic plan made while the temporary table was small
+    # would stay in use as it grows. Plan each page's statements for the table as it is.
+    connection.exec_driver_sql("SET plan_cache_mode = force_custom_plan")
     for statement in _CREATE:
         connection.exec_driver_sql(statement)
     started = connection.execute(text("SELECT now()")).scalar_one()
