@@ -246,3 +246,12 @@ def others_scoring(connection: Connection, wanted_scores: Sequence[tuple[str, st
         {"owner": WORKER, "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
          "embedders": json.dumps(list(embedders))},
     ).scalar_one())
+
+
+def release_worker(connection: Connection) -> None:
+    """Give back every claim this process holds: it is stopping, and the work should not wait for its leases."""
+    for table in ("ingest_queue", "assets"):
+        connection.execute(
+            text(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = :owner"),
+            {"owner": WORKER},
+        )

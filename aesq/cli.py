@@ -227,9 +227,25 @@ def _run_with_progress(settings: Settings, source: str, verbose: bool) -> None:
                 worker.join(0.5)
                 show_progress()
     except Stopped as stopped:
+        _give_back_claims(settings)
         raise Stopped(stopped.signum, _cancel_flow_run(flow_run, stopped)) from None
     if outcome["error"] is not None:
+        _give_back_claims(settings)
         raise outcome["error"]
+
+
+def _give_back_claims(settings: Settings) -> None:
+    """A run that stops or fails gives its claimed batches back at once, so the next run need not wait for
+    their leases (a run killed outright cannot: its batches wait `AESQ_LEASE_SECONDS`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from aesq.claims import release_worker
+
+    try:
+        with database.get_engine(settings).begin() as connection:
+            release_worker(connection)
+    except SQLAlchemyError:  # the database is the problem: the leases lapse by themselves
+        pass
 
 
 def _comparison_table(settings: Settings, scorer: str | None) -> Table:

@@ -131,6 +131,10 @@ def ingest(source_uri: str, claimed: list[Queued], settings: Settings, score_nex
         examined = dict(zip(claimed, pool.map(examine, claimed)))
     unread = {queued.key: error for queued, error in examined.items() if isinstance(error, Exception)}
     if unread and len(unread) == len(claimed):
+        with get_engine(settings).begin() as connection:  # a retry or another worker takes them after the back-off
+            defer_objects(
+                connection, source.storage, source.bucket, unread, settings.retry_attempts, settings.retry_backoff_seconds
+            )
         raise StorageUnavailable(f"cannot read {len(unread)} objects of {source.uri}: {one_line(next(iter(unread.values())))}")
     records = [record for record in examined.values() if isinstance(record, AssetRecord)]
     with get_engine(settings).begin() as connection:

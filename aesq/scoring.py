@@ -225,7 +225,9 @@ def score_assets(
     decoded, reads = fetch_assets(rows, settings)
     unusable = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, Unusable)}
     if unusable and all(item.storage_error for item in unusable.values()) and len(unusable) == len(rows):
-        raise StorageUnavailable(next(iter(unusable.values())).reason)  # the lease lapses; a retry takes the batch
+        with engine.begin() as connection:  # free for a retry, or the next run, at once
+            release_assets(connection, asset_ids)
+        raise StorageUnavailable(next(iter(unusable.values())).reason)
     failures = {asset_id: item.reason for asset_id, item in unusable.items()}
     images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, Unusable)}
     work = {model: [asset_id for asset_id in images if asset_id in lacking] for model, lacking in missing.items()}
