@@ -121,12 +121,21 @@ def is_ordered(source: Source, settings: Settings) -> bool:
 
 
 def _candidates(key: str) -> tuple[str, str]:
-    """The image's two sidecar candidates (the same one twice when its name has no suffix to replace)."""
-    try:
-        first, second = sidecar_candidates(key)
-    except ValueError:  # a name PurePosixPath cannot give a suffix
-        first = second = f"{key}.json"
-    return first, second
+    """The image's two sidecar candidates, as `sidecar_candidates` gives them.
+
+    Computed on the string for plain keys: pathlib would parse each key and intern its every part, churning
+    the interpreter's table of interned strings (a rebuild of several MB now and then) over a long listing.
+    Keys pathlib would normalise (`//`, `/./`, a leading `/` or `./`, a trailing `/`) go through it."""
+    if "//" in key or "/./" in key or key.startswith(("/", "./")) or key.endswith(("/", "/.")) or key == ".":
+        try:
+            first, second = sidecar_candidates(key)
+        except ValueError:  # a name PurePosixPath cannot give a suffix
+            first = second = f"{key}.json"
+        return first, second
+    directory, _, name = key.rpartition("/")
+    dot = name.rfind(".")
+    stem = name[:dot] if 0 < dot < len(name) - 1 else name
+    return f"{key}.json", f"{directory}/{stem}.json" if directory else f"{stem}.json"
 
 
 def _copy_page(connection: Connection, page: list[tuple[str, str | None]]) -> None:

@@ -16,18 +16,16 @@ from aesq import discovery
 from aesq.claims import claim_objects
 from aesq.config import get_settings
 from aesq.database import get_engine
-from aesq.storage import FolderSource, is_sidecar, open_source, sidecar_for
+from aesq.storage import (
+    FolderSource,
+    is_sidecar,
+    open_source,
+    sidecar_candidates,
+    sidecar_for,
+)
 from tests.helpers import ingest_all, jpeg_bytes, noise_image, put
 
 IMAGES = {seed: jpeg_bytes(noise_image(seed, 32)) for seed in range(8)}
-
-
-@pytest.fixture
-def settings(settings):
-    """The shared settings fixture, with the discovery tables emptied too."""
-    with get_engine(settings).begin() as connection:
-        connection.execute(sa.text("TRUNCATE ingest_queue, source_cursors"))
-    return settings
 
 
 def _queue(settings) -> dict[str, sa.Row]:
@@ -159,6 +157,18 @@ def test_sidecars_of_random_keys_match_sidecar_for_over_the_whole_listing(settin
             connection.execute(sa.text("TRUNCATE ingest_queue"))
         discovery.discover(f"s3://{bucket}/", settings, page_size=page_size)
         assert {key: row.sidecar for key, row in _queue(settings).items()} == expected, page_size
+
+
+@pytest.mark.parametrize("key", [
+    "a/b.png", "b.png", "a/b", "a/.hidden", "a/b.", "a/b.tar.gz", "a.b/c", "a//b.png", "a/./b.png", "./b.png",
+    "/a/b.png", "a/b.png/", "é/ß.PNG", "a/..png", "a/b..png", "..", "a/..",
+])
+def test_sidecar_candidates_of_a_key_are_those_of_storage(key):
+    try:
+        expected = tuple(sidecar_candidates(key))
+    except ValueError:
+        expected = (f"{key}.json", f"{key}.json")
+    assert discovery._candidates(key) == expected
 
 
 FOLDER_KEYS = ["a.png", "a-b.png", "a/b.png", "a/b/c.png", "a0.png", "A.png", "é.png", "z/é/x.png", "a/.hidden"]
