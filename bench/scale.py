@@ -21,6 +21,11 @@ Each size gets a fresh database on an embedded Postgres the benchmark starts (or
     .venv/bin/python bench/scale.py discovery --sizes 10000 --new-share 0.01
 
 Results are printed (a Markdown table) and written to `bench/out/scale.json`.
+
+`workers`: 1, 2 and 4 concurrent `aesq run` on one S3 source, with the work each round did (see
+bench/workers.py):
+
+    .venv/bin/python bench/scale.py workers --images 300 --repeats 3
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import workers as workers_part  # bench/workers.py, beside this file
+
 PER_DIRECTORY = 1000
 
 
@@ -62,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     once.add_argument("source")
     once.add_argument("--page-size", type=int, default=None)
     once.add_argument("--list-only", action="store_true", help="time the bare listing, no database")
-    # `workers` (concurrent workers at scale) is to come as another part.
+    workers_part.add_arguments(parts.add_parser("workers", help="1, 2 and 4 concurrent `aesq run` on one source"))
     return parser.parse_args()
 
 
@@ -308,6 +315,8 @@ def main() -> None:
         discovery_part(args)
     elif args.part == "discover-once":
         discover_once(args)
+    elif args.part == "workers":
+        workers_part.run(args)
 
 
 if __name__ == "__main__":

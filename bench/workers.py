@@ -1,4 +1,4 @@
-"""Workers benchmark: 1, 2 and 4 concurrent `aesq run` on one S3 source, with the work each did.
+"""The `workers` part of bench/scale.py: 1, 2 and 4 concurrent `aesq run` on one S3 source, with the work each did.
 
 One run starts its own services on loopback (moto_server, an embedded Postgres+pgvector, a Prefect API
 server), uploads N generated JPEGs, then for each worker count empties the database, starts that many
@@ -6,7 +6,7 @@ server), uploads N generated JPEGs, then for each worker count empties the datab
 CPU seconds of all workers, and from aesq's work log the object reads and model runs per image: the
 duplicated work (1.0 means every image was fetched and run through each model once).
 
-    .venv/bin/python bench/workers.py --images 300 --out bench/out
+    .venv/bin/python bench/scale.py workers --images 300 --out bench/out
 """
 
 from __future__ import annotations
@@ -42,16 +42,14 @@ BUCKET = "bench"
 TABLES = "work_log, ingest_queue, defects, embeddings, scores, version_stats, version_daily_stats, stale_versions, assets, generators"
 
 
-def parse_args() -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this part."""
     parser.add_argument("--images", type=int, default=300, help="distinct images in the source")
     parser.add_argument("--size", type=int, default=256, help="side of the square JPEGs in pixels")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="concurrent runs to compare")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each worker count")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     parser.add_argument("--out", type=Path, default=Path("bench/out"), help="folder for workers.json")
-    return parser.parse_args()
 
 
 def upload(images: int, size: int) -> None:
@@ -114,9 +112,8 @@ def one_round(workers: int, images: int) -> dict:
     return {"wall_s": wall, "cpu_s": sum(cpu.values()), **work_per_image(images)}
 
 
-def main() -> None:
+def run(args: argparse.Namespace) -> None:
     """Set up, measure each worker count `--repeats` times, print and save the medians."""
-    args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="aesq-bench-workers-") as tmp_name:
         tmp = Path(tmp_name)
@@ -138,11 +135,8 @@ def main() -> None:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "command": f"bench/workers.py --images {args.images} --size {args.size} --repeats {args.repeats}",
+        "command": f"bench/scale.py workers --images {args.images} --size {args.size} --repeats {args.repeats}",
         "results": results,
     }
     (args.out / "workers.json").write_text(json.dumps(report, indent=2, default=str))
 
-
-if __name__ == "__main__":
-    main()
