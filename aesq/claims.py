@@ -118,15 +118,15 @@ def finish_objects(connection: Connection, storage: str, bucket: str, claimed: I
 
 _DEFER_OBJECTS = text(
     """
-    WITH tried AS (
-        UPDATE ingest_queue SET attempts = attempts + 1, lease_owner = NULL,
-            lease_until = now() + make_interval(secs => :backoff * 2 ^ attempts)
-        WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys)
-        RETURNING key, attempts
-    )
-    DELETE FROM ingest_queue q USING tried
-    WHERE (q.storage, q.bucket, q.key) = (:storage, :bucket, tried.key) AND tried.attempts >= :limit
-    RETURNING q.key
+    UPDATE ingest_queue SET attempts = attempts + 1, lease_owner = NULL,
+        lease_until = now() + make_interval(secs => :backoff * 2 ^ attempts)
+    WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys)
+    """
+)
+_GIVE_UP_OBJECTS = text(
+    """
+    DELETE FROM ingest_queue WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys) AND attempts >= :limit
+    RETURNING key
     """
 )
 
@@ -137,13 +137,11 @@ def defer_objects(
     """Objects the storage failed to hand over wait `backoff_seconds` × 2^(tries so far) before another worker
     may claim them; after `attempts` tries they leave the queue (a later listing finds them again).
     Returns the keys given up on."""
-    keys = sorted(keys)
-    if not keys:
+    params = {"storage": storage, "bucket": bucket, "keys": sorted(keys), "limit": attempts, "backoff": backoff_seconds}
+    if not params["keys"]:
         return []
-    return list(connection.execute(
-        _DEFER_OBJECTS,
-        {"storage": storage, "bucket": bucket, "keys": keys, "limit": attempts, "backoff": backoff_seconds},
-    ).scalars())
+    connection.execute(_DEFER_OBJECTS, params)
+    return sorted(connection.execute(_GIVE_UP_OBJECTS, params).scalars())
 
 
 # Pending assets due for scoring, and scored ones lacking an enabled model's output (backfill).
@@ -199,6 +197,16 @@ def lease_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds
             text("UPDATE assets SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
                  "WHERE id = ANY(:ids)"),
             {"owner": WORKER, "lease": lease_seconds, "ids": list(asset_ids)},
+        )
+
+
+def renew_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds: float) -> None:
+    """Extend the live claims on `asset_ids` (ended ones stay ended): the batch is still being worked on."""
+    if asset_ids:
+        connection.execute(
+            text("UPDATE assets SET lease_until = now() + make_interval(secs => :lease) "
+                 "WHERE id = ANY(:ids) AND lease_until IS NOT NULL"),
+            {"lease": lease_seconds, "ids": list(asset_ids)},
         )
 
 

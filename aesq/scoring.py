@@ -12,9 +12,9 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from aesq import claims
-from aesq.claims import claim_assets, lease_assets, log_work, release_assets
+from aesq.claims import claim_assets, lease_assets, log_work, release_assets, renew_assets
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import ImageRejected, PixelBudget, decode_rgb, pixel_budget
@@ -208,8 +209,41 @@ def score_assets(
     pending asset; one missing or unreadable for now is deferred (`settings.retry_attempts`, with
     back-off); a batch in which storage failed for every image raises, so the task is retried.
     Outputs are stored on each content's canonical asset as it stands when they are written.
-    `model_slot` is held, inside this process's own slot, while the models run.
+    `model_slot` is held, inside this process's own slot, while the models run. The claims on the batch
+    are renewed while it is worked on, however long the models take.
     """
+    with keep_claimed(asset_ids, settings):
+        return _score_assets(asset_ids, settings, model_slot)
+
+
+@contextmanager
+def keep_claimed(asset_ids: list[int], settings: Settings) -> Iterator[None]:
+    """Renew the live claims on `asset_ids` every third of a lease until the block ends, so a batch slower
+    than the lease (a big model on CPU, a queue of pool workers) is not taken and done again by another."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        """Extend the leases until stopped; a failed renewal is tried again a third of a lease later."""
+        while not stop.wait(settings.lease_seconds / 3):
+            try:
+                with get_engine(settings).begin() as connection:
+                    renew_assets(connection, asset_ids, settings.lease_seconds)
+            except SQLAlchemyError as error:
+                logger.warning("could not renew the claims on a batch: %s", one_line(error))
+
+    renewer = threading.Thread(target=renew, name="aesq-claims", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+
+
+def _score_assets(
+    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager]
+) -> BatchOutcome:
+    """`score_assets` itself."""
     scorers, embedders = load_models(settings)
     engine = get_engine(settings)
     with engine.connect() as connection:

@@ -58,9 +58,10 @@ def score_assets(asset_ids: list[int]) -> scoring.BatchOutcome:
     settings = get_settings()
     if not settings.pools:
         return scoring.score_assets(asset_ids, settings)
-    futures = [pool_task(pool).delay(asset_ids) for pool in settings.pools]
-    for future in futures:
-        future.result(timeout=settings.pool_wait_seconds)
+    with scoring.keep_claimed(asset_ids, settings):
+        futures = [pool_task(pool).delay(asset_ids) for pool in settings.pools]
+        for future in futures:
+            future.result(timeout=settings.pool_wait_seconds)
     return scoring.batch_outcome(asset_ids, settings)
 
 

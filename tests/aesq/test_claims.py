@@ -1,0 +1,86 @@
+"""Claims on a real Postgres: two workers never hold the same batch, a lapsed lease frees it, a renewed one
+does not lapse, and a queued object that changed meanwhile is not lost."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from aesq import claims, scoring
+from aesq.claims import Listed
+from aesq.database import get_engine
+from tests.helpers import ingest_all, jpeg_bytes, noise_image
+
+
+def _queue(settings, keys: list[str], etag: str = "e1") -> None:
+    with get_engine(settings).begin() as connection:
+        claims.queue_objects(connection, "s3", "b", [Listed(key, etag) for key in keys])
+
+
+def _claim(settings, limit: int = 2, lease: float = 60) -> list[str]:
+    with get_engine(settings).begin() as connection:
+        return [q.key for q in claims.claim_objects(connection, "s3", "b", "", limit, lease)]
+
+
+def test_workers_claim_disjoint_batches_until_the_queue_is_taken(settings):
+    _queue(settings, ["a", "b", "c", "d", "e"])
+    engine = get_engine(settings)
+    with engine.connect() as first, engine.connect() as second:
+        taken_first = claims.claim_objects(first, "s3", "b", "", 2, 60)  # row locks held: this transaction is open
+        taken_second = claims.claim_objects(second, "s3", "b", "", 2, 60)  # skips them instead of waiting
+        first.commit()
+        second.commit()
+    assert {q.key for q in taken_first}.isdisjoint({q.key for q in taken_second})
+    assert len(taken_first) == len(taken_second) == 2
+    assert _claim(settings, limit=5) == ["e"]
+    assert _claim(settings, limit=5) == []
+
+
+def test_changed_objects_are_claimed_first(settings):
+    with get_engine(settings).begin() as connection:
+        claims.queue_objects(connection, "s3", "b", [Listed("a", "1"), Listed("z", "1", changed=True), Listed("y", "1", changed=True)])
+    assert _claim(settings, limit=2) == ["y", "z"]
+
+
+def test_a_lapsed_lease_frees_the_batch_for_another_worker(settings):
+    _queue(settings, ["a"])
+    assert _claim(settings, lease=0.5) == ["a"]
+    assert _claim(settings) == []
+    time.sleep(0.7)
+    assert _claim(settings) == ["a"]
+
+
+def test_an_object_queued_again_with_new_bytes_while_claimed_stays_queued(settings):
+    _queue(settings, ["a", "b"])
+    with get_engine(settings).begin() as connection:
+        claimed = claims.claim_objects(connection, "s3", "b", "", 2, 60)
+    _queue(settings, ["a"], etag="e2")  # overwritten while a worker ingests the old bytes
+    with get_engine(settings).begin() as connection:
+        claims.finish_objects(connection, "s3", "b", claimed)
+        left = connection.execute(sa.text("SELECT key, etag, lease_until FROM ingest_queue")).all()
+    assert [(row.key, row.etag, row.lease_until) for row in left] == [("a", "e2", None)]
+
+
+def test_objects_storage_keeps_failing_leave_the_queue_after_the_last_attempt(settings):
+    _queue(settings, ["a"])
+    for attempt in range(1, 4):
+        with get_engine(settings).begin() as connection:
+            given_up = claims.defer_objects(connection, "s3", "b", ["a"], attempts=3, backoff_seconds=0)
+        assert given_up == (["a"] if attempt == 3 else [])
+    assert _claim(settings) == []
+
+
+def test_renewed_claims_outlive_their_lease_and_end_with_the_batch(settings, tmp_path, monkeypatch):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    jpeg = jpeg_bytes(noise_image(1, 32))
+    (folder / "a.jpg").write_bytes(jpeg)
+    ingest_all(str(folder), settings)
+    settings = settings.model_copy(update={"lease_seconds": 0.6})
+    (asset_id,) = scoring.claim_batch(settings)
+    with scoring.keep_claimed([asset_id], settings):
+        time.sleep(1.5)  # more than two leases
+        assert scoring.claim_batch(settings) == [], "the renewed claim still holds"
+    time.sleep(0.7)
+    assert scoring.claim_batch(settings) == [asset_id], "once the block ended, the lease lapses"
