@@ -23,7 +23,8 @@ from tests.helpers import assert_every_content_scored_once, assert_statistics_ma
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
-def test_a_run_killed_mid_batch_is_finished_by_the_next_run(fault_settings, source, s3_client, bucket):
+def test_a_run_killed_mid_batch_is_finished_by_the_next_run(fault_settings, source, s3_client, bucket, monkeypatch):
+    monkeypatch.setenv("AESQ_LEASE_SECONDS", "10")  # the killed run's claimed batches wait this long for the next
     objects = generated_images(versions=2, per_version=40, copies_per_version=4)
     upload(s3_client, bucket, objects)
     distinct = len(set(objects.values()))
