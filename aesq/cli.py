@@ -284,11 +284,18 @@ def run(
 
 
 def _print_status(settings: Settings) -> None:
-    """Counts by status and the latest failures."""
-    from aesq.queries import recent_failures, status_counts
+    """Counts by status, work in progress, and the latest failures."""
+    from aesq.queries import recent_failures, status_counts, work_in_progress
 
     counts = status_counts(settings)
     console.print("assets: " + (", ".join(f"{status} {count}" for status, count in sorted(counts.items())) or "none"))
+    work = work_in_progress(settings)
+    if work.queued or work.scoring_claimed:
+        console.print(
+            f"in progress: {work.queued} objects queued for ingest ({work.queued_claimed} claimed), "
+            f"{work.scoring_claimed} assets claimed for scoring; workers: {', '.join(work.workers) or 'none'}",
+            soft_wrap=True, highlight=False,
+        )
     for failure in recent_failures(settings):
         console.print(f"failed: {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
 

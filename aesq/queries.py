@@ -25,6 +25,34 @@ def status_counts(settings: Settings) -> dict[str, int]:
         return dict(connection.execute(select(Asset.status, func.count()).group_by(Asset.status)).all())
 
 
+@dataclass(frozen=True)
+class WorkInProgress:
+    """What workers are doing now: objects waiting for ingest, and live claims."""
+
+    queued: int
+    queued_claimed: int
+    scoring_claimed: int
+    workers: list[str]
+
+
+def work_in_progress(settings: Settings) -> WorkInProgress:
+    """The ingest queue and the live claims on it and on assets, with the workers holding them."""
+    query = text(
+        """
+        SELECT (SELECT count(*) FROM ingest_queue) AS queued,
+               (SELECT count(*) FROM ingest_queue WHERE lease_until > now() AND lease_owner IS NOT NULL) AS queued_claimed,
+               (SELECT count(*) FROM assets WHERE lease_until > now()) AS scoring_claimed,
+               ARRAY(SELECT DISTINCT lease_owner FROM (
+                   SELECT lease_owner FROM ingest_queue WHERE lease_until > now()
+                   UNION ALL SELECT lease_owner FROM assets WHERE lease_until > now()) AS held
+                   WHERE lease_owner IS NOT NULL ORDER BY 1) AS workers
+        """
+    )
+    with get_engine(settings).connect() as connection:
+        row = connection.execute(query).one()
+    return WorkInProgress(row.queued, row.queued_claimed, row.scoring_claimed, list(row.workers))
+
+
 def recent_failures(settings: Settings, limit: int = 20) -> list[Failure]:
     """The latest failed assets with their reasons."""
     query = (

@@ -278,3 +278,16 @@ def test_a_run_that_fails_says_why_in_one_line(settings):
     assert result.stderr.strip().splitlines() == [
         "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at the S3 endpoint"
     ], result.stderr
+
+
+def test_status_shows_work_in_progress_and_who_holds_it(settings):
+    from aesq import claims
+
+    with database.get_engine(settings).begin() as connection:
+        claims.queue_objects(connection, "s3", "b", [claims.Listed(key, "e") for key in ("a", "b", "c")])
+        claims.claim_objects(connection, "s3", "b", "", 2, 60)
+    status = CliRunner().invoke(app, ["status"], terminal_width=80)
+    assert status.exit_code == 0, status.output
+    line = " ".join(status.output.split())
+    assert "in progress: 3 objects queued for ingest (2 claimed), 0 assets claimed for scoring" in line
+    assert f"workers: {claims.WORKER}" in line
