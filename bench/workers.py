@@ -87,8 +87,10 @@ def work_per_image(images: int) -> dict[str, float]:
 
 
 def one_round(workers: int, images: int) -> dict:
-    """Start `workers` runs at once; wall time, their CPU time and the work done per image."""
+    """Start `workers` runs at once; wall time, their CPU time (and the whole machine's: Postgres, the S3 and
+Prefect servers too) and the work done per image."""
     empty_database()
+    machine_before = psutil.cpu_times()
     started = time.perf_counter()
     processes = [
         subprocess.Popen([executable("aesq"), "run", f"s3://{BUCKET}/"], stdout=subprocess.DEVNULL,
@@ -106,10 +108,12 @@ def one_round(workers: int, images: int) -> dict:
                 pass
         time.sleep(0.2)
     wall = time.perf_counter() - started
+    machine_after = psutil.cpu_times()
+    machine_cpu = sum(getattr(machine_after, f) - getattr(machine_before, f) for f in ("user", "system"))
     failures = [process.stderr.read()[-2000:] for process in processes if process.returncode != 0]
     if failures:
         raise RuntimeError(f"{len(failures)} of {workers} runs failed: {failures[0]}")
-    return {"wall_s": wall, "cpu_s": sum(cpu.values()), **work_per_image(images)}
+    return {"wall_s": wall, "cpu_s": sum(cpu.values()), "machine_cpu_s": machine_cpu, **work_per_image(images)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
             median["images_per_s"] = args.images / median["wall_s"]
             results[workers] = {"median": median, "rounds": rounds}
             print(f"{workers} worker(s): {median['wall_s']:.1f} s wall, {median['images_per_s']:.1f} images/s, "
-                  f"{median['cpu_s']:.0f} CPU s, fetches/image {median.get('fetch', 0):.3f}, "
+                  f"{median['cpu_s']:.0f} CPU s in aesq ({median['machine_cpu_s']:.0f} machine-wide), fetches/image {median.get('fetch', 0):.3f}, "
                   + ", ".join(f"{k} {v:.3f}" for k, v in median.items() if k.startswith("model:")), flush=True)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
