@@ -1,10 +1,10 @@
 """Claimed work: how any number of workers share ingest and scoring without doing anything twice.
 
 Objects to ingest wait in `ingest_queue`; assets to score are the pending ones (and scored ones lacking
-a model enabled since). A worker claims a batch of either with `FOR UPDATE SKIP LOCKED`, which sets a
-lease on the rows: other workers skip them until the work is written (ingest deletes the queue rows,
-scoring clears the asset's lease, in the same transaction as the results) or the lease lapses, when a
-killed worker's batch returns to the others.
+a model enabled since: backfill). A worker claims a batch of either with `FOR UPDATE SKIP LOCKED`, which
+sets a lease on the rows: other workers skip them until the work is written (ingest deletes the queue
+rows, scoring ends the claim, in the same transaction as the results) or the lease lapses, when a
+killed worker's batch returns to the others. A worker renews, ends and defers only the claims it holds.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-# Who holds a lease: shown in the database, so an operator can tell which process has what.
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# Who holds a lease: host and process (shown to operators), made unique for containers that share both.
+WORKER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -38,31 +39,37 @@ class Listed:
     key: str
     etag: str | None
     sidecar: str | None = None
-    changed: bool = False
     listed: bool = True
 
 
+# Objects already recorded with the same ETag are left out in the same statement that queues the rest, so
+# an ingest committing meanwhile cannot have its object queued again; `changed` (a known key with other
+# bytes) is decided here too.
 _QUEUE = text(
     """
-    INSERT INTO ingest_queue (storage, bucket, key, etag, sidecar, changed, listed)
-    SELECT :storage, :bucket, q.key, q.etag, q.sidecar, q.changed, q.listed
-    FROM jsonb_to_recordset(CAST(:objects AS jsonb)) AS q(key text, etag text, sidecar text, changed bool, listed bool)
+    INSERT INTO ingest_queue AS q (storage, bucket, key, etag, sidecar, changed, listed)
+    SELECT :storage, :bucket, o.key, o.etag, o.sidecar, coalesce(a.status <> 'deleted', false), o.listed
+    FROM jsonb_to_recordset(CAST(:objects AS jsonb)) AS o(key text, etag text, sidecar text, listed bool)
+    LEFT JOIN assets a ON a.storage = :storage AND a.bucket = :bucket AND a.key = o.key
+    WHERE a.id IS NULL OR a.status = 'deleted' OR o.etag IS NULL OR a.etag IS DISTINCT FROM o.etag
+    ORDER BY o.key
     ON CONFLICT (storage, bucket, key) DO UPDATE
-        SET etag = excluded.etag, sidecar = coalesce(excluded.sidecar, ingest_queue.sidecar),
-            changed = ingest_queue.changed OR excluded.changed, listed = ingest_queue.listed AND excluded.listed
-        WHERE ingest_queue.etag IS DISTINCT FROM excluded.etag OR ingest_queue.sidecar IS DISTINCT FROM excluded.sidecar
+        SET etag = excluded.etag, sidecar = coalesce(excluded.sidecar, q.sidecar),
+            changed = q.changed OR excluded.changed, listed = excluded.listed OR q.sidecar IS NOT NULL
+        WHERE q.etag IS DISTINCT FROM excluded.etag
+           OR excluded.sidecar IS NOT NULL AND q.sidecar IS DISTINCT FROM excluded.sidecar
+    RETURNING q.key
     """
 )
 
 
-def queue_objects(connection: Connection, storage: str, bucket: str, objects: Sequence[Listed]) -> None:
-    """Put objects in the ingest queue; one already waiting takes the newer ETag (and keeps any claim on it)."""
-    if objects:
-        payload = [
-            {"key": o.key, "etag": o.etag, "sidecar": o.sidecar, "changed": o.changed, "listed": o.listed}
-            for o in sorted(objects, key=lambda o: o.key)  # one order: concurrent discoveries never deadlock
-        ]
-        connection.execute(_QUEUE, {"storage": storage, "bucket": bucket, "objects": json.dumps(payload)})
+def queue_objects(connection: Connection, storage: str, bucket: str, objects: Sequence[Listed]) -> int:
+    """Put the objects not yet recorded with their ETag in the ingest queue; one already waiting takes the
+    newer ETag (and keeps any claim on it). Returns how many were queued or updated."""
+    if not objects:
+        return 0
+    payload = [{"key": o.key, "etag": o.etag, "sidecar": o.sidecar, "listed": o.listed} for o in objects]
+    return len(connection.execute(_QUEUE, {"storage": storage, "bucket": bucket, "objects": json.dumps(payload)}).all())
 
 
 _CLAIM_OBJECTS = text(
@@ -104,23 +111,40 @@ _FINISH_OBJECTS = text(
         RETURNING q.key
     )
     UPDATE ingest_queue q SET lease_owner = NULL, lease_until = NULL FROM done
-    WHERE (q.storage, q.bucket, q.key) = (:storage, :bucket, done.key) AND q.key NOT IN (SELECT key FROM removed)
+    WHERE (q.storage, q.bucket, q.key) = (:storage, :bucket, done.key) AND q.lease_owner = :owner
+      AND q.key NOT IN (SELECT key FROM removed)
     """
 )
 
 
-def finish_objects(connection: Connection, storage: str, bucket: str, claimed: Iterable[Queued]) -> None:
-    """Take ingested objects out of the queue; one queued again with a newer ETag meanwhile stays, unclaimed."""
-    payload = [{"key": q.key, "etag": q.etag} for q in claimed]
+def finish_objects(connection: Connection, storage: str, bucket: str, done: dict[str, set[str | None]]) -> None:
+    """Take ingested objects out of the queue: `done` maps each key to the ETags it was claimed and read
+    with. One queued again with yet another ETag meanwhile stays, unclaimed, for the next worker."""
+    payload = [{"key": key, "etag": etag} for key, etags in done.items() for etag in etags]
     if payload:
-        connection.execute(_FINISH_OBJECTS, {"storage": storage, "bucket": bucket, "objects": json.dumps(payload)})
+        connection.execute(
+            _FINISH_OBJECTS, {"storage": storage, "bucket": bucket, "objects": json.dumps(payload), "owner": WORKER}
+        )
+
+
+def release_objects(connection: Connection, storage: str, bucket: str, keys: Iterable[str]) -> None:
+    """Give claimed objects back at once, their tries uncounted: the storage failed, not these objects."""
+    keys = sorted(keys)
+    if keys:
+        connection.execute(
+            text(
+                "UPDATE ingest_queue SET lease_owner = NULL, lease_until = NULL "
+                "WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys) AND lease_owner = :owner"
+            ),
+            {"storage": storage, "bucket": bucket, "keys": keys, "owner": WORKER},
+        )
 
 
 _DEFER_OBJECTS = text(
     """
     UPDATE ingest_queue SET attempts = attempts + 1, lease_owner = NULL,
         lease_until = now() + make_interval(secs => :backoff * 2 ^ attempts)
-    WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys)
+    WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys) AND lease_owner = :owner
     """
 )
 _GIVE_UP_OBJECTS = text(
@@ -134,32 +158,47 @@ _GIVE_UP_OBJECTS = text(
 def defer_objects(
     connection: Connection, storage: str, bucket: str, keys: Iterable[str], attempts: int, backoff_seconds: float
 ) -> list[str]:
-    """Objects the storage failed to hand over wait `backoff_seconds` × 2^(tries so far) before another worker
-    may claim them; after `attempts` tries they leave the queue (a later listing finds them again).
-    Returns the keys given up on."""
-    params = {"storage": storage, "bucket": bucket, "keys": sorted(keys), "limit": attempts, "backoff": backoff_seconds}
+    """Claimed objects the storage failed to hand over (while it handed over others) wait `backoff_seconds`
+    × 2^(tries so far) before a worker may claim them again; after `attempts` tries they leave the queue
+    (the next full listing finds them again). Returns the keys given up on."""
+    params = {
+        "storage": storage, "bucket": bucket, "keys": sorted(keys), "limit": attempts, "backoff": backoff_seconds,
+        "owner": WORKER,
+    }
     if not params["keys"]:
         return []
     connection.execute(_DEFER_OBJECTS, params)
     return sorted(connection.execute(_GIVE_UP_OBJECTS, params).scalars())
 
 
-# Pending assets due for scoring, and scored ones lacking an enabled model's output (backfill).
-_NEEDS_SCORING = """
-    (a.status = 'pending' AND (a.retry_after IS NULL OR a.retry_after <= now())
-     OR a.status = 'scored' AND (
-          EXISTS (SELECT 1 FROM jsonb_to_recordset(CAST(:scorers AS jsonb)) AS w(name text, version text)
-                  WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.asset_id = a.id
-                                    AND s.scorer = w.name AND s.scorer_version = w.version))
-       OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(CAST(:embedders AS jsonb)) AS w(name)
-                  WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.asset_id = a.id AND e.embedder = w.name))))
-"""
+_CLAIM_PENDING = text(
+    """
+    WITH claimed AS (
+        SELECT id FROM assets
+        WHERE status = 'pending' AND (retry_after IS NULL OR retry_after <= now())
+          AND (lease_until IS NULL OR lease_until < now())
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE assets SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease)
+    FROM claimed WHERE assets.id = claimed.id
+    RETURNING assets.id
+    """
+)
 
-_CLAIM_ASSETS = text(
-    f"""
+# Scored assets after `:after` (in id order, so a run's backfill scans the table once) lacking the output
+# of an enabled scorer version or embedder.
+_CLAIM_BACKFILL = text(
+    """
     WITH claimed AS (
         SELECT a.id FROM assets a
-        WHERE {_NEEDS_SCORING} AND (a.lease_until IS NULL OR a.lease_until < now())
+        WHERE a.status = 'scored' AND a.id > :after AND (a.lease_until IS NULL OR a.lease_until < now())
+          AND (EXISTS (SELECT 1 FROM jsonb_to_recordset(CAST(:scorers AS jsonb)) AS w(name text, version text)
+                       WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.asset_id = a.id
+                                         AND s.scorer = w.name AND s.scorer_version = w.version))
+            OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(CAST(:embedders AS jsonb)) AS w(name)
+                       WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.asset_id = a.id AND e.embedder = w.name)))
         ORDER BY a.id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -171,51 +210,59 @@ _CLAIM_ASSETS = text(
 )
 
 
-def claim_assets(
-    connection: Connection, wanted_scores: Sequence[tuple[str, str]], embedders: Sequence[str], limit: int,
-    lease_seconds: float,
+def claim_pending(connection: Connection, limit: int, lease_seconds: float) -> list[int]:
+    """Claim up to `limit` pending assets due for scoring (deferred ones once their back-off has passed)."""
+    return sorted(connection.execute(_CLAIM_PENDING, {"limit": limit, "owner": WORKER, "lease": lease_seconds}).scalars())
+
+
+def claim_backfill(
+    connection: Connection, wanted_scores: Sequence[tuple[str, str]], embedders: Sequence[str], after: int,
+    limit: int, lease_seconds: float,
 ) -> list[int]:
-    """Claim up to `limit` assets that need scoring: pending ones, and scored ones lacking the output of one of
-    `wanted_scores` ((scorer, version)) or `embedders`."""
-    ids = connection.execute(
-        _CLAIM_ASSETS,
+    """Claim up to `limit` scored assets with ids above `after` that lack the output of one of `wanted_scores`
+    ((scorer, version)) or `embedders`: models enabled since they were scored."""
+    return sorted(connection.execute(
+        _CLAIM_BACKFILL,
         {
             "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
             "embedders": json.dumps(list(embedders)),
+            "after": after,
             "limit": limit,
             "owner": WORKER,
             "lease": lease_seconds,
         },
-    ).scalars()
-    return sorted(ids)
+    ).scalars())
 
 
-def lease_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds: float) -> None:
-    """Claim assets this worker just made pending (it scores them next, with the bytes it has in memory)."""
-    if asset_ids:
-        connection.execute(
-            text("UPDATE assets SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
-                 "WHERE id = ANY(:ids)"),
-            {"owner": WORKER, "lease": lease_seconds, "ids": list(asset_ids)},
-        )
+def lease_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds: float) -> list[int]:
+    """Claim the assets among `asset_ids` that no other worker holds (this worker scores them next, or keeps
+    them from being taken again in this run); returns those it holds now."""
+    if not asset_ids:
+        return []
+    return sorted(connection.execute(
+        text("UPDATE assets SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
+             "WHERE id = ANY(:ids) AND (lease_until IS NULL OR lease_until < now() OR lease_owner = :owner) "
+             "RETURNING id"),
+        {"owner": WORKER, "lease": lease_seconds, "ids": list(asset_ids)},
+    ).scalars())
 
 
 def renew_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds: float) -> None:
-    """Extend the live claims on `asset_ids` (ended ones stay ended): the batch is still being worked on."""
+    """Extend this worker's claims on `asset_ids` (ended ones stay ended): the batch is still being worked on."""
     if asset_ids:
         connection.execute(
             text("UPDATE assets SET lease_until = now() + make_interval(secs => :lease) "
-                 "WHERE id = ANY(:ids) AND lease_until IS NOT NULL"),
-            {"lease": lease_seconds, "ids": list(asset_ids)},
+                 "WHERE id = ANY(:ids) AND lease_owner = :owner"),
+            {"lease": lease_seconds, "ids": list(asset_ids), "owner": WORKER},
         )
 
 
 def release_assets(connection: Connection, asset_ids: Sequence[int]) -> None:
-    """End the scoring claims on `asset_ids`: their work is written (or deferred), in this transaction."""
+    """End this worker's claims on `asset_ids`: their work is written (or deferred), in this transaction."""
     if asset_ids:
         connection.execute(
-            text("UPDATE assets SET lease_owner = NULL, lease_until = NULL WHERE id = ANY(:ids) AND lease_until IS NOT NULL"),
-            {"ids": list(asset_ids)},
+            text("UPDATE assets SET lease_owner = NULL, lease_until = NULL WHERE id = ANY(:ids) AND lease_owner = :owner"),
+            {"ids": list(asset_ids), "owner": WORKER},
         )
 
 
@@ -234,9 +281,7 @@ _OTHERS_INGESTING = text(
                    AND lease_until > now() AND lease_owner <> :owner)
     """
 )
-_OTHERS_SCORING = text(
-    f"SELECT EXISTS (SELECT 1 FROM assets a WHERE a.lease_until > now() AND a.lease_owner <> :owner AND {_NEEDS_SCORING})"
-)
+_OTHERS_SCORING = text("SELECT EXISTS (SELECT 1 FROM assets WHERE lease_until > now() AND lease_owner <> :owner)")
 
 
 def others_ingesting(connection: Connection, storage: str, bucket: str, prefix: str) -> bool:
@@ -247,13 +292,9 @@ def others_ingesting(connection: Connection, storage: str, bucket: str, prefix: 
     ).scalar_one())
 
 
-def others_scoring(connection: Connection, wanted_scores: Sequence[tuple[str, str]], embedders: Sequence[str]) -> bool:
-    """Whether other workers hold live claims on assets that need scoring."""
-    return bool(connection.execute(
-        _OTHERS_SCORING,
-        {"owner": WORKER, "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
-         "embedders": json.dumps(list(embedders))},
-    ).scalar_one())
+def others_scoring(connection: Connection) -> bool:
+    """Whether other workers hold live claims on assets (scoring them, or keeping deferred ones for later)."""
+    return bool(connection.execute(_OTHERS_SCORING, {"owner": WORKER}).scalar_one())
 
 
 def release_worker(connection: Connection) -> None:

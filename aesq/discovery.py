@@ -13,7 +13,7 @@ A full listing ends by marking deleted the source's live assets that it did not 
 database, streamed in chunks). Sources in `settings.ordered_sources` (new keys always sort after the
 existing ones) are polled from a per-source cursor instead: only the keys after the greatest key seen are
 listed, so a poll costs what is new; every `full_listing_seconds` a full listing runs anyway, to find
-overwrites and deletions, and resets the cursor.
+overwrites and deletions, and records when it ran.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _DROP = "DROP TABLE IF EXISTS pg_temp.discovery_listed, pg_temp.discovery_gone"
 # whatever the planner guesses about the growing temporary table (it has no statistics; a hashed subplan
 # would read the whole table on every page).
 _READY = """
-    SELECT r.key, r.etag, coalesce(a.status <> 'deleted', false) AS changed, coalesce(f.key, s.key) AS sidecar,
+    SELECT r.key, r.etag, coalesce(f.key, s.key) AS sidecar,
            least(r.first COLLATE "C", r.second COLLATE "C") AS earliest
     FROM discovery_listed r
     LEFT JOIN LATERAL (
@@ -160,18 +160,18 @@ def _queue_ready(
     rows = connection.execute(_READY_REST if upto is None else _READY_UPTO, params).all()
     queued = [
         Listed(
-            row.key, row.etag, row.sidecar, changed=row.changed,
+            row.key, row.etag, row.sidecar,
             # A poll did not list the keys up to its cursor: a candidate there may exist unseen, so ingest
             # looks for the sidecar itself.
             listed=row.sidecar is not None or start_after is None or row.earliest > start_after,
         )
         for row in rows
     ]
-    queue_objects(connection, source.storage, source.bucket, queued)
-    return len(queued)
+    return queue_objects(connection, source.storage, source.bucket, queued)
 
 
 def _read_cursor(connection: Connection, name: str) -> _Cursor | None:
+    """The source's cursor, if it has been listed before."""
     row = connection.execute(
         text("SELECT after_key, full_listing_at FROM source_cursors WHERE source = :source"), {"source": name}
     ).first()
@@ -259,6 +259,7 @@ def _mark_gone(connection: Connection, source: Source, started: datetime) -> int
     connection.execute(
         _GONE, {"storage": source.storage, "bucket": source.bucket, "prefix": source.prefix, "started": started}
     )
+    connection.exec_driver_sql("CREATE INDEX ON discovery_gone (key)")  # each chunk is taken in key order
     connection.commit()
     deleted = 0
     while keys := list(connection.execute(_TAKE_GONE, {"limit": DELETIONS_PER_TRANSACTION}).scalars()):

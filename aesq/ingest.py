@@ -13,14 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from aesq import claims
-from aesq.claims import (
-    Queued,
-    claim_objects,
-    defer_objects,
-    finish_objects,
-    lease_assets,
-    log_work,
-)
+from aesq.claims import Queued, claim_objects, defer_objects, finish_objects, lease_assets, log_work, release_objects
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import (
@@ -112,7 +105,8 @@ def others_ingesting(source_uri: str, settings: Settings) -> bool:
 
 def ingest(source_uri: str, claimed: list[Queued], settings: Settings, score_next: bool = False) -> list[int]:
     """Record the claimed objects as assets and take them out of the queue; returns the ids now waiting for
-    scores, claimed for this worker when it scores them next (`score_next`: it has their bytes in memory).
+    scores; with `score_next` (this worker scores them next, with their bytes in memory) only those it could
+    claim for that.
 
     An object the storage fails to hand over stays queued, for another try after a back-off; when the
     storage fails for every object, the batch raises so the task is retried.
@@ -131,21 +125,20 @@ def ingest(source_uri: str, claimed: list[Queued], settings: Settings, score_nex
         examined = dict(zip(claimed, pool.map(examine, claimed)))
     unread = {queued.key: error for queued, error in examined.items() if isinstance(error, Exception)}
     if unread and len(unread) == len(claimed):
-        with get_engine(settings).begin() as connection:  # a retry or another worker takes them after the back-off
-            defer_objects(
-                connection, source.storage, source.bucket, unread, settings.retry_attempts, settings.retry_backoff_seconds
-            )
+        with get_engine(settings).begin() as connection:  # the storage is down: free for the retry or the next run
+            release_objects(connection, source.storage, source.bucket, unread)
         raise StorageUnavailable(f"cannot read {len(unread)} objects of {source.uri}: {one_line(next(iter(unread.values())))}")
-    records = [record for record in examined.values() if isinstance(record, AssetRecord)]
+    records = {record.key: record for record in examined.values() if isinstance(record, AssetRecord)}
+    done = {q.key: {q.etag} | ({records[q.key].etag} if q.key in records else set()) for q in claimed if q.key not in unread}
     with get_engine(settings).begin() as connection:
-        waiting = upsert_assets(connection, records)
-        finish_objects(connection, source.storage, source.bucket, [q for q in claimed if q.key not in unread])
+        waiting = upsert_assets(connection, list(records.values()))
+        finish_objects(connection, source.storage, source.bucket, done)
         given_up = defer_objects(
             connection, source.storage, source.bucket, unread, settings.retry_attempts, settings.retry_backoff_seconds
         )
         log_work(connection, "fetch", len(claimed) - len(unread))
-        if score_next:
-            lease_assets(connection, waiting, settings.lease_seconds)
+        if score_next:  # only what no other worker is scoring (a copy's content may be in another's batch)
+            waiting = lease_assets(connection, waiting, settings.lease_seconds)
     for key, error in unread.items():
         log.warning("%s %s: %s", "gave up on" if key in given_up else "will try again", key, one_line(error))
     return waiting

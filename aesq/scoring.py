@@ -25,7 +25,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from aesq import claims
-from aesq.claims import claim_assets, lease_assets, log_work, release_assets, renew_assets
+from aesq.claims import lease_assets, log_work, release_assets, renew_assets
 from aesq.config import Settings
 from aesq.database import get_engine
 from aesq.images import ImageRejected, PixelBudget, decode_rgb, pixel_budget
@@ -200,7 +200,8 @@ def _missing_outputs(
 
 
 def score_assets(
-    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager] = nullcontext
+    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager] = nullcontext,
+    own_claims: bool = True,
 ) -> BatchOutcome:
     """Give the assets among `asset_ids` every enabled model's output they lack; store it and their status.
 
@@ -209,11 +210,15 @@ def score_assets(
     pending asset; one missing or unreadable for now is deferred (`settings.retry_attempts`, with
     back-off); a batch in which storage failed for every image raises, so the task is retried.
     Outputs are stored on each content's canonical asset as it stands when they are written.
-    `model_slot` is held, inside this process's own slot, while the models run. The claims on the batch
-    are renewed while it is worked on, however long the models take.
+    `model_slot` is held, inside this process's own slot, while the models run. With `own_claims` (this
+    process claimed the batch) its claims are renewed while it is worked on, however long the models take,
+    and end with the batch but for the assets it could not finish, held until the run gives them back; a
+    pool worker, scoring a batch its flow claimed, leaves the claims to the flow.
     """
+    if not own_claims:
+        return _score_assets(asset_ids, settings, model_slot, own_claims)
     with keep_claimed(asset_ids, settings):
-        return _score_assets(asset_ids, settings, model_slot)
+        return _score_assets(asset_ids, settings, model_slot, own_claims)
 
 
 @contextmanager
@@ -241,7 +246,7 @@ def keep_claimed(asset_ids: list[int], settings: Settings) -> Iterator[None]:
 
 
 def _score_assets(
-    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager]
+    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager], own_claims: bool
 ) -> BatchOutcome:
     """`score_assets` itself."""
     scorers, embedders = load_models(settings)
@@ -259,8 +264,9 @@ def _score_assets(
     decoded, reads = fetch_assets(rows, settings)
     unusable = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, Unusable)}
     if unusable and all(item.storage_error for item in unusable.values()) and len(unusable) == len(rows):
-        with engine.begin() as connection:  # free for a retry, or the next run, at once
-            release_assets(connection, asset_ids)
+        if own_claims:
+            with engine.begin() as connection:  # free for a retry, or the next run, at once
+                release_assets(connection, asset_ids)
         raise StorageUnavailable(next(iter(unusable.values())).reason)
     failures = {asset_id: item.reason for asset_id, item in unusable.items()}
     images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, Unusable)}
@@ -296,8 +302,9 @@ def _score_assets(
         mark_failed(connection, {holder[i]: reason for i, reason in failures.items() if i in holder and i not in deferred})
         scored_ids = [usable[i] for i in images if i in pending and i in usable]
         mark_scored(connection, scored_ids)
-        release_assets(connection, [asset_id for asset_id in asset_ids if asset_id not in failures])
-        lease_assets(connection, sorted(failures), settings.lease_seconds)  # not again in this run; see release
+        if own_claims:
+            release_assets(connection, [asset_id for asset_id in asset_ids if asset_id not in failures])
+            lease_assets(connection, sorted(failures), settings.lease_seconds)  # not again in this run; see release
         log_work(connection, "fetch", reads)
         for model, ids in work.items():
             log_work(connection, f"model:{model.name}", len(ids))
@@ -307,19 +314,35 @@ def _score_assets(
 
 
 def claim_batch(settings: Settings) -> list[int]:
-    """Claim the next batch of assets waiting for scores (deferred ones once their back-off has passed), or
-    lacking the output of a model enabled since (here or in any scoring pool); empty when none is free."""
+    """Claim the next batch of pending assets due for scoring (deferred ones once their back-off has passed);
+    empty when none is free."""
+    with get_engine(settings).begin() as connection:
+        return claims.claim_pending(connection, settings.batch_size, settings.lease_seconds)
+
+
+def claim_backfill(settings: Settings, after: int) -> list[int]:
+    """Claim the next batch of scored assets, ids above `after`, lacking the output of a model enabled since
+    (here or in any scoring pool); empty when there is none left."""
     check_model_names(settings)
     wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
     with get_engine(settings).begin() as connection:
-        return claim_assets(connection, wanted_scores, settings.enabled_embedders, settings.batch_size, settings.lease_seconds)
+        return claims.claim_backfill(
+            connection, wanted_scores, settings.enabled_embedders, after, settings.batch_size, settings.lease_seconds
+        )
 
 
 def others_scoring(settings: Settings) -> bool:
-    """Whether other workers still hold claims on assets that need scoring."""
-    wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
+    """Whether other workers still hold claims on assets."""
     with get_engine(settings).connect() as connection:
-        return claims.others_scoring(connection, wanted_scores, settings.enabled_embedders)
+        return claims.others_scoring(connection)
+
+
+def end_claims(asset_ids: list[int], unfinished: set[int], settings: Settings) -> None:
+    """End this worker's claims on a batch the pools scored, but for the assets they could not finish (held
+    until the run gives them back, so it does not take them again)."""
+    with get_engine(settings).begin() as connection:
+        release_assets(connection, [asset_id for asset_id in asset_ids if asset_id not in unfinished])
+        lease_assets(connection, sorted(unfinished), settings.lease_seconds)
 
 
 def release(asset_ids: list[int], settings: Settings) -> None:
@@ -328,16 +351,13 @@ def release(asset_ids: list[int], settings: Settings) -> None:
         release_assets(connection, asset_ids)
 
 
-def batch_outcome(asset_ids: list[int], settings: Settings) -> BatchOutcome:
-    """How the assets of a batch stand now (after workers elsewhere scored it): scored, failed and deferred,
-    and those still claimed because their work could not be finished."""
+def batch_outcome(asset_ids: list[int], settings: Settings, unfinished: tuple[int, ...] = ()) -> BatchOutcome:
+    """How the assets of a batch stand now (after workers elsewhere scored it): scored, failed and deferred;
+    `unfinished` are the ones the workers could not finish."""
     with get_engine(settings).connect() as connection:
-        rows = connection.execute(
-            select(Asset.id, Asset.status, Asset.retry_after, Asset.lease_until).where(Asset.id.in_(asset_ids))
-        ).all()
+        rows = connection.execute(select(Asset.status, Asset.retry_after).where(Asset.id.in_(asset_ids))).all()
     statuses = [row.status for row in rows]
     deferred = sum(row.status == "pending" and row.retry_after is not None for row in rows)
-    unfinished = tuple(sorted(row.id for row in rows if row.lease_until is not None))
     return BatchOutcome(
         scored=statuses.count("scored"), failed=statuses.count("failed"), deferred=deferred, unfinished=unfinished
     )

@@ -89,6 +89,9 @@ class Asset(Base):
         Index("ix_assets_status", "status"),
         Index("ix_assets_sha256", "sha256"),
         Index("ix_assets_generator_id", "generator_id"),
+        # Claims (aesq/claims.py): pending assets in id order, and live leases.
+        Index("ix_assets_pending", "id", postgresql_where=text("status = 'pending'")),
+        Index("ix_assets_lease_until", "lease_until", postgresql_where=text("lease_until IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -46,11 +46,6 @@ def s3_sources(sources: Iterable[str]) -> list[tuple[str, str]]:
     return [tuple(uri.removeprefix("s3://").partition("/")[::2]) for uri in sources if uri.startswith("s3://")]
 
 
-_KNOWN = sa.text(
-    "SELECT key, etag, status FROM assets WHERE storage = :storage AND bucket = :bucket AND key = ANY(:keys)"
-)
-
-
 class Bridge:
     """Queues notified objects and emits one event per bucket per window."""
 
@@ -79,16 +74,9 @@ class Bridge:
         queued: dict[str, int] = {}
         with get_engine(self.settings).begin() as connection:
             for bucket, etags in by_bucket.items():
-                known = {row.key: row for row in connection.execute(
-                    _KNOWN, {"storage": STORAGE, "bucket": bucket, "keys": sorted(etags)})}
-                objects = [
-                    Listed(key, etag, changed=key in known and known[key].status != "deleted", listed=False)
-                    for key, etag in etags.items()
-                    if key not in known or known[key].status == "deleted" or etag is None or known[key].etag != etag
-                ]
-                queue_objects(connection, STORAGE, bucket, objects)
-                if objects:
-                    queued[bucket] = len(objects)
+                objects = [Listed(key, etag, listed=False) for key, etag in etags.items()]
+                if count := queue_objects(connection, STORAGE, bucket, objects):
+                    queued[bucket] = count
         for bucket, count in queued.items():
             self._schedule(bucket, count)
         total = sum(queued.values())

@@ -21,7 +21,7 @@ from tasks.ingest import (
     ingest_objects,
     others_ingesting,
 )
-from tasks.score import claim_assets, others_scoring, release_assets, score_assets
+from tasks.score import claim_assets, claim_backfill, others_scoring, release_assets, score_assets
 
 # Events that chain the deployments (flows/deployments.py): emitted only when a flow did something.
 INGESTED = "aesq.assets.ingested"
@@ -30,7 +30,9 @@ SCORED = "aesq.assets.scored"
 # A few batches in flight: downloads and decoding of one overlap the models working on another. A run
 # claims no more than that ahead, so other workers on the same source get their share.
 IN_FLIGHT = 4
-_RUNNER = ThreadPoolTaskRunner(max_workers=IN_FLIGHT)
+# A thread for each in-flight batch's ingest and for its score (which waits for the ingest), and one for
+# discovery: a claimed batch starts at once instead of waiting out its lease for a thread.
+_RUNNER = ThreadPoolTaskRunner(max_workers=2 * IN_FLIGHT + 1)
 POLL_SECONDS = 1.0
 
 
@@ -71,9 +73,15 @@ def _claimed_objects(source: str, discovery: PrefectFuture | None, active: list[
 
 
 def _claimed_assets(active: list[PrefectFuture]) -> Iterator[list[int]]:
-    """Batches of assets claimed for scoring, until none is due and no other worker holds a claim."""
+    """Batches of assets claimed for scoring, pending ones first, then those lacking a model enabled since
+    (one pass in id order), until none is due and no other worker holds a claim."""
+    backfill_after: int | None = 0  # None once this run's backfill pass is over
     while _room(active):
-        if ids := claim_assets():
+        ids = claim_assets()
+        if not ids and backfill_after is not None:
+            ids = claim_backfill(backfill_after)
+            backfill_after = max(ids) if ids else None
+        if ids:
             yield ids
         elif not others_scoring():
             return

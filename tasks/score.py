@@ -22,7 +22,7 @@ from tasks import RETRY
 
 @task(name="claim-assets", **RETRY)
 def claim_assets() -> list[int]:
-    """Claim the next batch of assets waiting for scores (or for a model enabled since) for this worker.
+    """Claim the next batch of pending assets for this worker.
 
     Returns:
         Asset ids; empty when none is free.
@@ -30,9 +30,22 @@ def claim_assets() -> list[int]:
     return scoring.claim_batch(get_settings())
 
 
+@task(name="claim-backfill", **RETRY)
+def claim_backfill(after: int) -> list[int]:
+    """Claim the next batch of scored assets lacking a model enabled since, for this worker.
+
+    Args:
+        after: only assets with greater ids (where this run's previous backfill claim ended).
+
+    Returns:
+        Asset ids; empty when none is left.
+    """
+    return scoring.claim_backfill(get_settings(), after)
+
+
 @task(name="others-scoring", **RETRY)
 def others_scoring() -> bool:
-    """Whether other workers still hold claims on assets that need scoring."""
+    """Whether other workers still hold claims on assets."""
     return scoring.others_scoring(get_settings())
 
 
@@ -60,9 +73,9 @@ def score_assets(asset_ids: list[int]) -> scoring.BatchOutcome:
         return scoring.score_assets(asset_ids, settings)
     with scoring.keep_claimed(asset_ids, settings):
         futures = [pool_task(pool).delay(asset_ids) for pool in settings.pools]
-        for future in futures:
-            future.result(timeout=settings.pool_wait_seconds)
-    return scoring.batch_outcome(asset_ids, settings)
+        unfinished = {i for future in futures for i in future.result(timeout=settings.pool_wait_seconds).unfinished}
+    scoring.end_claims(asset_ids, unfinished, settings)
+    return scoring.batch_outcome(asset_ids, settings, tuple(sorted(unfinished)))
 
 
 def gpu_slot_name(worker: str) -> str:
@@ -102,7 +115,9 @@ def pool_task(pool: str, device: str | None = None, worker: str | None = None) -
 
     def score_on_pool(asset_ids: list[int]) -> scoring.BatchOutcome:
         """Score one batch with this pool's models, holding the worker's slot while they run."""
-        return scoring.score_assets(asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker))
+        return scoring.score_assets(
+            asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker), own_claims=False
+        )
 
     # Prefect keys a task by its function's name and code: the pool in the name keeps pools apart.
     score_on_pool.__qualname__ = f"score_on_pool_{pool}"

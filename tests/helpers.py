@@ -53,11 +53,13 @@ def ingest_all(source: str, settings) -> list[int]:
 
 
 def score_all(settings) -> None:
-    """Claim and score batches until none is due, then give back what could not be finished (as a run does)."""
+    """Claim and score batches until none is due (pending, then backfill), then give back what could not be
+    finished (as a run does)."""
     from aesq import scoring
 
-    unfinished = []
-    while batch := scoring.claim_batch(settings):
+    unfinished, backfill_after = [], 0
+    while batch := scoring.claim_batch(settings) or scoring.claim_backfill(settings, backfill_after):
+        backfill_after = max(backfill_after, *batch)
         unfinished += scoring.score_assets(batch, settings).unfinished
     scoring.release(unfinished, settings)
 

@@ -27,6 +27,9 @@ def upgrade() -> None:
                                       comment='the worker scoring this asset now (aesq/claims.py)'))
     op.add_column('assets', sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True,
                                       comment='the scoring claim lapses then, and any worker may take the asset'))
+    op.create_index('ix_assets_pending', 'assets', ['id'], unique=False, postgresql_where=sa.text("status = 'pending'"))
+    op.create_index('ix_assets_lease_until', 'assets', ['lease_until'], unique=False,
+                    postgresql_where=sa.text('lease_until IS NOT NULL'))
     op.create_table('ingest_queue',
     sa.Column('storage', sa.Text(), nullable=False),
     sa.Column('bucket', sa.Text(), nullable=False),
@@ -65,5 +68,7 @@ def downgrade() -> None:
     op.drop_table('source_cursors')
     op.drop_index('ix_ingest_queue_order', table_name='ingest_queue')
     op.drop_table('ingest_queue')
+    op.drop_index('ix_assets_lease_until', table_name='assets')
+    op.drop_index('ix_assets_pending', table_name='assets')
     op.drop_column('assets', 'lease_until')
     op.drop_column('assets', 'lease_owner')

@@ -7,7 +7,7 @@ import time
 
 import sqlalchemy as sa
 
-from aesq import claims, scoring
+from aesq import claims, discovery, scoring
 from aesq.claims import Listed
 from aesq.database import get_engine
 from tests.helpers import ingest_all, jpeg_bytes, noise_image
@@ -37,10 +37,21 @@ def test_workers_claim_disjoint_batches_until_the_queue_is_taken(settings):
     assert _claim(settings, limit=5) == []
 
 
-def test_changed_objects_are_claimed_first(settings):
+def test_changed_objects_are_claimed_first_and_recorded_ones_are_not_queued_again(settings, tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for index, name in enumerate(("b.jpg", "y.jpg", "z.jpg")):
+        (folder / name).write_bytes(jpeg_bytes(noise_image(index, 32)))
+    ingest_all(str(folder), settings)
+    source = discovery.open_source(str(folder), settings)
     with get_engine(settings).begin() as connection:
-        claims.queue_objects(connection, "s3", "b", [Listed("a", "1"), Listed("z", "1", changed=True), Listed("y", "1", changed=True)])
-    assert _claim(settings, limit=2) == ["y", "z"]
+        etags = dict(connection.execute(sa.text("SELECT key, etag FROM assets")).all())
+        unchanged = [Listed(key, etag) for key, etag in etags.items()]
+        assert claims.queue_objects(connection, source.storage, source.bucket, unchanged) == 0
+        fresh_and_changed = [Listed("a.jpg", "1"), Listed("z.jpg", "other"), Listed("y.jpg", "other")]
+        assert claims.queue_objects(connection, source.storage, source.bucket, fresh_and_changed) == 3
+        taken = claims.claim_objects(connection, source.storage, source.bucket, "", 2, 60)
+    assert [q.key for q in taken] == ["y.jpg", "z.jpg"]
 
 
 def test_a_lapsed_lease_frees_the_batch_for_another_worker(settings):
@@ -57,7 +68,7 @@ def test_an_object_queued_again_with_new_bytes_while_claimed_stays_queued(settin
         claimed = claims.claim_objects(connection, "s3", "b", "", 2, 60)
     _queue(settings, ["a"], etag="e2")  # overwritten while a worker ingests the old bytes
     with get_engine(settings).begin() as connection:
-        claims.finish_objects(connection, "s3", "b", claimed)
+        claims.finish_objects(connection, "s3", "b", {q.key: {q.etag} for q in claimed})
         left = connection.execute(sa.text("SELECT key, etag, lease_until FROM ingest_queue")).all()
     assert [(row.key, row.etag, row.lease_until) for row in left] == [("a", "e2", None)]
 
@@ -65,6 +76,7 @@ def test_an_object_queued_again_with_new_bytes_while_claimed_stays_queued(settin
 def test_objects_storage_keeps_failing_leave_the_queue_after_the_last_attempt(settings):
     _queue(settings, ["a"])
     for attempt in range(1, 4):
+        assert _claim(settings) == ["a"]  # back-off 0: due again at once
         with get_engine(settings).begin() as connection:
             given_up = claims.defer_objects(connection, "s3", "b", ["a"], attempts=3, backoff_seconds=0)
         assert given_up == (["a"] if attempt == 3 else [])
@@ -84,3 +96,13 @@ def test_renewed_claims_outlive_their_lease_and_end_with_the_batch(settings, tmp
         assert scoring.claim_batch(settings) == [], "the renewed claim still holds"
     time.sleep(0.7)
     assert scoring.claim_batch(settings) == [asset_id], "once the block ended, the lease lapses"
+
+
+def test_a_worker_renews_releases_and_defers_only_the_claims_it_holds(settings):
+    _queue(settings, ["a"])
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text("UPDATE ingest_queue SET lease_owner = 'other', lease_until = now() + interval '1 hour'"))
+        claims.release_objects(connection, "s3", "b", ["a"])
+        claims.defer_objects(connection, "s3", "b", ["a"], attempts=1, backoff_seconds=0)
+        row = connection.execute(sa.text("SELECT lease_owner, attempts FROM ingest_queue")).one()
+    assert tuple(row) == ("other", 0)

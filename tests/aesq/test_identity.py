@@ -138,7 +138,7 @@ def test_object_missing_at_scoring_time_is_retried_and_recovers_when_restored(so
 
     outcome = scoring.score_assets(ids, settings)
     assert (outcome.scored, outcome.failed, outcome.deferred) == (0, 0, 1)
-    assert scoring.batch_outcome(ids, settings) == outcome  # as a flow handing batches to pools reads it
+    assert scoring.batch_outcome(ids, settings, outcome.unfinished) == outcome  # as a flow handing batches to pools reads it
     row = _assets()[KEY]
     assert (row.status, row.attempts) == ("pending", 1) and "no longer exists" in row.error
     scoring.release(list(outcome.unfinished), settings)

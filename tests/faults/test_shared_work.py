@@ -59,7 +59,7 @@ def test_a_killed_workers_claimed_batch_is_done_by_another_when_its_lease_lapses
     engine = get_engine(fault_settings)
 
     first = start_aesq_run(source)
-    owner = f"%:{first.pid}"
+    owner = f"%:{first.pid}:%"
 
     def first_holds_a_claim() -> bool:
         """The first run holds a live claim on queued objects or on assets to score."""
