@@ -281,7 +281,13 @@ _OTHERS_INGESTING = text(
                    AND lease_until > now() AND lease_owner <> :owner)
     """
 )
-_OTHERS_SCORING = text("SELECT EXISTS (SELECT 1 FROM assets WHERE lease_until > now() AND lease_owner <> :owner)")
+_OTHERS_SCORING = text(
+    """
+    SELECT EXISTS (SELECT 1 FROM assets WHERE lease_until > now() AND lease_owner <> :owner
+                   AND (CAST(:storage AS text) IS NULL
+                        OR storage = :storage AND bucket = :bucket AND starts_with(key, :prefix)))
+    """
+)
 
 
 def others_ingesting(connection: Connection, storage: str, bucket: str, prefix: str) -> bool:
@@ -292,9 +298,12 @@ def others_ingesting(connection: Connection, storage: str, bucket: str, prefix: 
     ).scalar_one())
 
 
-def others_scoring(connection: Connection) -> bool:
-    """Whether other workers hold live claims on assets (scoring them, or keeping deferred ones for later)."""
-    return bool(connection.execute(_OTHERS_SCORING, {"owner": WORKER}).scalar_one())
+def others_scoring(connection: Connection, storage: str | None = None, bucket: str = "", prefix: str = "") -> bool:
+    """Whether other workers hold live claims on assets (of one source when `storage` is given): scoring
+    them, or keeping deferred ones for later."""
+    return bool(connection.execute(
+        _OTHERS_SCORING, {"owner": WORKER, "storage": storage, "bucket": bucket, "prefix": prefix}
+    ).scalar_one())
 
 
 def release_worker(connection: Connection) -> None:

@@ -38,6 +38,7 @@ from aesq.storage import (
     StorageUnavailable,
     minio_client,
     one_line,
+    open_source,
     recent_objects,
 )
 from aesq.store import (
@@ -331,10 +332,14 @@ def claim_backfill(settings: Settings, after: int) -> list[int]:
         )
 
 
-def others_scoring(settings: Settings) -> bool:
-    """Whether other workers still hold claims on assets."""
+def others_scoring(settings: Settings, source_uri: str | None = None) -> bool:
+    """Whether other workers still hold claims on assets (of `source_uri` only, when given: a run on one
+    source does not wait for a busy worker's backlog elsewhere)."""
+    source = open_source(source_uri, settings) if source_uri is not None else None
     with get_engine(settings).connect() as connection:
-        return claims.others_scoring(connection)
+        if source is None:
+            return claims.others_scoring(connection)
+        return claims.others_scoring(connection, source.storage, source.bucket, source.prefix)
 
 
 def end_claims(asset_ids: list[int], unfinished: set[int], settings: Settings) -> None:

@@ -72,9 +72,10 @@ def _claimed_objects(source: str, discovery: PrefectFuture | None, active: list[
             time.sleep(POLL_SECONDS)
 
 
-def _claimed_assets(active: list[PrefectFuture]) -> Iterator[list[int]]:
+def _claimed_assets(active: list[PrefectFuture], source: str | None) -> Iterator[list[int]]:
     """Batches of assets claimed for scoring, pending ones first, then those lacking a model enabled since
-    (one pass in id order), until none is due and no other worker holds a claim."""
+    (one pass in id order), until none is due and no other worker holds a claim (on `source`'s assets,
+    when given)."""
     backfill_after: int | None = 0  # None once this run's backfill pass is over
     while _room(active):
         ids = claim_assets()
@@ -83,7 +84,7 @@ def _claimed_assets(active: list[PrefectFuture]) -> Iterator[list[int]]:
             backfill_after = max(ids) if ids else None
         if ids:
             yield ids
-        elif not others_scoring():
+        elif not others_scoring(source):
             return
         else:
             time.sleep(POLL_SECONDS)
@@ -109,11 +110,11 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
     return ids
 
 
-def _score_claimed(outcomes: list[PrefectFuture]) -> list[BatchOutcome]:
+def _score_claimed(outcomes: list[PrefectFuture], source: str | None = None) -> list[BatchOutcome]:
     """Score every batch claimed for scoring, after the batches in `outcomes`; what could not be finished is
     given back for the next run."""
     active = list(outcomes)
-    for ids in _claimed_assets(active):
+    for ids in _claimed_assets(active, source):
         outcomes.append(score_assets.submit(ids))
         active.append(outcomes[-1])
     done = [future.result() for future in outcomes]
@@ -153,6 +154,6 @@ def run_flow(source: str) -> list[BatchOutcome]:
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
     discovery.result()
-    outcomes = _score_claimed(scored)
+    outcomes = _score_claimed(scored, source)
     aggregate_versions()
     return outcomes

@@ -44,9 +44,9 @@ def claim_backfill(after: int) -> list[int]:
 
 
 @task(name="others-scoring", **RETRY)
-def others_scoring() -> bool:
-    """Whether other workers still hold claims on assets."""
-    return scoring.others_scoring(get_settings())
+def others_scoring(source: str | None = None) -> bool:
+    """Whether other workers still hold claims on assets (of `source` only, when given)."""
+    return scoring.others_scoring(get_settings(), source)
 
 
 @task(name="release-assets", **RETRY)

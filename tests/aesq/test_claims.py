@@ -106,3 +106,16 @@ def test_a_worker_renews_releases_and_defers_only_the_claims_it_holds(settings):
         claims.defer_objects(connection, "s3", "b", ["a"], attempts=1, backoff_seconds=0)
         row = connection.execute(sa.text("SELECT lease_owner, attempts FROM ingest_queue")).one()
     assert tuple(row) == ("other", 0)
+
+
+def test_a_run_waits_for_other_workers_claims_on_its_own_source_only(settings, tmp_path):
+    busy, mine = tmp_path / "busy", tmp_path / "mine"
+    busy.mkdir()
+    mine.mkdir()
+    (busy / "a.jpg").write_bytes(jpeg_bytes(noise_image(1, 32)))
+    ingest_all(str(busy), settings)
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text("UPDATE assets SET lease_owner = 'other', lease_until = now() + interval '1 hour'"))
+    assert scoring.others_scoring(settings, str(busy))
+    assert not scoring.others_scoring(settings, str(mine))
+    assert scoring.others_scoring(settings)
