@@ -185,9 +185,10 @@ def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
     return f"flow run {flow_run.name!r} marked Cancelled; run it again to finish"
 
 
-def _run_with_progress(settings: Settings, source: str, verbose: bool) -> None:
-    """Run the spine flow on `source` in a worker thread; the main thread shows a bar of the source's finished
-    assets and stays free to stop at once on SIGINT/SIGTERM, marking the flow run Cancelled."""
+def _run_with_progress(settings: Settings, source: str, verbose: bool, scorers: list[str] | None = None) -> None:
+    """Run the spine flow on `source` (with `scorers` instead of the configured ones, when given) in a worker
+    thread; the main thread shows a bar of the source's finished assets and stays free to stop at once on
+    SIGINT/SIGTERM, marking the flow run Cancelled."""
     from prefect.flow_engine import run_flow as run_flow_engine
     from prefect.states import Pending
     from sqlalchemy.exc import SQLAlchemyError
@@ -197,7 +198,7 @@ def _run_with_progress(settings: Settings, source: str, verbose: bool) -> None:
     from flows.spine import run_flow
 
     opened = open_source(source, settings)
-    parameters = {"source": opened.uri}
+    parameters = {"source": opened.uri, "scorers": scorers}
     with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
         flow_run = client.create_flow_run(run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending())
     outcome: dict[str, BaseException | None] = {"error": None}
@@ -433,10 +434,7 @@ def report(
 
     _quiet_prefect(verbose)
     settings = _ready_settings()
-    if days is not None:
-        os.environ["AESQ_REPORT_DAYS"] = str(days)
-        get_settings.cache_clear()
-    location = report_flow()
+    location = report_flow(days)
     if out is not None:
         out.write_bytes(load_file(location, settings))
     console.print(f"report saved to {location}" + (f" and {out}" if out else ""))
@@ -538,26 +536,6 @@ def worker(
         serve(*deployments(settings))
 
 
-@contextmanager
-def _scorer_enabled(name: str) -> Iterator[None]:
-    """Add `name` to the enabled scorers (AESQ_SCORERS) for the duration, so the flows run it too."""
-    enabled = get_settings().scorers
-    if name in enabled:
-        yield
-        return
-    before = os.environ.get("AESQ_SCORERS")
-    os.environ["AESQ_SCORERS"] = ",".join([*enabled, name])
-    get_settings.cache_clear()
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("AESQ_SCORERS")
-        else:
-            os.environ["AESQ_SCORERS"] = before
-        get_settings.cache_clear()
-
-
 def _number(value: float | None, digits: int = 3) -> str:
     """A statistic for a table; "—" where it is undefined."""
     return "—" if value is None else f"{value:.{digits}f}"
@@ -573,16 +551,18 @@ def bench_labels(
 ) -> None:
     """Score a labelled set through the flows and report agreement with the human scores (SRCC, PLCC, bias)."""
     from aesq.labels import LabelError, label_report, labelled_pairs, read_labels
+    from aesq.scoring import check_model_names
 
     _quiet_prefect(verbose)
     try:
         labels = read_labels(data)
     except LabelError as error:
         raise CliError(str(error)) from None
-    with _scorer_enabled(scorer):
-        settings = _ready_settings()
-        _run_with_progress(settings, str(data), verbose)
-        pairs, excluded = labelled_pairs(settings, data, labels, scorer)
+    settings = _ready_settings()
+    scorers = list(dict.fromkeys([*settings.scorers, scorer]))  # enabled for this run if it is not
+    check_model_names(settings.model_copy(update={"scorers": scorers}))
+    _run_with_progress(settings, str(data), verbose, scorers)
+    pairs, excluded = labelled_pairs(settings, data, labels, scorer)
     if excluded:
         console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
         for failure in excluded:

@@ -19,9 +19,9 @@ def defects_flow() -> int:
 
 
 @flow(name="aesq-report")
-def report_flow() -> str:
-    """Render and save the quality report; returns where it went."""
-    return publish_report()
+def report_flow(days: int | None = None) -> str:
+    """Render and save the quality report, its trend over `days` (default AESQ_REPORT_DAYS); returns where it went."""
+    return publish_report(days)
 
 
 @flow(name="aesq-after-scoring")

@@ -72,7 +72,7 @@ def _claimed_objects(source: str, discovery: PrefectFuture | None, active: list[
             time.sleep(POLL_SECONDS)
 
 
-def _claimed_assets(active: list[PrefectFuture], source: str | None) -> Iterator[list[int]]:
+def _claimed_assets(active: list[PrefectFuture], source: str | None, scorers: list[str] | None) -> Iterator[list[int]]:
     """Batches of assets claimed for scoring, pending ones first, then those lacking a model enabled since
     (one pass in id order), until none is due and no other worker holds a claim (on `source`'s assets,
     when given)."""
@@ -80,7 +80,7 @@ def _claimed_assets(active: list[PrefectFuture], source: str | None) -> Iterator
     while _room(active):
         ids = claim_assets()
         if not ids and backfill_after is not None:
-            ids = claim_backfill(backfill_after)
+            ids = claim_backfill(backfill_after, scorers)
             backfill_after = max(ids) if ids else None
         if ids:
             yield ids
@@ -110,12 +110,14 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
     return ids
 
 
-def _score_claimed(outcomes: list[PrefectFuture], source: str | None = None) -> list[BatchOutcome]:
+def _score_claimed(
+    outcomes: list[PrefectFuture], source: str | None = None, scorers: list[str] | None = None
+) -> list[BatchOutcome]:
     """Score every batch claimed for scoring, after the batches in `outcomes`; what could not be finished is
     given back for the next run."""
     active = list(outcomes)
-    for ids in _claimed_assets(active, source):
-        outcomes.append(score_assets.submit(ids))
+    for ids in _claimed_assets(active, source, scorers):
+        outcomes.append(score_assets.submit(ids, scorers))
         active.append(outcomes[-1])
     done = [future.result() for future in outcomes]
     if unfinished := [asset_id for outcome in done for asset_id in outcome.unfinished]:
@@ -139,21 +141,22 @@ def aggregate_flow() -> int:
 
 
 @flow(name="aesq-run", task_runner=_RUNNER)
-def run_flow(source: str) -> list[BatchOutcome]:
+def run_flow(source: str, scorers: list[str] | None = None) -> list[BatchOutcome]:
     """Ingest, score and aggregate `source` once, each batch scored by the worker that ingested it, with
-    its bytes still in memory; ends when the source is done, by this run or by others."""
+    its bytes still in memory; ends when the source is done, by this run or by others. `scorers`, when
+    given, replaces the configured scorers for this run."""
     discovery = discover_objects.submit(source)
     ingested: list[PrefectFuture] = []
     scored: list[PrefectFuture] = []
     active: list[PrefectFuture] = []
     for claimed in _claimed_objects(source, discovery, active):
         ingested.append(ingest := ingest_objects.submit(source, claimed, score_next=True))
-        scored.append(score_assets.submit(ingest))
+        scored.append(score_assets.submit(ingest, scorers))
         active.append(scored[-1])
     wait(scored)
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
     discovery.result()
-    outcomes = _score_claimed(scored, source)
+    outcomes = _score_claimed(scored, source, scorers)
     aggregate_versions()
     return outcomes

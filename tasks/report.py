@@ -9,13 +9,19 @@ from tasks import RETRY
 
 
 @task(name="publish-report", **RETRY)
-def publish_report() -> str:
+def publish_report(days: int | None = None) -> str:
     """Build the report from the database, save it, and publish its leaderboard (stable artifact keys).
+
+    Args:
+        days: the trend window; None takes AESQ_REPORT_DAYS.
 
     Returns:
         Where the HTML report was saved.
     """
-    location, data = nightly_report.publish_report(get_settings())
+    settings = get_settings()
+    if days is not None:
+        settings = settings.model_copy(update={"report_days": days})
+    location, data = nightly_report.publish_report(settings)
     rows = [
         {"version": line.version, "scorer": line.scorer, "n": line.count, "mean": round(line.mean, 3),
          "change": None if line.change is None else round(line.change, 3)}

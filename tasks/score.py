@@ -16,7 +16,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 
 from aesq import scoring
-from aesq.config import get_settings
+from aesq.config import Settings, get_settings
 from tasks import RETRY
 
 
@@ -30,17 +30,24 @@ def claim_assets() -> list[int]:
     return scoring.claim_batch(get_settings())
 
 
+def _settings(scorers: list[str] | None) -> Settings:
+    """The settings, with the run's own scorers when it names them (e.g. `aesq bench labels` adds one)."""
+    settings = get_settings()
+    return settings if scorers is None else settings.model_copy(update={"scorers": scorers})
+
+
 @task(name="claim-backfill", **RETRY)
-def claim_backfill(after: int) -> list[int]:
+def claim_backfill(after: int, scorers: list[str] | None = None) -> list[int]:
     """Claim the next batch of scored assets lacking a model enabled since, for this worker.
 
     Args:
         after: only assets with greater ids (where this run's previous backfill claim ended).
+        scorers: the run's scorers, when not the configured ones.
 
     Returns:
         Asset ids; empty when none is left.
     """
-    return scoring.claim_backfill(get_settings(), after)
+    return scoring.claim_backfill(_settings(scorers), after)
 
 
 @task(name="others-scoring", **RETRY)
@@ -56,7 +63,7 @@ def release_assets(asset_ids: list[int]) -> None:
 
 
 @task(name="score-assets", **RETRY)
-def score_assets(asset_ids: list[int]) -> scoring.BatchOutcome:
+def score_assets(asset_ids: list[int], scorers: list[str] | None = None) -> scoring.BatchOutcome:
     """Score one batch with every enabled scorer and embedder and store the results.
 
     Without scoring pools the models run here; with pools, every pool's workers score the batch with
@@ -64,11 +71,12 @@ def score_assets(asset_ids: list[int]) -> scoring.BatchOutcome:
 
     Args:
         asset_ids: ids of one batch; ids that are not pending any more are skipped.
+        scorers: the run's scorers, when not the configured ones.
 
     Returns:
         How many assets were scored and how many failed.
     """
-    settings = get_settings()
+    settings = _settings(scorers)
     if not settings.pools:
         return scoring.score_assets(asset_ids, settings)
     with scoring.keep_claimed(asset_ids, settings):
