@@ -216,9 +216,7 @@ def score_assets(
     and end with the batch but for the assets it could not finish, held until the run gives them back; a
     pool worker, scoring a batch its flow claimed, leaves the claims to the flow.
     """
-    if not own_claims:
-        return _score_assets(asset_ids, settings, model_slot, own_claims)
-    with keep_claimed(asset_ids, settings):
+    with keep_claimed(asset_ids, settings) if own_claims else nullcontext():
         return _score_assets(asset_ids, settings, model_slot, own_claims)
 
 

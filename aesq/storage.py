@@ -10,7 +10,7 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -78,10 +78,6 @@ def sidecar_candidates(key: str) -> list[str]:
     """Where the sidecar of image `key` may be, in order of preference: `a/b.png.json`, then `a/b.json`."""
     return [f"{key}{SIDECAR_SUFFIX}", str(PurePosixPath(key).with_suffix(SIDECAR_SUFFIX))]
 
-
-def sidecar_for(key: str, listed: Collection[str]) -> str | None:
-    """The sidecar of `key` among the listed keys: `a/b.png.json`, else `a/b.json`."""
-    return next((candidate for candidate in sidecar_candidates(key) if candidate in listed), None)
 
 
 class Source:

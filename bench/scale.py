@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import memory  # bench/memory.py, beside this file
 import workers as workers_part  # bench/workers.py, beside this file
 
 PER_DIRECTORY = 1000
@@ -211,17 +211,10 @@ def run_discovery(
 
 def fresh_database(admin_url: str) -> str:
     """A new database on the embedded server, migrated to head; returns its URL."""
-    import sqlalchemy as sa
-
     from aesq import database
     from aesq.config import Settings
 
-    name = f"aesq_scale_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    url = memory.fresh_database(admin_url)
     database.upgrade(settings=Settings(database_url=url))
     return url
 

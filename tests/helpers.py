@@ -155,3 +155,24 @@ def assert_statistics_match_rows(settings) -> None:
     for group, (count, mean) in expected.items():
         assert stored[group][0] == count and abs(stored[group][1] - mean) < 1e-9, group
     assert stored_days == expected_days
+
+
+def end_other_sessions(url: str) -> int:
+    """End every other session on the database at `url`, as a failover or an administrator's kill does;
+    returns how many."""
+    import sqlalchemy as sa
+
+    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as admin:
+        ended = admin.execute(
+            sa.text("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        ).scalar_one()
+        admin.commit()
+    return ended
+
+
+def sidecar_for(key: str, listed: Collection[str]) -> str | None:
+    """The sidecar of `key` among the listed keys, by the rule ingest follows: `a/b.png.json`, else `a/b.json`."""
+    from aesq.storage import sidecar_candidates
+
+    return next((candidate for candidate in sidecar_candidates(key) if candidate in listed), None)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from aesq import database
 from aesq.config import Settings
 from aesq.tables import Base
+from tests.helpers import end_other_sessions
 
 EXPECTED_TABLES = {
     "generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports",
@@ -118,17 +119,6 @@ def test_a_full_pool_says_which_setting_sizes_it(migrated_database_url, monkeypa
         pooled.dispose()
 
 
-def _terminate_other_backends(url: str) -> int:
-    """End every other session on the test's database, as a server-side kill or failover does; returns how many."""
-    with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as admin:
-        ended = admin.execute(
-            sa.text("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        ).scalar_one()
-        admin.commit()
-    return ended
-
-
 def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url):
     url = _own_engine_url(migrated_database_url, "aesq-reconnect-test")
     pooled = database.engine(url, 2)
@@ -137,14 +127,14 @@ def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url)
         pids = {c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for c in (first, second)}
         first.close()
         second.close()  # both idle in the pool now
-        assert _terminate_other_backends(migrated_database_url) >= 2
+        assert end_other_sessions(migrated_database_url) >= 2
         with pooled.connect() as connection:  # pinged, found dead, replaced
             assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() not in pids
             assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().to_list() == [1, 2]  # vector types registered anew
 
         busy = pooled.connect()
         busy.execute(sa.text("SELECT 1"))  # in a transaction when its session is ended
-        _terminate_other_backends(migrated_database_url)
+        end_other_sessions(migrated_database_url)
         with pytest.raises(sa.exc.OperationalError):
             busy.execute(sa.text("SELECT 1"))
         busy.close()

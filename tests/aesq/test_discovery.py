@@ -21,9 +21,8 @@ from aesq.storage import (
     is_sidecar,
     open_source,
     sidecar_candidates,
-    sidecar_for,
 )
-from tests.helpers import ingest_all, jpeg_bytes, noise_image, put
+from tests.helpers import ingest_all, jpeg_bytes, noise_image, put, sidecar_for
 
 IMAGES = {seed: jpeg_bytes(noise_image(seed, 32)) for seed in range(8)}
 

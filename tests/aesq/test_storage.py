@@ -18,9 +18,8 @@ from aesq.storage import (
     SourceError,
     StoredObject,
     open_source,
-    sidecar_for,
 )
-from tests.helpers import put
+from tests.helpers import put, sidecar_for
 
 
 def _md5(data: bytes) -> str:

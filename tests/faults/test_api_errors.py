@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-import sqlalchemy as sa
 
 from aesq.database import get_engine
 from tests.faults.stack import (
@@ -28,7 +27,7 @@ from tests.faults.stack import (
     upload,
     wait_until,
 )
-from tests.helpers import assert_every_content_scored_once, assert_statistics_match_rows
+from tests.helpers import assert_every_content_scored_once, assert_statistics_match_rows, end_other_sessions
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -222,17 +221,6 @@ def test_the_users_own_client_retry_setting_wins(flaky_api, fault_settings, sour
     assert flaky_api.answered == [("POST /api/flow_runs/", 500)]
 
 
-def _end_sessions(settings) -> int:
-    """End every other session on aesq's database, as a failover or an administrator's kill does."""
-    with sa.create_engine(get_engine(settings).url, poolclass=sa.pool.NullPool).connect() as admin:
-        ended = admin.execute(
-            sa.text("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        ).scalar_one()
-        admin.commit()
-    return ended
-
-
 def test_a_run_whose_database_sessions_are_ended_reconnects_and_finishes(fault_settings, source, s3_client, bucket):
     objects = generated_images(versions=2, per_version=30, copies_per_version=3)
     upload(s3_client, bucket, objects)
@@ -250,7 +238,7 @@ def test_a_run_whose_database_sessions_are_ended_reconnects_and_finishes(fault_s
 
         wait_until(scoring_under_way, 180, process)
         for _ in range(4):  # again and again while batches are in flight: idle pooled and busy connections alike
-            ended.append(_end_sessions(fault_settings))
+            ended.append(end_other_sessions(get_engine(fault_settings).url.render_as_string(hide_password=False)))
             time.sleep(0.7)
         stdout, stderr = process.communicate(timeout=300)
     finally:
