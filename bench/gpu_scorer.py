@@ -1,7 +1,7 @@
 """GPU scorer benchmark: throughput, FLOP rate, memory and batch consistency of the 8B InternVL scorer and LAION v2.
 
-Both scorers run through their real code paths (`models.internvl.ArtiMuseScorer.score`,
-`models.laion.LaionAestheticV2Scorer.score`: preprocessing, forward, score head) on models of the
+Both scorers run through their real code paths (`aesq.models.internvl.ArtiMuseScorer.score`,
+`aesq.models.laion.LaionAestheticV2Scorer.score`: preprocessing, forward, score head) on models of the
 published architectures with RANDOM weights built directly on the device: nothing is downloaded and
 no checkpoint is read, so the speed is the real one and the scores mean nothing.
 
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models import internvl, laion  # noqa: E402
+from aesq.models import internvl, laion  # noqa: E402
 
 EXIT_TOLERANCE = 2  # exit status when a batched-vs-single check fails (results are still written)
 
@@ -268,7 +268,7 @@ def build_internvl(size: str, device: str, seed: int) -> tuple[internvl.ArtiMuse
     }
     info = {
         "architecture": "InternVL3-8B (InternViT-300M + Qwen2.5-7B)" if size == "full" else "InternVL3 (tiny)",
-        "scorer": "models.internvl.ArtiMuseScorer",
+        "scorer": "aesq.models.internvl.ArtiMuseScorer",
         "dtype": str(dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in model.parameters()) + lm_head.numel(),
         "matmul_weights": {"vit": n_vit, "projector": n_proj, "lm": n_lm},
@@ -320,7 +320,7 @@ def build_laion(size: str, device: str, seed: int) -> tuple[laion.LaionAesthetic
     }
     info = {
         "architecture": "CLIP ViT-L/14 + LAION v2 MLP head" if size == "full" else "CLIP ViT/14 (tiny) + LAION v2 head",
-        "scorer": "models.laion.LaionAestheticV2Scorer",
+        "scorer": "aesq.models.laion.LaionAestheticV2Scorer",
         "dtype": str(dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in head.parameters()),
         "matmul_weights": {"vit": n_vit, "head": n_head},

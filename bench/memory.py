@@ -30,7 +30,6 @@ from pathlib import Path
 import psutil
 import sqlalchemy as sa
 from PIL import Image
-
 from spine import load_photos, prefect_environment, start_postgres, start_prefect, synthetic_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +90,7 @@ def tree_memory(process: psutil.Process) -> tuple[int, int]:
 
 def measure(code: Path, folder: Path, admin_url: str, env: dict[str, str], log: Path) -> dict[str, object]:
     """`aesq run folder` with the aesq of `code` on a fresh database: peaks, time, asset counts."""
-    aesq = [sys.executable, "-c", "import sys; from aesq.cli import main; sys.argv[0] = 'aesq'; sys.exit(main())"]
+    aesq = [sys.executable, "-c", "import sys; from aesq.cli.main import main; sys.argv[0] = 'aesq'; sys.exit(main())"]
     run_env = {**env, "AESQ_DATABASE_URL": fresh_database(admin_url), "PYTHONPATH": str(code)}
     subprocess.run([*aesq, "db", "upgrade"], cwd=code, env=run_env, check=True, capture_output=True)
     start = time.perf_counter()

@@ -58,9 +58,9 @@ def seed(settings, count: int, images: Path) -> None:
     import sqlalchemy as sa
     from PIL import Image
 
-    from aesq import aggregate
-    from aesq.database import get_engine
-    from aesq.store import write_embeddings
+    from aesq.analysis import aggregate
+    from aesq.core.database import get_engine
+    from aesq.core.writes import write_embeddings
 
     engine = get_engine(settings)
     with engine.begin() as connection:
@@ -128,9 +128,9 @@ def main() -> None:
     import httpx
     import uvicorn
 
-    from aesq import database
-    from aesq.config import get_settings
-    from aesq.web import create_app
+    from aesq.core import database
+    from aesq.core.config import get_settings
+    from aesq.web.app import create_app
 
     settings = get_settings()
     database.upgrade(settings=settings)

@@ -1,7 +1,7 @@
 """Scale benchmark: how aesq's costs grow with the size of a source.
 
 `discovery`: for sources of 10k, 100k and 1M keys (a folder of empty `.png` files, 1,000 per directory),
-already known to the database, it times `aesq.discovery.discover` in a fresh subprocess each, reporting
+already known to the database, it times `aesq.core.discovery.discover` in a fresh subprocess each, reporting
 wall time and peak RSS (the kernel's VmHWM) during the discovery and over the whole process:
 
 1. full listing, nothing new (the source is in `ordered_sources` but has no cursor yet: this listing
@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     part = parts.add_parser("discovery", help="discovery time and peak memory at 10k, 100k and 1M keys")
     part.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated key counts")
     part.add_argument("--new-share", type=float, default=0.01, help="share of new keys in the runs with new keys")
-    part.add_argument("--page-size", type=int, default=None, help="discovery page (default aesq.discovery.PAGE_SIZE)")
+    part.add_argument("--page-size", type=int, default=None, help="discovery page (default aesq.core.discovery.PAGE_SIZE)")
     part.add_argument("--database-url", default=os.environ.get("AESQ_DATABASE_URL"),
                       help="use this database instead of starting an embedded Postgres")
     part.add_argument("--tmp", type=Path, default=None, help="where the temporary folder goes")
@@ -108,7 +108,7 @@ def add_after(root: Path, count: int) -> set[str]:
 
 def seed_assets(engine, root: Path) -> int:
     """Make every file of the folder a known (scored) asset by COPY, streamed from the folder listing."""
-    from aesq.storage import FolderSource
+    from aesq.core.storage import FolderSource
 
     source = FolderSource(root)
     rows = 0
@@ -159,10 +159,10 @@ def discover_once(args: argparse.Namespace) -> None:
     the bare folder listing); prints JSON. The peak is the kernel's VmHWM, reset just before (so imports
     do not count) and read after; the process's peak counts the imports too. (`ru_maxrss` would not do:
     a child inherits its parent's at fork.)"""
-    from aesq import discovery
-    from aesq.config import get_settings
-    from aesq.database import get_engine
-    from aesq.storage import open_source
+    from aesq.core import discovery
+    from aesq.core.config import get_settings
+    from aesq.core.database import get_engine
+    from aesq.core.storage import open_source
 
     settings = get_settings()
     with get_engine(settings).connect() as connection:  # the pool's first connection, outside the measure
@@ -211,8 +211,8 @@ def run_discovery(
 
 def fresh_database(admin_url: str) -> str:
     """A new database on the embedded server, migrated to head; returns its URL."""
-    from aesq import database
-    from aesq.config import Settings
+    from aesq.core import database
+    from aesq.core.config import Settings
 
     url = memory.fresh_database(admin_url)
     database.upgrade(settings=Settings(database_url=url))
@@ -228,8 +228,8 @@ def discovery_part(args: argparse.Namespace) -> None:
     """Build each source, make it known, and measure the four discoveries."""
     import sqlalchemy as sa
 
-    from aesq import database
-    from aesq.config import Settings
+    from aesq.core import database
+    from aesq.core.config import Settings
 
     sizes = [int(size) for size in args.sizes.split(",")]
     results = []

@@ -221,8 +221,8 @@ def synthetic_jpeg(index: int, size: int, photos: list[Image.Image]) -> bytes:
 
 def upload_images(bucket: str, count: int, size: int) -> int:
     """Generate and upload `count` JPEGs under generated/bench-model/v<k>/; returns the bytes uploaded."""
-    from aesq.config import get_settings
-    from aesq.storage import minio_client
+    from aesq.core.config import get_settings
+    from aesq.core.storage import minio_client
 
     client = minio_client(get_settings())
     client.make_bucket(bucket)
@@ -243,11 +243,11 @@ def upload_images(bucket: str, count: int, size: int) -> int:
 
 def bare_loop(bucket: str, count: int) -> float:
     """List, fetch+decode (thread pool), score and embed all `count` images without Prefect or a database; seconds."""
-    from aesq.batches import in_batches
-    from aesq.config import get_settings
-    from aesq.images import decode_rgb, pixel_budget
-    from aesq.scoring import load_models
-    from aesq.storage import S3Source, minio_client
+    from aesq.core.batches import in_batches
+    from aesq.core.config import get_settings
+    from aesq.core.images import decode_rgb, pixel_budget
+    from aesq.core.scoring import load_models
+    from aesq.core.storage import S3Source, minio_client
 
     settings = get_settings()
     scorers, embedders = load_models(settings)
@@ -271,7 +271,7 @@ def truncate_tables() -> None:
     """Empty every aesq table."""
     from sqlalchemy import text
 
-    from aesq.database import get_engine
+    from aesq.core.database import get_engine
 
     with get_engine().begin() as connection:
         connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
@@ -279,7 +279,7 @@ def truncate_tables() -> None:
 
 def aesq_run(bucket: str, count: int, discarded: DiscardedConnections) -> tuple[float, int]:
     """`run_flow` end to end on an emptied database, checked afterwards; seconds and S3 connections discarded."""
-    from flows.spine import run_flow
+    from aesq.flows.spine import run_flow
 
     truncate_tables()
     discarded.count = 0
@@ -294,8 +294,8 @@ def check_stored(count: int) -> None:
     """Fail unless all `count` assets are scored, with their scores, embeddings and version statistics."""
     from sqlalchemy import text
 
-    from aesq.config import get_settings
-    from aesq.database import get_engine
+    from aesq.core.config import get_settings
+    from aesq.core.database import get_engine
 
     settings = get_settings()
     expected = {
@@ -314,11 +314,11 @@ def check_stored(count: int) -> None:
 
 def warm_up(bucket: str) -> None:
     """Load the models, score a few images, and run the flow once on an empty prefix (all untimed)."""
-    from aesq.config import get_settings
-    from aesq.images import decode_rgb, pixel_budget
-    from aesq.scoring import load_models
-    from aesq.storage import S3Source, minio_client
-    from flows.spine import run_flow
+    from aesq.core.config import get_settings
+    from aesq.core.images import decode_rgb, pixel_budget
+    from aesq.core.scoring import load_models
+    from aesq.core.storage import S3Source, minio_client
+    from aesq.flows.spine import run_flow
 
     settings = get_settings()
     scorers, embedders = load_models(settings)
@@ -340,7 +340,7 @@ def placeholder_assets(count: int) -> list[int]:
     """Insert `count` placeholder assets (rows to hang scores and embeddings on); returns their ids."""
     from sqlalchemy import text
 
-    from aesq.database import get_engine
+    from aesq.core.database import get_engine
 
     insert = text(
         "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, status) "
@@ -353,15 +353,15 @@ def placeholder_assets(count: int) -> list[int]:
 
 def technical_raw() -> dict[str, float]:
     """A realistic `raw` payload: what the technical scorer stores for one image."""
-    from models.technical import TechnicalQualityScorer
+    from aesq.models.technical import TechnicalQualityScorer
 
     return TechnicalQualityScorer().score([Image.new("RGB", (256, 256), (120, 90, 60))])[0].raw
 
 
 def time_write_scores(asset_ids: list[int], repeat: int) -> float:
     """Seconds to write SCORE_ROWS new score rows in one transaction, as scoring does."""
-    from aesq.database import get_engine
-    from aesq.store import ScoreValue, write_scores
+    from aesq.core.database import get_engine
+    from aesq.core.writes import ScoreValue, write_scores
 
     raw = technical_raw()
     rows = [
@@ -377,9 +377,9 @@ def time_write_scores(asset_ids: list[int], repeat: int) -> float:
 
 def time_write_embeddings(embedder: str, asset_ids: list[int], seed: int) -> float:
     """Seconds to write one new unit vector per asset for `embedder` in one transaction, as scoring does."""
-    from aesq.database import get_engine
-    from aesq.store import write_embeddings
-    from models import EfficientNetLite0Embedder
+    from aesq.core.database import get_engine
+    from aesq.core.writes import write_embeddings
+    from aesq.models import EfficientNetLite0Embedder
 
     shape = (len(asset_ids), EfficientNetLite0Embedder.dimension)
     vectors = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
@@ -396,7 +396,7 @@ def bulk_writes(repeats: int) -> dict[str, list[float]]:
     `efficientnet-lite0` rows also update its HNSW index (as in production); rows of a fresh embedder
     name match no index, which isolates the COPY + INSERT path.
     """
-    from models import EfficientNetLite0Embedder
+    from aesq.models import EfficientNetLite0Embedder
 
     ids = placeholder_assets(max(EMBEDDING_ROWS * repeats, -(-SCORE_ROWS // SCORES_PER_ASSET)))
     score_ids, embedding_ids = ids[: SCORE_ROWS // SCORES_PER_ASSET], ids[:EMBEDDING_ROWS]
@@ -435,7 +435,7 @@ def summarise(
     args: argparse.Namespace, uploaded: int, bare: list[float], flow: list[float], discarded: list[int], writes: dict
 ) -> dict:
     """Everything results.json holds."""
-    from aesq.config import get_settings
+    from aesq.core.config import get_settings
 
     settings = get_settings()
     bare_rate = statistics.median(args.images / s for s in bare)
@@ -511,7 +511,7 @@ def main() -> None:
         discarded = DiscardedConnections()
         logging.getLogger("urllib3.connectionpool").addFilter(discarded)
 
-        from aesq.database import upgrade
+        from aesq.core.database import upgrade
 
         upgrade()
         bucket = "bench-images"

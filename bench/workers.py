@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
-
 from spine import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -54,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def upload(images: int, size: int) -> None:
     """Put `images` distinct JPEGs under generated/bench/v<n>/ in the bucket."""
-    from aesq.storage import minio_client
+    from aesq.core.storage import minio_client
 
     client = minio_client()
     client.make_bucket(BUCKET)
@@ -68,7 +67,7 @@ def empty_database() -> None:
     """Forget every asset and its outputs, so the next round starts from the same state."""
     import sqlalchemy as sa
 
-    from aesq.database import get_engine
+    from aesq.core.database import get_engine
 
     with get_engine().begin() as connection:
         connection.execute(sa.text(f"TRUNCATE {TABLES} CASCADE"))
@@ -78,7 +77,7 @@ def work_per_image(images: int) -> dict[str, float]:
     """Items per stage of the work log, per image in the source."""
     import sqlalchemy as sa
 
-    from aesq.database import get_engine
+    from aesq.core.database import get_engine
 
     with get_engine().connect() as connection:
         rows = connection.execute(sa.text("SELECT stage, sum(items) FROM work_log GROUP BY stage")).all()
@@ -123,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
         tmp = Path(tmp_name)
         s3, database_url, api_url = start_s3(stack, tmp), start_postgres(stack, tmp), start_prefect(stack, tmp)
         configure_environment(tmp, s3, database_url, api_url, args.batch_size)
-        from aesq import database
+        from aesq.core import database
 
         database.upgrade()
         upload(args.images, args.size)

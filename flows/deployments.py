@@ -1,7 +1,7 @@
 """What `aesq worker` serves: ingest on an interval (and, for S3 sources, on bridge events), scoring when ingest found new assets, aggregation
 and defect analysis when scoring finished, the report every night.
 
-A bridge event (one per bucket per `notification_window_seconds`, flows/bridge.py) runs the source's ingest
+A bridge event (one per bucket per `notification_window_seconds`, aesq/servers/bridge.py) runs the source's ingest
 with `listing=False`: it drains the objects the bridge queued, without listing the bucket. Runs that
 overlap share the queue by claims, so an extra one costs a claim query; the interval runs list the bucket.
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
-from aesq.config import Settings
-from flows.bridge import OBJECT_CREATED, bucket_resource
-from flows.followup import after_scoring_flow, report_flow
-from flows.spine import INGESTED, SCORED, ingest_flow, score_flow
+from aesq.core.config import Settings
+from aesq.flows.events import INGESTED, OBJECT_CREATED, SCORED, bucket_resource
+from aesq.flows.followup import after_scoring_flow, report_flow
+from aesq.flows.spine import ingest_flow, score_flow
 
 
 def _on_new_objects(source: str) -> list[DeploymentEventTrigger]:

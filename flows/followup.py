@@ -3,9 +3,9 @@
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.aggregate import aggregate_versions
-from tasks.defects import analyse_defects, critique_low_scorers, low_scorers
-from tasks.report import publish_report
+from aesq.tasks.aggregate import aggregate_versions
+from aesq.tasks.defects import analyse_defects, critique_low_scorers, low_scorers
+from aesq.tasks.report import publish_report
 
 
 @flow(name="aesq-defects", task_runner=ThreadPoolTaskRunner(max_workers=2))

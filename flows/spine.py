@@ -1,6 +1,6 @@
 """The spine: ingest new objects, score them, aggregate per version.
 
-Every flow takes its work by claims (aesq/claims.py), so any number of runs, deployments and workers
+Every flow takes its work by claims (aesq/core/claims.py), so any number of runs, deployments and workers
 can run at once on the same source: each batch is fetched and scored by one of them.
 """
 
@@ -12,20 +12,17 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from aesq.claims import Queued
-from aesq.scoring import BatchOutcome
-from tasks.aggregate import aggregate_versions
-from tasks.ingest import (
+from aesq.core.claims import Queued
+from aesq.core.scoring import BatchOutcome
+from aesq.flows.events import INGESTED, SCORED
+from aesq.tasks.aggregate import aggregate_versions
+from aesq.tasks.ingest import (
     claim_objects,
     discover_objects,
     ingest_objects,
     others_ingesting,
 )
-from tasks.score import claim_assets, claim_backfill, others_scoring, release_assets, score_assets
-
-# Events that chain the deployments (flows/deployments.py): emitted only when a flow did something.
-INGESTED = "aesq.assets.ingested"
-SCORED = "aesq.assets.scored"
+from aesq.tasks.score import claim_assets, claim_backfill, others_scoring, release_assets, score_assets
 
 # A few batches in flight: downloads and decoding of one overlap the models working on another. A run
 # claims no more than that ahead, so other workers on the same source get their share.

@@ -1,9 +1,9 @@
-"""Alembic environment: the tables' metadata from aesq.tables, the URL from aesq's settings."""
+"""Alembic environment: the tables' metadata from aesq.core.tables, the URL from aesq's settings."""
 
 from alembic import context
 
-from aesq.database import database_url, engine
-from aesq.tables import Base
+from aesq.core.database import database_url, engine
+from aesq.core.tables import Base
 
 target_metadata = Base.metadata
 

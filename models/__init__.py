@@ -1,10 +1,10 @@
-"""ML scorers and embedders behind one interface (see `models.base`), looked up by name."""
+"""ML scorers and embedders behind one interface (see `aesq.models.base`), looked up by name."""
 
-from models.base import Critic, Embedder, Score, Scorer
-from models.efficientnet import EfficientNetLite0Embedder
-from models.internvl import INTERNVL_SCORERS
-from models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
-from models.technical import TechnicalQualityScorer
+from aesq.models.base import Critic, Embedder, Score, Scorer
+from aesq.models.efficientnet import EfficientNetLite0Embedder
+from aesq.models.internvl import INTERNVL_SCORERS
+from aesq.models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
+from aesq.models.technical import TechnicalQualityScorer
 
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (TechnicalQualityScorer, LaionAestheticV2Scorer, *INTERNVL_SCORERS)

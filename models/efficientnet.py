@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.base import Embedder
+from aesq.models.base import Embedder
 
 _INPUT_SIZE = 224
 # Lite models were trained on inputs scaled to about [-1, 1] (mean 127, std 128 on 0..255).

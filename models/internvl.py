@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.base import Critic, Score, Scorer
+from aesq.models.base import Critic, Score, Scorer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

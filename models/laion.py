@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.base import Embedder, Score, Scorer
+from aesq.models.base import Embedder, Score, Scorer
 
 CLIP_FOLDER = "clip-vit-large-patch14"
 CLIP_HUB_ID = "openai/clip-vit-large-patch14"

@@ -7,8 +7,8 @@ averages away, so those two are measured on a central crop of at most 512x512 na
 corner sits on the 8x8 JPEG block grid. The cost is therefore bounded whatever the input size.
 
 Images up to 2048x2048 pixels reach the scorer at full size. aesq decodes larger ones reduced by an
-integer factor (box filter; see `aesq.images`) and passes their native centre crop and native size
-along (`models.base.native_centre`, `native_size`), so noise, blockiness and resolution are measured
+integer factor (box filter; see `aesq.core.images`) and passes their native centre crop and native size
+along (`aesq.models.base.native_centre`, `native_size`), so noise, blockiness and resolution are measured
 exactly as on the full image. The other features come from the 512-px working copy made from the
 reduced image instead of the full one; the factor is chosen so that both reductions compose where it
 can: on 60 test images (5 photographs at 2600x2000 to 7999x7999 pixels, 3 codings) the value moved
@@ -63,7 +63,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from models.base import JPEG_BLOCK as BLOCK, Score, Scorer, native_centre, native_size
+from aesq.models.base import JPEG_BLOCK as BLOCK
+from aesq.models.base import Score, Scorer, native_centre, native_size
 
 MAX_SIDE = 512
 REDUCE = 4

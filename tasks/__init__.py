@@ -4,8 +4,8 @@ from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from aesq.scoring import UnknownModel
-from aesq.storage import SourceError
+from aesq.core.scoring import UnknownModel
+from aesq.core.storage import SourceError
 
 # Errors a retry cannot fix: bad configuration or arguments, missing model weights.
 # Everything else (network, database) is retried.

@@ -2,9 +2,9 @@
 
 from prefect import task
 
-from aesq import aggregate
-from aesq.config import get_settings
-from tasks import RETRY
+from aesq.analysis import aggregate
+from aesq.core.config import get_settings
+from aesq.tasks import RETRY
 
 
 @task(name="aggregate-versions", **RETRY)

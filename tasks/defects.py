@@ -2,10 +2,10 @@
 
 from prefect import Task, task
 
-from aesq import critique, defect_analysis
-from aesq.config import get_settings
-from tasks import RETRY
-from tasks.score import run_own_result, worker_slot
+from aesq.analysis import critique, defect_analysis
+from aesq.core.config import get_settings
+from aesq.tasks import RETRY
+from aesq.tasks.score import run_own_result, worker_slot
 
 
 @task(name="low-scorers", **RETRY)

@@ -2,10 +2,10 @@
 
 from prefect import task
 
-from aesq import discovery, ingest
-from aesq.claims import Queued
-from aesq.config import get_settings
-from tasks import RETRY
+from aesq.core import discovery, ingest
+from aesq.core.claims import Queued
+from aesq.core.config import get_settings
+from aesq.tasks import RETRY
 
 
 @task(name="discover-objects", **RETRY)

@@ -3,9 +3,9 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from aesq import nightly_report
-from aesq.config import get_settings
-from tasks import RETRY
+from aesq.analysis import nightly_report
+from aesq.core.config import get_settings
+from aesq.tasks import RETRY
 
 
 @task(name="publish-report", **RETRY)

@@ -15,9 +15,9 @@ from prefect import Task, task
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 
-from aesq import scoring
-from aesq.config import Settings, get_settings
-from tasks import RETRY
+from aesq.core import scoring
+from aesq.core.config import Settings, get_settings
+from aesq.tasks import RETRY
 
 
 @task(name="claim-assets", **RETRY)

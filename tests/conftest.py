@@ -23,8 +23,9 @@ import pytest
 import sqlalchemy as sa
 from minio import Minio
 
-from aesq import database
-from aesq.config import Settings, get_settings
+from aesq.core import database
+from aesq.core.config import Settings, get_settings
+from tests.helpers import seed_demo
 
 S3_ACCESS_KEY, S3_SECRET_KEY = "testing", "testing-secret"
 
@@ -138,3 +139,13 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def demo_settings(settings, monkeypatch) -> Settings:
+    """Settings whose database holds the scored demo data, with the demo folder as the configured source."""
+    monkeypatch.setenv("AESQ_BATCH_SIZE", "64")
+    monkeypatch.setenv("AESQ_SOURCES", str(settings.data_dir / "demo"))
+    get_settings.cache_clear()
+    seed_demo(get_settings())
+    return get_settings()

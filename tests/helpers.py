@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 from minio import Minio
@@ -43,7 +44,7 @@ def noise_image(seed: int, size: int = 64) -> Image.Image:
 
 def ingest_all(source: str, settings) -> list[int]:
     """Discover `source`, then ingest its queued objects batch by batch; the ids waiting for scores."""
-    from aesq import discovery, ingest
+    from aesq.core import discovery, ingest
 
     discovery.discover(source, settings)
     waiting = []
@@ -55,7 +56,7 @@ def ingest_all(source: str, settings) -> list[int]:
 def score_all(settings) -> None:
     """Claim and score batches until none is due (pending, then backfill), then give back what could not be
     finished (as a run does)."""
-    from aesq import scoring
+    from aesq.core import scoring
 
     unfinished, backfill_after = [], 0
     while batch := scoring.claim_batch(settings) or scoring.claim_backfill(settings, backfill_after):
@@ -66,7 +67,7 @@ def score_all(settings) -> None:
 
 def run_once(source: str, settings) -> None:
     """Discover, ingest, score what is due and aggregate, with the plain functions the flows call."""
-    from aesq import aggregate
+    from aesq.analysis import aggregate
 
     ingest_all(source, settings)
     score_all(settings)
@@ -75,8 +76,8 @@ def run_once(source: str, settings) -> None:
 
 def technical_score(payload: bytes) -> float:
     """What the technical scorer gives these bytes, decoded as the pipeline decodes them."""
-    from aesq.images import decode_rgb, pixel_budget
-    from models.technical import TechnicalQualityScorer
+    from aesq.core.images import decode_rgb, pixel_budget
+    from aesq.models.technical import TechnicalQualityScorer
 
     return TechnicalQualityScorer().score([decode_rgb(payload, 64_000_000, pixel_budget(64_000_000))])[0].value
 
@@ -90,7 +91,7 @@ def assert_every_content_scored_once(settings, objects: dict[str, bytes], failed
 
     import sqlalchemy as sa
 
-    from aesq.database import get_engine
+    from aesq.core.database import get_engine
 
     with get_engine(settings).connect() as connection:
         assets = {row.key: row for row in connection.execute(sa.text("SELECT * FROM assets"))}
@@ -124,7 +125,7 @@ def assert_statistics_match_rows(settings) -> None:
     """Every stored per-version figure equals a recomputation from the score rows of scored assets."""
     import sqlalchemy as sa
 
-    from aesq.database import get_engine
+    from aesq.core.database import get_engine
 
     recompute = sa.text(
         """
@@ -173,6 +174,27 @@ def end_other_sessions(url: str) -> int:
 
 def sidecar_for(key: str, listed: Collection[str]) -> str | None:
     """The sidecar of `key` among the listed keys, by the rule ingest follows: `a/b.png.json`, else `a/b.json`."""
-    from aesq.storage import sidecar_candidates
+    from aesq.core.storage import sidecar_candidates
 
     return next((candidate for candidate in sidecar_candidates(key) if candidate in listed), None)
+
+
+def seed_demo(settings) -> Path:
+    """Build the demo sample (plus two images of a second generator) under the data folder, ingest, score,
+    aggregate and analyse it with the plain functions the flows call; returns the sample folder."""
+    from aesq.analysis import aggregate, defect_analysis
+    from aesq.cli.demo import build_sample
+    from aesq.core import scoring
+
+    folder = settings.data_dir / "demo"
+    build_sample(folder)
+    for index in range(2):
+        other = folder / "generated" / "other-model" / "v1" / f"noise-{index}.jpg"
+        other.parent.mkdir(parents=True, exist_ok=True)
+        noise_image(index, 160).save(other, "JPEG")
+    ids = ingest_all(str(folder), settings)
+    scoring.score_assets(ids, settings)
+    aggregate.aggregate_versions(settings)
+    for batch in defect_analysis.low_scorer_batches(settings):
+        defect_analysis.analyse_assets(batch, settings)
+    return folder

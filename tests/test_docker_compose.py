@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from aesq.config import Settings
+from aesq.core.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from aesq import database
-from aesq.config import Settings
+from aesq.core import database
+from aesq.core.config import Settings
 from tests.docs.test_sql import seed
 from tests.test_docker_compose import DOTENV, SERVICES, env
 

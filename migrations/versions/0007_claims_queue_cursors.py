@@ -24,7 +24,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column('assets', sa.Column('lease_owner', sa.Text(), nullable=True,
-                                      comment='the worker scoring this asset now (aesq/claims.py)'))
+                                      comment='the worker scoring this asset now (aesq/core/claims.py)'))
     op.add_column('assets', sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True,
                                       comment='the scoring claim lapses then, and any worker may take the asset'))
     op.create_index('ix_assets_pending', 'assets', ['id'], unique=False, postgresql_where=sa.text("status = 'pending'"))

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from aesq import database
-from aesq.config import Settings
+from aesq.core import database
+from aesq.core.config import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
 STABLE_VIEWS = ("asset_overview", "asset_scores", "version_summary", "version_daily", "asset_defects",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aesq.config import Settings, get_settings
+from aesq.core.config import Settings, get_settings
 
 
 @pytest.fixture

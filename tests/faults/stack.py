@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from aesq.database import get_engine
+from aesq.core.database import get_engine
 from tests.helpers import jpeg_bytes, noise_image, put
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from aesq.database import get_engine
+from aesq.core.database import get_engine
 from tests.faults.stack import (
     AESQ,
     contents_per_version,

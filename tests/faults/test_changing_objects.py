@@ -10,9 +10,9 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from aesq.config import get_settings
-from aesq.database import get_engine
-from flows.spine import run_flow, score_flow
+from aesq.core.config import get_settings
+from aesq.core.database import get_engine
+from aesq.flows.spine import run_flow, score_flow
 from tests.faults.stack import contents_per_version, counted_per_version, generated_images, harness_environment, upload
 from tests.helpers import assert_every_content_scored_once, assert_statistics_match_rows, jpeg_bytes, noise_image, put
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("pre
 def _ingest_in_another_process(source: str) -> None:
     """The aesq-ingest flow in a process of its own, as a deployment runs it: scoring here starts with none of
     ingest's reads at hand, so it reads every object again."""
-    script = "import sys; from flows.spine import ingest_flow; ingest_flow(sys.argv[1])"
+    script = "import sys; from aesq.flows.spine import ingest_flow; ingest_flow(sys.argv[1])"
     subprocess.run([sys.executable, "-c", script, source], env=harness_environment(), check=True, timeout=180)
 
 

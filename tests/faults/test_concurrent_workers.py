@@ -9,10 +9,10 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from aesq import aggregate
-from aesq.config import get_settings
-from aesq.database import get_engine
-from flows.spine import run_flow
+from aesq.analysis import aggregate
+from aesq.core.config import get_settings
+from aesq.core.database import get_engine
+from aesq.flows.spine import run_flow
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults.stack import (
     contents_per_version,

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from aesq import database
-from aesq.config import Settings, get_settings
+from aesq.core import database
+from aesq.core.config import Settings, get_settings
 from tests.faults.stack import (
     contents_per_version,
     counted_per_version,

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from aesq.config import get_settings
-from flows.spine import run_flow
+from aesq.core.config import get_settings
+from aesq.flows.spine import run_flow
 from tests.faults.stack import (
     aesq_run,
     contents_per_version,

@@ -10,8 +10,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from aesq.config import get_settings
-from aesq.database import get_engine
+from aesq.core.config import get_settings
+from aesq.core.database import get_engine
 from tests.faults.stack import end_process_group, generated_images, start_aesq_run, upload, wait_until
 from tests.helpers import assert_every_content_scored_once, assert_statistics_match_rows
 

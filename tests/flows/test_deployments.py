@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from prefect.deployments import run_deployment
 
-from aesq.database import get_engine
+from aesq.core.database import get_engine
 from tests.flows.conftest import flow_runs
 from tests.helpers import jpeg_bytes, noise_image
 
@@ -31,8 +31,8 @@ def test_completed_ingest_triggers_scoring_then_aggregation(settings, serve_chai
 
 
 def test_a_bucket_event_runs_the_s3_sources_ingest_without_listing(settings):
-    from flows.bridge import OBJECT_CREATED, bucket_resource
-    from flows.deployments import deployments
+    from aesq.flows.deployments import deployments
+    from aesq.flows.events import OBJECT_CREATED, bucket_resource
 
     served = deployments(settings.model_copy(update={"sources": ["s3://images/generated/", "/srv/images"]}))
     s3_ingest, folder_ingest = (next(d for d in served if d.name == f"ingest-{index}") for index in (0, 1))

@@ -9,10 +9,10 @@ import sqlalchemy as sa
 from PIL import ImageEnhance, ImageFilter
 from prefect.client.orchestration import get_client
 
-from aesq.database import get_engine
-from aesq.defect_analysis import analyse_assets
-from flows.followup import defects_flow, report_flow
-from flows.spine import run_flow
+from aesq.analysis.defect_analysis import analyse_assets
+from aesq.core.database import get_engine
+from aesq.flows.followup import defects_flow, report_flow
+from aesq.flows.spine import run_flow
 from tests.helpers import jpeg_bytes, photo, put
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -34,7 +34,7 @@ def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3
     monkeypatch.setenv("AESQ_REPORTS_URI", f"s3://{bucket}/reports")
     # Blurred and darkened copies score about 6–7.5 on the technical scale, sharp originals above 9.
     monkeypatch.setenv("AESQ_DEFECT_RULES", '{"technical": {"below": 8}}')
-    from aesq.config import get_settings
+    from aesq.core.config import get_settings
 
     get_settings.cache_clear()
     for name in PHOTOS:
@@ -80,7 +80,7 @@ def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3
 
 
 def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(settings, s3_client, bucket, tmp_path, monkeypatch):
-    from aesq.config import get_settings
+    from aesq.core.config import get_settings
     from tests.models.test_internvl import write_tiny_ernie
 
     monkeypatch.setenv("AESQ_SCORERS", "technical,ernie-aes")

@@ -12,12 +12,12 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from aesq.config import get_settings
-from aesq.database import engine, get_engine
-from aesq.queries import nearest_assets, version_comparison
-from flows.spine import aggregate_flow, ingest_flow, run_flow, score_flow
-from models.efficientnet import EfficientNetLite0Embedder
-from models.technical import TechnicalQualityScorer
+from aesq.core.config import get_settings
+from aesq.core.database import engine, get_engine
+from aesq.core.queries import nearest_assets, version_comparison
+from aesq.flows.spine import aggregate_flow, ingest_flow, run_flow, score_flow
+from aesq.models.efficientnet import EfficientNetLite0Embedder
+from aesq.models.technical import TechnicalQualityScorer
 from tests.helpers import jpeg_bytes, photo, png_bytes, put
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -82,7 +82,7 @@ def _snapshot(settings) -> dict[str, list]:
 
 def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, bucket, monkeypatch):
     monkeypatch.setenv("AESQ_MAX_PIXELS", "4000000")
-    from aesq.config import get_settings
+    from aesq.core.config import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
@@ -189,7 +189,7 @@ def test_changed_object_is_rescored_and_new_objects_are_picked_up(settings, s3_c
 
 
 def test_enabling_a_model_backfills_scored_assets_without_touching_existing_scores(settings, s3_client, bucket, monkeypatch):
-    from aesq.config import get_settings
+    from aesq.core.config import get_settings
 
     put(s3_client, bucket, "generated/m/1/a.jpg", ASTRONAUT)
     put(s3_client, bucket, "generated/m/1/b.jpg", ROCKET)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import ImageFilter
 
-from models import EMBEDDERS
-from models.efficientnet import EfficientNetLite0Embedder
+from aesq.models import EMBEDDERS
+from aesq.models.efficientnet import EfficientNetLite0Embedder
 from tests.helpers import photo
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967

@@ -2,7 +2,7 @@
 
 The tiny model is built with transformers' native InternVL classes, randomised, and written out under
 the published (InternVL-chat) weight names by an inverse mapping spelled out here independently of
-`models.internvl`; its ordinary full-vocabulary forward is the reference every score is checked against.
+`aesq.models.internvl`; its ordinary full-vocabulary forward is the reference every score is checked against.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers import models as token_models
-from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLVisionConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
-from models import internvl
-from models.internvl import (
+from aesq.models import internvl
+from aesq.models.internvl import (
     ArtiMuseScorer,
     ErnieImageAesScorer,
     UniPerceptAestheticsScorer,

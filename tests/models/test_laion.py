@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
 
-from models import laion
-from models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
+from aesq.models import laion
+from aesq.models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
 from tests.helpers import noise_image, photo
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -90,7 +90,7 @@ def _reference_pixels(image: Image.Image) -> np.ndarray:
 
 
 def _reference(weights: Path, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unnormalised embeddings, normalised embeddings and scores, computed without models.laion."""
+    """Unnormalised embeddings, normalised embeddings and scores, computed without aesq.models.laion."""
     vision = CLIPVisionModelWithProjection.from_pretrained(weights / "clip-vit-large-patch14").eval()
     pixels = torch.from_numpy(np.stack([_reference_pixels(image) for image in images])).float()
     with torch.no_grad():

@@ -11,8 +11,8 @@ import pytest
 import skimage.data
 from PIL import Image, ImageFilter
 
-from models.base import Score
-from models.technical import WEIGHTS, TechnicalQualityScorer
+from aesq.models.base import Score
+from aesq.models.technical import WEIGHTS, TechnicalQualityScorer
 
 # Real photographs bundled with scikit-image (no download); retina and hubble exceed 512 px.
 PHOTOS = [
@@ -211,7 +211,7 @@ def test_degenerate_inputs_stay_in_range(scorer: TechnicalQualityScorer, size: t
 
 def test_registered_under_its_name() -> None:
     """The scorer is looked up as "technical"."""
-    from models import SCORERS
+    from aesq.models import SCORERS
 
     assert SCORERS["technical"] is TechnicalQualityScorer
     assert TechnicalQualityScorer.version == "1"
@@ -224,7 +224,7 @@ def test_large_image_decoded_reduced_scores_as_at_full_size(
 ) -> None:
     """aesq decodes images over 2048x2048 reduced, passing their native centre and size along: noise,
     blockiness and resolution are measured exactly as on the full image, and the score barely moves."""
-    from aesq.images import PixelBudget, decode_rgb
+    from aesq.core.images import PixelBudget, decode_rgb
 
     stored = _noise(_photo(name).resize(size, Image.Resampling.BICUBIC))
     buffer = io.BytesIO()

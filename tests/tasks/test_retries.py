@@ -8,8 +8,8 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from aesq.config import get_settings
-from tasks.ingest import discover_objects
+from aesq.core.config import get_settings
+from aesq.tasks.ingest import discover_objects
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -1,0 +1,1 @@
+"""Analysis of scored assets: statistics, aggregation, defects, critiques, reports, labels and export."""

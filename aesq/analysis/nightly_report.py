@@ -1,0 +1,111 @@
+"""The nightly quality report: gather its figures from the database, render, save, record."""
+
+from __future__ import annotations
+
+import io
+from datetime import date, datetime, timedelta, timezone
+
+from sqlalchemy import select, text
+
+from aesq.analysis.defect_analysis import defect_counts
+from aesq.analysis.report import ReportData, Thumbnail, VersionLine, render_report
+from aesq.analysis.statistics import summarize
+from aesq.core.config import Settings
+from aesq.core.database import get_engine
+from aesq.core.scoring import Unusable, fetch_asset
+from aesq.core.storage import save_file
+from aesq.core.tables import Report
+
+THUMBNAILS_PER_VERSION = 4
+THUMBNAIL_SIZE = 192
+
+_SCORES = text(
+    """
+    SELECT g.name || ':' || g.version AS version, ls.scorer, ls.value, ls.asset_id, a.storage, a.bucket, a.key,
+           a.etag, a.sha256, a.scored_at
+    FROM latest_scores ls
+    JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+    JOIN generators g ON g.id = a.generator_id
+    ORDER BY version, ls.scorer, ls.value DESC, a.id
+    """
+)
+
+
+def _thumbnail(row, settings: Settings) -> Thumbnail | None:
+    """A small JPEG of one asset, or None when its image cannot be read any more."""
+    image = fetch_asset(row, settings)
+    if isinstance(image, Unusable):
+        return None
+    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return Thumbnail(row.asset_id, f"{row.key} · {row.scorer} {row.value:.2f}", buffer.getvalue())
+
+
+def _previous_means(settings: Settings) -> dict[str, float]:
+    """Means per "version|scorer" recorded by the previous report."""
+    with get_engine(settings).connect() as connection:
+        summary = connection.execute(select(Report.summary).order_by(Report.id.desc()).limit(1)).scalar()
+    return (summary or {}).get("means", {})
+
+
+def build_report(settings: Settings, now: datetime | None = None) -> tuple[ReportData, dict]:
+    """The report's figures, and the summary the next report compares with."""
+    now = now or datetime.now(timezone.utc)
+    since = now - timedelta(days=settings.report_days)
+    with get_engine(settings).connect() as connection:
+        rows = connection.execute(_SCORES).all()
+    groups: dict[tuple[str, str], list] = {}
+    for row in rows:
+        groups.setdefault((row.version, row.scorer), []).append(row)
+    previous = _previous_means(settings)
+    leaderboard, distributions, trends, means = [], {}, {}, {}
+    best: dict[str, list[Thumbnail]] = {}
+    worst: dict[str, list[Thumbnail]] = {}
+    for (version, scorer), members in groups.items():
+        values = [row.value for row in members]
+        summary = summarize(values, settings.thresholds.get(scorer))
+        key = f"{version}|{scorer}"
+        means[key] = summary.mean
+        interval = summary.mean_interval
+        leaderboard.append(
+            VersionLine(
+                version, scorer, summary.count, summary.mean, interval.low if interval else None,
+                interval.high if interval else None, summary.median, summary.share_above,
+                summary.mean - previous[key] if key in previous else None,
+            )
+        )
+        distributions[(version, scorer)] = values
+        days: dict[date, list[float]] = {}
+        for row in members:
+            if row.scored_at is not None and row.scored_at >= since:
+                days.setdefault(row.scored_at.date(), []).append(row.value)
+        trends[(version, scorer)] = [(day, sum(v) / len(v), len(v)) for day, v in sorted(days.items())]
+        if version not in best:  # thumbnails by the version's first scorer
+            best[version] = [t for t in (_thumbnail(r, settings) for r in members[:THUMBNAILS_PER_VERSION]) if t]
+            worst[version] = [t for t in (_thumbnail(r, settings) for r in members[::-1][:THUMBNAILS_PER_VERSION]) if t]
+    leaderboard.sort(key=lambda line: (line.scorer, -line.mean))
+    changes = [f"new: {key.replace('|', ' under ')}" for key in means if key not in previous]
+    changes += [
+        f"{key.replace('|', ' under ')}: mean {means[key] - previous[key]:+.2f}"
+        for key in means
+        if key in previous and abs(means[key] - previous[key]) >= 1e-9
+    ]
+    changes += [f"gone: {key.replace('|', ' under ')}" for key in previous if key not in means]
+    data = ReportData(
+        title="aesq nightly quality report", generated_at=now, since=since, leaderboard=leaderboard,
+        distributions=distributions, trends=trends, changes=changes, defects=defect_counts(settings),
+        best=best, worst=worst,
+    )
+    return data, {"means": means, "versions": len({version for version, _ in groups})}
+
+
+def publish_report(settings: Settings, now: datetime | None = None) -> tuple[str, ReportData]:
+    """Render the report, save it where `reports_uri` says, record it; returns its location and figures."""
+    data, summary = build_report(settings, now)
+    html = render_report(data).encode()
+    name = f"aesq-report-{data.generated_at:%Y%m%dT%H%M%SZ}.html"
+    location = save_file(settings.reports_uri or str(settings.data_dir / "reports"), name, html, "text/html", settings)
+    with get_engine(settings).begin() as connection:
+        connection.execute(Report.__table__.insert().values(location=location, summary=summary))
+    return location, data

@@ -1,0 +1,1 @@
+"""The `aesq` command line."""

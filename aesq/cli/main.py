@@ -1,0 +1,667 @@
+"""The `aesq` command: run the spine, manage the database, and read results."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import multiprocessing.util
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aesq.core import database
+from aesq.core.config import Settings, UnknownPool, get_settings
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+bench_app = typer.Typer(help="Benchmark scorers against human labels.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+# Piped output is not cut to 80 columns, so tables stay readable in logs and CI.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+class CliError(Exception):
+    """An error the user can act on; printed as one line."""
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM asked aesq to stop; not an Exception, so nothing on the way up swallows it."""
+
+    def __init__(self, signum: int, outcome: str = "") -> None:
+        super().__init__(signum, outcome)
+        self.signum, self.outcome = signum, outcome
+
+    def __str__(self) -> str:
+        return f"stopped by {signal.Signals(self.signum).name}" + (f"; {self.outcome}" if self.outcome else "")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    """Raise `Stopped` in the main thread; further signals are ignored while aesq stops."""
+    for handled in STOP_SIGNALS:
+        signal.signal(handled, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def _exit_by_signal(signum: int) -> None:
+    """End the process at once by the signal itself, so the shell sees it (status 130 / 143).
+
+    A normal exit would wait for the flow's task threads, which may be mid-batch or sleeping before a
+    retry. atexit handlers do not run, so two of their jobs are done here: the ephemeral Prefect API this
+    process started is told to stop (it stays registered, so a task thread still running cannot start
+    another one meanwhile), and multiprocessing's named semaphores (image validation workers) are
+    unlinked, which its resource tracker would otherwise report on stderr.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    multiprocessing.util._run_finalizers(0)  # what multiprocessing's own atexit hook runs first
+    if "prefect.server.api.server" in sys.modules:  # imported only where an ephemeral API was started
+        from prefect.server.api.server import SubprocessASGIServer
+
+        if (server := SubprocessASGIServer().server_process) is not None:
+            server.terminate()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+
+
+def _ready_settings() -> Settings:
+    """Valid settings with a database at the current schema (the embedded one is migrated automatically)."""
+    from aesq.core.scoring import check_model_names
+
+    settings = get_settings()
+    check_model_names(settings)
+    if settings.database_url is None:
+        database.upgrade(settings=settings)
+    else:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory(str(database.MIGRATIONS_DIR)).get_current_head()
+        if database.current_revision(settings) != head:
+            raise CliError("the database schema is not current: run `aesq db upgrade`")
+    return settings
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's per-task log lines out of the progress display unless asked for; no telemetry."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@contextmanager
+def _run_logs_off_terminal(verbose: bool) -> Iterator[None]:
+    """Unless asked for, send flow and task run logs (retries, tracebacks) only to the Prefect API: on the
+    terminal a failure is aesq's one line, and the progress bar is not broken up."""
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    before = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.propagate = verbose
+    try:
+        yield
+    finally:
+        for logger, propagate in zip(loggers, before):
+            logger.propagate = propagate
+
+
+def _prefect_client(verbose: bool) -> SyncPrefectClient:
+    """A client of the Prefect API.
+
+    Without PREFECT_API_URL this starts Prefect's ephemeral API in a child process: with SIGINT blocked
+    there, because a terminal's Ctrl-C goes to the whole process group and the API has to outlive it to
+    record the stopped run (aesq stops the API itself); and, unless verbose, with its logs off the terminal,
+    because stopping it while events are in flight logs errors.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_SERVER_LOGGING_LEVEL, temporary_settings
+
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with temporary_settings(updates=None if verbose else {PREFECT_SERVER_LOGGING_LEVEL: "CRITICAL"}):
+            return get_client(sync_client=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
+# What aesq's long-running entry points ask of the Prefect client, unless PREFECT_CLIENT_MAX_RETRIES or
+# PREFECT_CLIENT_RETRY_EXTRA_CODES (environment or profile) says otherwise. Prefect retries 408, 429, 502 and 503,
+# and read/connect/pool timeouts, itself; 500 and 504 only when told. Between tries it waits 2, 4, 8, ... s
+# (PREFECT_CLIENT_RETRY_JITTER_FACTOR of jitter, or the server's Retry-After): seven retries ride out about four
+# minutes of a busy or restarting API before a call fails, and a failed call of the flow run's state ends the run.
+CLIENT_MAX_RETRIES = 7
+CLIENT_RETRY_CODES = frozenset({500, 502, 503, 504})
+
+
+@contextmanager
+def _prefect_client_retries() -> Iterator[None]:
+    """Prefect settings for the duration: its client retries server errors (CLIENT_RETRY_CODES) with back-off.
+
+    They are settings in this thread's context, so threads started inside must copy it (contextvars); the flow
+    runs `aesq worker` starts in subprocesses get them as environment variables from Prefect.
+    """
+    from prefect.settings import (
+        PREFECT_CLIENT_MAX_RETRIES,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES,
+        temporary_settings,
+    )
+
+    defaults = {
+        PREFECT_CLIENT_MAX_RETRIES: CLIENT_MAX_RETRIES,
+        PREFECT_CLIENT_RETRY_EXTRA_CODES: set(CLIENT_RETRY_CODES),
+    }
+    with temporary_settings(set_defaults=defaults):
+        yield
+
+
+def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
+    """Mark a stopped run Cancelled, so the Prefect API does not show it running forever; says how that went."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    try:
+        with get_client(sync_client=True) as client:
+            if client.read_flow_run(flow_run.id).state.is_final():  # it ended just as the signal came
+                return f"flow run {flow_run.name!r} had already ended"
+            client.set_flow_run_state(flow_run.id, Cancelled(message=f"aesq {stopped}"), force=True)
+    except Exception as error:
+        return f"flow run {flow_run.name!r} could not be marked Cancelled ({_one_line(error)})"
+    return f"flow run {flow_run.name!r} marked Cancelled; run it again to finish"
+
+
+def _run_with_progress(settings: Settings, source: str, verbose: bool, scorers: list[str] | None = None) -> None:
+    """Run the spine flow on `source` (with `scorers` instead of the configured ones, when given) in a worker
+    thread; the main thread shows a bar of the source's finished assets and stays free to stop at once on
+    SIGINT/SIGTERM, marking the flow run Cancelled."""
+    from prefect.flow_engine import run_flow as run_flow_engine
+    from prefect.states import Pending
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from aesq.core.queries import source_progress
+    from aesq.core.storage import open_source
+    from aesq.flows.spine import run_flow
+
+    opened = open_source(source, settings)
+    parameters = {"source": opened.uri, "scorers": scorers}
+    with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
+        flow_run = client.create_flow_run(run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending())
+    outcome: dict[str, BaseException | None] = {"error": None}
+
+    def work() -> None:
+        try:
+            run_flow_engine(run_flow, flow_run=flow_run, parameters=parameters)
+        except BaseException as error:  # reported by the main thread
+            outcome["error"] = error
+
+    def show_progress() -> None:
+        """Move the bar; display only, so a database error skips one update (the flow's tasks retry their own)."""
+        try:
+            done, total = source_progress(settings, opened.storage, opened.bucket, opened.prefix)
+        except SQLAlchemyError:
+            return
+        progress.update(bar, completed=done, total=total or None)
+
+    # In this thread's context, so the flow run sees the Prefect settings of the entry point.
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="aesq-run")
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with _run_logs_off_terminal(verbose), Progress(*columns, console=console, transient=False) as progress:
+            bar = progress.add_task(f"scoring {opened.uri}", total=None)
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.5)
+                show_progress()
+    except Stopped as stopped:
+        _give_back_claims(settings)
+        raise Stopped(stopped.signum, _cancel_flow_run(flow_run, stopped)) from None
+    if outcome["error"] is not None:
+        _give_back_claims(settings)
+        raise outcome["error"]
+
+
+def _give_back_claims(settings: Settings) -> None:
+    """A run that stops or fails gives its claimed batches back at once, so the next run need not wait for
+    their leases (a run killed outright cannot: its batches wait `AESQ_LEASE_SECONDS`)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from aesq.core.claims import release_worker
+
+    try:
+        with database.get_engine(settings).begin() as connection:
+            release_worker(connection)
+    except SQLAlchemyError:  # the database is the problem: the leases lapse by themselves
+        pass
+
+
+def _comparison_table(settings: Settings, scorer: str | None) -> Table:
+    """The version comparison as a rich table."""
+    from aesq.core.queries import version_comparison
+
+    table = Table(title="Generator versions (best mean first per scorer)")
+    table.add_column("generator:version", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("scorer")
+    for column in ("n", "mean", "95% interval", "std", "median", "p10", "p90", "≥ threshold"):
+        table.add_column(column, justify="right")
+    for row in version_comparison(settings, scorer):
+        share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
+        interval = "—" if row["mean_low"] is None else f"[{row['mean_low']:.2f}, {row['mean_high']:.2f}]"
+        table.add_row(
+            f"{row['generator']}:{row['version']}", row["kind"], row["scorer"], str(row["count"]),
+            f"{row['mean']:.2f}", interval, _number(row["std"], 2), f"{row['median']:.2f}", f"{row['p10']:.2f}",
+            f"{row['p90']:.2f}", share,
+        )
+    return table
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="s3://bucket/prefix or a local folder")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
+    _quiet_prefect(verbose)
+    settings = _ready_settings()
+    with _prefect_client_retries():
+        _run_with_progress(settings, source, verbose)
+    _print_status(settings)
+    console.print(_comparison_table(settings, None))
+
+
+def _print_status(settings: Settings) -> None:
+    """Counts by status, work in progress, and the latest failures."""
+    from aesq.core.queries import recent_failures, status_counts, work_in_progress
+
+    counts = status_counts(settings)
+    console.print("assets: " + (", ".join(f"{status} {count}" for status, count in sorted(counts.items())) or "none"))
+    work = work_in_progress(settings)
+    if work.queued or work.scoring_claimed:
+        console.print(
+            f"in progress: {work.queued} objects queued for ingest ({work.queued_claimed} claimed), "
+            f"{work.scoring_claimed} assets claimed for scoring; workers: {', '.join(work.workers) or 'none'}",
+            soft_wrap=True, highlight=False,
+        )
+    for failure in recent_failures(settings):
+        console.print(f"failed: {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def status() -> None:
+    """Counts of assets by status, and failures with their reasons."""
+    _print_status(_ready_settings())
+
+
+@app.command()
+def compare(
+    versions: Annotated[list[str] | None, typer.Argument(help="NAME:VERSION ...; the first is the baseline")] = None,
+    scorer: Annotated[str | None, typer.Option(help="only this scorer (default for A B: the first enabled)")] = None,
+    correction: Annotated[str, typer.Option(help="for 3+ versions: holm or bh")] = "holm",
+) -> None:
+    """Table of generator versions side by side; with versions A B [C ...], the statistics of B (C, ...) against A."""
+    settings = _ready_settings()
+    if not versions:
+        console.print(_comparison_table(settings, scorer))
+        return
+    from aesq.core.browse import NotFound, compare_versions
+
+    scorer = scorer or settings.enabled_scorers[0]
+    try:
+        comparison = compare_versions(settings, versions, scorer, correction)
+    except (ValueError, NotFound) as error:
+        raise CliError(str(error)) from None
+    baseline = versions[0]
+    table = Table(title=f"{scorer}: each version against {baseline}")
+    for column in ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p",
+                   "pairs", "paired diff", "Wilcoxon p", "B better"):
+        table.add_column(column)
+    for version, result in comparison.results.items():
+        interval = result.difference_interval
+        paired = result.paired
+        table.add_row(
+            version, str(result.count_b), f"{result.mean_difference:+.3f}",
+            f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
+            _number(result.mann_whitney_p, 4), _number(result.effect_size), _number(result.adjusted_p, 4),
+            str(paired.pairs) if paired else str(comparison.pair_counts[version]),
+            f"{paired.mean_difference:+.3f}" if paired else "—",
+            _number(paired.wilcoxon_p, 4) if paired else "—",
+            f"{paired.share_b_better:.0%}" if paired else "—",
+        )
+    console.print(table)
+    for version, result in comparison.results.items():
+        if result.too_few:
+            console.print(f"{version}: {result.too_few}")
+
+
+@app.command()
+def top(
+    generator: Annotated[str, typer.Option("--generator", "-g", help="NAME or NAME:VERSION")],
+    n: Annotated[int, typer.Option("-n", min=1, help="how many")] = 10,
+    scorer: Annotated[str | None, typer.Option(help="scorer to rank by (default: the first enabled)")] = None,
+) -> None:
+    """A generator's best-scored assets."""
+    from aesq.core.queries import top_assets
+
+    settings = _ready_settings()
+    name, _, version = generator.partition(":")
+    rows = top_assets(settings, name, version or None, scorer or settings.enabled_scorers[0], n)
+    if not rows:
+        raise CliError(f"no scored assets for generator {generator!r}")
+    table = Table(title=f"Top {n} of {generator}")
+    for column in ("id", "version", "score", "object", "prompt"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row["id"]), row["version"], f"{row['value']:.2f}", f"{row['bucket']}/{row['key']}", row["prompt"] or "")
+    console.print(table)
+
+
+@app.command()
+def similar(
+    asset_id: Annotated[int, typer.Argument(help="asset id")],
+    n: Annotated[int, typer.Option("-n", min=1)] = 5,
+    embedder: Annotated[str | None, typer.Option(help="default: the first enabled")] = None,
+) -> None:
+    """Nearest neighbours of an asset by embedding (pgvector HNSW)."""
+    from aesq.core.queries import nearest_assets
+
+    settings = _ready_settings()
+    try:
+        neighbours = nearest_assets(settings, asset_id, embedder or settings.enabled_embedders[0], n)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if not neighbours:
+        raise CliError(f"asset {asset_id} has no embedding")
+    for neighbour, distance in neighbours:
+        console.print(f"{neighbour}\t{distance:.4f}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path | None, typer.Option(help="where to build the sample (default: DATA_DIR/demo)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Build a sample of real photographs as three generator versions, run the spine, compare them."""
+    from aesq.cli.demo import build_sample
+
+    _quiet_prefect(verbose)
+    settings = _ready_settings()
+    folder = folder or settings.data_dir / "demo"
+    count = build_sample(folder)
+    console.print(f"built {count} demo images in {folder}")
+    _run_with_progress(settings, str(folder), verbose)
+    _print_status(settings)
+    console.print(_comparison_table(settings, None))
+    from aesq.flows.followup import defects_flow, report_flow
+
+    console.print(f"defect analysis: {defects_flow()} defects recorded on low scorers")
+    console.print(f"report: {report_flow()}")
+
+
+@app.command()
+def defects(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Analyse the low scorers (AESQ_DEFECT_RULES) not analysed since they were scored."""
+    from aesq.flows.followup import defects_flow
+
+    _quiet_prefect(verbose)
+    _ready_settings()
+    console.print(f"{defects_flow()} defects recorded")
+
+
+@app.command()
+def report(
+    out: Annotated[Path | None, typer.Option(help="also write the HTML here")] = None,
+    days: Annotated[int | None, typer.Option(min=1, help="trend window in days (default AESQ_REPORT_DAYS)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Render the quality report, save it to AESQ_REPORTS_URI (or DATA_DIR/reports) and record it."""
+    from aesq.core.storage import load_file
+    from aesq.flows.followup import report_flow
+
+    _quiet_prefect(verbose)
+    settings = _ready_settings()
+    location = report_flow(days)
+    if out is not None:
+        out.write_bytes(load_file(location, settings))
+    console.print(f"report saved to {location}" + (f" and {out}" if out else ""))
+
+
+@app.command()
+def export(
+    scorer: Annotated[str, typer.Option(help="the scorer whose latest score decides")],
+    out: Annotated[Path, typer.Option(help="manifest file to write")],
+    min_score: Annotated[float | None, typer.Option(help="drop assets scored under this")] = None,
+    exclude_defects: Annotated[str, typer.Option(help="comma-separated defect categories that drop an asset")] = "",
+    min_severity: Annotated[float, typer.Option(min=0, max=1, help="severity from which a defect drops")] = 0.0,
+    format: Annotated[str, typer.Option(help="jsonl, csv or parquet")] = "jsonl",
+) -> None:
+    """Write a keep/drop manifest of every asset (bucket, key, sha256, scores, defects) for training."""
+    from aesq.analysis.export import export_manifest
+
+    settings = _ready_settings()
+    categories = [part.strip() for part in exclude_defects.split(",") if part.strip()]
+    try:
+        summary = export_manifest(settings, out, scorer, min_score, categories, format, min_severity)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    console.print(f"kept {summary.kept}, dropped {summary.dropped} → {summary.path}")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port")] = 8000,
+) -> None:
+    """The dashboard and the read-only JSON API (/api/…, described at /openapi.json)."""
+    settings = _ready_settings()
+    if host not in LOOPBACK and not settings.api_token:
+        raise CliError("listening beyond loopback needs AESQ_API_TOKEN (clients send it as Authorization: Bearer)")
+    import uvicorn
+
+    from aesq.web.app import create_app
+
+    console.print(f"dashboard on http://{host}:{port}/")
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def bridge(
+    listen: Annotated[str, typer.Option(help="host:port to take bucket notifications on")] = "127.0.0.1:8787",
+) -> None:
+    """Queue the objects of bucket notifications POSTed here (MinIO webhook target) for the s3:// sources, and
+    start one ingest per burst (AESQ_NOTIFICATION_WINDOW_SECONDS) with a Prefect event."""
+    from aesq.servers.bridge import bridge_server, s3_sources
+
+    settings = get_settings()
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise CliError(f"--listen takes host:port, not {listen!r}")
+    if host not in LOOPBACK and not settings.bridge_token:
+        raise CliError("listening beyond loopback needs AESQ_BRIDGE_TOKEN (MinIO sends it as the webhook auth_token)")
+    if not s3_sources(settings.sources):
+        raise CliError("no s3:// source configured: set AESQ_SOURCES (the bridge queues objects of those only)")
+    settings = _ready_settings()
+    server = bridge_server(host or "127.0.0.1", int(port), settings)
+    console.print(f"bridge listening on http://{listen}")
+    try:
+        server.serve_forever()
+    finally:
+        from prefect.events.worker import EventsWorker
+
+        server.server_close()  # emits the events still due, and waits for them to be sent: a signal ends
+        EventsWorker.drain_all(timeout=30)  # the process without the atexit hooks that would send them
+
+
+@app.command()
+def worker(
+    pool: Annotated[str | None, typer.Option(help="Serve this scoring pool (AESQ_POOLS) instead of the flows.")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device of this pool worker, e.g. cuda:1.")] = None,
+    name: Annotated[str | None, typer.Option(help="Pool worker name, unique per GPU (default host-device).")] = None,
+    prefetch: Annotated[int, typer.Option(min=1, help="Batches a pool worker prepares at once.")] = 2,
+) -> None:
+    """Serve the chain (ingest each of AESQ_SOURCES on an interval → score → aggregate and analyse
+    defects; the nightly report), or (--pool) score batches for one scoring pool with its models loaded once."""
+    settings = _ready_settings()
+    if pool is not None:
+        from aesq.servers.scoring_pool import serve_scoring_pool
+
+        pool_settings = settings.for_pool(pool, device)
+        with _prefect_client_retries():
+            serve_scoring_pool(pool, name or f"{socket.gethostname()}-{pool_settings.device}", device, prefetch)
+        return
+    from prefect import serve
+
+    from aesq.flows.deployments import deployments
+
+    if not settings.sources:
+        raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
+    with _prefect_client_retries():
+        serve(*deployments(settings))
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """A statistic for a table; "—" where it is undefined."""
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+@bench_app.command("labels")
+def bench_labels(
+    data: Annotated[Path, typer.Option(help="folder with test.json (or test/test.json) and the images")],
+    scorer: Annotated[str, typer.Option(help="scorer to benchmark; enabled for this run if it is not")],
+    bootstrap: Annotated[int, typer.Option(min=100, help="bootstrap resamples for the 95 % intervals")] = 2000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Score a labelled set through the flows and report agreement with the human scores (SRCC, PLCC, bias)."""
+    from aesq.analysis.labels import LabelError, label_report, labelled_pairs, read_labels
+    from aesq.core.scoring import check_model_names
+
+    _quiet_prefect(verbose)
+    try:
+        labels = read_labels(data)
+    except LabelError as error:
+        raise CliError(str(error)) from None
+    settings = _ready_settings()
+    scorers = list(dict.fromkeys([*settings.scorers, scorer]))  # enabled for this run if it is not
+    check_model_names(settings.model_copy(update={"scorers": scorers}))
+    _run_with_progress(settings, str(data), verbose, scorers)
+    pairs, excluded = labelled_pairs(settings, data, labels, scorer)
+    if excluded:
+        console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
+        for failure in excluded:
+            console.print(f"  {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
+    report = label_report(pairs, bootstrap, seed)
+
+    console.print(f"{scorer} against human scores: {report.count} images", highlight=False)
+    summary = Table()
+    for column, justify in (("metric", "left"), ("value", "right"), ("95 % CI (bootstrap)", "right")):
+        summary.add_column(column, justify=justify)
+    for name, estimate in (("SRCC", report.srcc), ("PLCC", report.plcc)):
+        interval = "—" if estimate.low is None else f"[{estimate.low:.3f}, {estimate.high:.3f}]"
+        summary.add_row(name, _number(estimate.value), interval)
+    console.print(summary)
+    if report.slope is not None:
+        console.print(
+            f"linear fit to the human scale: human ≈ {report.slope:.4g} × {scorer} "
+            f"{'−' if report.intercept < 0 else '+'} {abs(report.intercept):.4g}; "
+            "PLCC after this fit = |PLCC| above (a linear map changes Pearson's r at most in sign)",
+            highlight=False,
+        )
+    if report.categories:
+        console.print("per category (bias: mean of fitted prediction − human score)")
+        table = Table()
+        for column, justify in (("category", "left"), ("n", "right"), ("SRCC", "right"), ("bias", "right")):
+            table.add_column(column, justify=justify)
+        for row in report.categories:
+            bias = "—" if row.bias is None else f"{row.bias:+.3f}"
+            table.add_row(row.category, str(row.count), _number(row.srcc), bias)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply schema migrations (to head by default)."""
+    database.upgrade(revision)
+    console.print(f"database at revision {database.current_revision()}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. -1 or base")] = "-1") -> None:
+    """Revert schema migrations (one step by default)."""
+    database.downgrade(revision)
+    console.print(f"database at revision {database.current_revision()}")
+
+
+@db_app.command("start")
+def db_start() -> None:
+    """Start the embedded Postgres (shared by every aesq process) and print its URL."""
+    settings = get_settings()
+    if settings.database_url:
+        raise CliError("AESQ_DATABASE_URL is set: aesq uses that database, not the embedded one")
+    console.print(database.start_embedded(settings))
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded Postgres."""
+    console.print("stopped" if database.stop_embedded(get_settings()) else "the embedded Postgres is not running")
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one readable line; unexpected kinds keep their type name."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+    from sqlalchemy.exc import DBAPIError
+
+    from aesq.core.database import DatabaseError
+    from aesq.core.scoring import UnknownModel
+    from aesq.core.storage import SourceError
+
+    if isinstance(error, ValidationError):
+        return "; ".join(f"AESQ_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
+    if isinstance(error, DBAPIError):  # the driver's message, without the statement and its parameters
+        return "cannot use the database: " + " ".join(str(error.orig).split())
+    message = " ".join(str(error).split()) or type(error).__name__
+    expected = (CliError, DatabaseError, SourceError, UnknownModel, UnknownPool, SettingsError)
+    return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
+
+
+def main() -> None:
+    """Entry point: errors become one line on stderr and exit status 1 (AESQ_DEBUG=1 shows tracebacks);
+    SIGINT and SIGTERM one line too, then the process ends by that signal."""
+    for handled in STOP_SIGNALS:
+        if signal.getsignal(handled) is not signal.SIG_IGN:  # started with it ignored (nohup, `&`): keep it so
+            signal.signal(handled, _stop_on_signal)
+    try:
+        app(standalone_mode=False)
+    except Stopped as stopped:
+        Console(stderr=True, soft_wrap=True).print(f"[red]aesq:[/red] {stopped}", highlight=False)
+        _exit_by_signal(stopped.signum)
+    except (typer.Exit, SystemExit) as done:
+        sys.exit(getattr(done, "exit_code", getattr(done, "code", 0)))
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get("AESQ_DEBUG"):
+            raise
+        Console(stderr=True, soft_wrap=True).print(f"[red]aesq: error:[/red] {_one_line(error)}", highlight=False)
+        sys.exit(1)

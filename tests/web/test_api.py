@@ -1,0 +1,154 @@
+"""The JSON API on the scored demo data, through FastAPI's test client against the real database."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from aesq.core.config import get_settings
+from aesq.core.database import get_engine
+from aesq.web.app import create_app
+
+BASE, LORA, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"
+
+
+@pytest.fixture
+def client(demo_settings) -> TestClient:
+    return TestClient(create_app())
+
+
+def test_leaderboard_compare_assets_and_neighbours(client, demo_settings):
+    versions = client.get("/api/versions", params={"scorer": "technical"}).json()
+    labels = [f"{row['generator']}:{row['version']}" for row in versions]
+    assert sorted(labels) == sorted([BASE, LORA, SFT, "other-model:v1"])
+    assert [row["mean"] for row in versions] == sorted((row["mean"] for row in versions), reverse=True)
+    base = next(row for row in versions if row["version"] == "v1.0-base")
+    assert base["count"] == 8 and base["mean_low"] <= base["mean"] <= base["mean_high"] and base["interval"] == "bootstrap"
+    only_demo = client.get("/api/versions", params={"generator": "demo-diffusion"}).json()
+    assert {row["generator"] for row in only_demo} == {"demo-diffusion"} and len(only_demo) == 3
+    live = client.get("/api/versions", params={"scorer": "technical", "source_kind": "generated"}).json()
+    assert {r["interval"] for r in live} == {"normal"} and next(r for r in live if r["version"] == "v1.0-base")["mean"] == pytest.approx(base["mean"])
+
+    compared = client.get("/api/compare", params={"a": BASE, "b": SFT, "scorer": "technical"}).json()
+    assert compared["count_a"] == compared["count_b"] == 8
+    assert compared["paired"]["pairs"] == 8  # the demo renders every photo (prompt + seed) in each version
+    pairs = client.get("/api/pairs", params={"a": BASE, "b": SFT, "scorer": "technical", "limit": 3}).json()
+    assert len(pairs) == 3 and all(p["prompt"].startswith("a photograph") for p in pairs)
+
+    page = client.get("/api/assets", params={"scorer": "technical", "version": "v1.0-base", "limit": 5, "offset": 5}).json()
+    assert page["total"] == 8 and len(page["items"]) == 3 and page["offset"] == 5
+    ordered = client.get("/api/assets", params={"scorer": "technical", "order": "score_asc", "limit": 200}).json()["items"]
+    assert [a["value"] for a in ordered] == sorted(a["value"] for a in ordered)
+    worst = ordered[0]
+    detail = client.get(f"/api/assets/{worst['id']}").json()
+    assert detail["key"] == worst["key"] and [s["scorer"] for s in detail["scores"]] == ["technical"]
+    assert detail["embedders"] == ["efficientnet-lite0"] and detail["prompt"] == worst["prompt"]
+    neighbours = client.get(f"/api/assets/{worst['id']}/neighbours", params={"limit": 3}).json()
+    assert len(neighbours) == 3 and neighbours[0]["distance"] <= neighbours[-1]["distance"]
+    assert worst["id"] not in [n["id"] for n in neighbours]
+    defective = client.get("/api/assets", params={"scorer": "technical", "defect": "*", "limit": 200}).json()
+    assert defective["total"] > 0 and all(item["defects"] for item in defective["items"])
+
+
+def test_thumbnails_are_resized_cached_and_only_from_the_configured_storage(client, demo_settings):
+    asset_id = client.get("/api/assets", params={"scorer": "technical", "limit": 1}).json()["items"][0]["id"]
+    response = client.get(f"/api/assets/{asset_id}/thumbnail", params={"size": 128})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(response.content)).size) == 128
+    assert len(list((demo_settings.data_dir / "thumbnails").glob("*-128.jpg"))) == 1
+    assert client.get(f"/api/assets/{asset_id}/thumbnail", params={"size": 128}).content == response.content
+    # An asset row pointing outside the configured storage is refused (and storage credentials never appear).
+    with get_engine(demo_settings).begin() as connection:
+        outside = connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, status) "
+                "VALUES ('file', '/etc', 'passwd', 'x', 1, 'crawled', 'scored') RETURNING id"
+            )
+        ).scalar_one()
+    refused = client.get(f"/api/assets/{outside}/thumbnail")
+    assert refused.status_code == 403 and "configured storage" in refused.json()["detail"]
+    assert demo_settings.s3_secret_key.get_secret_value() not in client.get(f"/api/assets/{asset_id}").text
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "message"),
+    [
+        ("/api/assets", {"scorer": "technical", "limit": 0}, 422, "greater than or equal to 1"),
+        ("/api/assets", {"scorer": "technical", "limit": "many"}, 422, "valid integer"),
+        ("/api/assets", {}, 422, "scorer"),
+        ("/api/assets", {"scorer": "technical", "order": "random"}, 422, "score_desc"),
+        ("/api/assets", {"scorer": "technical", "generator": "a\x00b"}, 422, "invalid parameter"),
+        ("/api/versions", {"since": "2026-02-30"}, 422, "date"),
+        ("/api/versions", {"since": "2026-03-02", "until": "2026-03-01"}, 422, "since is after until"),
+        ("/api/compare", {"a": "nocolon", "b": BASE, "scorer": "technical"}, 422, "pattern"),
+        ("/api/compare", {"a": "nobody:1", "b": BASE, "scorer": "technical"}, 404, "no technical scores for version 'nobody:1'"),
+        ("/api/assets/999999", {}, 404, "no asset 999999"),
+        ("/api/assets/abc", {}, 422, "valid integer"),
+        ("/api/assets/1/thumbnail", {"size": 100}, 422, "128, 256, 512"),
+        ("/api/assets/1/neighbours", {"embedder": "nope"}, 422, "no vector index"),
+        ("/api/assets/999999/neighbours", {"embedder": "efficientnet-lite0"}, 404, "no asset 999999"),
+    ],
+)
+def test_invalid_parameters_get_a_4xx_with_a_message(client, path, params, status, message):
+    response = client.get(path, params=params)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_openapi_describes_every_endpoint(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/versions", "/api/compare", "/api/assets", "/api/assets/{asset_id}", "/api/assets/{asset_id}/neighbours",
+                 "/api/assets/{asset_id}/thumbnail", "/api/reports", "/api/trends"):
+        assert path in paths
+    assert not any(path.startswith("/gallery") for path in paths)  # pages are not API
+
+
+def test_a_configured_token_is_required(demo_settings, monkeypatch):
+    monkeypatch.setenv("AESQ_API_TOKEN", "s3cret")
+    get_settings.cache_clear()
+    client = TestClient(create_app())
+    assert client.get("/api/versions").status_code == 401
+    assert client.get("/").status_code == 401
+    assert client.get("/api/versions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/versions", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/login", params={"token": "nope"}).status_code == 401
+    assert client.get("/login", params={"token": "s3cret"}).status_code == 200  # redirected to the leaderboard
+    assert client.get("/api/versions").status_code == 200  # the cookie now carries it
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/?since=yesterday", 422, "since: not a date"),
+        ("/?source_kind=painted", 422, "generated"),
+        ("/gallery?version=nocolon", 422, "NAME:VERSION"),
+        ("/gallery?offset=-1", 422, "greater than or equal to 0"),
+        ("/assets/999999", 404, "no asset 999999"),
+        ("/reports/12345", 404, "no report 12345"),
+        ("/compare?a=nobody:1&b=demo-diffusion:v1.0-base&scorer=technical", 200, "no technical scores for version"),
+        ("/?since=&until=&generator=&source_kind=", 200, "demo-diffusion:v1.0-base"),  # an untouched form
+    ],
+)
+def test_pages_answer_bad_parameters_with_a_4xx_or_a_message(client, path, status, message):
+    response = client.get(path)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_comparisons_are_kept_until_the_scores_change_and_pages_past_the_end_keep_the_total(client, demo_settings):
+    params = {"a": BASE, "b": SFT, "scorer": "technical"}
+    first = client.get("/api/compare", params=params).json()
+    assert client.get("/api/compare", params=params).json() == first
+    with get_engine(demo_settings).begin() as connection:  # a rescored asset of B: a newer, higher score
+        connection.execute(sa.text(
+            "INSERT INTO scores (asset_id, scorer, scorer_version, value, raw) SELECT a.id, 'technical', 'rescored', 10, '{}' "
+            "FROM assets a JOIN generators g ON g.id = a.generator_id WHERE g.version = 'v2.0-sft' ORDER BY a.id LIMIT 1"
+        ))  # fmt: skip
+    second = client.get("/api/compare", params=params).json()
+    assert second["mean_difference"] > first["mean_difference"]
+    past = client.get("/api/assets", params={"scorer": "technical", "version": "v1.0-base", "offset": 100}).json()
+    assert past["items"] == [] and past["total"] == 8

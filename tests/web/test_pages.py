@@ -1,0 +1,105 @@
+"""The dashboard in headless Chromium (Debian `chromium` + `chromium-driver`, driven by Selenium) on the
+scored demo data: the leaderboard, a filter, the comparison page, thumbnails, the asset page."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from aesq.web.app import create_app
+from tests.conftest import _free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def dashboard(demo_settings) -> Iterator[str]:
+    """`aesq serve`'s application on a loopback port, in this process; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator[webdriver.Chrome]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("Debian packages chromium and chromium-driver are not installed")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    browser.set_page_load_timeout(60)
+    yield browser
+    browser.quit()
+
+
+def _wait(browser, condition, seconds: float = 30):
+    """Wait for `condition`; elements of the page being left while it polls are simply polled again."""
+    return WebDriverWait(browser, seconds, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
+def _loaded(browser, image) -> bool:
+    """Bring a (lazy) image into view; True once it has loaded with real pixels."""
+    browser.execute_script("arguments[0].scrollIntoView()", image)
+    return bool(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image))
+
+
+def _versions_shown(browser) -> list[str]:
+    return [row.get_attribute("data-version") for row in browser.find_elements(By.CSS_SELECTOR, "tr.version-row")]
+
+
+def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
+    browser.get(dashboard + "/")
+    assert sorted(_versions_shown(browser)) == [
+        "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft", "other-model:v1",
+    ]  # fmt: skip
+    _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#means .main-svg")))  # plotly drew
+
+    Select(browser.find_element(By.NAME, "generator")).select_by_visible_text("other-model")
+    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    _wait(browser, lambda b: _versions_shown(b) == ["other-model:v1"])
+
+    browser.get(dashboard + "/compare?a=demo-diffusion:v1.0-base&b=demo-diffusion:v2.0-sft&scorer=technical")
+    assert browser.find_element(By.CSS_SELECTOR, "#comparison .version-a").text == "demo-diffusion:v1.0-base"
+    assert browser.find_element(By.CSS_SELECTOR, "#comparison .version-b").text == "demo-diffusion:v2.0-sft"
+    assert "8 pairs" in browser.find_element(By.CSS_SELECTOR, "table.stats").text
+    _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#distributions .main-svg")))
+    strips = browser.find_elements(By.CSS_SELECTOR, ".pair img")
+    assert len(strips) >= 2
+    _wait(browser, lambda b: _loaded(b, strips[0]) and _loaded(b, strips[1]))
+
+    browser.get(dashboard + "/gallery?show=bottom&scorer=technical")
+    first = browser.find_element(By.CSS_SELECTOR, ".tile img")
+    _wait(browser, lambda b: _loaded(b, first))
+    first.click()
+    _wait(browser, expected_conditions.presence_of_element_located((By.ID, "asset-image")))
+    assert "technical" in browser.find_element(By.ID, "scores").text
+    assert browser.find_elements(By.CSS_SELECTOR, ".gallery .tile")  # nearest neighbours
+
+
+def test_trends_and_reports_pages_render(dashboard, browser):
+    browser.get(dashboard + "/trends?scorer=technical")
+    _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#trend .main-svg")))
+    assert "demo-diffusion:v1.0-base" in browser.find_element(By.ID, "defects").text or "No defects" in browser.page_source
+    browser.get(dashboard + "/reports")
+    assert "No report yet" in browser.page_source
