@@ -33,7 +33,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +97,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10, help="timed calls per batch size and measurement")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing each batch size")
     parser.add_argument("--image-size", type=int, default=448, help="side of the random square input images")
-    parser.add_argument("--peak-tflops", type=float, default=790.0,
-                        help="peak for MFU (default: measured dense bf16 matmul peak of an H100)")
-    parser.add_argument("--tolerance-internvl", type=float, default=None,
-                        help="max |batched - single| in score points (0..100); default 0.5 in bf16, 1e-3 in fp32")
-    parser.add_argument("--tolerance-laion", type=float, default=None,
-                        help="max |batched - single| in score units; default 0.05 in bf16, 1e-4 in fp32")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=790.0,
+        help="peak for MFU (default: measured dense bf16 matmul peak of an H100)",
+    )
+    parser.add_argument(
+        "--tolerance-internvl",
+        type=float,
+        default=None,
+        help="max |batched - single| in score points (0..100); default 0.5 in bf16, 1e-3 in fp32",
+    )
+    parser.add_argument(
+        "--tolerance-laion",
+        type=float,
+        default=None,
+        help="max |batched - single| in score units; default 0.05 in bf16, 1e-4 in fp32",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = parser.parse_args(argv)
@@ -167,7 +179,9 @@ class PromptLengthTokenizer:
 
         self.specials = dict(specials)
         self.ordinary = ordinary
-        self._split = re.compile("(" + "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True)) + ")")
+        self._split = re.compile(
+            "(" + "|".join(re.escape(token) for token in sorted(specials, key=len, reverse=True)) + ")"
+        )
         self._pieces = regex.compile(QWEN2_PRETOKENIZE)
         self.unk_token_id = None
 
@@ -223,7 +237,7 @@ def build_internvl(size: str, device: str, seed: int) -> tuple[internvl.ArtiMuse
         specials = QWEN_SPECIALS
     else:
         specials = {token: vocab - 1 - index for index, token in enumerate(QWEN_SPECIALS)}
-    tokenizer = PromptLengthTokenizer(specials, range(0, min(specials.values())))
+    tokenizer = PromptLengthTokenizer(specials, range(min(specials.values())))
     image_token_id = specials[internvl.IMG_CONTEXT]
     config = internvl.native_config(chat, image_token_id)
     started = time.perf_counter()
@@ -259,7 +273,9 @@ def build_internvl(size: str, device: str, seed: int) -> tuple[internvl.ArtiMuse
     n_vit = matmul_weights(model.vision_tower)
     n_proj = matmul_weights(model.multi_modal_projector)
     n_lm = matmul_weights(model.language_model)
-    d_attn = text.num_attention_heads * (getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+    d_attn = text.num_attention_heads * (
+        getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    )
     flops = {
         "vit": 2 * n_vit * patches + 4 * vision.num_hidden_layers * patches**2 * vision.hidden_size,
         "projector": 2 * n_proj * scorer.num_image_tokens,
@@ -513,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results = {
         "benchmark": "gpu_scorer",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv] if argv is None else ["bench/gpu_scorer.py", *argv]),
         "device": device_name(args.device),
         "torch": torch.__version__,

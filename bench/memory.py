@@ -24,7 +24,7 @@ import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -95,7 +95,9 @@ def measure(code: Path, folder: Path, admin_url: str, env: dict[str, str], log: 
     subprocess.run([*aesq, "db", "upgrade"], cwd=code, env=run_env, check=True, capture_output=True)
     start = time.perf_counter()
     with log.open("w") as output:
-        child = subprocess.Popen([*aesq, "run", str(folder)], cwd=code, env=run_env, stdout=output, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [*aesq, "run", str(folder)], cwd=code, env=run_env, stdout=output, stderr=subprocess.STDOUT
+        )
     process = psutil.Process(child.pid)
     peak_rss = peak_pss = 0
     while True:
@@ -144,7 +146,7 @@ def main() -> None:
                       f"{outcome['peak_tree_rss_mb']} MB, tree PSS {outcome['peak_tree_pss_mb']} MB, "
                       f"exit {outcome['exit_status']}, assets {outcome['assets']}", flush=True)  # fmt: skip
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "memory_gb": round(psutil.virtual_memory().total / 1e9, 1), "python": platform.python_version()},

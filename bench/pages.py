@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,22 @@ PAGES = {
     "leaderboard": lambda r: "/",
     "leaderboard, filtered (live)": lambda r: f"/?source_kind=generated&since=2026-10-{1 + r % 20:02d}",
     # Every request compares a pair not compared before (cold: fetch, bootstraps, page); then one pair again and again.
-    "compare A B (paired, cold)": lambda r: f"/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 1 + r // VERSIONS) % VERSIONS}&scorer=technical",
+    "compare A B (paired, cold)": lambda r: (
+        f"/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 1 + r // VERSIONS) % VERSIONS}&scorer=technical"
+    ),
     "compare A B (repeated)": lambda r: "/compare?a=bench-model:v0&b=bench-model:v1&scorer=technical",
     "trends + defects": lambda r: "/trends?scorer=technical",
-    "gallery bottom of a version": lambda r: f"/gallery?show=bottom&scorer=technical&version=bench-model:v{r % VERSIONS}",
+    "gallery bottom of a version": lambda r: (
+        f"/gallery?show=bottom&scorer=technical&version=bench-model:v{r % VERSIONS}"
+    ),
     "gallery defective": lambda r: f"/gallery?show=defective&scorer=technical&offset={48 * (r % 5)}",
     "asset page (+ neighbours)": lambda r: f"/assets/{1 + (r * 7919) % 1000}",
-    "API assets, filtered page": lambda r: f"/api/assets?scorer=technical&min_score=4&max_score=6&limit=50&offset={50 * r}",
-    "API compare (cold)": lambda r: f"/api/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 3 + r // VERSIONS) % VERSIONS}&scorer=technical",
+    "API assets, filtered page": lambda r: (
+        f"/api/assets?scorer=technical&min_score=4&max_score=6&limit=50&offset={50 * r}"
+    ),
+    "API compare (cold)": lambda r: (
+        f"/api/compare?a=bench-model:v{r % VERSIONS}&b=bench-model:v{(r + 3 + r // VERSIONS) % VERSIONS}&scorer=technical"
+    ),
     "thumbnail (cached)": lambda r: f"/api/assets/{1 + r % 20}/thumbnail?size=256",
 }
 
@@ -47,8 +55,12 @@ PAGES = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", type=int, default=100_000)
-    parser.add_argument("--requests", type=int, default=30, help="timed requests per page (after 2 warm-up requests); "
-                        "above 38 the cold comparisons start to repeat pairs")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=30,
+        help="timed requests per page (after 2 warm-up requests); above 38 the cold comparisons start to repeat pairs",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     return parser.parse_args()
 
@@ -96,14 +108,18 @@ def seed(settings, count: int, images: Path) -> None:
             """
         ))  # fmt: skip
         # Loading into an HNSW index row by row takes far longer than building it once afterwards.
-        indexes = connection.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE indexdef LIKE '%hnsw%'")).all()
+        indexes = connection.execute(
+            sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE indexdef LIKE '%hnsw%'")
+        ).all()
         for name, _ in indexes:
             connection.execute(sa.text(f'DROP INDEX "{name}"'))
         rng = np.random.default_rng(0)
         for start in range(1, count + 1, 10_000):
             ids = list(range(start, min(start + 10_000, count + 1)))
             vectors = rng.standard_normal((len(ids), 1280)).astype(np.float32)
-            write_embeddings(connection, "efficientnet-lite0", ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+            write_embeddings(
+                connection, "efficientnet-lite0", ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            )
         connection.execute(sa.text("SET maintenance_work_mem = '4GB'"))
         connection.execute(sa.text("SET max_parallel_maintenance_workers = 2"))
         for _, definition in indexes:
@@ -123,7 +139,9 @@ def seed(settings, count: int, images: Path) -> None:
 def main() -> None:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="aesq-bench-pages-"))
-    os.environ.update(AESQ_DATA_DIR=str(work / "data"), AESQ_CONFIG=str(work / "absent.toml"), AESQ_SOURCES=str(work / "images"))
+    os.environ.update(
+        AESQ_DATA_DIR=str(work / "data"), AESQ_CONFIG=str(work / "absent.toml"), AESQ_SOURCES=str(work / "images")
+    )
     os.environ.pop("AESQ_DATABASE_URL", None)
     import httpx
     import uvicorn
@@ -158,10 +176,12 @@ def main() -> None:
                 "p95_ms": round(times[max(0, int(0.95 * len(times)) - 1)], 1),
                 "max_ms": round(times[-1], 1),
             }
-            print(f"{page:32s} p50 {results[page]['p50_ms']:7.1f} ms   p95 {results[page]['p95_ms']:7.1f} ms", flush=True)
+            print(
+                f"{page:32s} p50 {results[page]['p50_ms']:7.1f} ms   p95 {results[page]['p95_ms']:7.1f} ms", flush=True
+            )
     server.should_exit = True
     record = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.machine()} {os.cpu_count()} CPU, {platform.platform()}",
         "assets": args.assets,

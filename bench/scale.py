@@ -60,9 +60,14 @@ def parse_args() -> argparse.Namespace:
     part = parts.add_parser("discovery", help="discovery time and peak memory at 10k, 100k and 1M keys")
     part.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated key counts")
     part.add_argument("--new-share", type=float, default=0.01, help="share of new keys in the runs with new keys")
-    part.add_argument("--page-size", type=int, default=None, help="discovery page (default aesq.core.discovery.PAGE_SIZE)")
-    part.add_argument("--database-url", default=os.environ.get("AESQ_DATABASE_URL"),
-                      help="use this database instead of starting an embedded Postgres")
+    part.add_argument(
+        "--page-size", type=int, default=None, help="discovery page (default aesq.core.discovery.PAGE_SIZE)"
+    )
+    part.add_argument(
+        "--database-url",
+        default=os.environ.get("AESQ_DATABASE_URL"),
+        help="use this database instead of starting an embedded Postgres",
+    )
     part.add_argument("--tmp", type=Path, default=None, help="where the temporary folder goes")
     part.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="folder for scale.json")
     once = parts.add_parser("discover-once", help="(internal) one discovery, measured, printed as JSON")
@@ -81,7 +86,9 @@ def make_source(root: Path, count: int) -> None:
     for index in range(count):
         if index % PER_DIRECTORY == 0:
             (root / f"d{index // PER_DIRECTORY:04d}").mkdir(parents=True)
-        os.close(os.open(root / f"d{index // PER_DIRECTORY:04d}" / f"img-{index:07d}.png", os.O_CREAT | os.O_WRONLY, 0o644))
+        os.close(
+            os.open(root / f"d{index // PER_DIRECTORY:04d}" / f"img-{index:07d}.png", os.O_CREAT | os.O_WRONLY, 0o644)
+        )
 
 
 def add_interleaved(root: Path, count: int, total: int) -> set[str]:
@@ -130,19 +137,26 @@ def record_queue(engine, root: Path) -> set[str]:
     import sqlalchemy as sa
 
     with engine.begin() as connection:
-        keys = set(connection.execute(
-            sa.text("SELECT key FROM ingest_queue WHERE storage = 'file' AND bucket = :bucket"), {"bucket": str(root)}
-        ).scalars())
-        connection.execute(sa.text(
-            """
+        keys = set(
+            connection.execute(
+                sa.text("SELECT key FROM ingest_queue WHERE storage = 'file' AND bucket = :bucket"),
+                {"bucket": str(root)},
+            ).scalars()
+        )
+        connection.execute(
+            sa.text(
+                """
             INSERT INTO assets (storage, bucket, key, sha256, etag, size_bytes, source_kind, status, scored_at)
             SELECT storage, bucket, key, encode(sha256(convert_to(bucket || '/' || key, 'UTF8')), 'hex'), etag, 0,
                    'crawled', 'scored', now()
             FROM ingest_queue WHERE storage = 'file' AND bucket = :bucket
             """
-        ), {"bucket": str(root)})
-        connection.execute(sa.text("DELETE FROM ingest_queue WHERE storage = 'file' AND bucket = :bucket"),
-                           {"bucket": str(root)})
+            ),
+            {"bucket": str(root)},
+        )
+        connection.execute(
+            sa.text("DELETE FROM ingest_queue WHERE storage = 'file' AND bucket = :bucket"), {"bucket": str(root)}
+        )
     return keys
 
 
@@ -176,14 +190,21 @@ def discover_once(args: argparse.Namespace) -> None:
     else:
         found = discovery.discover(args.source, settings, page_size=args.page_size)
     seconds = time.perf_counter() - started
-    print(json.dumps({
-        "seconds": seconds,
-        "peak_rss_mb": _status_mb("VmHWM"),
-        "rss_before_mb": before,
-        "process_peak_rss_mb": max(imports_peak, _status_mb("VmHWM")),
-        "listed": found.listed, "queued": found.queued, "deleted": found.deleted, "full": found.full,
-        "page_size": args.page_size or discovery.PAGE_SIZE,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": _status_mb("VmHWM"),
+                "rss_before_mb": before,
+                "process_peak_rss_mb": max(imports_peak, _status_mb("VmHWM")),
+                "listed": found.listed,
+                "queued": found.queued,
+                "deleted": found.deleted,
+                "full": found.full,
+                "page_size": args.page_size or discovery.PAGE_SIZE,
+            }
+        )
+    )
 
 
 def run_discovery(
@@ -274,9 +295,12 @@ def discovery_part(args: argparse.Namespace) -> None:
             check(record_queue(engine, root) == after, "exactly the arrivals were queued")
             engine.dispose()
             for name, run in runs.items():
-                print(f"  {name:22} {run['seconds']:7.2f} s  peak RSS {run['peak_rss_mb']:6.1f} MB "
-                      f"(before {run['rss_before_mb']:.1f}, process {run['process_peak_rss_mb']:.1f})  "
-                      f"listed {run['listed']:,} queued {run['queued']:,}", flush=True)
+                print(
+                    f"  {name:22} {run['seconds']:7.2f} s  peak RSS {run['peak_rss_mb']:6.1f} MB "
+                    f"(before {run['rss_before_mb']:.1f}, process {run['process_peak_rss_mb']:.1f})  "
+                    f"listed {run['listed']:,} queued {run['queued']:,}",
+                    flush=True,
+                )
             results.append({"keys": size, "new": new, "files_seconds": made, "seed_seconds": seeded, "runs": runs})
             shutil.rmtree(root)
 
@@ -297,8 +321,10 @@ def markdown(results: list[dict]) -> str:
     lines = [header, "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for result in results:
         for name, run in result["runs"].items():
-            lines.append(f"| {result['keys']:,} | {name} | {run['listed']:,} | {run['queued']:,} | {run['seconds']:.2f} "
-                         f"| {run['peak_rss_mb']:.1f} | {run['rss_before_mb']:.1f} | {run['process_peak_rss_mb']:.1f} |")
+            lines.append(
+                f"| {result['keys']:,} | {name} | {run['listed']:,} | {run['queued']:,} | {run['seconds']:.2f} "
+                f"| {run['peak_rss_mb']:.1f} | {run['rss_before_mb']:.1f} | {run['process_peak_rss_mb']:.1f} |"
+            )
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,21 @@ from PIL import Image
 
 ACCESS_KEY, SECRET_KEY = "bench", "bench-secret"
 VERSIONS = 4
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "hubble_deep_field",
-          "camera", "brick", "grass", "gravel", "moon", "coins")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "retina",
+    "hubble_deep_field",
+    "camera",
+    "brick",
+    "grass",
+    "gravel",
+    "moon",
+    "coins",
+)
 TABLES = "defects, embeddings, scores, version_stats, assets, generators"
 SCORE_ROWS, EMBEDDING_ROWS, SCORES_PER_ASSET = 50_000, 10_000, 5
 TARGETS = {"ratio": 0.85, "score_rows_per_s": 20_000, "embedding_rows_per_s": 3_000}
@@ -155,16 +168,18 @@ def prefect_environment(tmp: Path) -> dict[str, str]:
 def configure_environment(tmp: Path, s3_endpoint: str, database_url: str, api_url: str, batch_size: int | None) -> None:
     """Point Prefect and aesq at the services (before either is imported)."""
     os.environ.update(prefect_environment(tmp))
-    os.environ.update({
-        "PREFECT_API_URL": api_url,
-        "AESQ_CONFIG": str(tmp / "absent.toml"),
-        "AESQ_DATABASE_URL": database_url,
-        "AESQ_DATA_DIR": str(tmp / "aesq"),
-        "AESQ_S3_ENDPOINT": s3_endpoint,
-        "AESQ_S3_ACCESS_KEY": ACCESS_KEY,
-        "AESQ_S3_SECRET_KEY": SECRET_KEY,
-        "AESQ_S3_REGION": "us-east-1",
-    })
+    os.environ.update(
+        {
+            "PREFECT_API_URL": api_url,
+            "AESQ_CONFIG": str(tmp / "absent.toml"),
+            "AESQ_DATABASE_URL": database_url,
+            "AESQ_DATA_DIR": str(tmp / "aesq"),
+            "AESQ_S3_ENDPOINT": s3_endpoint,
+            "AESQ_S3_ACCESS_KEY": ACCESS_KEY,
+            "AESQ_S3_SECRET_KEY": SECRET_KEY,
+            "AESQ_S3_REGION": "us-east-1",
+        }
+    )
     if batch_size is not None:
         os.environ["AESQ_BATCH_SIZE"] = str(batch_size)
 
@@ -444,7 +459,7 @@ def summarise(
     embedding_rate = statistics.median(EMBEDDING_ROWS / s for s in writes["write_embeddings"])
     unindexed_rate = statistics.median(EMBEDDING_ROWS / s for s in writes["write_embeddings_unindexed"])
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(),
         "images": args.images,
@@ -455,7 +470,11 @@ def summarise(
         "repeats": args.repeats,
         "seconds": {"bare": bare, "aesq": flow, **writes},
         "aesq_s3_connections_discarded": discarded,
-        "rows": {"write_scores": SCORE_ROWS, "write_embeddings": EMBEDDING_ROWS, "write_embeddings_unindexed": EMBEDDING_ROWS},
+        "rows": {
+            "write_scores": SCORE_ROWS,
+            "write_embeddings": EMBEDDING_ROWS,
+            "write_embeddings_unindexed": EMBEDDING_ROWS,
+        },
         "median": {
             "bare_images_per_s": bare_rate,
             "aesq_images_per_s": aesq_rate,
@@ -481,19 +500,33 @@ def print_table(results: dict) -> None:
         ("bare loop", f"{median['bare_images_per_s']:8.2f} images/s", seconds["bare"]),
         ("aesq run_flow", f"{median['aesq_images_per_s']:8.2f} images/s", seconds["aesq"]),
         ("aesq / bare", f"{ratio:8.2f}  (target >= {targets['ratio']})", None),
-        ("write_scores", f"{median['score_rows_per_s']:8.0f} rows/s  (target >= {targets['score_rows_per_s']})",
-         seconds["write_scores"]),
-        ("write_embeddings", f"{median['embedding_rows_per_s']:8.0f} rows/s  (target >= {targets['embedding_rows_per_s']})",
-         seconds["write_embeddings"]),
-        ("  without HNSW", f"{median['unindexed_embedding_rows_per_s']:8.0f} rows/s", seconds["write_embeddings_unindexed"]),
+        (
+            "write_scores",
+            f"{median['score_rows_per_s']:8.0f} rows/s  (target >= {targets['score_rows_per_s']})",
+            seconds["write_scores"],
+        ),
+        (
+            "write_embeddings",
+            f"{median['embedding_rows_per_s']:8.0f} rows/s  (target >= {targets['embedding_rows_per_s']})",
+            seconds["write_embeddings"],
+        ),
+        (
+            "  without HNSW",
+            f"{median['unindexed_embedding_rows_per_s']:8.0f} rows/s",
+            seconds["write_embeddings_unindexed"],
+        ),
     ]
-    print(f"\n{results['images']} images of {results['size']}px, batch {results['batch_size']}, "
-          f"{results['machine']['cpu_count']} CPUs, median of {results['repeats']}")
+    print(
+        f"\n{results['images']} images of {results['size']}px, batch {results['batch_size']}, "
+        f"{results['machine']['cpu_count']} CPUs, median of {results['repeats']}"
+    )
     for name, figure, runs in lines:
         detail = "" if runs is None else "   runs: " + ", ".join(f"{s:.2f}s" for s in runs)
         print(f"  {name:<17}{figure}{detail}")
     if any(results["aesq_s3_connections_discarded"]):
-        print(f"  aesq threw away {results['aesq_s3_connections_discarded']} S3 connections per run (urllib3 pool full)")
+        print(
+            f"  aesq threw away {results['aesq_s3_connections_discarded']} S3 connections per run (urllib3 pool full)"
+        )
 
 
 def main() -> None:

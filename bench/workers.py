@@ -21,13 +21,11 @@ import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 from spine import (
-    ACCESS_KEY,
-    SECRET_KEY,
     configure_environment,
     executable,
     load_photos,
@@ -87,13 +85,14 @@ def work_per_image(images: int) -> dict[str, float]:
 
 def one_round(workers: int, images: int) -> dict:
     """Start `workers` runs at once; wall time, their CPU time (and the whole machine's: Postgres, the S3 and
-Prefect servers too) and the work done per image."""
+    Prefect servers too) and the work done per image."""
     empty_database()
     machine_before = psutil.cpu_times()
     started = time.perf_counter()
     processes = [
-        subprocess.Popen([executable("aesq"), "run", f"s3://{BUCKET}/"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [executable("aesq"), "run", f"s3://{BUCKET}/"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(workers)
     ]
     watched = [psutil.Process(process.pid) for process in processes]
@@ -132,14 +131,16 @@ def run(args: argparse.Namespace) -> None:
             median = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
             median["images_per_s"] = args.images / median["wall_s"]
             results[workers] = {"median": median, "rounds": rounds}
-            print(f"{workers} worker(s): {median['wall_s']:.1f} s wall, {median['images_per_s']:.1f} images/s, "
-                  f"{median['cpu_s']:.0f} CPU s in aesq ({median['machine_cpu_s']:.0f} machine-wide), fetches/image {median.get('fetch', 0):.3f}, "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in median.items() if k.startswith("model:")), flush=True)
+            print(
+                f"{workers} worker(s): {median['wall_s']:.1f} s wall, {median['images_per_s']:.1f} images/s, "
+                f"{median['cpu_s']:.0f} CPU s in aesq ({median['machine_cpu_s']:.0f} machine-wide), fetches/image {median.get('fetch', 0):.3f}, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in median.items() if k.startswith("model:")),
+                flush=True,
+            )
     report = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "command": f"bench/scale.py workers --images {args.images} --size {args.size} --repeats {args.repeats}",
         "results": results,
     }
     (args.out / "workers.json").write_text(json.dumps(report, indent=2, default=str))
-

@@ -56,7 +56,9 @@ def _room(active: list[PrefectFuture]) -> bool:
         time.sleep(0.05)
 
 
-def _claimed_objects(source: str, discovery: PrefectFuture | None, active: list[PrefectFuture]) -> Iterator[list[Queued]]:
+def _claimed_objects(
+    source: str, discovery: PrefectFuture | None, active: list[PrefectFuture]
+) -> Iterator[list[Queued]]:
     """Batches claimed from the source's queue while discovery fills it, until it is empty and no other
     worker holds a claim on it (a dead worker's batch is taken over when its lease lapses)."""
     while _room(active):

@@ -9,8 +9,6 @@ from aesq.models.technical import TechnicalQualityScorer
 SCORERS: dict[str, type[Scorer]] = {
     cls.name: cls for cls in (TechnicalQualityScorer, LaionAestheticV2Scorer, *INTERNVL_SCORERS)
 }
-EMBEDDERS: dict[str, type[Embedder]] = {
-    cls.name: cls for cls in (EfficientNetLite0Embedder, ClipVitL14Embedder)
-}
+EMBEDDERS: dict[str, type[Embedder]] = {cls.name: cls for cls in (EfficientNetLite0Embedder, ClipVitL14Embedder)}
 
 __all__ = ["EMBEDDERS", "SCORERS", "Critic", "Embedder", "Score", "Scorer"]

@@ -105,7 +105,9 @@ class Critic(ABC):
 
     aspects: ClassVar[tuple[str, ...]]  # the aspects it was trained to judge
 
-    def critique(self, images: Sequence[Image.Image], aspects: Sequence[str], max_new_tokens: int) -> list[dict[str, str]]:
+    def critique(
+        self, images: Sequence[Image.Image], aspects: Sequence[str], max_new_tokens: int
+    ) -> list[dict[str, str]]:
         """Prepare and critique a batch in one call (see `critique_prepared`)."""
         return self.critique_prepared(self.prepare(images), aspects, max_new_tokens) if images else []  # type: ignore[attr-defined]
 

@@ -41,8 +41,7 @@ SUPPORTED_TEMPLATE = "internvl2_5"
 # The `internvl2_5` conversation template's default system message (InternVL `conversation.py`),
 # used when the checkpoint's config.json carries no `system_message`.
 DEFAULT_SYSTEM_MESSAGE = (
-    "你是书生·万象，英文名是InternVL，"
-    "是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
 
 # ArtiMuse's scoring question (`InternVLChatModel.score` in thunderbolt215/ArtiMuse), verbatim:
@@ -109,9 +108,7 @@ def build_prompt(question: str, system_message: str, num_image_tokens: int, imag
     image = IMG_START + IMG_CONTEXT * num_image_tokens + IMG_END
     user = image + ("\n" if image_on_own_line else "") + question
     return (
-        f"<|im_start|>system\n{system_message}<|im_end|>\n"
-        f"<|im_start|>user\n{user}<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        f"<|im_start|>system\n{system_message}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -126,7 +123,10 @@ _VIT, _LAYER = r"vision_model\.encoder\.layers\.(\d+)\.", r"vision_tower.encoder
 CHAT_TO_NATIVE: tuple[tuple[str, str], ...] = (
     (r"vision_model\.embeddings\.class_embedding", "vision_tower.embeddings.cls_token"),
     (r"vision_model\.embeddings\.position_embedding", "vision_tower.embeddings.position_embeddings"),
-    (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)", r"vision_tower.embeddings.patch_embeddings.projection.\1"),
+    (
+        r"vision_model\.embeddings\.patch_embedding\.(weight|bias)",
+        r"vision_tower.embeddings.patch_embeddings.projection.\1",
+    ),
     (_VIT + r"attn\.qkv\.(weight|bias)", _LAYER + r"attention.{q,k,v}_proj.\2"),
     (_VIT + r"attn\.proj\.(weight|bias)", _LAYER + r"attention.projection_layer.\2"),
     (_VIT + r"attn\.(q_norm|k_norm)\.weight", _LAYER + r"attention.\2.weight"),
@@ -187,7 +187,9 @@ def read_chat_config(folder: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read {path} as JSON: {error}") from error
-    if not isinstance(config, dict) or not all(isinstance(config.get(key), dict) for key in ("llm_config", "vision_config")):
+    if not isinstance(config, dict) or not all(
+        isinstance(config.get(key), dict) for key in ("llm_config", "vision_config")
+    ):
         raise ValueError(f"{path} is not an InternVL-chat config: it needs `llm_config` and `vision_config` objects")
     architectures = config["llm_config"].get("architectures") or ["?"]
     if architectures[0] != "Qwen2ForCausalLM":
@@ -558,7 +560,9 @@ class ErnieImageAesScorer(Scorer, Critic):
             # share of the full next-token distribution (last position only) that the 101 tokens hold
             full_logsumexp = torch.logsumexp((hidden @ self.checkpoint.lm_head.T).float(), dim=-1)
             mass = torch.exp(torch.logsumexp(logits, dim=-1) - full_logsumexp).clamp_max(1.0)
-        rows = zip(expected.tolist(), best.tolist(), best_probability.tolist(), std.tolist(), mass.tolist(), strict=True)
+        rows = zip(
+            expected.tolist(), best.tolist(), best_probability.tolist(), std.tolist(), mass.tolist(), strict=True
+        )
         return [
             Score(
                 value=e,
@@ -567,8 +571,9 @@ class ErnieImageAesScorer(Scorer, Critic):
             for e, a, p, s, m in rows
         ]
 
-
-    def critique_prepared(self, batch: torch.Tensor, aspects: Sequence[str], max_new_tokens: int) -> list[dict[str, str]]:
+    def critique_prepared(
+        self, batch: torch.Tensor, aspects: Sequence[str], max_new_tokens: int
+    ) -> list[dict[str, str]]:
         """Answer ArtiMuse's question about each aspect by greedy generation, one `generate` call per aspect.
 
         Args:

@@ -149,9 +149,7 @@ def _colourfulness(rgb: np.ndarray) -> float:
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     rg = r - g
     yb = 0.5 * (r + g) - b
-    return math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(
-        float(rg.mean()), float(yb.mean())
-    )
+    return math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
 
 
 def _measure(image: Image.Image) -> dict[str, float]:

@@ -65,7 +65,9 @@ def critique_pool_task(pool: str, device: str | None = None, worker: str | None 
 
     def critique_on_pool(asset_ids: list[int]) -> int:
         """Critique one batch with this pool's critic, holding the worker's slot while it generates."""
-        return critique.critique_assets(asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker))
+        return critique.critique_assets(
+            asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker)
+        )
 
     critique_on_pool.__qualname__ = f"critique_on_pool_{pool}"  # Prefect keys a task by its function's name
     return task(critique_on_pool, name=f"critique-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)

@@ -23,8 +23,13 @@ def publish_report(days: int | None = None) -> str:
         settings = settings.model_copy(update={"report_days": days})
     location, data = nightly_report.publish_report(settings)
     rows = [
-        {"version": line.version, "scorer": line.scorer, "n": line.count, "mean": round(line.mean, 3),
-         "change": None if line.change is None else round(line.change, 3)}
+        {
+            "version": line.version,
+            "scorer": line.scorer,
+            "n": line.count,
+            "mean": round(line.mean, 3),
+            "change": None if line.change is None else round(line.change, 3),
+        }
         for line in data.leaderboard
     ]
     create_table_artifact(rows, key="aesq-leaderboard", description="Versions by mean score")

@@ -108,7 +108,9 @@ def worker_slot(worker: str | None) -> Callable[[], AbstractContextManager]:
     return lambda: concurrency(gpu_slot_name(worker), occupy=1, strict=True)
 
 
-def pool_task(pool: str, device: str | None = None, worker: str | None = None) -> Task[[list[int]], scoring.BatchOutcome]:
+def pool_task(
+    pool: str, device: str | None = None, worker: str | None = None
+) -> Task[[list[int]], scoring.BatchOutcome]:
     """The task that pool `pool`'s workers serve and flows hand batches to.
 
     Args:

@@ -108,8 +108,20 @@ def bucket(s3_client: Minio) -> str:
     return name
 
 
-TABLES = ("reports", "version_daily_stats", "defects", "embeddings", "scores", "version_stats", "assets", "generators",
-          "stale_versions", "ingest_queue", "source_cursors", "work_log")
+TABLES = (
+    "reports",
+    "version_daily_stats",
+    "defects",
+    "embeddings",
+    "scores",
+    "version_stats",
+    "assets",
+    "generators",
+    "stale_versions",
+    "ingest_queue",
+    "source_cursors",
+    "work_log",
+)
 
 
 @pytest.fixture

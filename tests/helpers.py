@@ -95,9 +95,7 @@ def assert_every_content_scored_once(settings, objects: dict[str, bytes], failed
 
     with get_engine(settings).connect() as connection:
         assets = {row.key: row for row in connection.execute(sa.text("SELECT * FROM assets"))}
-        scores = connection.execute(
-            sa.text("SELECT asset_id, value FROM scores WHERE scorer = 'technical'")
-        ).all()
+        scores = connection.execute(sa.text("SELECT asset_id, value FROM scores WHERE scorer = 'technical'")).all()
     live = {key: row for key, row in assets.items() if row.status != "deleted"}
     assert set(live) == set(objects) | set(failed), "every object present is an asset, and only those are live"
     for key in failed:
@@ -165,8 +163,10 @@ def end_other_sessions(url: str) -> int:
 
     with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as admin:
         ended = admin.execute(
-            sa.text("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            sa.text(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
         ).scalar_one()
         admin.commit()
     return ended

@@ -37,10 +37,12 @@ def mounts() -> dict[str, str]:
 
 def expand_env(value: str, environment: dict[str, str]) -> str:
     """A provisioning value with its environment references expanded; each must be set."""
+
     def substitute(match: re.Match[str]) -> str:
         name = match[1] or match[2]
         assert name in environment, f"${name} is not set on the grafana service"
         return environment[name]
+
     return ENV_REFERENCE.sub(substitute, str(value))
 
 

@@ -30,7 +30,16 @@ ALLOWED = {
     "migrations": {"core"},
 }
 # Pure ML: the models know nothing of orchestration, databases, object stores or aesq's settings.
-MODELS_NEVER_IMPORT = ("prefect", "sqlalchemy", "psycopg", "pgvector", "minio", "alembic", "fastapi", "pydantic_settings")
+MODELS_NEVER_IMPORT = (
+    "prefect",
+    "sqlalchemy",
+    "psycopg",
+    "pgvector",
+    "minio",
+    "alembic",
+    "fastapi",
+    "pydantic_settings",
+)
 # Installed only as aesq's subpackages: a top-level import of these names is a different (or no) package.
 NOT_TOP_LEVEL = ("flows", "tasks", "models", "migrations")
 

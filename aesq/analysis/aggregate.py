@@ -91,8 +91,12 @@ def _store_intervals(connection: Connection, groups: list[list]) -> None:
         interval = summarize(scores).mean_interval
         connection.execute(
             text("UPDATE version_stats SET mean_low = :low, mean_high = :high WHERE generator_id = :g AND scorer = :s"),
-            {"low": interval.low if interval else None, "high": interval.high if interval else None,
-             "g": generator_id, "s": scorer},
+            {
+                "low": interval.low if interval else None,
+                "high": interval.high if interval else None,
+                "g": generator_id,
+                "s": scorer,
+            },
         )
 
 

@@ -39,9 +39,13 @@ def critic_name(settings: Settings) -> str | None:
         return None
     if settings.critic is not None:
         if settings.critic not in settings.enabled_scorers:
-            raise UnknownModel(f"critic {settings.critic!r} is not an enabled scorer ({', '.join(settings.enabled_scorers)})")
+            raise UnknownModel(
+                f"critic {settings.critic!r} is not an enabled scorer ({', '.join(settings.enabled_scorers)})"
+            )
         if not issubclass(SCORERS[settings.critic], Critic):
-            raise UnknownModel(f"scorer {settings.critic!r} cannot write critiques (only the InternVL-chat VLM scorers can)")
+            raise UnknownModel(
+                f"scorer {settings.critic!r} cannot write critiques (only the InternVL-chat VLM scorers can)"
+            )
         return settings.critic
     return next((name for name in settings.enabled_scorers if issubclass(SCORERS.get(name, object), Critic)), None)
 
@@ -61,7 +65,9 @@ def critique_assets(
     aspects = settings.critique_aspects or list(critic.aspects)  # type: ignore[attr-defined]
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_WITH_CRITIC_SCORE, {"ids": asset_ids, "critic": name}).all()
-    readable = [(row, image) for row, image in zip(rows, fetch_assets(rows, settings)[0]) if not isinstance(image, Unusable)]
+    readable = [
+        (row, image) for row, image in zip(rows, fetch_assets(rows, settings)[0]) if not isinstance(image, Unusable)
+    ]
     if not readable:
         return 0
     prepared = critic.prepare([image for _, image in readable])

@@ -71,7 +71,9 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
     engine = get_engine(settings)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.sha256).where(Asset.id.in_(asset_ids))
+            select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.sha256).where(
+                Asset.id.in_(asset_ids)
+            )
         ).all()
 
     def findings_for(row) -> list[Finding]:

@@ -19,8 +19,21 @@ from aesq.core.config import Settings
 from aesq.core.database import get_engine
 
 FORMATS = ("jsonl", "csv", "parquet")
-COLUMNS = ("asset_id", "storage", "bucket", "key", "sha256", "generator", "prompt", "seed", "keep", "reason",
-           "score", "scores", "defects")
+COLUMNS = (
+    "asset_id",
+    "storage",
+    "bucket",
+    "key",
+    "sha256",
+    "generator",
+    "prompt",
+    "seed",
+    "keep",
+    "reason",
+    "score",
+    "scores",
+    "defects",
+)
 _ROWS_PER_CHUNK = 10_000
 
 _MANIFEST = text(
@@ -45,7 +58,9 @@ class ExportSummary:
     path: Path
 
 
-def _decide(row, scorer: str, min_score: float | None, exclude: set[str], min_severity: float) -> tuple[bool, str | None]:
+def _decide(
+    row, scorer: str, min_score: float | None, exclude: set[str], min_severity: float
+) -> tuple[bool, str | None]:
     """Whether an asset is kept, and why not."""
     if row.status == "duplicate":
         return False, f"duplicate of {row.duplicate_of}"
@@ -64,18 +79,28 @@ def _decide(row, scorer: str, min_score: float | None, exclude: set[str], min_se
     return True, None
 
 
-def _manifest_rows(settings: Settings, scorer: str, min_score: float | None, exclude: set[str],
-                   min_severity: float) -> Iterator[dict]:
+def _manifest_rows(
+    settings: Settings, scorer: str, min_score: float | None, exclude: set[str], min_severity: float
+) -> Iterator[dict]:
     """Every asset's manifest row, streamed from a server-side cursor."""
     with get_engine(settings).connect() as connection:
         result = connection.execution_options(yield_per=_ROWS_PER_CHUNK).execute(_MANIFEST)
         for row in result:
             keep, reason = _decide(row, scorer, min_score, exclude, min_severity)
             yield {
-                "asset_id": row.asset_id, "storage": row.storage, "bucket": row.bucket, "key": row.key,
-                "sha256": row.sha256, "generator": row.generator, "prompt": row.prompt, "seed": row.seed,
-                "keep": keep, "reason": reason, "score": (row.scores or {}).get(scorer),
-                "scores": row.scores or {}, "defects": row.defects or [],
+                "asset_id": row.asset_id,
+                "storage": row.storage,
+                "bucket": row.bucket,
+                "key": row.key,
+                "sha256": row.sha256,
+                "generator": row.generator,
+                "prompt": row.prompt,
+                "seed": row.seed,
+                "keep": keep,
+                "reason": reason,
+                "score": (row.scores or {}).get(scorer),
+                "scores": row.scores or {},
+                "defects": row.defects or [],
             }
 
 
@@ -84,12 +109,23 @@ def _flat(row: dict) -> dict:
     return {**row, "scores": json.dumps(row["scores"]), "defects": json.dumps(row["defects"])}
 
 
-_PARQUET_SCHEMA = pa.schema([
-    ("asset_id", pa.int64()), ("storage", pa.string()), ("bucket", pa.string()), ("key", pa.string()),
-    ("sha256", pa.string()), ("generator", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()),
-    ("keep", pa.bool_()), ("reason", pa.string()), ("score", pa.float64()), ("scores", pa.string()),
-    ("defects", pa.string()),
-])
+_PARQUET_SCHEMA = pa.schema(
+    [
+        ("asset_id", pa.int64()),
+        ("storage", pa.string()),
+        ("bucket", pa.string()),
+        ("key", pa.string()),
+        ("sha256", pa.string()),
+        ("generator", pa.string()),
+        ("prompt", pa.string()),
+        ("seed", pa.int64()),
+        ("keep", pa.bool_()),
+        ("reason", pa.string()),
+        ("score", pa.float64()),
+        ("scores", pa.string()),
+        ("defects", pa.string()),
+    ]
+)
 
 
 def _write(rows: Iterator[dict], handle, format: str) -> tuple[int, int]:
@@ -130,8 +166,15 @@ def _umask() -> int:
     return mask
 
 
-def export_manifest(settings: Settings, out: Path, scorer: str, min_score: float | None = None,
-                    exclude_defects: Sequence[str] = (), format: str = "jsonl", min_severity: float = 0.0) -> ExportSummary:
+def export_manifest(
+    settings: Settings,
+    out: Path,
+    scorer: str,
+    min_score: float | None = None,
+    exclude_defects: Sequence[str] = (),
+    format: str = "jsonl",
+    min_severity: float = 0.0,
+) -> ExportSummary:
     """Write a keep/drop manifest of every asset to `out`, replacing it only once complete.
 
     Args:
@@ -149,7 +192,9 @@ def export_manifest(settings: Settings, out: Path, scorer: str, min_score: float
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     with get_engine(settings).connect() as connection:
-        if not connection.execute(text("SELECT EXISTS (SELECT 1 FROM scores WHERE scorer = :s)"), {"s": scorer}).scalar():
+        if not connection.execute(
+            text("SELECT EXISTS (SELECT 1 FROM scores WHERE scorer = :s)"), {"s": scorer}
+        ).scalar():
             raise ValueError(f"no asset has a {scorer!r} score")
     out.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")

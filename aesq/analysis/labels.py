@@ -125,7 +125,9 @@ def read_labels(folder: Path) -> list[Label]:
         raise LabelError(f"{path}: expected a JSON list of labels, got {type(entries).__name__}")
     if not entries:
         raise LabelError(f"{path}: no labels")
-    problems = [f"entry {index}: {problem}" for index, entry in enumerate(entries) if (problem := _problem(entry, root))]
+    problems = [
+        f"entry {index}: {problem}" for index, entry in enumerate(entries) if (problem := _problem(entry, root))
+    ]
     if problems:
         raise LabelError(f"{path}: {len(problems)} bad entries: " + "; ".join(problems))
     labels = [
@@ -134,14 +136,19 @@ def read_labels(folder: Path) -> list[Label]:
     first: dict[str, int] = {}
     for index, label in enumerate(labels):
         first.setdefault(label.image, index)
-    repeats = [f"entry {index}: image {label.image!r} repeats entry {first[label.image]}"
-               for index, label in enumerate(labels) if first[label.image] != index]
+    repeats = [
+        f"entry {index}: image {label.image!r} repeats entry {first[label.image]}"
+        for index, label in enumerate(labels)
+        if first[label.image] != index
+    ]
     if repeats:
         raise LabelError(f"{path}: {len(repeats)} bad entries: " + "; ".join(repeats))
     return labels
 
 
-def labelled_pairs(settings: Settings, folder: Path, labels: Sequence[Label], scorer: str) -> tuple[list[Pair], list[Failure]]:
+def labelled_pairs(
+    settings: Settings, folder: Path, labels: Sequence[Label], scorer: str
+) -> tuple[list[Pair], list[Failure]]:
     """Each label with its image's latest `scorer` score, and the labelled images that have none, with why."""
     query = text(
         """
@@ -185,15 +192,26 @@ def _plcc(predicted: np.ndarray, human: np.ndarray) -> float:
     return stats.pearsonr(predicted, human).statistic
 
 
-def _estimate(statistic: Callable[[np.ndarray, np.ndarray], float], predicted: np.ndarray, human: np.ndarray,
-              n_resamples: int, seed: int) -> Estimate:
+def _estimate(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    predicted: np.ndarray,
+    human: np.ndarray,
+    n_resamples: int,
+    seed: int,
+) -> Estimate:
     """The statistic with a paired percentile-bootstrap 95 % interval (None where undefined)."""
     value = _finite(statistic(predicted, human))
     if value is None:
         return Estimate(None)
     interval = stats.bootstrap(
-        (predicted, human), statistic, paired=True, vectorized=False, n_resamples=n_resamples,
-        confidence_level=0.95, method="percentile", rng=seed,
+        (predicted, human),
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=0.95,
+        method="percentile",
+        rng=seed,
     ).confidence_interval
     return Estimate(value, _finite(interval.low), _finite(interval.high))
 

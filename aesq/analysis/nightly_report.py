@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select, text
 
@@ -51,7 +51,7 @@ def _previous_means(settings: Settings) -> dict[str, float]:
 
 def build_report(settings: Settings, now: datetime | None = None) -> tuple[ReportData, dict]:
     """The report's figures, and the summary the next report compares with."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     since = now - timedelta(days=settings.report_days)
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_SCORES).all()
@@ -70,8 +70,14 @@ def build_report(settings: Settings, now: datetime | None = None) -> tuple[Repor
         interval = summary.mean_interval
         leaderboard.append(
             VersionLine(
-                version, scorer, summary.count, summary.mean, interval.low if interval else None,
-                interval.high if interval else None, summary.median, summary.share_above,
+                version,
+                scorer,
+                summary.count,
+                summary.mean,
+                interval.low if interval else None,
+                interval.high if interval else None,
+                summary.median,
+                summary.share_above,
                 summary.mean - previous[key] if key in previous else None,
             )
         )
@@ -93,9 +99,16 @@ def build_report(settings: Settings, now: datetime | None = None) -> tuple[Repor
     ]
     changes += [f"gone: {key.replace('|', ' under ')}" for key in previous if key not in means]
     data = ReportData(
-        title="aesq nightly quality report", generated_at=now, since=since, leaderboard=leaderboard,
-        distributions=distributions, trends=trends, changes=changes, defects=defect_counts(settings),
-        best=best, worst=worst,
+        title="aesq nightly quality report",
+        generated_at=now,
+        since=since,
+        leaderboard=leaderboard,
+        distributions=distributions,
+        trends=trends,
+        changes=changes,
+        defects=defect_counts(settings),
+        best=best,
+        worst=worst,
     )
     return data, {"means": means, "versions": len({version for version, _ in groups})}
 

@@ -175,9 +175,9 @@ svg { max-width: 100%; height: auto; }
 </body>
 </html>
 """
-_TEMPLATE = Environment(
-    autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
-).from_string(_TEMPLATE_SOURCE)
+_TEMPLATE = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True).from_string(
+    _TEMPLATE_SOURCE
+)
 
 
 @dataclass(frozen=True)
@@ -320,8 +320,9 @@ def _draw_histograms(scores_by_version: dict[str, list[float]], colours: dict[st
     edges = np.histogram_bin_edges(np.concatenate(list(scores_by_version.values())), bins=HISTOGRAM_BINS)
     for version, scores in scores_by_version.items():
         weights = np.full(len(scores), 1 / len(scores))
-        axes.hist(scores, bins=edges, weights=weights, histtype="step", linewidth=1.5,
-                  color=colours[version], label=version)
+        axes.hist(
+            scores, bins=edges, weights=weights, histtype="step", linewidth=1.5, color=colours[version], label=version
+        )
     axes.set_xlabel("score")
     axes.set_ylabel("share of images")
     _add_legend(axes)

@@ -102,8 +102,15 @@ def _bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: Callable[...
     large = max(sample.size for sample in samples) > BCA_MAX_SAMPLE
     constant = all(np.ptp(sample) <= CONSTANT_SPREAD * max(1.0, float(np.abs(sample).max())) for sample in samples)
     interval = stats.bootstrap(
-        samples, statistic=statistic, n_resamples=N_RESAMPLES, batch=BOOTSTRAP_BATCH, vectorized=True, paired=False,
-        confidence_level=CONFIDENCE_LEVEL, method="percentile" if large or constant else "BCa", rng=seed,
+        samples,
+        statistic=statistic,
+        n_resamples=N_RESAMPLES,
+        batch=BOOTSTRAP_BATCH,
+        vectorized=True,
+        paired=False,
+        confidence_level=CONFIDENCE_LEVEL,
+        method="percentile" if large or constant else "BCa",
+        rng=seed,
     ).confidence_interval
     return Interval(float(interval.low), float(interval.high))
 
@@ -159,8 +166,9 @@ def _compare_pairs(pairs: Sequence[tuple[float, float]], seed: int) -> PairedCom
     )
 
 
-def compare(a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float, float]] = (), *,
-            seed: int = 0) -> Comparison:
+def compare(
+    a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float, float]] = (), *, seed: int = 0
+) -> Comparison:
     """Compare version B's scores with version A's.
 
     Args:
@@ -185,11 +193,20 @@ def compare(a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float,
         raise ValueError(f"cannot compare an empty set of scores (A has {scores_a.size}, B has {scores_b.size})")
     mean_difference = float(_mean_difference(scores_a, scores_b))
     if min(scores_a.size, scores_b.size) < MIN_SAMPLES:
-        too_few = (f"Too few scores to compare: A has {scores_a.size} and B has {scores_b.size}, "
-                   f"but each needs at least {MIN_SAMPLES}.")
-        return Comparison(count_a=scores_a.size, count_b=scores_b.size, mean_difference=mean_difference,
-                          difference_interval=None, mann_whitney_p=None, effect_size=None,
-                          paired=_compare_pairs(pairs, seed), too_few=too_few)
+        too_few = (
+            f"Too few scores to compare: A has {scores_a.size} and B has {scores_b.size}, "
+            f"but each needs at least {MIN_SAMPLES}."
+        )
+        return Comparison(
+            count_a=scores_a.size,
+            count_b=scores_b.size,
+            mean_difference=mean_difference,
+            difference_interval=None,
+            mann_whitney_p=None,
+            effect_size=None,
+            paired=_compare_pairs(pairs, seed),
+            too_few=too_few,
+        )
     # numpy releases the GIL while it resamples, so the paired bootstrap runs on another core meanwhile.
     with ThreadPoolExecutor(1) as pool:
         paired = pool.submit(_compare_pairs, pairs, seed)
@@ -221,9 +238,14 @@ def _tested_p(comparison: Comparison) -> float | None:
     return comparison.paired.wilcoxon_p if comparison.paired is not None else comparison.mann_whitney_p
 
 
-def compare_family(baseline: Sequence[float], others: Mapping[str, Sequence[float]],
-                   pairs: Mapping[str, Sequence[tuple[float, float]]] | None = None, *, method: str = "holm",
-                   seed: int = 0) -> dict[str, Comparison]:
+def compare_family(
+    baseline: Sequence[float],
+    others: Mapping[str, Sequence[float]],
+    pairs: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    *,
+    method: str = "holm",
+    seed: int = 0,
+) -> dict[str, Comparison]:
     """Compare every other version with the baseline, adjusting p-values for the number of comparisons.
 
     Args:

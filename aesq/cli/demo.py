@@ -16,7 +16,16 @@ from PIL import Image, ImageEnhance, ImageFilter
 from skimage import data
 
 GENERATOR = "demo-diffusion"
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry", "stereo_motorcycle")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "stereo_motorcycle",
+)
 
 
 def _photo(name: str) -> Image.Image:
@@ -71,5 +80,7 @@ def build_sample(folder: Path) -> int:
     crawled = folder / "crawled"
     crawled.mkdir(parents=True)
     _photo("coffee").resize((300, 200)).save(crawled / "coffee-small.png")
-    (crawled / "broken.jpg").write_bytes((folder / "generated" / GENERATOR / "v2.0-sft" / "rocket.jpg").read_bytes()[:5000])
+    (crawled / "broken.jpg").write_bytes(
+        (folder / "generated" / GENERATOR / "v2.0-sft" / "rocket.jpg").read_bytes()[:5000]
+    )
     return count + 2

@@ -200,7 +200,9 @@ def _run_with_progress(settings: Settings, source: str, verbose: bool, scorers: 
     opened = open_source(source, settings)
     parameters = {"source": opened.uri, "scorers": scorers}
     with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
-        flow_run = client.create_flow_run(run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending())
+        flow_run = client.create_flow_run(
+            run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending()
+        )
     outcome: dict[str, BaseException | None] = {"error": None}
 
     def work() -> None:
@@ -263,9 +265,17 @@ def _comparison_table(settings: Settings, scorer: str | None) -> Table:
         share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
         interval = "—" if row["mean_low"] is None else f"[{row['mean_low']:.2f}, {row['mean_high']:.2f}]"
         table.add_row(
-            f"{row['generator']}:{row['version']}", row["kind"], row["scorer"], str(row["count"]),
-            f"{row['mean']:.2f}", interval, _number(row["std"], 2), f"{row['median']:.2f}", f"{row['p10']:.2f}",
-            f"{row['p90']:.2f}", share,
+            f"{row['generator']}:{row['version']}",
+            row["kind"],
+            row["scorer"],
+            str(row["count"]),
+            f"{row['mean']:.2f}",
+            interval,
+            _number(row["std"], 2),
+            f"{row['median']:.2f}",
+            f"{row['p10']:.2f}",
+            f"{row['p90']:.2f}",
+            share,
         )
     return table
 
@@ -295,7 +305,8 @@ def _print_status(settings: Settings) -> None:
         console.print(
             f"in progress: {work.queued} objects queued for ingest ({work.queued_claimed} claimed), "
             f"{work.scoring_claimed} assets claimed for scoring; workers: {', '.join(work.workers) or 'none'}",
-            soft_wrap=True, highlight=False,
+            soft_wrap=True,
+            highlight=False,
         )
     for failure in recent_failures(settings):
         console.print(f"failed: {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
@@ -327,16 +338,31 @@ def compare(
         raise CliError(str(error)) from None
     baseline = versions[0]
     table = Table(title=f"{scorer}: each version against {baseline}")
-    for column in ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p",
-                   "pairs", "paired diff", "Wilcoxon p", "B better"):
+    for column in (
+        "version",
+        "n",
+        "mean diff",
+        "95% interval",
+        "Mann-Whitney p",
+        "effect",
+        "adjusted p",
+        "pairs",
+        "paired diff",
+        "Wilcoxon p",
+        "B better",
+    ):
         table.add_column(column)
     for version, result in comparison.results.items():
         interval = result.difference_interval
         paired = result.paired
         table.add_row(
-            version, str(result.count_b), f"{result.mean_difference:+.3f}",
+            version,
+            str(result.count_b),
+            f"{result.mean_difference:+.3f}",
             f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
-            _number(result.mann_whitney_p, 4), _number(result.effect_size), _number(result.adjusted_p, 4),
+            _number(result.mann_whitney_p, 4),
+            _number(result.effect_size),
+            _number(result.adjusted_p, 4),
             str(paired.pairs) if paired else str(comparison.pair_counts[version]),
             f"{paired.mean_difference:+.3f}" if paired else "—",
             _number(paired.wilcoxon_p, 4) if paired else "—",
@@ -366,7 +392,9 @@ def top(
     for column in ("id", "version", "score", "object", "prompt"):
         table.add_column(column)
     for row in rows:
-        table.add_row(str(row["id"]), row["version"], f"{row['value']:.2f}", f"{row['bucket']}/{row['key']}", row["prompt"] or "")
+        table.add_row(
+            str(row["id"]), row["version"], f"{row['value']:.2f}", f"{row['bucket']}/{row['key']}", row["prompt"] or ""
+        )
     console.print(table)
 
 

@@ -19,7 +19,11 @@ from aesq.core.database import database_url, get_engine
 from aesq.core.queries import VersionScores, nearest_assets, version_comparison, version_scores
 from aesq.core.tables import EMBEDDING_DIMENSIONS, SOURCE_KINDS
 
-ASSET_ORDERS = {"score_desc": "value DESC NULLS LAST, a.id", "score_asc": "value ASC NULLS LAST, a.id", "newest": "a.id DESC"}
+ASSET_ORDERS = {
+    "score_desc": "value DESC NULLS LAST, a.id",
+    "score_asc": "value ASC NULLS LAST, a.id",
+    "newest": "a.id DESC",
+}
 
 
 class NotFound(LookupError):
@@ -85,7 +89,9 @@ def _widest_pairs(a: VersionScores, b: VersionScores, limit: int) -> list[dict]:
     ]
 
 
-def compare_versions(settings: Settings, versions: list[str], scorer: str, correction: str = "holm") -> VersionComparison:
+def compare_versions(
+    settings: Settings, versions: list[str], scorer: str, correction: str = "holm"
+) -> VersionComparison:
     """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
     corrected across the family.
 
@@ -109,7 +115,11 @@ def compare_versions(settings: Settings, versions: list[str], scorer: str, corre
             return _COMPARISONS[key]
     baseline, others = found[versions[0]], versions[1:]
     pairs = {
-        other: [(baseline.by_prompt[key][1], value) for key, (_, value) in found[other].by_prompt.items() if key in baseline.by_prompt]
+        other: [
+            (baseline.by_prompt[key][1], value)
+            for key, (_, value) in found[other].by_prompt.items()
+            if key in baseline.by_prompt
+        ]
         for other in others
     }
     answer = VersionComparison(
@@ -179,7 +189,9 @@ def leaderboard(
     with those filters they are computed now, the interval by the normal approximation (`interval` says which).
     """
     if source_kind is None and since is None and until is None:
-        rows = [row for row in version_comparison(settings, scorer) if generator is None or row["generator"] == generator]
+        rows = [
+            row for row in version_comparison(settings, scorer) if generator is None or row["generator"] == generator
+        ]
         return [{**row, "interval": "bootstrap"} for row in rows]
     params = {"scorer": scorer, "generator": generator, "source_kind": source_kind, "since": since, "until": until}
     with get_engine(settings).connect() as connection:
@@ -194,7 +206,9 @@ def leaderboard(
     return rows
 
 
-def daily_means(settings: Settings, scorer: str, generator: str | None = None) -> dict[str, list[tuple[date, float, int]]]:
+def daily_means(
+    settings: Settings, scorer: str, generator: str | None = None
+) -> dict[str, list[tuple[date, float, int]]]:
     """Per "name:version": (day, mean, count) of the scores given that day, oldest first."""
     query = text(
         """
@@ -252,7 +266,9 @@ def _asset_where(filters: AssetFilter) -> tuple[str, dict]:
     return where, params
 
 
-def list_assets(settings: Settings, filters: AssetFilter, order: str = "score_desc", limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+def list_assets(
+    settings: Settings, filters: AssetFilter, order: str = "score_desc", limit: int = 50, offset: int = 0
+) -> tuple[list[dict], int]:
     """One page of scored assets with their `filters.scorer` score, and how many match in all."""
     where, params = _asset_where(filters)
     # The latest score of each asset under the scorer, materialised once and hash-joined.
@@ -274,10 +290,16 @@ def list_assets(settings: Settings, filters: AssetFilter, order: str = "score_de
         if rows:
             total = rows[0]["total"]  # the window count sees every matching row, before LIMIT
         else:
-            total = connection.execute(text(f"SELECT count(*) FROM ({matching}) matching"), params).scalar_one() if offset else 0
+            total = (
+                connection.execute(text(f"SELECT count(*) FROM ({matching}) matching"), params).scalar_one()
+                if offset
+                else 0
+            )
         defects = dict(
             connection.execute(
-                text("SELECT asset_id, array_agg(category ORDER BY category) FROM defects WHERE asset_id = ANY(:ids) GROUP BY asset_id"),
+                text(
+                    "SELECT asset_id, array_agg(category ORDER BY category) FROM defects WHERE asset_id = ANY(:ids) GROUP BY asset_id"
+                ),
                 {"ids": [row["id"] for row in rows]},
             ).all()
         )
@@ -305,16 +327,24 @@ def asset_detail(settings: Settings, asset_id: int) -> dict:
         if asset is None:
             raise NotFound(f"no asset {asset_id}")
         scores = connection.execute(
-            text("SELECT scorer, scorer_version, value, raw, created_at FROM latest_scores WHERE asset_id = :id ORDER BY scorer"),
+            text(
+                "SELECT scorer, scorer_version, value, raw, created_at FROM latest_scores WHERE asset_id = :id ORDER BY scorer"
+            ),
             {"id": asset_id},
         ).all()
         defects = connection.execute(
-            text("SELECT category, severity, detail FROM defects WHERE asset_id = :id ORDER BY severity DESC, category"),
+            text(
+                "SELECT category, severity, detail FROM defects WHERE asset_id = :id ORDER BY severity DESC, category"
+            ),
             {"id": asset_id},
         ).all()
-        embedders = connection.execute(
-            text("SELECT embedder FROM embeddings WHERE asset_id = :id ORDER BY embedder"), {"id": asset_id}
-        ).scalars().all()
+        embedders = (
+            connection.execute(
+                text("SELECT embedder FROM embeddings WHERE asset_id = :id ORDER BY embedder"), {"id": asset_id}
+            )
+            .scalars()
+            .all()
+        )
     critique = None
     listed = []
     for row in defects:
@@ -335,7 +365,9 @@ def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, l
     """The nearest assets by embedding (the asset's first indexed embedder by default), with keys and distance."""
     with get_engine(settings).connect() as connection:
         embedders = connection.execute(
-            text("SELECT array(SELECT embedder FROM embeddings WHERE asset_id = a.id ORDER BY embedder) FROM assets a WHERE a.id = :id"),
+            text(
+                "SELECT array(SELECT embedder FROM embeddings WHERE asset_id = a.id ORDER BY embedder) FROM assets a WHERE a.id = :id"
+            ),
             {"id": asset_id},
         ).scalar_one_or_none()
     if embedders is None:
@@ -348,9 +380,13 @@ def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, l
         return []
     with get_engine(settings).connect() as connection:
         keys = dict(
-            connection.execute(text("SELECT id, key FROM assets WHERE id = ANY(:ids)"), {"ids": [i for i, _ in nearest]}).all()
+            connection.execute(
+                text("SELECT id, key FROM assets WHERE id = ANY(:ids)"), {"ids": [i for i, _ in nearest]}
+            ).all()
         )
-    return [{"id": other, "key": keys.get(other), "distance": distance, "embedder": embedder} for other, distance in nearest]
+    return [
+        {"id": other, "key": keys.get(other), "distance": distance, "embedder": embedder} for other, distance in nearest
+    ]
 
 
 def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_KEPT) -> list[dict]:
@@ -365,7 +401,8 @@ def reports(settings: Settings, limit: int = 30) -> list[dict]:
     """The latest reports: id, when, where."""
     with get_engine(settings).connect() as connection:
         rows = connection.execute(
-            text("SELECT id, created_at, location FROM reports ORDER BY created_at DESC, id DESC LIMIT :limit"), {"limit": limit}
+            text("SELECT id, created_at, location FROM reports ORDER BY created_at DESC, id DESC LIMIT :limit"),
+            {"limit": limit},
         )
         return [dict(row._mapping) for row in rows]
 
@@ -373,7 +410,9 @@ def reports(settings: Settings, limit: int = 30) -> list[dict]:
 def report_location(settings: Settings, report_id: int) -> str:
     """Where report `report_id` was saved."""
     with get_engine(settings).connect() as connection:
-        location = connection.execute(text("SELECT location FROM reports WHERE id = :id"), {"id": report_id}).scalar_one_or_none()
+        location = connection.execute(
+            text("SELECT location FROM reports WHERE id = :id"), {"id": report_id}
+        ).scalar_one_or_none()
     if location is None:
         raise NotFound(f"no report {report_id}")
     return location

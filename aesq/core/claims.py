@@ -96,7 +96,14 @@ def claim_objects(
     swapped keys land in one batch); nothing when every waiting object is claimed by a live lease."""
     rows = connection.execute(
         _CLAIM_OBJECTS,
-        {"storage": storage, "bucket": bucket, "prefix": prefix, "limit": limit, "owner": WORKER, "lease": lease_seconds},
+        {
+            "storage": storage,
+            "bucket": bucket,
+            "prefix": prefix,
+            "limit": limit,
+            "owner": WORKER,
+            "lease": lease_seconds,
+        },
     ).all()
     return sorted((Queued(row.key, row.etag, row.sidecar, row.listed) for row in rows), key=lambda q: q.key)
 
@@ -162,7 +169,11 @@ def defer_objects(
     × 2^(tries so far) before a worker may claim them again; after `attempts` tries they leave the queue
     (the next full listing finds them again). Returns the keys given up on."""
     params = {
-        "storage": storage, "bucket": bucket, "keys": sorted(keys), "limit": attempts, "backoff": backoff_seconds,
+        "storage": storage,
+        "bucket": bucket,
+        "keys": sorted(keys),
+        "limit": attempts,
+        "backoff": backoff_seconds,
         "owner": WORKER,
     }
     if not params["keys"]:
@@ -212,26 +223,34 @@ _CLAIM_BACKFILL = text(
 
 def claim_pending(connection: Connection, limit: int, lease_seconds: float) -> list[int]:
     """Claim up to `limit` pending assets due for scoring (deferred ones once their back-off has passed)."""
-    return sorted(connection.execute(_CLAIM_PENDING, {"limit": limit, "owner": WORKER, "lease": lease_seconds}).scalars())
+    return sorted(
+        connection.execute(_CLAIM_PENDING, {"limit": limit, "owner": WORKER, "lease": lease_seconds}).scalars()
+    )
 
 
 def claim_backfill(
-    connection: Connection, wanted_scores: Sequence[tuple[str, str]], embedders: Sequence[str], after: int,
-    limit: int, lease_seconds: float,
+    connection: Connection,
+    wanted_scores: Sequence[tuple[str, str]],
+    embedders: Sequence[str],
+    after: int,
+    limit: int,
+    lease_seconds: float,
 ) -> list[int]:
     """Claim up to `limit` scored assets with ids above `after` that lack the output of one of `wanted_scores`
     ((scorer, version)) or `embedders`: models enabled since they were scored."""
-    return sorted(connection.execute(
-        _CLAIM_BACKFILL,
-        {
-            "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
-            "embedders": json.dumps(list(embedders)),
-            "after": after,
-            "limit": limit,
-            "owner": WORKER,
-            "lease": lease_seconds,
-        },
-    ).scalars())
+    return sorted(
+        connection.execute(
+            _CLAIM_BACKFILL,
+            {
+                "scorers": json.dumps([{"name": name, "version": version} for name, version in wanted_scores]),
+                "embedders": json.dumps(list(embedders)),
+                "after": after,
+                "limit": limit,
+                "owner": WORKER,
+                "lease": lease_seconds,
+            },
+        ).scalars()
+    )
 
 
 def lease_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds: float) -> list[int]:
@@ -239,20 +258,26 @@ def lease_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds
     them from being taken again in this run); returns those it holds now."""
     if not asset_ids:
         return []
-    return sorted(connection.execute(
-        text("UPDATE assets SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
-             "WHERE id = ANY(:ids) AND (lease_until IS NULL OR lease_until < now() OR lease_owner = :owner) "
-             "RETURNING id"),
-        {"owner": WORKER, "lease": lease_seconds, "ids": list(asset_ids)},
-    ).scalars())
+    return sorted(
+        connection.execute(
+            text(
+                "UPDATE assets SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
+                "WHERE id = ANY(:ids) AND (lease_until IS NULL OR lease_until < now() OR lease_owner = :owner) "
+                "RETURNING id"
+            ),
+            {"owner": WORKER, "lease": lease_seconds, "ids": list(asset_ids)},
+        ).scalars()
+    )
 
 
 def renew_assets(connection: Connection, asset_ids: Sequence[int], lease_seconds: float) -> None:
     """Extend this worker's claims on `asset_ids` (ended ones stay ended): the batch is still being worked on."""
     if asset_ids:
         connection.execute(
-            text("UPDATE assets SET lease_until = now() + make_interval(secs => :lease) "
-                 "WHERE id = ANY(:ids) AND lease_owner = :owner"),
+            text(
+                "UPDATE assets SET lease_until = now() + make_interval(secs => :lease) "
+                "WHERE id = ANY(:ids) AND lease_owner = :owner"
+            ),
             {"lease": lease_seconds, "ids": list(asset_ids), "owner": WORKER},
         )
 
@@ -261,7 +286,9 @@ def release_assets(connection: Connection, asset_ids: Sequence[int]) -> None:
     """End this worker's claims on `asset_ids`: their work is written (or deferred), in this transaction."""
     if asset_ids:
         connection.execute(
-            text("UPDATE assets SET lease_owner = NULL, lease_until = NULL WHERE id = ANY(:ids) AND lease_owner = :owner"),
+            text(
+                "UPDATE assets SET lease_owner = NULL, lease_until = NULL WHERE id = ANY(:ids) AND lease_owner = :owner"
+            ),
             {"ids": list(asset_ids), "owner": WORKER},
         )
 
@@ -293,17 +320,21 @@ _OTHERS_SCORING = text(
 def others_ingesting(connection: Connection, storage: str, bucket: str, prefix: str) -> bool:
     """Whether other workers hold live claims on this source's queued objects: a run that waits for them ends
     with the source ingested, whoever did it (and takes over a dead worker's batch when its lease lapses)."""
-    return bool(connection.execute(
-        _OTHERS_INGESTING, {"storage": storage, "bucket": bucket, "prefix": prefix, "owner": WORKER}
-    ).scalar_one())
+    return bool(
+        connection.execute(
+            _OTHERS_INGESTING, {"storage": storage, "bucket": bucket, "prefix": prefix, "owner": WORKER}
+        ).scalar_one()
+    )
 
 
 def others_scoring(connection: Connection, storage: str | None = None, bucket: str = "", prefix: str = "") -> bool:
     """Whether other workers hold live claims on assets (of one source when `storage` is given): scoring
     them, or keeping deferred ones for later."""
-    return bool(connection.execute(
-        _OTHERS_SCORING, {"owner": WORKER, "storage": storage, "bucket": bucket, "prefix": prefix}
-    ).scalar_one())
+    return bool(
+        connection.execute(
+            _OTHERS_SCORING, {"owner": WORKER, "storage": storage, "bucket": bucket, "prefix": prefix}
+        ).scalar_one()
+    )
 
 
 def release_worker(connection: Connection) -> None:

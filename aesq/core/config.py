@@ -71,8 +71,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="What `aesq run` and the worker ingest: s3://bucket/prefix URIs or local folders.",
     )
-    scorers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["technical"], description="Enabled scorer names.")
-    embedders: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["efficientnet-lite0"], description="Enabled embedders.")
+    scorers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["technical"], description="Enabled scorer names."
+    )
+    embedders: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["efficientnet-lite0"], description="Enabled embedders."
+    )
     weights_dir: Path | None = Field(default=None, description="Folder of model checkpoints.")
     device: str = Field(default="cpu", description="torch device the models run on.")
     thresholds: dict[str, float] = Field(
@@ -84,7 +88,8 @@ class Settings(BaseSettings):
         description="Per scorer: which assets defect analysis looks at.",
     )
     critique: bool = Field(
-        default=True, description="Have a VLM scorer, when one is enabled, write a critique per aspect of each low scorer."
+        default=True,
+        description="Have a VLM scorer, when one is enabled, write a critique per aspect of each low scorer.",
     )
     critic: str | None = Field(
         default=None, description="The scorer that writes critiques; default the first enabled scorer that can."
@@ -99,7 +104,9 @@ class Settings(BaseSettings):
     reports_uri: str | None = Field(
         default=None, description="Where reports are saved: s3://bucket/prefix or a folder; default data_dir/reports."
     )
-    report_cron: str = Field(default="0 3 * * *", description="When `aesq worker` renders the nightly report (cron, UTC).")
+    report_cron: str = Field(
+        default="0 3 * * *", description="When `aesq worker` renders the nightly report (cron, UTC)."
+    )
     report_days: int = Field(default=14, gt=0, description="Days of daily means in the report's trend.")
     max_pixels: int = Field(default=64_000_000, gt=0, description="Images with more pixels are refused as bombs.")
     decode_pixel_budget: int = Field(
@@ -122,7 +129,8 @@ class Settings(BaseSettings):
         "(`aesq worker --pool NAME`) instead of scoring in-process, and `scorers`/`embedders` are unused.",
     )
     api_token: SecretStr | None = Field(
-        default=None, description="Token `aesq serve` requires (bearer header or /login cookie); needed beyond loopback."
+        default=None,
+        description="Token `aesq serve` requires (bearer header or /login cookie); needed beyond loopback.",
     )
     bridge_token: SecretStr | None = Field(
         default=None, description="Bearer token `aesq bridge` requires (MinIO webhook auth_token)."
@@ -132,7 +140,8 @@ class Settings(BaseSettings):
     )
     poll_interval_seconds: int = Field(default=300, gt=0, description="How often the worker looks for new objects.")
     lease_seconds: float = Field(
-        default=600, gt=0,
+        default=600,
+        gt=0,
         description="How long a worker's claim on a batch lasts; the batch of a worker killed meanwhile goes to another then.",
     )
     ordered_sources: Annotated[list[str], NoDecode] = Field(
@@ -141,11 +150,14 @@ class Settings(BaseSettings):
         "a poll lists only the keys after the last one seen.",
     )
     full_listing_seconds: int = Field(
-        default=86_400, gt=0,
+        default=86_400,
+        gt=0,
         description="How often an ordered source is listed whole anyway, to find deletions and overwrites.",
     )
     notification_window_seconds: float = Field(
-        default=2.0, ge=0, description="`aesq bridge` starts one ingest for all the objects notified within this window."
+        default=2.0,
+        ge=0,
+        description="`aesq bridge` starts one ingest for all the objects notified within this window.",
     )
     database_pool_size: int = Field(
         default=10, gt=0, description="Database connections one process keeps (plus as many again at peaks)."

@@ -203,4 +203,3 @@ def current_revision(settings: Settings | None = None) -> str | None:
 
     with get_engine(settings).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
-

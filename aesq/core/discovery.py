@@ -150,9 +150,7 @@ def _copy_page(connection: Connection, page: list[tuple[str, str | None]]) -> No
                 copy.write_row((key, etag, first, second, max(first, second)))  # str order is code point order
 
 
-def _queue_ready(
-    connection: Connection, source: Source, after: str, upto: str | None, start_after: str | None
-) -> int:
+def _queue_ready(connection: Connection, source: Source, after: str, upto: str | None, start_after: str | None) -> int:
     """Queue the images that are new, changed or back and whose sidecar candidates the listing passed since
     the previous page: `ready_at` in (`after`, `upto`], `upto` being the greatest key listed so far (None:
     the listing ended). How many were queued."""
@@ -160,7 +158,9 @@ def _queue_ready(
     rows = connection.execute(_READY_REST if upto is None else _READY_UPTO, params).all()
     queued = [
         Listed(
-            row.key, row.etag, row.sidecar,
+            row.key,
+            row.etag,
+            row.sidecar,
             # A poll did not list the keys up to its cursor: a candidate there may exist unseen, so ingest
             # looks for the sidecar itself.
             listed=row.sidecar is not None or start_after is None or row.earliest > start_after,
@@ -228,7 +228,9 @@ def _discover(connection: Connection, source: Source, settings: Settings, page_s
     cursor = _read_cursor(connection, source.uri) if ordered else None
     connection.commit()
     full = not (
-        cursor and cursor.after_key is not None and cursor.full_listing_at is not None
+        cursor
+        and cursor.after_key is not None
+        and cursor.full_listing_at is not None
         and started - cursor.full_listing_at < timedelta(seconds=settings.full_listing_seconds)
     )
     start_after = None if full else cursor.after_key

@@ -79,7 +79,9 @@ def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
         """The content a row holds after the batch."""
         return arrivals[row.key] if row.key is not None else row.sha256
 
-    affected = {arrival for arrival in arrivals.values() if isinstance(arrival, str)} | {row.sha256 for row in here.values()}
+    affected = {arrival for arrival in arrivals.values() if isinstance(arrival, str)} | {
+        row.sha256 for row in here.values()
+    }
     final_canonical: dict[str, Ref] = {}
     for sha in sorted(affected):
         located = sorted((row for row in rows if row.sha256 == sha), key=lambda row: row.id)
@@ -99,8 +101,10 @@ def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
             if canonical is not None:
                 plan.moves[canonical.id] = chosen
         final_canonical[sha] = chosen
-        standing = Standing("pending") if inherited is None else Standing(
-            inherited.status, None, inherited.scored_at, inherited.analysed_at
+        standing = (
+            Standing("pending")
+            if inherited is None
+            else Standing(inherited.status, None, inherited.scored_at, inherited.analysed_at)
         )
         if isinstance(chosen, str):
             plan.batch[chosen] = standing
@@ -109,7 +113,12 @@ def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
         if standing.status == "pending":
             plan.waiting.append(chosen)
         for row in located:
-            if row.key is None and row.id != chosen and row.status in (*CANONICAL, "duplicate") and row.duplicate_of != chosen:
+            if (
+                row.key is None
+                and row.id != chosen
+                and row.status in (*CANONICAL, "duplicate")
+                and row.duplicate_of != chosen
+            ):
                 plan.others[row.id] = Standing("duplicate", chosen)
         for key, arrival in sorted(arrivals.items()):
             if arrival == sha and key != chosen:

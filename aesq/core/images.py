@@ -143,7 +143,9 @@ class _ValidationWorkers:
                 self._pool.join()
                 self._pool = None
             if self._pool is None:
-                self._pool = ProcessPool(max_workers=os.cpu_count() or 1, context=multiprocessing.get_context("forkserver"))
+                self._pool = ProcessPool(
+                    max_workers=os.cpu_count() or 1, context=multiprocessing.get_context("forkserver")
+                )
             return self._pool.schedule(_validate, (data, max_pixels), timeout=timeout_seconds)
 
 

@@ -122,7 +122,7 @@ def ingest(source_uri: str, claimed: list[Queued], settings: Settings, score_nex
     source = open_source(source_uri, settings)
     budget = pixel_budget(settings.decode_pixel_budget)
 
-    def examine(queued: Queued) -> AssetRecord | None | Exception:
+    def examine(queued: Queued) -> AssetRecord | Exception | None:
         """One object's record, or the storage error that kept it from being read."""
         try:
             return _examine(source, queued, settings.max_pixels, budget)
@@ -135,9 +135,13 @@ def ingest(source_uri: str, claimed: list[Queued], settings: Settings, score_nex
     if unread and len(unread) == len(claimed):
         with get_engine(settings).begin() as connection:  # the storage is down: free for the retry or the next run
             release_objects(connection, source.storage, source.bucket, unread)
-        raise StorageUnavailable(f"cannot read {len(unread)} objects of {source.uri}: {one_line(next(iter(unread.values())))}")
+        raise StorageUnavailable(
+            f"cannot read {len(unread)} objects of {source.uri}: {one_line(next(iter(unread.values())))}"
+        )
     records = {record.key: record for record in examined.values() if isinstance(record, AssetRecord)}
-    done = {q.key: {q.etag} | ({records[q.key].etag} if q.key in records else set()) for q in claimed if q.key not in unread}
+    done = {
+        q.key: {q.etag} | ({records[q.key].etag} if q.key in records else set()) for q in claimed if q.key not in unread
+    }
     with get_engine(settings).begin() as connection:
         waiting = upsert_assets(connection, list(records.values()))
         finish_objects(connection, source.storage, source.bucket, done)

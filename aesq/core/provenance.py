@@ -19,8 +19,14 @@ from typing import Any
 from aesq.core.tables import GENERATOR_KINDS, SOURCE_KINDS
 
 _KNOWN_FIELDS = {
-    "generator", "generator_version", "generator_kind", "generator_parent", "generator_metadata",
-    "prompt", "seed", "source_kind",
+    "generator",
+    "generator_version",
+    "generator_kind",
+    "generator_parent",
+    "generator_metadata",
+    "prompt",
+    "seed",
+    "source_kind",
 }
 _DEFAULT_VERSION = "unversioned"
 

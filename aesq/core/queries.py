@@ -137,9 +137,9 @@ def nearest_assets(settings: Settings, asset_id: int, embedder: str, limit: int 
 
 def source_progress(settings: Settings, storage: str, bucket: str, prefix: str) -> tuple[int, int]:
     """(finished, total) assets of one source, for progress display; duplicates count as finished."""
-    query = select(
-        func.count().filter(Asset.status != "pending"), func.count()
-    ).where(Asset.storage == storage, Asset.bucket == bucket, Asset.key.startswith(prefix))
+    query = select(func.count().filter(Asset.status != "pending"), func.count()).where(
+        Asset.storage == storage, Asset.bucket == bucket, Asset.key.startswith(prefix)
+    )
     with get_engine(settings).connect() as connection:
         done, total = connection.execute(query).one()
     return int(done), int(total)
@@ -169,7 +169,9 @@ def version_scores(settings: Settings, versions: list[str], scorer: str) -> dict
     )
     found = {version: VersionScores([], {}) for version in versions}
     with get_engine(settings).connect() as connection:
-        for version, asset_id, prompt, seed, value in connection.execute(query, {"scorer": scorer, "versions": versions}):
+        for version, asset_id, prompt, seed, value in connection.execute(
+            query, {"scorer": scorer, "versions": versions}
+        ):
             found[version].values.append(value)
             if prompt:
                 found[version].by_prompt.setdefault((prompt, seed), (asset_id, value))

@@ -137,7 +137,10 @@ def fetch_and_decode(
     except STORAGE_ERRORS as error:
         return Unusable(f"cannot read {key}: {one_line(error)}", transient=True, storage_error=True)
     if hashlib.sha256(stored.data).hexdigest() != sha256:
-        return Unusable(f"{key} holds other bytes than were ingested (overwritten since); re-ingested on the next run", transient=True)
+        return Unusable(
+            f"{key} holds other bytes than were ingested (overwritten since); re-ingested on the next run",
+            transient=True,
+        )
     try:
         return decode_rgb(stored.data, max_pixels, budget)
     except ImageRejected as rejected:
@@ -156,7 +159,11 @@ def _read_counted(source: Source, key: str):
 def fetch_asset(row, settings: Settings) -> Image.Image | Unusable:
     """The decoded image of an asset row (storage, bucket, key, etag, sha256), or why it cannot be read."""
     return fetch_and_decode(
-        source_for(row.storage, row.bucket, settings), row.key, row.etag, row.sha256, settings.max_pixels,
+        source_for(row.storage, row.bucket, settings),
+        row.key,
+        row.etag,
+        row.sha256,
+        settings.max_pixels,
         pixel_budget(settings.decode_pixel_budget),
     )
 
@@ -172,7 +179,9 @@ def fetch_assets(rows: list, settings: Settings) -> tuple[list[Image.Image | Unu
     def fetch(row) -> tuple[Image.Image | Unusable, int]:
         """The row's image and how many storage reads it took (0 when ingest's copy was at hand)."""
         _reads.count = 0
-        item = fetch_and_decode(sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels, budget)
+        item = fetch_and_decode(
+            sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels, budget
+        )
         return item, _reads.count
 
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
@@ -201,7 +210,9 @@ def _missing_outputs(
 
 
 def score_assets(
-    asset_ids: list[int], settings: Settings, model_slot: Callable[[], AbstractContextManager] = nullcontext,
+    asset_ids: list[int],
+    settings: Settings,
+    model_slot: Callable[[], AbstractContextManager] = nullcontext,
     own_claims: bool = True,
 ) -> BatchOutcome:
     """Give the assets among `asset_ids` every enabled model's output they lack; store it and their status.
@@ -276,7 +287,7 @@ def _score_assets(
 
     scores: list[ScoreValue] = []
     vectors: dict[str, tuple[list[int], np.ndarray]] = {}
-    with (models_in_use if work else nullcontext()), (model_slot() if work else nullcontext()):
+    with models_in_use if work else nullcontext(), model_slot() if work else nullcontext():
         for model, ids in work.items():
             if isinstance(model, Scorer):
                 for asset_id, score in zip(ids, model.score_prepared(prepared[model]), strict=True):
@@ -296,9 +307,15 @@ def _score_assets(
         for name, (ids, matrix) in vectors.items():
             kept = [index for index, asset_id in enumerate(ids) if asset_id in usable]
             write_embeddings(connection, name, [usable[ids[index]] for index in kept], matrix[kept])
-        defer(connection, {holder[i]: reason for i, reason in deferred.items() if i in holder},
-              settings.retry_attempts, settings.retry_backoff_seconds)
-        mark_failed(connection, {holder[i]: reason for i, reason in failures.items() if i in holder and i not in deferred})
+        defer(
+            connection,
+            {holder[i]: reason for i, reason in deferred.items() if i in holder},
+            settings.retry_attempts,
+            settings.retry_backoff_seconds,
+        )
+        mark_failed(
+            connection, {holder[i]: reason for i, reason in failures.items() if i in holder and i not in deferred}
+        )
         scored_ids = [usable[i] for i in images if i in pending and i in usable]
         mark_scored(connection, scored_ids)
         if own_claims:
@@ -308,7 +325,10 @@ def _score_assets(
         for model, ids in work.items():
             log_work(connection, f"model:{model.name}", len(ids))
     return BatchOutcome(
-        scored=len(scored_ids), failed=len(failures) - len(deferred), deferred=len(deferred), unfinished=tuple(sorted(failures))
+        scored=len(scored_ids),
+        failed=len(failures) - len(deferred),
+        deferred=len(deferred),
+        unfinished=tuple(sorted(failures)),
     )
 
 

@@ -79,7 +79,6 @@ def sidecar_candidates(key: str) -> list[str]:
     return [f"{key}{SIDECAR_SUFFIX}", str(PurePosixPath(key).with_suffix(SIDECAR_SUFFIX))]
 
 
-
 class Source:
     """A bucket prefix or a folder whose image objects aesq ingests."""
 
@@ -125,7 +124,9 @@ class S3Source(Source):
                 self.bucket, prefix=self.prefix or None, recursive=True, start_after=start_after or None
             ):
                 if not item.is_dir:
-                    yield ObjectInfo(key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0)
+                    yield ObjectInfo(
+                        key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0
+                    )
         except S3Error as error:
             if error.code == "NoSuchBucket":
                 raise self._no_bucket(error) from error
@@ -197,7 +198,10 @@ class FolderSource(Source):
         """The files below `directory` (whose keys start with `prefix`), in key order, after `start_after`."""
         with os.scandir(directory) as scan:  # a folder that cannot be listed fails the listing
             entries = sorted(
-                ((f"{prefix}{entry.name}/" if _is_directory(entry) else f"{prefix}{entry.name}", entry) for entry in scan),
+                (
+                    (f"{prefix}{entry.name}/" if _is_directory(entry) else f"{prefix}{entry.name}", entry)
+                    for entry in scan
+                ),
                 key=lambda pair: pair[0],
             )
         for key, entry in entries:

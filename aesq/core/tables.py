@@ -84,8 +84,12 @@ class Asset(Base):
     __table_args__ = (
         UniqueConstraint("storage", "bucket", "key"),
         # One canonical asset per content; failed objects and duplicates may repeat bytes.
-        Index("uq_assets_sha256_canonical", "sha256", unique=True,
-              postgresql_where=text("status IN ('pending', 'scored')")),
+        Index(
+            "uq_assets_sha256_canonical",
+            "sha256",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'scored')"),
+        ),
         Index("ix_assets_status", "status"),
         Index("ix_assets_sha256", "sha256"),
         Index("ix_assets_generator_id", "generator_id"),
@@ -121,7 +125,9 @@ class Asset(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # by defect analysis
-    lease_owner: Mapped[str | None] = mapped_column(Text, comment="the worker scoring this asset now (aesq/core/claims.py)")
+    lease_owner: Mapped[str | None] = mapped_column(
+        Text, comment="the worker scoring this asset now (aesq/core/claims.py)"
+    )
     lease_until: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), comment="the scoring claim lapses then, and any worker may take the asset"
     )

@@ -96,7 +96,10 @@ def _asset_row(record: AssetRecord, generator_ids: dict[tuple[str, str], int], s
         "generator_id": generator_ids[(generator.name, generator.version)] if generator else None,
         "prompt": provenance.prompt if provenance else None,
         "seed": provenance.seed if provenance else None,
-        "extra": {**(provenance.extra if provenance else {}), **({"frames": facts.frames} if facts and facts.frames > 1 else {})},
+        "extra": {
+            **(provenance.extra if provenance else {}),
+            **({"frames": facts.frames} if facts and facts.frames > 1 else {}),
+        },
         "status": standing.status,
         "error": record.error,
         "duplicate_of": standing.duplicate_of if isinstance(standing.duplicate_of, int) else None,
@@ -113,7 +116,9 @@ def _lock(connection: Connection, space: int, names: Iterable[str]) -> None:
     Space OBJECT_LOCKS serialises writers of the same locations, CONTENT_LOCKS those of the same
     SHA-256; every writer takes object locks before content locks.
     """
-    keys = sorted({int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big", signed=True) for name in names})
+    keys = sorted(
+        {int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "big", signed=True) for name in names}
+    )
     if keys:
         connection.execute(
             text("SELECT count(pg_advisory_xact_lock(:space, k)) FROM unnest(CAST(:keys AS int[])) AS k"),
@@ -129,7 +134,9 @@ def lock_contents(connection: Connection, shas: Iterable[str]) -> None:
 _LOCATED = (Asset.id, Asset.key, Asset.sha256, Asset.status, Asset.duplicate_of, Asset.scored_at, Asset.analysed_at)
 
 
-def _settle(connection: Connection, storage: str, bucket: str, arrivals: dict[str, str | Arrival]) -> tuple[Plan, dict[str, int]]:
+def _settle(
+    connection: Connection, storage: str, bucket: str, arrivals: dict[str, str | Arrival]
+) -> tuple[Plan, dict[str, int]]:
     """Lock and read what the batch touches, plan it, and apply everything but the batch's own rows' facts.
 
     Returns the plan and the ids of the batch's existing rows; the caller writes the batch rows, then
@@ -154,19 +161,36 @@ def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int
     resolve = lambda ref: ids[ref] if isinstance(ref, str) else ref  # noqa: E731
     _move_outputs(connection, {source: resolve(target) for source, target in plan.moves.items()}, plan.drop)
     changes = [
-        {"row_id": asset_id, "status": standing.status, "duplicate_of": resolve(standing.duplicate_of)
-         if standing.duplicate_of is not None else None, "scored_at": standing.scored_at, "analysed_at": standing.analysed_at}
+        {
+            "row_id": asset_id,
+            "status": standing.status,
+            "duplicate_of": resolve(standing.duplicate_of) if standing.duplicate_of is not None else None,
+            "scored_at": standing.scored_at,
+            "analysed_at": standing.analysed_at,
+        }
         for asset_id, standing in plan.others.items()
     ] + [
-        {"row_id": ids[key], "status": standing.status, "duplicate_of": resolve(standing.duplicate_of),
-         "scored_at": standing.scored_at, "analysed_at": standing.analysed_at}
-        for key, standing in plan.batch.items() if isinstance(standing.duplicate_of, str)
+        {
+            "row_id": ids[key],
+            "status": standing.status,
+            "duplicate_of": resolve(standing.duplicate_of),
+            "scored_at": standing.scored_at,
+            "analysed_at": standing.analysed_at,
+        }
+        for key, standing in plan.batch.items()
+        if isinstance(standing.duplicate_of, str)
     ]
     if changes:
         connection.execute(
-            update(Asset).where(Asset.id == bindparam("row_id")).values(
-                status=bindparam("status"), duplicate_of=bindparam("duplicate_of"), scored_at=bindparam("scored_at"),
-                analysed_at=bindparam("analysed_at"), error=None, updated_at=func.now(),
+            update(Asset)
+            .where(Asset.id == bindparam("row_id"))
+            .values(
+                status=bindparam("status"),
+                duplicate_of=bindparam("duplicate_of"),
+                scored_at=bindparam("scored_at"),
+                analysed_at=bindparam("analysed_at"),
+                error=None,
+                updated_at=func.now(),
             ),
             changes,
         )
@@ -179,7 +203,9 @@ def _move_outputs(connection: Connection, moves: dict[int, int], drop: set[int])
     if not sources:
         return
     for table in (ScoreRow.__table__, Embedding.__table__, Defect.__table__):
-        taken = connection.execute(delete(table).where(table.c.asset_id.in_(sources)).returning(*table.c)).mappings().all()
+        taken = (
+            connection.execute(delete(table).where(table.c.asset_id.in_(sources)).returning(*table.c)).mappings().all()
+        )
         moved = [{**row, "asset_id": moves[row["asset_id"]]} for row in taken if row["asset_id"] in moves]
         if moved:
             connection.execute(insert(table), moved)
@@ -205,7 +231,11 @@ def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> lis
     statement = insert(Asset).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=[Asset.storage, Asset.bucket, Asset.key],
-        set_={name: statement.excluded[name] for name in [*rows[0], "updated_at"] if name not in ("storage", "bucket", "key")},
+        set_={
+            name: statement.excluded[name]
+            for name in [*rows[0], "updated_at"]
+            if name not in ("storage", "bucket", "key")
+        },
     )
     ids.update({key: asset_id for asset_id, key in connection.execute(statement.returning(Asset.id, Asset.key))})
     return _finish(connection, plan, ids)
@@ -217,7 +247,8 @@ def mark_deleted(connection: Connection, storage: str, bucket: str, keys: Sequen
         return
     plan, ids = _settle(connection, storage, bucket, dict.fromkeys(sorted(keys), Arrival.GONE))
     connection.execute(
-        update(Asset).where(Asset.id.in_([ids[key] for key in keys]))
+        update(Asset)
+        .where(Asset.id.in_([ids[key] for key in keys]))
         .values(status="deleted", duplicate_of=None, retry_after=None, updated_at=func.now())
     )
     _finish(connection, plan, ids)
@@ -286,7 +317,9 @@ def mark_scored(connection: Connection, asset_ids: Sequence[int]) -> None:
         connection.execute(
             update(Asset)
             .where(Asset.id.in_(asset_ids), Asset.status == "pending")
-            .values(status="scored", scored_at=func.now(), updated_at=func.now(), error=None, attempts=0, retry_after=None)
+            .values(
+                status="scored", scored_at=func.now(), updated_at=func.now(), error=None, attempts=0, retry_after=None
+            )
         )
 
 
@@ -294,7 +327,8 @@ def mark_failed(connection: Connection, reasons: dict[int, str]) -> None:
     """Pending assets that cannot be scored become failed, each with its reason."""
     if reasons:
         connection.execute(
-            update(Asset).where(Asset.id == bindparam("row_id"), Asset.status == "pending")
+            update(Asset)
+            .where(Asset.id == bindparam("row_id"), Asset.status == "pending")
             .values(status="failed", error=bindparam("reason"), retry_after=None, updated_at=func.now()),
             [{"row_id": asset_id, "reason": reason} for asset_id, reason in reasons.items()],
         )
@@ -319,6 +353,8 @@ def defer(connection: Connection, reasons: dict[int, str], attempts: int, backof
     if reasons:
         connection.execute(
             _DEFER,
-            [{"row_id": asset_id, "reason": reason, "limit": attempts, "backoff": backoff_seconds}
-             for asset_id, reason in reasons.items()],
+            [
+                {"row_id": asset_id, "reason": reason, "limit": attempts, "backoff": backoff_seconds}
+                for asset_id, reason in reasons.items()
+            ],
         )

@@ -96,7 +96,9 @@ class Bridge:
                 return  # already emitted by `flush`
             del self._due[bucket]
             count = self._counts.pop(bucket, 0)
-        emit_event(OBJECT_CREATED, resource={"prefect.resource.id": bucket_resource(bucket)}, payload={"objects": count})
+        emit_event(
+            OBJECT_CREATED, resource={"prefect.resource.id": bucket_resource(bucket)}, payload={"objects": count}
+        )
         logger.info("%d objects queued in bucket %s: ingest notified", count, bucket)
 
     def flush(self) -> None:

@@ -82,7 +82,9 @@ def compare(settings: SettingsDep, a: Version, b: Version, scorer: str) -> dict:
 
 
 @router.get("/pairs")
-def pairs(settings: SettingsDep, a: Version, b: Version, scorer: str, limit: Annotated[int, Query(ge=1, le=100)] = 12) -> list[dict]:
+def pairs(
+    settings: SettingsDep, a: Version, b: Version, scorer: str, limit: Annotated[int, Query(ge=1, le=100)] = 12
+) -> list[dict]:
     """Assets of A and B made from the same prompt and seed, largest score difference first."""
     return browse.paired_assets(settings, a, b, scorer, limit)
 

@@ -22,13 +22,17 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 def _authorised(request: Request, token: str) -> bool:
     """True when the request carries the token as a bearer header or the login cookie."""
-    offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.cookies.get(TOKEN_COOKIE, "")
+    offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.cookies.get(
+        TOKEN_COOKIE, ""
+    )
     return hmac.compare_digest(offered.encode(), token.encode())
 
 
 def create_app() -> FastAPI:
     """The dashboard and API application (settings are read per request, so tests can change them)."""
-    app = FastAPI(title="aesq", summary="Aesthetic data quality: versions, scores, defects", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="aesq", summary="Aesthetic data quality: versions, scores, defects", docs_url=None, redoc_url=None
+    )
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
@@ -58,7 +62,9 @@ def create_app() -> FastAPI:
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly_js() -> Response:
         """plotly.js as shipped inside the installed plotly package."""
-        return FileResponse(PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=604800"})
+        return FileResponse(
+            PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=604800"}
+        )
 
     app.add_middleware(GZipMiddleware, minimum_size=2000)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

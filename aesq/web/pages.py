@@ -56,7 +56,13 @@ def leaderboard(
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     first, last = _date(since, "since"), _date(until, "until")
     rows = browse.leaderboard(settings, scorer, _blank_is_none(generator), _blank_is_none(source_kind), first, last)
-    filters = {"scorer": scorer, "generator": generator or "", "source_kind": source_kind or "", "since": first, "until": last}
+    filters = {
+        "scorer": scorer,
+        "generator": generator or "",
+        "source_kind": source_kind or "",
+        "since": first,
+        "until": last,
+    }
     return templates.TemplateResponse(
         request, "leaderboard.html", {"rows": rows, "options": options, "filters": filters, "page": "leaderboard"}
     )
@@ -89,7 +95,9 @@ def compare(
 
 
 @router.get("/trends", response_class=HTMLResponse)
-def trends(request: Request, settings: SettingsDep, scorer: str | None = None, generator: str | None = None) -> Response:
+def trends(
+    request: Request, settings: SettingsDep, scorer: str | None = None, generator: str | None = None
+) -> Response:
     """Daily mean per version, and the defect breakdown per version."""
     options = browse.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))

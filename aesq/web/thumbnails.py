@@ -38,7 +38,8 @@ def thumbnail(settings: Settings, asset_id: int, size: int) -> bytes:
         raise ValueError(f"thumbnail size must be one of {', '.join(map(str, SIZES))}")
     with get_engine(settings).connect() as connection:
         row = connection.execute(
-            text("SELECT storage::text AS storage, bucket, key, etag, sha256 FROM assets WHERE id = :id"), {"id": asset_id}
+            text("SELECT storage::text AS storage, bucket, key, etag, sha256 FROM assets WHERE id = :id"),
+            {"id": asset_id},
         ).one_or_none()
     if row is None:
         raise NotFound(f"no asset {asset_id}")

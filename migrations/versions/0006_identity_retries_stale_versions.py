@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0006'
-down_revision: str | None = '0005'
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -69,18 +69,35 @@ CREATE TRIGGER stale_on_asset_delete AFTER DELETE ON assets REFERENCING OLD TABL
 
 
 def upgrade() -> None:
-    op.drop_constraint(op.f('ck_assets_asset_status'), 'assets', type_='check')
-    op.create_check_constraint(op.f('ck_assets_asset_status'), 'assets', f"status IN ({NEW_STATUSES})")
-    op.add_column('assets', sa.Column('attempts', sa.Integer(), server_default='0', nullable=False,
-                                      comment='transient scoring failures so far'))
-    op.add_column('assets', sa.Column('retry_after', sa.DateTime(timezone=True), nullable=True,
-                                      comment='a pending asset deferred by a transient failure waits until then'))
-    op.create_index('ix_assets_sha256', 'assets', ['sha256'], unique=False)
-    op.create_table('stale_versions',
-    sa.Column('id', sa.BigInteger(), sa.Identity(always=False), nullable=False),
-    sa.Column('generator_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['generator_id'], ['generators.id'], name=op.f('fk_stale_versions_generator_id_generators'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_stale_versions'))
+    op.drop_constraint(op.f("ck_assets_asset_status"), "assets", type_="check")
+    op.create_check_constraint(op.f("ck_assets_asset_status"), "assets", f"status IN ({NEW_STATUSES})")
+    op.add_column(
+        "assets",
+        sa.Column(
+            "attempts", sa.Integer(), server_default="0", nullable=False, comment="transient scoring failures so far"
+        ),
+    )
+    op.add_column(
+        "assets",
+        sa.Column(
+            "retry_after",
+            sa.DateTime(timezone=True),
+            nullable=True,
+            comment="a pending asset deferred by a transient failure waits until then",
+        ),
+    )
+    op.create_index("ix_assets_sha256", "assets", ["sha256"], unique=False)
+    op.create_table(
+        "stale_versions",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("generator_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["generator_id"],
+            ["generators.id"],
+            name=op.f("fk_stale_versions_generator_id_generators"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_stale_versions")),
     )
     op.execute(FUNCTIONS)
     op.execute(TRIGGERS)
@@ -89,15 +106,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name, table in (("stale_on_score_insert", "scores"), ("stale_on_score_update", "scores"),
-                        ("stale_on_score_delete", "scores"), ("stale_on_asset_update", "assets"),
-                        ("stale_on_asset_delete", "assets")):
+    for name, table in (
+        ("stale_on_score_insert", "scores"),
+        ("stale_on_score_update", "scores"),
+        ("stale_on_score_delete", "scores"),
+        ("stale_on_asset_update", "assets"),
+        ("stale_on_asset_delete", "assets"),
+    ):
         op.execute(f"DROP TRIGGER {name} ON {table}")
     op.execute("DROP FUNCTION aesq_stale_by_new_scores, aesq_stale_by_asset_changes, aesq_stale_by_deleted_assets")
-    op.drop_table('stale_versions')
-    op.drop_index('ix_assets_sha256', table_name='assets')
-    op.drop_column('assets', 'retry_after')
-    op.drop_column('assets', 'attempts')
+    op.drop_table("stale_versions")
+    op.drop_index("ix_assets_sha256", table_name="assets")
+    op.drop_column("assets", "retry_after")
+    op.drop_column("assets", "attempts")
     op.execute("UPDATE assets SET status = 'failed', error = 'object deleted' WHERE status = 'deleted'")
-    op.drop_constraint(op.f('ck_assets_asset_status'), 'assets', type_='check')
-    op.create_check_constraint(op.f('ck_assets_asset_status'), 'assets', f"status IN ({OLD_STATUSES})")
+    op.drop_constraint(op.f("ck_assets_asset_status"), "assets", type_="check")
+    op.create_check_constraint(op.f("ck_assets_asset_status"), "assets", f"status IN ({OLD_STATUSES})")

@@ -22,8 +22,17 @@ def _add_scored(settings, version: str, values: list[float], offset: int = 0) ->
     """Scored assets of generator m:`version` with these technical scores."""
     generator = GeneratorRef("m", version)
     records = [
-        AssetRecord("s3", "bkt", f"{version}/{offset + i}.png", f"{version}-{offset + i}", None, 10, FACTS,
-                    Provenance("generated", generator, "p", i, {}), None)
+        AssetRecord(
+            "s3",
+            "bkt",
+            f"{version}/{offset + i}.png",
+            f"{version}-{offset + i}",
+            None,
+            10,
+            FACTS,
+            Provenance("generated", generator, "p", i, {}),
+            None,
+        )
         for i in range(len(values))
     ]
     with get_engine(settings).begin() as connection:
@@ -72,8 +81,22 @@ def test_a_score_committed_while_the_aggregate_runs_is_counted_by_the_next_run(s
     assert aggregate_versions(settings) == 1
     generator = GeneratorRef("m", "1")
     with get_engine(settings).begin() as connection:
-        ids = upsert_assets(connection, [AssetRecord("s3", "bkt", "1/late.png", "late", None, 10, FACTS,
-                                                     Provenance("generated", generator, "p", 9, {}), None)])
+        ids = upsert_assets(
+            connection,
+            [
+                AssetRecord(
+                    "s3",
+                    "bkt",
+                    "1/late.png",
+                    "late",
+                    None,
+                    10,
+                    FACTS,
+                    Provenance("generated", generator, "p", 9, {}),
+                    None,
+                )
+            ],
+        )
 
     # The late asset's scoring transaction is open (its queue row invisible) while an aggregate runs; the
     # old clock watermark (computed_at = now() > the score's created_at) never counted it.
@@ -84,8 +107,9 @@ def test_a_score_committed_while_the_aggregate_runs_is_counted_by_the_next_run(s
             sa.text("INSERT INTO scores (asset_id, scorer, scorer_version, value) VALUES (:id, 'technical', '1', 5)"),
             {"id": ids[0]},
         )
-        scoring_transaction.execute(sa.text("UPDATE assets SET status = 'scored', scored_at = now() WHERE id = :id"),
-                                    {"id": ids[0]})
+        scoring_transaction.execute(
+            sa.text("UPDATE assets SET status = 'scored', scored_at = now() WHERE id = :id"), {"id": ids[0]}
+        )
         _add_scored(settings, "1", [3.0], offset=10)  # another batch of the version commits meanwhile
         assert aggregate_versions(settings) == 1
     scoring_transaction.close()

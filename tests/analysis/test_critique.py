@@ -89,8 +89,12 @@ def test_low_scorers_get_the_critics_answer_per_aspect(settings, s3_client, buck
         # each asset's answers are the model's answers about that asset's own image (as decoded from JPEG)
         payload = jpeg_bytes(images[key])
         decoded = scoring.fetch_and_decode(
-            scoring.source_for("s3", bucket, settings), f"generated/sdxl/1.0/{key}", None,
-            hashlib.sha256(payload).hexdigest(), settings.max_pixels, pixel_budget(settings.decode_pixel_budget),
+            scoring.source_for("s3", bucket, settings),
+            f"generated/sdxl/1.0/{key}",
+            None,
+            hashlib.sha256(payload).hexdigest(),
+            settings.max_pixels,
+            pixel_budget(settings.decode_pixel_budget),
         )
         assert detail["aspects"] == model.critique([decoded], ASPECTS, 5)[0]
     assert rows["a.jpg"].detail != rows["b.jpg"].detail

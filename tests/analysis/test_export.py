@@ -30,23 +30,41 @@ def assets(settings) -> dict[str, int]:
     generator = GeneratorRef("m", "1")
     keys = ["good", "low", "blurry", "faint", "other-scorer", "failed"]
     records = [
-        AssetRecord("s3", "bkt", key, f"sha-{key}", None, 10, None if key == "failed" else FACTS,
-                    Provenance("generated", generator, f"prompt {key}", 1, {}), "not an image" if key == "failed" else None)
+        AssetRecord(
+            "s3",
+            "bkt",
+            key,
+            f"sha-{key}",
+            None,
+            10,
+            None if key == "failed" else FACTS,
+            Provenance("generated", generator, f"prompt {key}", 1, {}),
+            "not an image" if key == "failed" else None,
+        )
         for key in keys
     ]
-    copy = AssetRecord("s3", "bkt", "copy", "sha-good", None, 10, FACTS, Provenance("crawled", None, None, None, {}), None)
+    copy = AssetRecord(
+        "s3", "bkt", "copy", "sha-good", None, 10, FACTS, Provenance("crawled", None, None, None, {}), None
+    )
     with get_engine(settings).begin() as connection:
         upsert_generators(connection, [generator])
         upsert_assets(connection, records)
         upsert_assets(connection, [copy])  # a later object with the same bytes
         ids = dict(connection.execute(sa.text("SELECT key, id FROM assets")).all())
         values = {"good": 7.0, "low": 3.0, "blurry": 8.0, "faint": 8.0}
-        write_scores(connection, [ScoreValue(ids[k], "technical", "1", v, {}) for k, v in values.items()]
-                     + [ScoreValue(ids["other-scorer"], "laion-aes-v2", "2", 6.0, {})])
+        write_scores(
+            connection,
+            [ScoreValue(ids[k], "technical", "1", v, {}) for k, v in values.items()]
+            + [ScoreValue(ids["other-scorer"], "laion-aes-v2", "2", 6.0, {})],
+        )
         mark_scored(connection, [ids[k] for k in [*values, "other-scorer"]])
-        connection.execute(sa.text("INSERT INTO defects (asset_id, category, severity, detail) VALUES "
-                                   "(:b, 'blur', 0.8, 'x'), (:f, 'blur', 0.2, 'y'), (:f, 'noise', 0.9, 'z')"),
-                           {"b": ids["blurry"], "f": ids["faint"]})
+        connection.execute(
+            sa.text(
+                "INSERT INTO defects (asset_id, category, severity, detail) VALUES "
+                "(:b, 'blur', 0.8, 'x'), (:f, 'blur', 0.2, 'y'), (:f, 'noise', 0.9, 'z')"
+            ),
+            {"b": ids["blurry"], "f": ids["faint"]},
+        )
     return ids
 
 
@@ -55,8 +73,9 @@ def _jsonl(path: Path) -> dict[str, dict]:
 
 
 def test_manifest_keeps_and_drops_with_reasons(settings, assets, tmp_path):
-    summary = export_manifest(settings, tmp_path / "m.jsonl", "technical", min_score=5, exclude_defects=["blur"],
-                              min_severity=0.5)
+    summary = export_manifest(
+        settings, tmp_path / "m.jsonl", "technical", min_score=5, exclude_defects=["blur"], min_severity=0.5
+    )
     rows = _jsonl(summary.path)
     assert (summary.kept, summary.dropped) == (2, 5), {k: (r["keep"], r["reason"]) for k, r in rows.items()}
     assert {key for key, row in rows.items() if row["keep"]} == {"good", "faint"}
@@ -79,7 +98,9 @@ def test_formats_carry_the_same_rows(settings, assets, tmp_path):
     csv_path = export_manifest(settings, tmp_path / "m.csv", "technical", min_score=5, format="csv").path
     with csv_path.open(newline="") as handle:
         from_csv = {row["key"]: row for row in csv.DictReader(handle)}
-    table = pq.read_table(export_manifest(settings, tmp_path / "m.parquet", "technical", min_score=5, format="parquet").path)
+    table = pq.read_table(
+        export_manifest(settings, tmp_path / "m.parquet", "technical", min_score=5, format="parquet").path
+    )
     from_parquet = {row["key"]: row for row in table.to_pylist()}
     assert set(from_csv) == set(from_parquet) == set(reference)
     for key, row in reference.items():
@@ -99,11 +120,32 @@ def test_bad_requests_fail_clearly_and_leave_no_file(settings, assets, tmp_path)
 
 def test_cli_export(settings, assets, tmp_path):
     out = tmp_path / "keep.jsonl"
-    done = subprocess.run([AESQ, "export", "--scorer", "technical", "--min-score", "5", "--exclude-defects",
-                           "blur,noise", "--out", str(out)], capture_output=True, text=True, env=os.environ, timeout=120)
+    done = subprocess.run(
+        [
+            AESQ,
+            "export",
+            "--scorer",
+            "technical",
+            "--min-score",
+            "5",
+            "--exclude-defects",
+            "blur,noise",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "kept 1, dropped 6" in done.stdout
     assert [key for key, row in _jsonl(out).items() if row["keep"]] == ["good"]
-    bad = subprocess.run([AESQ, "export", "--scorer", "technical", "--format", "xml", "--out", str(out)],
-                         capture_output=True, text=True, env=os.environ, timeout=120)
+    bad = subprocess.run(
+        [AESQ, "export", "--scorer", "technical", "--format", "xml", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "unknown format 'xml'" in bad.stderr

@@ -113,16 +113,32 @@ def test_labels_are_read_from_test_json_or_test_subfolder(tmp_path):
             ["3 bad entries", "entry 1: missing image", "entry 2: missing gt_score", "entry 3: not an object"],
         ),
         (
-            [{"image": "img/0.png", "gt_score": "7"}, {"image": "img/1.png", "gt_score": True},
-             {"image": "img/2.png", "gt_score": float("nan")}, {"image": "img/2.png", "gt_score": 1, "category": 3}],
-            ["entry 0: gt_score '7' is not a finite number", "entry 1: gt_score True", "entry 2: gt_score nan",
-             "entry 3: category 3 is not text"],
+            [
+                {"image": "img/0.png", "gt_score": "7"},
+                {"image": "img/1.png", "gt_score": True},
+                {"image": "img/2.png", "gt_score": float("nan")},
+                {"image": "img/2.png", "gt_score": 1, "category": 3},
+            ],
+            [
+                "entry 0: gt_score '7' is not a finite number",
+                "entry 1: gt_score True",
+                "entry 2: gt_score nan",
+                "entry 3: category 3 is not text",
+            ],
         ),
         (
-            [{"image": "../outside.png", "gt_score": 1}, {"image": "/etc/hostname", "gt_score": 1},
-             {"image": "img/9.png", "gt_score": 1}, {"image": "img/0.png", "gt_score": 1}],
-            ["3 bad entries", "entry 0: image '../outside.png' is outside", "entry 1: image '/etc/hostname' is outside",
-             "entry 2: image 'img/9.png' does not exist"],
+            [
+                {"image": "../outside.png", "gt_score": 1},
+                {"image": "/etc/hostname", "gt_score": 1},
+                {"image": "img/9.png", "gt_score": 1},
+                {"image": "img/0.png", "gt_score": 1},
+            ],
+            [
+                "3 bad entries",
+                "entry 0: image '../outside.png' is outside",
+                "entry 1: image '/etc/hostname' is outside",
+                "entry 2: image 'img/9.png' does not exist",
+            ],
         ),
         (
             [{"image": "img/0.png", "gt_score": 1}, {"image": "img/./0.png", "gt_score": 2}],
@@ -182,7 +198,8 @@ def test_bench_labels_scores_the_set_through_the_flows(settings, tmp_path, monke
     folder = tmp_path / "eria"
     _labelled_set(folder)
     result = CliRunner().invoke(
-        app, ["bench", "labels", "--data", str(folder), "--scorer", "technical", "--bootstrap", "500"],
+        app,
+        ["bench", "labels", "--data", str(folder), "--scorer", "technical", "--bootstrap", "500"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

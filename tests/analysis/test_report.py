@@ -92,8 +92,16 @@ def sample_report() -> ReportData:
 def empty_report() -> ReportData:
     """A report over an empty database."""
     return ReportData(
-        title="empty", generated_at=datetime(2024, 5, 6, 3, 0), since=None, leaderboard=[], distributions={},
-        trends={}, changes=[], defects={}, best={}, worst={},
+        title="empty",
+        generated_at=datetime(2024, 5, 6, 3, 0),
+        since=None,
+        leaderboard=[],
+        distributions={},
+        trends={},
+        changes=[],
+        defects={},
+        best={},
+        worst={},
     )
 
 
@@ -216,7 +224,11 @@ def test_same_data_renders_the_same_bytes_in_another_process(html: str) -> None:
         "sys.stdout.buffer.write(render_report(sample_report()).encode())"
     )
     other = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, check=True, timeout=120,
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+        timeout=120,
         env={**os.environ, "PYTHONHASHSEED": "12345"},
     )
     assert other.stdout.decode() == html
@@ -225,8 +237,12 @@ def test_same_data_renders_the_same_bytes_in_another_process(html: str) -> None:
 def test_empty_report_renders_a_sentence_per_section() -> None:
     html = render_report(empty_report())
     for sentence in [
-        "No scores yet.", "Nothing changed since the previous report.", "No scores to plot yet.",
-        "No daily means yet.", "No defects found yet.", "No images yet.",
+        "No scores yet.",
+        "Nothing changed since the previous report.",
+        "No scores to plot yet.",
+        "No daily means yet.",
+        "No defects found yet.",
+        "No images yet.",
     ]:
         assert sentence in html
     assert "<svg" not in html and "<table" not in html and "<img" not in html
@@ -251,7 +267,9 @@ def test_chromium_shows_leaderboard_and_plots(html: str, tmp_path: Path) -> None
     screenshot = tmp_path / "report.png"
     subprocess.run(
         [*browser, "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={screenshot}", page.as_uri()],
-        capture_output=True, check=True, timeout=120,
+        capture_output=True,
+        check=True,
+        timeout=120,
     )
     with Image.open(screenshot) as image:
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)

@@ -199,8 +199,11 @@ def _holm_by_hand(p: dict[str, float]) -> dict[str, float]:
 
 def test_family_p_values_are_holm_adjusted_using_paired_p_where_there_are_pairs():
     baseline = _normal(0, 40, seed=8)
-    others = {"small": _normal(0.2, 40, seed=9), "medium": _normal(0.55, 40, seed=10),
-              "paired": [x + 0.15 + 0.3 * noise for x, noise in zip(baseline, _normal(0, 40, seed=11))]}
+    others = {
+        "small": _normal(0.2, 40, seed=9),
+        "medium": _normal(0.55, 40, seed=10),
+        "paired": [x + 0.15 + 0.3 * noise for x, noise in zip(baseline, _normal(0, 40, seed=11))],
+    }
     family = compare_family(baseline, others, {"paired": list(zip(baseline, others["paired"]))})
     raw = {name: (c.paired.wilcoxon_p if c.paired else c.mann_whitney_p) for name, c in family.items()}
     assert family["paired"].paired is not None and family["small"].paired is None
@@ -210,15 +213,16 @@ def test_family_p_values_are_holm_adjusted_using_paired_p_where_there_are_pairs(
     for name, comparison in family.items():
         assert comparison.adjusted_p == pytest.approx(expected[name])
         assert comparison.adjusted_p >= raw[name]
-    assert 0.001 < min(raw.values()) and max(expected.values()) < 1  # neither negligible nor capped
+    assert min(raw.values()) > 0.001 and max(expected.values()) < 1  # neither negligible nor capped
 
 
 def test_holm_keeps_adjusted_p_values_in_the_order_of_the_raw_ones():
     rng = np.random.default_rng(30)
     baseline, better = list(rng.normal(0, 1, 30)), sorted(rng.normal(0.7, 1, 30))
     slightly_less = better[:-1] + [better[-1] - 2.5]  # its best score moved down: a slightly larger p
-    family = compare_family(baseline, {"better": better, "slightly_less": slightly_less,
-                                       "same": list(rng.normal(0.1, 1, 30))})
+    family = compare_family(
+        baseline, {"better": better, "slightly_less": slightly_less, "same": list(rng.normal(0.1, 1, 30))}
+    )
     p_better, p_less = family["better"].mann_whitney_p, family["slightly_less"].mann_whitney_p
     assert p_better < p_less < 1.5 * p_better  # so 2·p(2) < 3·p(1): the step-down maximum decides
     assert family["better"].adjusted_p == pytest.approx(3 * p_better)
@@ -228,8 +232,12 @@ def test_holm_keeps_adjusted_p_values_in_the_order_of_the_raw_ones():
 
 def test_family_benjamini_hochberg_and_versions_with_too_few_scores_left_out():
     baseline = _normal(0, 30, seed=12)
-    others = {"a": _normal(0.4, 30, seed=13), "b": _normal(0.8, 30, seed=14), "c": _normal(0, 30, seed=15),
-              "tiny": [1.0, 2.0]}
+    others = {
+        "a": _normal(0.4, 30, seed=13),
+        "b": _normal(0.8, 30, seed=14),
+        "c": _normal(0, 30, seed=15),
+        "tiny": [1.0, 2.0],
+    }
     family = compare_family(baseline, others, method="bh")
     assert family["tiny"].adjusted_p is None
     p = {name: family[name].mann_whitney_p for name in "abc"}

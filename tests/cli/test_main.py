@@ -61,8 +61,11 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     )
     assert compared.exit_code == 0, compared.output
     assert "each version against demo-diffusion:v1.0-base" in compared.output
-    rows = {line.split("│")[1].strip(): line.split("│")[3].strip() for line in compared.output.splitlines()
-            if line.startswith("│ demo-diffusion")}
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[3].strip()
+        for line in compared.output.splitlines()
+        if line.startswith("│ demo-diffusion")
+    }
     assert set(rows) == {"demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"}
     assert all(diff.startswith("+") for diff in rows.values()), compared.output
     lonely = runner.invoke(app, ["compare", "demo-diffusion:v1.0-base"])
@@ -113,6 +116,7 @@ def test_a_database_refusal_is_one_line_without_the_statement(settings):
     assert result.returncode == 1
     assert result.stderr == "aesq: error: cannot use the database: permission denied for table assets\n"
 
+
 def test_db_upgrade_and_downgrade_commands(empty_database_url, monkeypatch, tmp_path):
     monkeypatch.setenv("AESQ_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)
@@ -144,8 +148,11 @@ def start_run(tmp_path: Path) -> Iterator[Callable[[Path, dict[str, str]], subpr
 
     def start(source: Path, env: dict[str, str]) -> subprocess.Popen:
         with (tmp_path / "stdout").open("w") as stdout, (tmp_path / "stderr").open("w") as stderr:
-            started.append(subprocess.Popen([AESQ, "run", str(source)], stdout=stdout, stderr=stderr, env=env,
-                                            start_new_session=True))
+            started.append(
+                subprocess.Popen(
+                    [AESQ, "run", str(source)], stdout=stdout, stderr=stderr, env=env, start_new_session=True
+                )
+            )
         return started[-1]
 
     yield start
@@ -246,8 +253,9 @@ def _connections_refused(database_url: str, admin_url: str) -> Iterator[None]:
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
-        connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
-                           {"name": name})
+        connection.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"), {"name": name}
+        )
         try:
             yield
         finally:
@@ -272,8 +280,9 @@ def test_a_database_blip_during_run_is_ridden_out(settings, postgres_server, tmp
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_that_fails_says_why_in_one_line(settings):
-    result = subprocess.run([AESQ, "run", "s3://no-such-bucket-here/"], capture_output=True, text=True,
-                            env=_harness_env(), timeout=120)
+    result = subprocess.run(
+        [AESQ, "run", "s3://no-such-bucket-here/"], capture_output=True, text=True, env=_harness_env(), timeout=120
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at the S3 endpoint"

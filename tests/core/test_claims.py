@@ -101,7 +101,9 @@ def test_renewed_claims_outlive_their_lease_and_end_with_the_batch(settings, tmp
 def test_a_worker_renews_releases_and_defers_only_the_claims_it_holds(settings):
     _queue(settings, ["a"])
     with get_engine(settings).begin() as connection:
-        connection.execute(sa.text("UPDATE ingest_queue SET lease_owner = 'other', lease_until = now() + interval '1 hour'"))
+        connection.execute(
+            sa.text("UPDATE ingest_queue SET lease_owner = 'other', lease_until = now() + interval '1 hour'")
+        )
         claims.release_objects(connection, "s3", "b", ["a"])
         claims.defer_objects(connection, "s3", "b", ["a"], attempts=1, backoff_seconds=0)
         row = connection.execute(sa.text("SELECT lease_owner, attempts FROM ingest_queue")).one()

@@ -14,8 +14,18 @@ from aesq.core.tables import Base
 from tests.helpers import end_other_sessions
 
 EXPECTED_TABLES = {
-    "generators", "assets", "scores", "embeddings", "defects", "version_stats", "version_daily_stats", "reports",
-    "stale_versions", "ingest_queue", "source_cursors", "work_log",
+    "generators",
+    "assets",
+    "scores",
+    "embeddings",
+    "defects",
+    "version_stats",
+    "version_daily_stats",
+    "reports",
+    "stale_versions",
+    "ingest_queue",
+    "source_cursors",
+    "work_log",
 }
 EXPECTED_VIEWS = {
     "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
@@ -35,11 +45,15 @@ def test_upgrade_creates_schema_and_downgrade_removes_it(empty_database_url):
     assert database.current_revision(settings) is not None
     assert _relations(empty_database_url) == (EXPECTED_TABLES, EXPECTED_VIEWS)
     with database.engine(empty_database_url).connect() as connection:
-        indexes = connection.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'embeddings'")).scalars()
+        indexes = connection.execute(
+            sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'embeddings'")
+        ).scalars()
         assert any("hnsw" in index and "halfvec_cosine_ops" in index for index in indexes)
         column = connection.execute(
-            sa.text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                    "WHERE attrelid = 'embeddings'::regclass AND attname = 'vector'")
+            sa.text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'embeddings'::regclass AND attname = 'vector'"
+            )
         ).scalar_one()
         assert column == "halfvec"
 
@@ -130,7 +144,10 @@ def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url)
         assert end_other_sessions(migrated_database_url) >= 2
         with pooled.connect() as connection:  # pinged, found dead, replaced
             assert connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() not in pids
-            assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().to_list() == [1, 2]  # vector types registered anew
+            assert connection.execute(sa.text("SELECT '[1,2]'::vector")).scalar_one().to_list() == [
+                1,
+                2,
+            ]  # vector types registered anew
 
         busy = pooled.connect()
         busy.execute(sa.text("SELECT 1"))  # in a transaction when its session is ended

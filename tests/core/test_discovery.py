@@ -69,7 +69,8 @@ def test_new_changed_restored_and_deleted_objects(settings, s3_client, bucket):
 
     queue = _queue(settings)
     assert {key: (row.changed, row.sidecar) for key, row in queue.items()} == {
-        "m/b.jpg": (True, None), "m/d.jpg": (False, None)
+        "m/b.jpg": (True, None),
+        "m/d.jpg": (False, None),
     }
     assert queue["m/b.jpg"].etag == s3_client.stat_object(bucket, "m/b.jpg").etag.strip('"')
     assert (found.listed, found.queued, found.deleted, found.full) == (4, 2, 1, True)
@@ -115,8 +116,20 @@ def test_deletions_are_marked_in_chunks_of_their_own_transactions(settings, tmp_
 # Sidecars sort after their image (`b.png.json`) or, for an image of a name later than `.json`
 # (`b.avif` < `b.json`), pages after it; `b.png` has `b.json` before it.
 PAGED_KEYS = [
-    "a/b.avif", "a/b.avif.txt", "a/b.gif", "a/b.json", "a/b.png", "a/c.png", "a/c.png.json",
-    "a/d", "a/d-1.png", "a/d.json", "e.png", "e.png.json", "e.json", "f.webp",
+    "a/b.avif",
+    "a/b.avif.txt",
+    "a/b.gif",
+    "a/b.json",
+    "a/b.png",
+    "a/c.png",
+    "a/c.png.json",
+    "a/d",
+    "a/d-1.png",
+    "a/d.json",
+    "e.png",
+    "e.png.json",
+    "e.json",
+    "f.webp",
 ]
 
 
@@ -140,11 +153,16 @@ def test_sidecars_of_random_keys_match_sidecar_for_over_the_whole_listing(settin
     1 to 7: every image is queued once, with the sidecar `sidecar_for` finds among all the keys."""
     rng = random.Random(12)
     parts = ["a", "a.b", "a-", "a.json", "é", "Z", "a.png", "b.json", "a.png.json", "a.JSON", ""]
-    keys = sorted({
-        "/".join(rng.choice(parts) + rng.choice(["", ".png", ".json", ".avif", "-1", ".png.json"])
-                 for _ in range(rng.randint(1, 3))).strip("/") or "x"
-        for _ in range(80)
-    })
+    keys = sorted(
+        {
+            "/".join(
+                rng.choice(parts) + rng.choice(["", ".png", ".json", ".avif", "-1", ".png.json"])
+                for _ in range(rng.randint(1, 3))
+            ).strip("/")
+            or "x"
+            for _ in range(80)
+        }
+    )
     keys = [key for key in keys if "//" not in key]
     for key in keys:
         put(s3_client, bucket, key, b"x")
@@ -158,10 +176,28 @@ def test_sidecars_of_random_keys_match_sidecar_for_over_the_whole_listing(settin
         assert {key: row.sidecar for key, row in _queue(settings).items()} == expected, page_size
 
 
-@pytest.mark.parametrize("key", [
-    "a/b.png", "b.png", "a/b", "a/.hidden", "a/b.", "a/b.tar.gz", "a.b/c", "a//b.png", "a/./b.png", "./b.png",
-    "/a/b.png", "a/b.png/", "é/ß.PNG", "a/..png", "a/b..png", "..", "a/..",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a/b.png",
+        "b.png",
+        "a/b",
+        "a/.hidden",
+        "a/b.",
+        "a/b.tar.gz",
+        "a.b/c",
+        "a//b.png",
+        "a/./b.png",
+        "./b.png",
+        "/a/b.png",
+        "a/b.png/",
+        "é/ß.PNG",
+        "a/..png",
+        "a/b..png",
+        "..",
+        "a/..",
+    ],
+)
 def test_sidecar_candidates_of_a_key_are_those_of_storage(key):
     try:
         expected = tuple(sidecar_candidates(key))
@@ -215,8 +251,7 @@ def test_each_page_is_committed_while_the_listing_goes_on(settings, tmp_path, mo
         for number, item in enumerate(original(self, start_after)):
             if number == 7:  # two pages of 3 are behind us
                 with get_engine(settings).begin() as other:
-                    seen_while_listing.extend(q.key for q in claim_objects(
-                        other, "file", str(tmp_path), "", 100, 60))
+                    seen_while_listing.extend(q.key for q in claim_objects(other, "file", str(tmp_path), "", 100, 60))
             yield item
 
     monkeypatch.setattr(FolderSource, "list", listing)
@@ -275,7 +310,10 @@ def test_an_ordered_s3_source_poll_lists_only_after_the_cursor(settings, s3_clie
     poll = discovery.discover(source, settings)
 
     assert (poll.full, poll.listed) == (False, 2)
-    assert {key: row.sidecar for key, row in _queue(settings).items()} == {"in/001.png": None, "in/002.png": "in/002.json"}
+    assert {key: row.sidecar for key, row in _queue(settings).items()} == {
+        "in/001.png": None,
+        "in/002.png": "in/002.json",
+    }
 
 
 def test_a_poll_leaves_a_sidecar_behind_the_cursor_for_ingest_to_find(settings, s3_client, bucket, monkeypatch):
@@ -293,9 +331,9 @@ def test_a_poll_leaves_a_sidecar_behind_the_cursor_for_ingest_to_find(settings, 
     assert (_queue(settings)["1.png"].sidecar, _queue(settings)["1.png"].listed) == (None, False)
     ingest_all(source, settings)
     with get_engine(settings).connect() as connection:
-        generator = connection.execute(sa.text(
-            "SELECT g.name FROM assets a JOIN generators g ON g.id = a.generator_id WHERE a.key = '1.png'"
-        )).scalar_one()
+        generator = connection.execute(
+            sa.text("SELECT g.name FROM assets a JOIN generators g ON g.id = a.generator_id WHERE a.key = '1.png'")
+        ).scalar_one()
     assert generator == "m"
 
 

@@ -138,7 +138,9 @@ def test_object_missing_at_scoring_time_is_retried_and_recovers_when_restored(so
 
     outcome = scoring.score_assets(ids, settings)
     assert (outcome.scored, outcome.failed, outcome.deferred) == (0, 0, 1)
-    assert scoring.batch_outcome(ids, settings, outcome.unfinished) == outcome  # as a flow handing batches to pools reads it
+    assert (
+        scoring.batch_outcome(ids, settings, outcome.unfinished) == outcome
+    )  # as a flow handing batches to pools reads it
     row = _assets()[KEY]
     assert (row.status, row.attempts) == ("pending", 1) and "no longer exists" in row.error
     scoring.release(list(outcome.unfinished), settings)
@@ -200,7 +202,9 @@ def test_reingesting_the_same_bytes_keeps_scoring_time_and_daily_figures(source,
         put(s3_client, bucket, key, payload, metadata={"note": "again"})
     run_once(source, get_settings())
     after = _assets()
-    assert {k: (r.status, r.scored_at) for k, r in after.items()} == {k: (r.status, r.scored_at) for k, r in before.items()}
+    assert {k: (r.status, r.scored_at) for k, r in after.items()} == {
+        k: (r.status, r.scored_at) for k, r in before.items()
+    }
     assert_statistics_match_rows(get_settings())
     with get_engine(get_settings()).connect() as connection:
         assert connection.execute(sa.text("SELECT sum(count) FROM version_daily_stats")).scalar_one() == 3
@@ -246,12 +250,16 @@ def test_random_overwrites_copies_deletions_and_restores_keep_every_content_scor
         assert_every_content_scored_once(get_settings(), objects)
         assert_statistics_match_rows(get_settings())
         with get_engine(get_settings()).connect() as connection:
-            now = dict(connection.execute(sa.text(
-                "SELECT a.sha256, s.id FROM scores s JOIN assets a ON a.id = s.asset_id"
-            )).all())
+            now = dict(
+                connection.execute(
+                    sa.text("SELECT a.sha256, s.id FROM scores s JOIN assets a ON a.id = s.asset_id")
+                ).all()
+            )
         # A content that some untouched object held all along is never scored again (one that left every
         # object, or whose only objects changed within the run, may be).
-        untouched = {hashlib.sha256(payload).hexdigest() for key, payload in before.items() if objects.get(key) == payload}
+        untouched = {
+            hashlib.sha256(payload).hexdigest() for key, payload in before.items() if objects.get(key) == payload
+        }
         for sha in untouched:
             assert now[sha] == score_rows[sha]
         score_rows = now

@@ -71,7 +71,14 @@ def test_all_metadata_fields():
 
 def test_sidecar_generator_object_and_extra_fields():
     sidecar = _sidecar(
-        generator={"name": "flux", "version": "dev", "kind": "sft", "parent": "flux:base", "sampler": "euler", "steps": 30},
+        generator={
+            "name": "flux",
+            "version": "dev",
+            "kind": "sft",
+            "parent": "flux:base",
+            "sampler": "euler",
+            "steps": 30,
+        },
         prompt="a lighthouse",
         seed=7,
         rating=5,
@@ -93,8 +100,13 @@ def test_sidecar_generator_object_and_extra_fields():
     [
         ("generated/sdxl/1.0/a.png", {"generator": "flux:2"}, None, ("flux", "2"), None),
         ("generated/sdxl/1.0/a.png", {"generator": "flux:2"}, _sidecar(generator="mj:6"), ("mj", "6"), None),
-        ("generated/sdxl/1.0/a.png", {"prompt": "from metadata"}, _sidecar(prompt="from sidecar"), ("sdxl", "1.0"),
-         "from sidecar"),
+        (
+            "generated/sdxl/1.0/a.png",
+            {"prompt": "from metadata"},
+            _sidecar(prompt="from sidecar"),
+            ("sdxl", "1.0"),
+            "from sidecar",
+        ),
         ("photos/a.png", {"generator": "flux:2", "prompt": "kept"}, _sidecar(seed=1), ("flux", "2"), "kept"),
     ],
     ids=["metadata-over-key", "sidecar-over-metadata", "sidecar-prompt-over-metadata", "sidecar-adds-to-metadata"],
@@ -132,8 +144,17 @@ def test_empty_seed_is_none(seed):
         ("a.png", {"source-kind": "scraped"}, None, "source kind must be one of"),
     ],
     ids=[
-        "malformed-json", "not-utf8", "json-list", "json-string", "seed-word", "seed-list", "bad-kind",
-        "parent-without-version", "parent-not-string", "crawled-key-with-generator", "crawled-kind-with-generator",
+        "malformed-json",
+        "not-utf8",
+        "json-list",
+        "json-string",
+        "seed-word",
+        "seed-list",
+        "bad-kind",
+        "parent-without-version",
+        "parent-not-string",
+        "crawled-key-with-generator",
+        "crawled-kind-with-generator",
         "bad-source-kind",
     ],
 )

@@ -29,7 +29,12 @@ def _md5(data: bytes) -> str:
 def test_open_s3_uri(settings):
     source = open_source("s3://images/team/raw/", settings)
     assert isinstance(source, S3Source)
-    assert (source.storage, source.bucket, source.prefix, source.uri) == ("s3", "images", "team/raw/", "s3://images/team/raw/")
+    assert (source.storage, source.bucket, source.prefix, source.uri) == (
+        "s3",
+        "images",
+        "team/raw/",
+        "s3://images/team/raw/",
+    )
 
 
 def test_open_s3_uri_without_prefix(settings):
@@ -42,7 +47,12 @@ def test_open_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     source = open_source("~/pics/../pics")
     assert isinstance(source, FolderSource)
-    assert (source.storage, source.bucket, source.prefix, source.uri) == ("file", str(tmp_path / "pics"), "", str(tmp_path / "pics"))
+    assert (source.storage, source.bucket, source.prefix, source.uri) == (
+        "file",
+        str(tmp_path / "pics"),
+        "",
+        str(tmp_path / "pics"),
+    )
 
 
 @pytest.mark.parametrize(

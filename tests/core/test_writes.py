@@ -32,8 +32,11 @@ def test_generators_are_enriched_not_duplicated(settings):
         )
         again = upsert_generators(connection, [GeneratorRef("m", "2")])  # no kind: keeps "lora"
     assert again[("m", "2")] == second[("m", "2")]
-    rows = _rows(settings, "SELECT g.name, g.version, g.kind, p.version, g.metadata FROM generators g "
-                           "LEFT JOIN generators p ON p.id = g.parent_id ORDER BY g.version")
+    rows = _rows(
+        settings,
+        "SELECT g.name, g.version, g.kind, p.version, g.metadata FROM generators g "
+        "LEFT JOIN generators p ON p.id = g.parent_id ORDER BY g.version",
+    )
     assert [tuple(row) for row in rows] == [("m", "1", "other", None, {}), ("m", "2", "lora", "1", {"rank": 16})]
     assert first[("m", "1")] != second[("m", "2")]
 
@@ -41,12 +44,15 @@ def test_generators_are_enriched_not_duplicated(settings):
 def test_duplicates_failures_and_reuploads(settings):
     generator = GeneratorRef("m", "1")
     with get_engine(settings).begin() as connection:
-        pending = upsert_assets(connection, [
-            _record("a.png", "sha-a", generator),
-            _record("b.png", "sha-a"),  # same bytes, second key
-            _record("c.png", "sha-c", error="not an image (no known image format)"),
-            _record("d.png", "sha-c", error="not an image (no known image format)"),  # failed bytes may repeat
-        ])
+        pending = upsert_assets(
+            connection,
+            [
+                _record("a.png", "sha-a", generator),
+                _record("b.png", "sha-a"),  # same bytes, second key
+                _record("c.png", "sha-c", error="not an image (no known image format)"),
+                _record("d.png", "sha-c", error="not an image (no known image format)"),  # failed bytes may repeat
+            ],
+        )
     rows = {row.key: row for row in _rows(settings, "SELECT * FROM assets")}
     assert pending == [rows["a.png"].id]
     assert (rows["b.png"].status, rows["b.png"].duplicate_of) == ("duplicate", rows["a.png"].id)
@@ -86,10 +92,14 @@ def test_score_and_embedding_writes_are_idempotent(settings):
             write_scores(connection, [ScoreValue(i, "technical", "1", value, {"sharpness": value}) for i in ids])
             write_scores(connection, [ScoreValue(ids[0], "technical", "2", value, {})])
             write_embeddings(connection, "efficientnet-lite0", ids, vectors * value)
-    scores = _rows(settings, "SELECT asset_id, scorer_version, value, raw FROM scores ORDER BY asset_id, scorer_version")
+    scores = _rows(
+        settings, "SELECT asset_id, scorer_version, value, raw FROM scores ORDER BY asset_id, scorer_version"
+    )
     assert [tuple(row) for row in scores] == [
-        (ids[0], "1", 1.0, {"sharpness": 1.0}), (ids[0], "2", 1.0, {}),
-        (ids[1], "1", 1.0, {"sharpness": 1.0}), (ids[2], "1", 1.0, {"sharpness": 1.0}),
+        (ids[0], "1", 1.0, {"sharpness": 1.0}),
+        (ids[0], "2", 1.0, {}),
+        (ids[1], "1", 1.0, {"sharpness": 1.0}),
+        (ids[2], "1", 1.0, {"sharpness": 1.0}),
     ]
     stored = {row.asset_id: row.vector.to_numpy() for row in _rows(settings, "SELECT * FROM embeddings")}
     assert sorted(stored) == sorted(ids)

@@ -22,8 +22,14 @@ from aesq.core import database
 from aesq.core.config import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
-STABLE_VIEWS = ("asset_overview", "asset_scores", "version_summary", "version_daily", "asset_defects",
-                "version_defect_shares")
+STABLE_VIEWS = (
+    "asset_overview",
+    "asset_scores",
+    "version_summary",
+    "version_daily",
+    "asset_defects",
+    "version_defect_shares",
+)
 
 
 class Seeded(NamedTuple):
@@ -65,14 +71,28 @@ ASSETS = [
 SCORED = [asset for asset in ASSETS if asset.status == "scored"]
 STALE_TECHNICAL = {1: 9.5}  # an older scorer version's value: latest_scores must hide it
 LAION = {1: 5.0, 2: 6.0, 3: 4.0, 4: 7.5}
-DEFECTS = {(1, "blur"): 0.4, (5, "blur"): 0.7, (6, "blur"): 0.5, (7, "blur"): 0.6, (13, "blur"): 0.9,
-           (3, "noise"): 0.3, (11, "noise"): 0.8, (13, "compression"): 0.5}
+DEFECTS = {
+    (1, "blur"): 0.4,
+    (5, "blur"): 0.7,
+    (6, "blur"): 0.5,
+    (7, "blur"): 0.6,
+    (13, "blur"): 0.9,
+    (3, "noise"): 0.3,
+    (11, "noise"): 0.8,
+    (13, "compression"): 0.5,
+}
 CRITIQUES = {
     3: {"critic": "artimuse", "score": 31.0, "aspects": {"Technical Execution": "soft focus on the dog"}},
-    5: {"critic": "artimuse", "score": 22.5,
-        "aspects": {"Composition & Design": "the house is cut off", "Technical Execution": "flat, grey light"}},
-    11: {"critic": "artimuse", "score": 12.0,
-         "aspects": {"Composition & Design": "tilted horizon", "Originality & Creativity": "a stock photo"}},
+    5: {
+        "critic": "artimuse",
+        "score": 22.5,
+        "aspects": {"Composition & Design": "the house is cut off", "Technical Execution": "flat, grey light"},
+    },
+    11: {
+        "critic": "artimuse",
+        "score": 12.0,
+        "aspects": {"Composition & Design": "tilted horizon", "Originality & Creativity": "a stock photo"},
+    },
 }
 WITH_DEFECT = set(DEFECTS) | {(asset_id, "critique") for asset_id in CRITIQUES}
 EMBEDDINGS = {1: {0: 1.0}, 2: {0: 1.0, 1: 0.1}, 3: {0: 1.0, 1: 1.0}, 4: {1: 1.0}, 5: {0: -1.0, 1: 0.5}}
@@ -113,48 +133,85 @@ def seed(settings: Settings) -> None:
     """Write the seed with plain INSERTs, times relative to the database's now()."""
     ago = "now() - CAST(:days AS float8) * interval '1 day'"
     with database.get_engine(settings).begin() as connection:
+
         def insert(sql: str, rows: list[dict[str, Any]]) -> None:
             connection.execute(sa.text(sql), rows)
 
-        insert("INSERT INTO generators (id, name, version, kind, parent_id)"
-               " VALUES (:id, :name, :version, :kind, :parent)",
-               [{"id": gid, "name": name, "version": version, "kind": kind, "parent": parent}
-                for gid, (name, version, kind, parent) in GENERATORS.items()])
-        insert(f"""INSERT INTO assets (id, storage, bucket, key, sha256, size_bytes, width, height, source_kind,
+        insert(
+            "INSERT INTO generators (id, name, version, kind, parent_id) VALUES (:id, :name, :version, :kind, :parent)",
+            [
+                {"id": gid, "name": name, "version": version, "kind": kind, "parent": parent}
+                for gid, (name, version, kind, parent) in GENERATORS.items()
+            ],
+        )
+        insert(
+            f"""INSERT INTO assets (id, storage, bucket, key, sha256, size_bytes, width, height, source_kind,
                                        generator_id, prompt, seed, status, error, created_at, scored_at)
                    VALUES (:id, 's3', 'images', :key, :sha, 1000, 1024, 1024, :kind, :generator_id, :prompt, :seed,
                            :status, :error, {ago}, now() - CAST(:scored_days AS float8) * interval '1 day')""",
-               [{**asset._asdict(), "days": asset.days_ago, "sha": f"sha-{asset.id}",
-                 "scored_days": asset.days_ago if asset.status == "scored" else None,
-                 "kind": "generated" if asset.generator_id else "crawled", "key": key(asset)}
-                for asset in ASSETS])
-        scores = ([(asset.id, "technical", "1", asset.technical, asset.days_ago) for asset in SCORED]
-                  + [(asset_id, "technical", "0", value, 30) for asset_id, value in STALE_TECHNICAL.items()]
-                  + [(asset_id, "laion-aes-v2", "2", value, 1) for asset_id, value in LAION.items()])
-        insert(f"INSERT INTO scores (asset_id, scorer, scorer_version, value, created_at)"
-               f" VALUES (:a, :s, :v, :x, {ago})",
-               [{"a": a, "s": s, "v": v, "x": x, "days": days} for a, s, v, x, days in scores])
+            [
+                {
+                    **asset._asdict(),
+                    "days": asset.days_ago,
+                    "sha": f"sha-{asset.id}",
+                    "scored_days": asset.days_ago if asset.status == "scored" else None,
+                    "kind": "generated" if asset.generator_id else "crawled",
+                    "key": key(asset),
+                }
+                for asset in ASSETS
+            ],
+        )
+        scores = (
+            [(asset.id, "technical", "1", asset.technical, asset.days_ago) for asset in SCORED]
+            + [(asset_id, "technical", "0", value, 30) for asset_id, value in STALE_TECHNICAL.items()]
+            + [(asset_id, "laion-aes-v2", "2", value, 1) for asset_id, value in LAION.items()]
+        )
+        insert(
+            f"INSERT INTO scores (asset_id, scorer, scorer_version, value, created_at) VALUES (:a, :s, :v, :x, {ago})",
+            [{"a": a, "s": s, "v": v, "x": x, "days": days} for a, s, v, x, days in scores],
+        )
         embeddings = [(asset_id, "efficientnet-lite0", vector(parts, 1280)) for asset_id, parts in EMBEDDINGS.items()]
         embeddings += [(asset_id, "clip-vit-l-14", vector(parts, 768)) for asset_id, parts in CLIP_EMBEDDINGS.items()]
-        insert("INSERT INTO embeddings (asset_id, embedder, vector) VALUES (:a, :e, CAST(:v AS halfvec))",
-               [{"a": a, "e": e, "v": "[" + ",".join(map(str, v)) + "]"} for a, e, v in embeddings])
-        insert("INSERT INTO defects (asset_id, category, severity, detail) VALUES (:a, :c, :s, :d)",
-               [{"a": a, "c": c, "s": s, "d": f"measured {s}"} for (a, c), s in DEFECTS.items()]
-               + [{"a": a, "c": "critique", "s": 1 - detail["score"] / 100, "d": json.dumps(detail)}
-                  for a, detail in CRITIQUES.items()])
+        insert(
+            "INSERT INTO embeddings (asset_id, embedder, vector) VALUES (:a, :e, CAST(:v AS halfvec))",
+            [{"a": a, "e": e, "v": "[" + ",".join(map(str, v)) + "]"} for a, e, v in embeddings],
+        )
+        insert(
+            "INSERT INTO defects (asset_id, category, severity, detail) VALUES (:a, :c, :s, :d)",
+            [{"a": a, "c": c, "s": s, "d": f"measured {s}"} for (a, c), s in DEFECTS.items()]
+            + [
+                {"a": a, "c": "critique", "s": 1 - detail["score"] / 100, "d": json.dumps(detail)}
+                for a, detail in CRITIQUES.items()
+            ],
+        )
         stats = [(gid, "technical", [a.technical for a in by_generator(gid)]) for gid in GENERATORS]
         stats.append((1, "laion-aes-v2", [LAION[a.id] for a in by_generator(1) if a.id in LAION]))
-        insert("""INSERT INTO version_stats (generator_id, scorer, count, mean, mean_low, mean_high, std, median,
+        insert(
+            """INSERT INTO version_stats (generator_id, scorer, count, mean, mean_low, mean_high, std, median,
                                              p10, p90, threshold, share_above)
                   VALUES (:g, :s, :n, :mean, :low, :high, :std, :median, :p10, :p90, 5.0, :above)""",
-               [{"g": gid, "s": scorer, "n": len(values), "mean": statistics.mean(values),
-                 "low": statistics.mean(values) - 1, "high": statistics.mean(values) + 1,
-                 "std": statistics.stdev(values), "median": statistics.median(values),
-                 "p10": float(np.percentile(values, 10)), "p90": float(np.percentile(values, 90)),
-                 "above": statistics.mean(value >= 5.0 for value in values)} for gid, scorer, values in stats])
-        insert("""INSERT INTO version_daily_stats (generator_id, scorer, day, count, mean)
+            [
+                {
+                    "g": gid,
+                    "s": scorer,
+                    "n": len(values),
+                    "mean": statistics.mean(values),
+                    "low": statistics.mean(values) - 1,
+                    "high": statistics.mean(values) + 1,
+                    "std": statistics.stdev(values),
+                    "median": statistics.median(values),
+                    "p10": float(np.percentile(values, 10)),
+                    "p90": float(np.percentile(values, 90)),
+                    "above": statistics.mean(value >= 5.0 for value in values),
+                }
+                for gid, scorer, values in stats
+            ],
+        )
+        insert(
+            """INSERT INTO version_daily_stats (generator_id, scorer, day, count, mean)
                   VALUES (:g, 'technical', current_date - :days, :n, :mean)""",
-               [{"g": gid, "days": days, "n": n, "mean": mean} for gid, days, n, mean in daily()])
+            [{"g": gid, "days": days, "n": n, "mean": mean} for gid, days, n, mean in daily()],
+        )
 
 
 def doc_queries() -> list[tuple[str, str]]:
@@ -191,9 +248,11 @@ CHECKS: dict[str, Check] = {}
 
 def check(heading: str) -> Callable[[Check], Check]:
     """Register the check of the query under `heading`."""
+
     def register(function: Check) -> Check:
         CHECKS[heading] = function
         return function
+
     return register
 
 
@@ -210,9 +269,20 @@ def table(rows: list[tuple]) -> list[tuple]:
 @check("Leaderboard: versions ranked by mean score")
 def _leaderboard(rows: list[tuple], today: date) -> None:
     means = {gid: statistics.mean(a.technical for a in by_generator(gid)) for gid in GENERATORS}
-    expected = [rounded(("sdxl", VERSION[gid], len(by_generator(gid)), means[gid], means[gid] - 1, means[gid] + 1,
-                         statistics.mean(a.technical >= 5 for a in by_generator(gid))))
-                for gid in sorted(means, key=means.get, reverse=True)]
+    expected = [
+        rounded(
+            (
+                "sdxl",
+                VERSION[gid],
+                len(by_generator(gid)),
+                means[gid],
+                means[gid] - 1,
+                means[gid] + 1,
+                statistics.mean(a.technical >= 5 for a in by_generator(gid)),
+            )
+        )
+        for gid in sorted(means, key=means.get, reverse=True)
+    ]
     assert table(rows) == expected
     assert [row[1] for row in rows] == ["1.1", "1.0"]
 
@@ -229,8 +299,9 @@ def _top_k(rows: list[tuple], today: date) -> None:
 
 @check("Mean per version per day")
 def _daily(rows: list[tuple], today: date) -> None:
-    expected = sorted(rounded((today.toordinal() - ago, "sdxl", VERSION[gid], n, mean))
-                      for gid, ago, n, mean in daily() if ago <= 30)
+    expected = sorted(
+        rounded((today.toordinal() - ago, "sdxl", VERSION[gid], n, mean)) for gid, ago, n, mean in daily() if ago <= 30
+    )
     assert [(day.toordinal(), *rest) for day, *rest in table(rows)] == expected
     assert len(expected) == len(daily()) - 1
 
@@ -253,8 +324,9 @@ def _rising(rows: list[tuple], today: date) -> None:
 
 @check("Nearest neighbours of an asset")
 def _neighbours(rows: list[tuple], today: date) -> None:
-    unit = {asset_id: vector(parts, 1280) / np.linalg.norm(list(parts.values()))
-            for asset_id, parts in EMBEDDINGS.items()}
+    unit = {
+        asset_id: vector(parts, 1280) / np.linalg.norm(list(parts.values())) for asset_id, parts in EMBEDDINGS.items()
+    }
     distances = {asset_id: 1 - float(unit[asset_id] @ unit[1]) for asset_id in unit if asset_id != 1}
     order = sorted(distances, key=distances.get)
     assert [row[0] for row in rows] == order == [2, 3, 4, 5]
@@ -286,8 +358,9 @@ def _breakdown(rows: list[tuple], today: date) -> None:
 @check("Score histogram per version")
 def _histogram(rows: list[tuple], today: date) -> None:
     counts = Counter((VERSION[a.generator_id], int(a.technical // 2) + 1) for a in SCORED if a.generator_id)
-    expected = [("sdxl", version, bucket, (bucket - 1) * 2, bucket * 2, n)
-                for (version, bucket), n in sorted(counts.items())]
+    expected = [
+        ("sdxl", version, bucket, (bucket - 1) * 2, bucket * 2, n) for (version, bucket), n in sorted(counts.items())
+    ]
     assert table(rows) == expected
     assert sum(row[5] for row in rows) == 14
 
@@ -299,8 +372,10 @@ def pairs() -> list[tuple[Seeded, Seeded]]:
 
 @check("Paired comparison: two versions on the same prompt and seed")
 def _paired(rows: list[tuple], today: date) -> None:
-    expected = sorted(((a.prompt, a.seed, a.id, b.id, a.technical, b.technical, b.technical - a.technical)
-                       for a, b in pairs()), key=lambda row: (-row[6], row[0], row[1]))
+    expected = sorted(
+        ((a.prompt, a.seed, a.id, b.id, a.technical, b.technical, b.technical - a.technical) for a, b in pairs()),
+        key=lambda row: (-row[6], row[0], row[1]),
+    )
     assert table(rows) == [rounded(row) for row in expected]
     assert len(rows) == 6  # 'a house' seed 3 has no 1.0 counterpart, 'a tree' seed 1 no scores
 
@@ -308,16 +383,28 @@ def _paired(rows: list[tuple], today: date) -> None:
 @check("Paired comparison summary")
 def _paired_summary(rows: list[tuple], today: date) -> None:
     differences = [b.technical - a.technical for a, b in pairs()]
-    assert table(rows) == [rounded((len(differences), statistics.mean(differences), sum(d > 0 for d in differences),
-                                    sum(d < 0 for d in differences), sum(d == 0 for d in differences)))]
+    assert table(rows) == [
+        rounded(
+            (
+                len(differences),
+                statistics.mean(differences),
+                sum(d > 0 for d in differences),
+                sum(d < 0 for d in differences),
+                sum(d == 0 for d in differences),
+            )
+        )
+    ]
     assert rows[0][2:] == (3, 2, 1)
 
 
 @check("Low scorers with their critique")
 def _critiques(rows: list[tuple], today: date) -> None:
     low = sorted((a for a in SCORED if a.technical < 3 and a.id in CRITIQUES), key=lambda a: (a.technical, a.id))
-    expected = [(a.id, VERSION[a.generator_id], a.technical, CRITIQUES[a.id]["critic"], CRITIQUES[a.id]["score"],
-                 aspect, text) for a in low for aspect, text in sorted(CRITIQUES[a.id]["aspects"].items())]
+    expected = [
+        (a.id, VERSION[a.generator_id], a.technical, CRITIQUES[a.id]["critic"], CRITIQUES[a.id]["score"], aspect, text)
+        for a in low
+        for aspect, text in sorted(CRITIQUES[a.id]["aspects"].items())
+    ]
     assert table(rows) == expected
     assert {row[0] for row in rows} == {5, 11}  # asset 3 scores exactly 3
 
@@ -327,7 +414,8 @@ def _failed(rows: list[tuple], today: date) -> None:
     failed = [a for a in ASSETS if a.status == "failed"]
     assert [row[:6] for row in rows] == [
         (a.id, "images", key(a), "sdxl" if a.generator_id else None, VERSION.get(a.generator_id), a.error)
-        for a in failed]
+        for a in failed
+    ]
     assert [row[0] for row in rows] == [14, 15]
 
 

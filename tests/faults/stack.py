@@ -77,8 +77,12 @@ def harness_environment() -> dict[str, str]:
 def start_aesq_run(source: str) -> subprocess.Popen:
     """`aesq run SOURCE` as a separate process, in its own process group (so everything it started can be ended)."""
     return subprocess.Popen(
-        [AESQ, "run", source], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=harness_environment(), start_new_session=True,
+        [AESQ, "run", source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=harness_environment(),
+        start_new_session=True,
     )
 
 

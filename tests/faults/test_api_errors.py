@@ -32,7 +32,9 @@ from tests.helpers import assert_every_content_scored_once, assert_statistics_ma
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 # Calls whose failure ends a run: creating the flow run, reading it, and every change of its state.
-RUN_CALL = re.compile(r"^(POST /api/flow_runs/|GET /api/flow_runs/[0-9a-f-]{36}|POST /api/flow_runs/[0-9a-f-]{36}/set_state)$")
+RUN_CALL = re.compile(
+    r"^(POST /api/flow_runs/|GET /api/flow_runs/[0-9a-f-]{36}|POST /api/flow_runs/[0-9a-f-]{36}/set_state)$"
+)
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "proxy-connection", "te"}
 REQUEST_TIMEOUT = 5.0  # the subprocess's PREFECT_API_REQUEST_TIMEOUT, so a stalled request times out soon
 
@@ -171,7 +173,11 @@ def flaky_api() -> Iterator[FlakyApi]:
 def _aesq_run(source: str, environment: dict[str, str]) -> subprocess.CompletedProcess:
     """`aesq run SOURCE` to its end with this environment, in its own process group."""
     process = subprocess.Popen(
-        [AESQ, "run", source], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        [AESQ, "run", source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
         start_new_session=True,
     )
     try:
@@ -183,7 +189,11 @@ def _aesq_run(source: str, environment: dict[str, str]) -> subprocess.CompletedP
 
 def _through(proxy: FlakyApi, **extra: str) -> dict[str, str]:
     """The harness environment with the API behind the proxy; no PREFECT_CLIENT_* of the user's."""
-    environment = {**harness_environment(), "PREFECT_API_URL": proxy.url, "PREFECT_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT)}
+    environment = {
+        **harness_environment(),
+        "PREFECT_API_URL": proxy.url,
+        "PREFECT_API_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+    }
     for name in ("PREFECT_CLIENT_MAX_RETRIES", "PREFECT_CLIENT_RETRY_EXTRA_CODES"):
         environment.pop(name, None)
     return {**environment, **extra}
@@ -227,11 +237,16 @@ def test_a_run_whose_database_sessions_are_ended_reconnects_and_finishes(fault_s
     distinct = len(set(objects.values()))
 
     process = subprocess.Popen(
-        [AESQ, "run", source], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=harness_environment(),
+        [AESQ, "run", source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=harness_environment(),
         start_new_session=True,
     )
     ended = []
     try:
+
         def scoring_under_way() -> bool:
             """some assets are scored, most not yet"""
             return 4 <= scored_count(fault_settings) < distinct // 2

@@ -54,7 +54,9 @@ def test_objects_deleted_restored_and_overwritten_between_ingest_and_scoring(fau
     score_flow()
     assets = _assets(fault_settings)
     with get_engine(fault_settings).connect() as connection:
-        holding_scores = set(connection.execute(sa.text("SELECT a.key FROM scores s JOIN assets a ON a.id = s.asset_id")).scalars())
+        holding_scores = set(
+            connection.execute(sa.text("SELECT a.key FROM scores s JOIN assets a ON a.id = s.asset_id")).scalars()
+        )
     for key in changed:  # nothing scored under these keys, which still record the bytes ingested
         assert assets[key].status in ("pending", "duplicate") and key not in holding_scores, key
         assert assets[key].sha256 == hashlib.sha256(objects[key]).hexdigest(), key
@@ -100,7 +102,9 @@ def test_objects_swapped_and_overwritten_between_runs_keep_their_contents_scores
     after = _scored_at_by_content(fault_settings)
     kept = set(before) & set(after)
     assert len(kept) == len(set(objects.values())) - 1, "only the new bytes are new content"
-    assert {sha: after[sha] for sha in kept} == {sha: before[sha] for sha in kept}, "contents that moved were scored again"
+    assert {sha: after[sha] for sha in kept} == {sha: before[sha] for sha in kept}, (
+        "contents that moved were scored again"
+    )
 
 
 @pytest.mark.xfail(

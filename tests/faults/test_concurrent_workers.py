@@ -32,23 +32,33 @@ WORKERS = 4
 def _reupload_as_multipart(s3_endpoint: str, bucket: str, objects: dict[str, bytes]) -> None:
     """Upload the same bytes again in one-part multipart uploads: a new ETag (`<md5 of md5s>-1`) for each."""
     client = boto3.client(
-        "s3", endpoint_url=f"http://{s3_endpoint}", aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
+        "s3",
+        endpoint_url=f"http://{s3_endpoint}",
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name="us-east-1",
     )
     for key, payload in objects.items():
         upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=payload)
         client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
         )
 
 
 def _snapshot(settings) -> tuple[dict, list, list]:
     """Each asset's (ETag, status, scored_at), and the stored per-version and per-day figures."""
     with get_engine(settings).connect() as connection:
-        assets = {row.key: (row.etag, row.status, row.scored_at)
-                  for row in connection.execute(sa.text("SELECT key, etag, status, scored_at FROM assets"))}
-        versions = connection.execute(sa.text("SELECT generator_id, scorer, count, mean FROM version_stats ORDER BY 1, 2")).all()
+        assets = {
+            row.key: (row.etag, row.status, row.scored_at)
+            for row in connection.execute(sa.text("SELECT key, etag, status, scored_at FROM assets"))
+        }
+        versions = connection.execute(
+            sa.text("SELECT generator_id, scorer, count, mean FROM version_stats ORDER BY 1, 2")
+        ).all()
         days = connection.execute(sa.text("SELECT * FROM version_daily_stats ORDER BY 1, 2, 3")).all()
     return assets, versions, days
 
@@ -90,7 +100,9 @@ def test_racing_workers_and_aggregates_count_every_content_once(
     _reupload_as_multipart(s3_endpoint, bucket, objects)
     run_flow(source)
     assets_after, versions_after, days_after = _snapshot(fault_settings)
-    assert all(assets_after[key][0] != assets[key][0] for key in objects), "every object was re-uploaded with a new ETag"
+    assert all(assets_after[key][0] != assets[key][0] for key in objects), (
+        "every object was re-uploaded with a new ETag"
+    )
     assert {key: state[1:] for key, state in assets_after.items()} == {key: state[1:] for key, state in assets.items()}
     assert (versions_after, days_after) == (versions, days)
     assert_every_content_scored_once(fault_settings, objects)

@@ -31,6 +31,7 @@ def test_a_run_killed_mid_batch_is_finished_by_the_next_run(fault_settings, sour
 
     process = start_aesq_run(source)
     try:
+
         def some_but_not_all_scored() -> bool:
             """some assets are scored, others not yet"""
             return 8 <= scored_count(fault_settings) < distinct - 8

@@ -45,13 +45,16 @@ def restartable_settings(fault_settings, own_postgres, monkeypatch) -> Iterator[
     database.engine(url).dispose()
 
 
-def test_a_database_restart_mid_run_is_ridden_out_by_the_retries(restartable_settings, own_postgres, source, s3_client, bucket):
+def test_a_database_restart_mid_run_is_ridden_out_by_the_retries(
+    restartable_settings, own_postgres, source, s3_client, bucket
+):
     objects = generated_images(versions=2, per_version=30, copies_per_version=3)
     upload(s3_client, bucket, objects)
     distinct = len(set(objects.values()))
 
     process = start_aesq_run(source)
     try:
+
         def scoring_under_way() -> bool:
             """some assets are scored, most not yet"""
             return 4 <= scored_count(restartable_settings) < distinct // 2

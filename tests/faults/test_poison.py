@@ -12,7 +12,9 @@ from tests.helpers import assert_every_content_scored_once, assert_statistics_ma
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
-def test_a_poison_tiff_among_good_images_fails_alone_and_the_run_succeeds(fault_settings, source, s3_client, bucket, monkeypatch):
+def test_a_poison_tiff_among_good_images_fails_alone_and_the_run_succeeds(
+    fault_settings, source, s3_client, bucket, monkeypatch
+):
     monkeypatch.setenv("AESQ_BATCH_SIZE", "8")  # the poison shares a batch with seven good images
     objects = generated_images(versions=1, per_version=40, copies_per_version=0)
     upload(s3_client, bucket, objects)

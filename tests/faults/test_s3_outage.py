@@ -154,7 +154,9 @@ def test_an_outage_longer_than_the_retries_ends_the_run_with_its_cause_and_the_n
     # The error is the last line and names the cause. Lines before it are the S3 client's (urllib3's) retry
     # warnings, which reach the terminal as well: not asserted here, reported on issue 11.
     error = failed.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"aesq: error: StorageUnavailable: cannot read {len(last_batch)} objects of s3://{bucket}/: ")
+    assert error.startswith(
+        f"aesq: error: StorageUnavailable: cannot read {len(last_batch)} objects of s3://{bucket}/: "
+    )
     assert "Connection reset by peer" in error, error
     assert "UnfinishedRun" not in failed.stderr and "Traceback" not in failed.stderr
     assert scored_count(fault_settings) > 0, "what was scored before the outage is kept"

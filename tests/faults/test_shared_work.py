@@ -24,7 +24,9 @@ def _work(settings) -> dict[str, int]:
         return dict(connection.execute(sa.text("SELECT stage, sum(items) FROM work_log GROUP BY stage")).all())
 
 
-def test_four_concurrent_runs_fetch_and_score_each_image_about_once(fault_settings, source, s3_client, bucket, monkeypatch):
+def test_four_concurrent_runs_fetch_and_score_each_image_about_once(
+    fault_settings, source, s3_client, bucket, monkeypatch
+):
     monkeypatch.setenv("AESQ_BATCH_SIZE", "8")
     get_settings.cache_clear()
     objects = generated_images(versions=2, per_version=100, copies_per_version=0)
@@ -64,10 +66,13 @@ def test_a_killed_workers_claimed_batch_is_done_by_another_when_its_lease_lapses
     def first_holds_a_claim() -> bool:
         """The first run holds a live claim on queued objects or on assets to score."""
         with engine.connect() as connection:
-            return connection.execute(sa.text(
-                "SELECT EXISTS (SELECT 1 FROM ingest_queue WHERE lease_owner LIKE :owner AND lease_until > now())"
-                " OR EXISTS (SELECT 1 FROM assets WHERE lease_owner LIKE :owner AND lease_until > now())"
-            ), {"owner": owner}).scalar_one()
+            return connection.execute(
+                sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM ingest_queue WHERE lease_owner LIKE :owner AND lease_until > now())"
+                    " OR EXISTS (SELECT 1 FROM assets WHERE lease_owner LIKE :owner AND lease_until > now())"
+                ),
+                {"owner": owner},
+            ).scalar_one()
 
     try:
         wait_until(first_holds_a_claim, 120, first)
@@ -85,7 +90,9 @@ def test_a_killed_workers_claimed_batch_is_done_by_another_when_its_lease_lapses
     assert_statistics_match_rows(fault_settings)
     assert finished_after < lease + 120, f"the second run ended {finished_after:.0f} s after the kill"
     with engine.connect() as connection:
-        left = connection.execute(sa.text(
-            "SELECT (SELECT count(*) FROM ingest_queue) + (SELECT count(*) FROM assets WHERE lease_until IS NOT NULL)"
-        )).scalar_one()
+        left = connection.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM ingest_queue) + (SELECT count(*) FROM assets WHERE lease_until IS NOT NULL)"
+            )
+        ).scalar_one()
     assert left == 0, "no claim or queued object is left behind"

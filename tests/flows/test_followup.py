@@ -40,8 +40,18 @@ def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3
     for name in PHOTOS:
         original = photo(name)
         put(s3_client, bucket, f"generated/sdxl/1.0/{name}.jpg", jpeg_bytes(original))
-        put(s3_client, bucket, f"generated/sdxl/1.1/{name}.jpg", jpeg_bytes(original.filter(ImageFilter.GaussianBlur(6))))
-        put(s3_client, bucket, f"generated/sdxl/1.2/{name}.jpg", jpeg_bytes(ImageEnhance.Brightness(original).enhance(0.15)))
+        put(
+            s3_client,
+            bucket,
+            f"generated/sdxl/1.1/{name}.jpg",
+            jpeg_bytes(original.filter(ImageFilter.GaussianBlur(6))),
+        )
+        put(
+            s3_client,
+            bucket,
+            f"generated/sdxl/1.2/{name}.jpg",
+            jpeg_bytes(ImageEnhance.Brightness(original).enhance(0.15)),
+        )
     put(s3_client, bucket, "generated/sdxl/1.0/astronaut-again.jpg", jpeg_bytes(photo("astronaut"), quality=80))
     run_flow(f"s3://{bucket}/")
 
@@ -79,7 +89,9 @@ def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3
     assert "new: sdxl:1.0" not in html
 
 
-def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(settings, s3_client, bucket, tmp_path, monkeypatch):
+def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(
+    settings, s3_client, bucket, tmp_path, monkeypatch
+):
     from aesq.core.config import get_settings
     from tests.models.test_internvl import write_tiny_ernie
 

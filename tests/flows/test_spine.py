@@ -36,12 +36,22 @@ def _sixteen_bit_png() -> bytes:
 def _upload_sample(client, bucket: str) -> None:
     """Good images with provenance from key layout, metadata and sidecars, plus bad objects."""
     put(client, bucket, "generated/sdxl/1.0/astronaut.jpg", ASTRONAUT)
-    put(client, bucket, "incoming/coffee.jpg", jpeg_bytes(photo("coffee")),
-        metadata={"generator": "flux:dev", "generator-kind": "base", "prompt": "a cup of coffee", "seed": "7"})
+    put(
+        client,
+        bucket,
+        "incoming/coffee.jpg",
+        jpeg_bytes(photo("coffee")),
+        metadata={"generator": "flux:dev", "generator-kind": "base", "prompt": "a cup of coffee", "seed": "7"},
+    )
     put(client, bucket, "generated/sdxl/1.1/chelsea.png", png_bytes(photo("chelsea")))
-    put(client, bucket, "generated/sdxl/1.1/chelsea.json", json.dumps(
-        {"prompt": "a cat", "seed": 3, "generator": {"kind": "lora", "parent": "sdxl:1.0"}, "style": "photo"}
-    ).encode())
+    put(
+        client,
+        bucket,
+        "generated/sdxl/1.1/chelsea.json",
+        json.dumps(
+            {"prompt": "a cat", "seed": 3, "generator": {"kind": "lora", "parent": "sdxl:1.0"}, "style": "photo"}
+        ).encode(),
+    )
     put(client, bucket, "crawled/rocket.jpg", ROCKET)
     put(client, bucket, "crawled/rocket-copy.jpg", ROCKET)
     put(client, bucket, "crawled/astronaut-small.jpg", jpeg_bytes(photo("astronaut").resize((256, 256))))
@@ -132,7 +142,9 @@ def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, b
     # Stored scores and embeddings are what the models give for the same bytes.
     scorer, embedder = TechnicalQualityScorer(), EmbedderUnderTest()
     with get_engine(settings).connect() as connection:
-        stored = dict(connection.execute(sa.text("SELECT asset_id, value FROM scores WHERE scorer = 'technical'")).all())
+        stored = dict(
+            connection.execute(sa.text("SELECT asset_id, value FROM scores WHERE scorer = 'technical'")).all()
+        )
         vectors = dict(connection.execute(sa.text("SELECT asset_id, vector FROM embeddings")).all())
     scored_ids = {row.id for row in assets.values() if row.status == "scored"}
     assert set(stored) == scored_ids and set(vectors) == scored_ids
@@ -188,7 +200,9 @@ def test_changed_object_is_rescored_and_new_objects_are_picked_up(settings, s3_c
         assert connection.execute(sa.text("SELECT count(*) FROM scores")).scalar_one() == 2
 
 
-def test_enabling_a_model_backfills_scored_assets_without_touching_existing_scores(settings, s3_client, bucket, monkeypatch):
+def test_enabling_a_model_backfills_scored_assets_without_touching_existing_scores(
+    settings, s3_client, bucket, monkeypatch
+):
     from aesq.core.config import get_settings
 
     put(s3_client, bucket, "generated/m/1/a.jpg", ASTRONAUT)
@@ -226,7 +240,9 @@ def read_only_database_url(settings) -> Iterator[str]:
         connection.execute(sa.text(f'DROP ROLE "{role}"'))
 
 
-def test_a_failed_ingest_raises_its_own_error_not_its_unrun_score(settings, s3_client, bucket, read_only_database_url, monkeypatch):
+def test_a_failed_ingest_raises_its_own_error_not_its_unrun_score(
+    settings, s3_client, bucket, read_only_database_url, monkeypatch
+):
     """Listing works through a read-only role; recording the assets fails, after the task's retries (~45 s)."""
     put(s3_client, bucket, "generated/m/1/a.jpg", ASTRONAUT)
     monkeypatch.setenv("AESQ_DATABASE_URL", read_only_database_url)

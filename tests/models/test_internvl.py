@@ -43,7 +43,9 @@ PAIRS = (
     + [f"d{chr(c)}" for c in range(ord("a"), ord("y") + 1)]
     + [f"e{chr(c)}" for c in range(ord("a"), ord("y") + 1)]
 )
-DEFAULT_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+DEFAULT_SYSTEM = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
 ARTIMUSE_QUESTION = """
         Rate the aesthetics score of the image in 0-100. 
         In the output format, numbers are replaced by 2 corresponding letters, 
@@ -135,7 +137,10 @@ def make_tokenizer(split: str | None = None) -> PreTrainedTokenizerFast:
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     assert tokenizer.get_vocab_size() <= VOCAB_SIZE
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", clean_up_tokenization_spaces=False
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -204,7 +209,9 @@ def to_chat_layout(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return chat
 
 
-def write_checkpoint(folder: Path, state: dict[str, torch.Tensor], config: dict, tokenizer, sharded: bool = True) -> Path:
+def write_checkpoint(
+    folder: Path, state: dict[str, torch.Tensor], config: dict, tokenizer, sharded: bool = True
+) -> Path:
     """Write the published layout: config.json, safetensors (sharded with an index, or one file), tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
@@ -259,7 +266,9 @@ def images() -> list[Image.Image]:
 def reference_pixels(image: Image.Image) -> torch.Tensor:
     """One 448×448 tile: RGB, PIL bicubic squash, /255, ImageNet mean/std (as ArtiMuse's eval transform)."""
     array = np.asarray(image.convert("RGB").resize((448, 448), Image.BICUBIC), dtype=np.float32) / 255.0
-    array = (array - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    array = (array - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array(
+        [0.229, 0.224, 0.225], dtype=np.float32
+    )
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
@@ -311,7 +320,10 @@ def test_prompt_is_the_published_one(ernie, tokenizer):
     assert tokenizer.decode(ids) == prompt
     context = tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert ids.count(context) == 256
-    start, end = ids.index(tokenizer.convert_tokens_to_ids("<img>")), ids.index(tokenizer.convert_tokens_to_ids("</img>"))
+    start, end = (
+        ids.index(tokenizer.convert_tokens_to_ids("<img>")),
+        ids.index(tokenizer.convert_tokens_to_ids("</img>")),
+    )
     assert ids[start + 1 : end] == [context] * 256
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert ids.count(im_start) == 3
@@ -459,7 +471,9 @@ def test_missing_or_malformed_folder_gives_a_clear_error(tmp_path, weights_dir, 
         _load(tmp_path)
 
     # the local Hugging Face cache is the fallback when weights_dir has no such folder
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(weights_dir / "ERNIE-Image-Aes"))
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(weights_dir / "ERNIE-Image-Aes")
+    )
     scorer = ErnieImageAesScorer(weights_dir=tmp_path / "elsewhere")
     scorer.setup()
     assert scorer.checkpoint_folder() == weights_dir / "ERNIE-Image-Aes"

@@ -28,16 +28,31 @@ HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 
 
 def _vision_config(**overrides) -> CLIPVisionConfig:
-    settings = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    image_size=224, patch_size=32, projection_dim=768)
+    settings = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=32,
+        projection_dim=768,
+    )
     return CLIPVisionConfig(**(settings | overrides))
 
 
 def _published_head(seed: int = 0) -> nn.Sequential:
     """The published head's module layout (Linear/Dropout at the original indices), random weights."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(768, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-                         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+    return nn.Sequential(
+        nn.Linear(768, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
 
 
 def _save_head(path: Path, module: nn.Module, prefix: str = "layers.") -> dict[str, torch.Tensor]:
@@ -176,7 +191,10 @@ def test_bfloat16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeyp
 def test_processor_uses_the_openai_values_not_the_folders(weights):
     processor = laion.clip_image_processor()
     assert list(processor.image_mean) == list(MEAN) and list(processor.image_std) == list(STD)
-    assert processor.size["shortest_edge"] == 224 and (processor.crop_size["height"], processor.crop_size["width"]) == (224, 224)
+    assert processor.size["shortest_edge"] == 224 and (processor.crop_size["height"], processor.crop_size["width"]) == (
+        224,
+        224,
+    )
     assert int(processor.resample) == int(Image.BICUBIC)
 
 
@@ -209,7 +227,9 @@ def test_missing_clip_folder_is_a_clear_error_and_nothing_is_downloaded(tmp_path
     with pytest.raises(FileNotFoundError, match=r"clip-vit-large-patch14.*nothing is downloaded") as error:
         ClipVitL14Embedder(weights_dir=tmp_path).setup()
     assert str(tmp_path / "clip-vit-large-patch14") in str(error.value)
-    assert [(args, kwargs["local_files_only"]) for args, kwargs in calls] == [(("openai/clip-vit-large-patch14",), True)]
+    assert [(args, kwargs["local_files_only"]) for args, kwargs in calls] == [
+        (("openai/clip-vit-large-patch14",), True)
+    ]
 
 
 def test_missing_head_file_is_a_clear_error(weights, tmp_path):
@@ -225,11 +245,22 @@ def test_missing_head_file_is_a_clear_error(weights, tmp_path):
     [
         pytest.param(lambda path: _save_head(path, _published_head(), prefix=""), id="no-layers-prefix"),
         pytest.param(lambda path: _save_head(path, nn.Linear(768, 1), prefix="layers.0."), id="v1-linear"),
-        pytest.param(lambda path: _save_head(path, nn.Sequential(nn.Linear(1152, 1024), nn.Dropout(0.2),
-                                                                 nn.Linear(1024, 128), nn.Dropout(0.2),
-                                                                 nn.Linear(128, 64), nn.Dropout(0.1),
-                                                                 nn.Linear(64, 16), nn.Linear(16, 1))),
-                     id="v2.5-shapes"),
+        pytest.param(
+            lambda path: _save_head(
+                path,
+                nn.Sequential(
+                    nn.Linear(1152, 1024),
+                    nn.Dropout(0.2),
+                    nn.Linear(1024, 128),
+                    nn.Dropout(0.2),
+                    nn.Linear(128, 64),
+                    nn.Dropout(0.1),
+                    nn.Linear(64, 16),
+                    nn.Linear(16, 1),
+                ),
+            ),
+            id="v2.5-shapes",
+        ),
         pytest.param(lambda path: path.write_bytes(b"<html>not found</html>"), id="not-a-checkpoint"),
         pytest.param(lambda path: torch.save([1, 2, 3], path), id="not-a-dict"),
     ],
@@ -254,10 +285,14 @@ def test_published_head_layout_loads(weights):
     [
         (lambda folder: folder.mkdir(), "no config.json"),
         (lambda folder: _vision_config().save_pretrained(folder), "cannot load a CLIP vision model"),
-        (lambda folder: CLIPVisionModelWithProjection(_vision_config(projection_dim=512)).save_pretrained(folder),
-         "projection_dim 512"),
-        (lambda folder: CLIPVisionModelWithProjection(_vision_config(image_size=64)).save_pretrained(folder),
-         "image_size 64"),
+        (
+            lambda folder: CLIPVisionModelWithProjection(_vision_config(projection_dim=512)).save_pretrained(folder),
+            "projection_dim 512",
+        ),
+        (
+            lambda folder: CLIPVisionModelWithProjection(_vision_config(image_size=64)).save_pretrained(folder),
+            "image_size 64",
+        ),
         (lambda folder: CLIPVisionModel(_vision_config()).save_pretrained(folder), "lacks weights .*visual_projection"),
     ],
     ids=["empty", "config-only", "projection-512", "image-size-64", "no-projection"],

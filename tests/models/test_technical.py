@@ -156,7 +156,9 @@ def test_responsible_feature_drops(kind: str, scores: dict[tuple[str, str], Scor
 
 def test_noise_is_not_mistaken_for_detail(scores: dict[tuple[str, str], Score]) -> None:
     """Noise-compensated sharpness barely moves under sigma-25 noise (uncompensated it would triple)."""
-    ratios = [scores[n, "noise"].raw["sharpness_lap_std"] / scores[n, "original"].raw["sharpness_lap_std"] for n in PHOTOS]
+    ratios = [
+        scores[n, "noise"].raw["sharpness_lap_std"] / scores[n, "original"].raw["sharpness_lap_std"] for n in PHOTOS
+    ]
     assert max(ratios) < 1.6, ratios
     assert float(np.median(ratios)) < 1.2, ratios
 
@@ -169,8 +171,18 @@ def test_values_in_range_and_raw_complete(scorer: TechnicalQualityScorer, photos
         assert all(isinstance(v, float) and math.isfinite(v) for v in score.raw.values()), score.raw
         for feature in FEATURES:
             assert 0.0 <= score.raw[f"{feature}_score"] <= 1.0
-        for key in ("sharpness_lap_std", "noise_sigma", "blockiness_ratio", "exposure_mean", "clipped_shadows",
-                    "clipped_highlights", "black_level", "contrast_rms", "colourfulness", "megapixels"):
+        for key in (
+            "sharpness_lap_std",
+            "noise_sigma",
+            "blockiness_ratio",
+            "exposure_mean",
+            "clipped_shadows",
+            "clipped_highlights",
+            "black_level",
+            "contrast_rms",
+            "colourfulness",
+            "megapixels",
+        ):
             assert key in score.raw
 
 
@@ -190,7 +202,9 @@ def test_tiny_image_scores_lower(scorer: TechnicalQualityScorer, photos: dict[st
     assert tiny_score.raw["resolution_score"] < full_score.raw["resolution_score"]
 
 
-def test_grayscale_photo_is_not_punished_to_zero(scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]) -> None:
+def test_grayscale_photo_is_not_punished_to_zero(
+    scorer: TechnicalQualityScorer, photos: dict[str, Image.Image]
+) -> None:
     """A grayscale photo converted to RGB scores sanely and loses at most the colourfulness weight."""
     colour = photos["astronaut"]
     gray = colour.convert("L").convert("RGB")
@@ -218,7 +232,9 @@ def test_registered_under_its_name() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "size"), [("camera", (6000, 4000)), ("astronaut", (4096, 3072)), ("coffee", (5000, 3500))])
+@pytest.mark.parametrize(
+    ("name", "size"), [("camera", (6000, 4000)), ("astronaut", (4096, 3072)), ("coffee", (5000, 3500))]
+)
 def test_large_image_decoded_reduced_scores_as_at_full_size(
     scorer: TechnicalQualityScorer, name: str, size: tuple[int, int]
 ) -> None:

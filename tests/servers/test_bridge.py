@@ -38,8 +38,12 @@ def subscribe(s3_endpoint: str, bucket: str) -> Callable[..., list[dict]]:
     """Make the bucket notify an SQS queue on the S3 server of created objects; returns `receive(count, each)`,
     which waits for `count` notifications and returns their bodies, as the S3 server sent them (handing each
     to `each` as it comes)."""
-    session = {"endpoint_url": f"http://{s3_endpoint}", "region_name": "us-east-1",
-               "aws_access_key_id": S3_ACCESS_KEY, "aws_secret_access_key": S3_SECRET_KEY}
+    session = {
+        "endpoint_url": f"http://{s3_endpoint}",
+        "region_name": "us-east-1",
+        "aws_access_key_id": S3_ACCESS_KEY,
+        "aws_secret_access_key": S3_SECRET_KEY,
+    }
     sqs = boto3.client("sqs", **session)
     queue = sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -52,7 +56,9 @@ def subscribe(s3_endpoint: str, bucket: str) -> Callable[..., list[dict]]:
         bodies: list[dict] = []
         deadline = time.monotonic() + 60
         while len(bodies) < count and time.monotonic() < deadline:
-            for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            ):
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
                 body = json.loads(message["Body"])
                 if body.get("Records"):
@@ -93,8 +99,12 @@ def bridge_settings(settings: Settings, bucket: str, prefix: str = "", **changes
 def bucket_events(bucket: str) -> list[dict]:
     """Payloads of the bridge's events for the bucket, as the Prefect API stored them, oldest first."""
     with get_client(sync_client=True) as client:
-        page = client.read_events(EventFilter(event=EventNameFilter(name=[OBJECT_CREATED]),
-                                              resource=EventResourceFilter(id=[bucket_resource(bucket)])), limit=50)
+        page = client.read_events(
+            EventFilter(
+                event=EventNameFilter(name=[OBJECT_CREATED]), resource=EventResourceFilter(id=[bucket_resource(bucket)])
+            ),
+            limit=50,
+        )
     return [event.payload for event in sorted(page.events, key=lambda event: event.occurred)]
 
 
@@ -131,12 +141,15 @@ def test_notifications_are_queued_and_coalesced_into_one_event_per_window(
     burst = receive(len(keys) + 2)
     etags = {key: s3_client.stat_object(bucket, key).etag.strip('"') for key in keys}
 
-    server = bridge_server("127.0.0.1", _free_port(), bridge_settings(settings, bucket, "gen/", notification_window_seconds=1.5))
+    server = bridge_server(
+        "127.0.0.1", _free_port(), bridge_settings(settings, bucket, "gen/", notification_window_seconds=1.5)
+    )
     with serving(server) as url:
         assert post(url, json.dumps(known).encode()) == (200, '{"objects": 0, "ignored": 1}')
         answers = [post(url, json.dumps(body).encode()) for body in burst]
-        assert sorted(answers) == sorted([(200, '{"objects": 1, "ignored": 0}')] * len(keys)
-                                         + [(200, '{"objects": 0, "ignored": 1}')] * 2)
+        assert sorted(answers) == sorted(
+            [(200, '{"objects": 1, "ignored": 0}')] * len(keys) + [(200, '{"objects": 0, "ignored": 1}')] * 2
+        )
         # queued, committed, before any event: the run an event starts finds them
         assert queued(settings, bucket) == {key: (etags[key], False, False) for key in keys}
         assert bucket_events(bucket) == []
@@ -155,7 +168,9 @@ def test_notifications_are_queued_and_coalesced_into_one_event_per_window(
 def test_shutdown_emits_the_events_still_due(prefect_harness, settings, s3_endpoint, s3_client, bucket):
     receive = subscribe(s3_endpoint, bucket)
     put(s3_client, bucket, "a.jpg", jpeg_bytes(noise_image(1, 64)))
-    server = bridge_server("127.0.0.1", _free_port(), bridge_settings(settings, bucket, notification_window_seconds=3600))
+    server = bridge_server(
+        "127.0.0.1", _free_port(), bridge_settings(settings, bucket, notification_window_seconds=3600)
+    )
     with serving(server) as url:
         assert post(url, json.dumps(receive(1)[0]).encode())[0] == 200
     wait_for(lambda: bucket_events(bucket) == [{"objects": 1}], "the event flushed at shutdown")
@@ -178,7 +193,9 @@ def test_new_object_notification_starts_ingest_and_scoring(settings, serve_chain
     put(s3_client, bucket, "generated/sdxl/1.0/new image.jpg", jpeg_bytes(noise_image(1, 96)))
     [notification] = receive(1)
     chain = serve_chain(AESQ_SOURCES=f"s3://{bucket}/", AESQ_POLL_INTERVAL_SECONDS="86400")
-    server = bridge_server("127.0.0.1", _free_port(), bridge_settings(settings, bucket, bridge_token=SecretStr("secret")))
+    server = bridge_server(
+        "127.0.0.1", _free_port(), bridge_settings(settings, bucket, bridge_token=SecretStr("secret"))
+    )
     with serving(server) as url:
         assert post(url, json.dumps(notification).encode())[0] == 401  # no token
         assert post(url, json.dumps(notification).encode(), "wrong")[0] == 401
@@ -190,23 +207,40 @@ def test_new_object_notification_starts_ingest_and_scoring(settings, serve_chain
         chain.wait(lambda: ("aesq-score", "COMPLETED") in flow_runs(), "ingest and scoring")
     with get_client(sync_client=True) as client:
         ingest_flow_id = client.read_flow_by_name("aesq-ingest").id
-        runs = [run for run in client.read_flow_runs() if run.flow_id == ingest_flow_id and run.state.type.value != "SCHEDULED"]
+        runs = [
+            run
+            for run in client.read_flow_runs()
+            if run.flow_id == ingest_flow_id and run.state.type.value != "SCHEDULED"
+        ]
     assert [(run.parameters.get("listing"), run.state.type.value) for run in runs] == [(False, "COMPLETED")]
     with get_engine(settings).connect() as connection:
         rows = connection.execute(sa.text("SELECT key, status FROM assets")).all()
     assert [tuple(row) for row in rows] == [("generated/sdxl/1.0/new image.jpg", "scored")]
 
 
-def test_aesq_bridge_queues_and_emits_what_is_due_when_interrupted(prefect_harness, settings, s3_endpoint, s3_client, bucket):
+def test_aesq_bridge_queues_and_emits_what_is_due_when_interrupted(
+    prefect_harness, settings, s3_endpoint, s3_client, bucket
+):
     receive = subscribe(s3_endpoint, bucket)
     put(s3_client, bucket, "a.jpg", jpeg_bytes(noise_image(1, 64)))
     environment = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "AESQ_NOTIFICATION_WINDOW_SECONDS": "3600"}
-    refused = subprocess.run([AESQ, "bridge"], capture_output=True, text=True, timeout=120, check=False,
-                             env={**environment, "AESQ_SOURCES": "/srv/images"})
+    refused = subprocess.run(
+        [AESQ, "bridge"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**environment, "AESQ_SOURCES": "/srv/images"},
+    )
     assert refused.returncode == 1 and "no s3:// source configured" in refused.stderr, refused.stderr
     url = f"http://127.0.0.1:{_free_port()}/"
-    bridge = subprocess.Popen([AESQ, "bridge", "--listen", url[7:-1]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env={**environment, "AESQ_SOURCES": f"s3://{bucket}/"})
+    bridge = subprocess.Popen(
+        [AESQ, "bridge", "--listen", url[7:-1]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**environment, "AESQ_SOURCES": f"s3://{bucket}/"},
+    )
     try:
         wait_for(lambda: bridge.poll() is not None or _listening(url), "the bridge to listen", 120)
         assert bridge.poll() is None, "the bridge exited"

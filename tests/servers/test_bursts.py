@@ -33,13 +33,18 @@ def _ingest_runs() -> list[tuple[dict, str]]:
     """(parameters, state) of the ingest flow runs that started (scheduled interval runs have not)."""
     with get_client(sync_client=True) as client:
         flows = {flow.name: flow.id for flow in client.read_flows()}
-        return [(run.parameters, run.state.type.value) for run in client.read_flow_runs()
-                if run.flow_id == flows.get("aesq-ingest") and run.state.type.value != "SCHEDULED"]
+        return [
+            (run.parameters, run.state.type.value)
+            for run in client.read_flow_runs()
+            if run.flow_id == flows.get("aesq-ingest") and run.state.type.value != "SCHEDULED"
+        ]
 
 
 def _ingested(settings, bucket: str) -> set[str]:
     with get_engine(settings).connect() as connection:
-        return set(connection.execute(sa.text("SELECT key FROM assets WHERE bucket = :bucket"), {"bucket": bucket}).scalars())
+        return set(
+            connection.execute(sa.text("SELECT key FROM assets WHERE bucket = :bucket"), {"bucket": bucket}).scalars()
+        )
 
 
 def test_a_burst_of_uploads_starts_one_ingest_run_that_ingests_every_object(
@@ -65,7 +70,9 @@ def test_a_burst_of_uploads_starts_one_ingest_run_that_ingests_every_object(
 
         def done() -> bool:  # or too many runs already: the assertions below say so
             runs = _ingest_runs()
-            ingested = _ingested(settings, bucket) == keys and bool(runs) and all(state == "COMPLETED" for _, state in runs)
+            ingested = (
+                _ingested(settings, bucket) == keys and bool(runs) and all(state == "COMPLETED" for _, state in runs)
+            )
             return ingested or len(runs) > 3
 
         chain.wait(done, "every object ingested")

@@ -105,7 +105,9 @@ def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_w
     get_settings.cache_clear()
     defects_flow()
     with get_engine(settings).connect() as connection:
-        critiques = connection.execute(sa.text("SELECT detail FROM defects WHERE category = 'critique'")).scalars().all()
+        critiques = (
+            connection.execute(sa.text("SELECT detail FROM defects WHERE category = 'critique'")).scalars().all()
+        )
     assert len(critiques) == 9 and all(json.loads(c)["critic"] == "ernie-aes" for c in critiques)
 
     # Every batch ran as a task run of each pool's own task, on its worker process.
@@ -115,7 +117,9 @@ def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_w
                 task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"score-assets-{pool}"))
             )
             assert len(runs) >= 3 and all(run.state.is_completed() for run in runs)
-            critique_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"critique-{pool}")))
+            critique_runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"critique-{pool}"))
+            )
             assert bool(critique_runs) == (pool == "vlm") and all(run.state.is_completed() for run in critique_runs)
             limit = client.read_global_concurrency_limit_by_name(gpu_slot_name(f"test-{pool}"))
             assert limit.limit == 1 and limit.active_slots == 0
@@ -127,8 +131,6 @@ def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_w
 
 def test_unknown_pool_is_a_one_line_error(settings, monkeypatch):
     monkeypatch.setenv("AESQ_POOLS", json.dumps(POOLS))
-    result = subprocess.run(
-        [AESQ, "worker", "--pool", "gpu"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([AESQ, "worker", "--pool", "gpu"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "no scoring pool 'gpu' in the settings (configured: quality, vectors, vlm)" in result.stderr

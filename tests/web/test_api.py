@@ -27,11 +27,15 @@ def test_leaderboard_compare_assets_and_neighbours(client, demo_settings):
     assert sorted(labels) == sorted([BASE, LORA, SFT, "other-model:v1"])
     assert [row["mean"] for row in versions] == sorted((row["mean"] for row in versions), reverse=True)
     base = next(row for row in versions if row["version"] == "v1.0-base")
-    assert base["count"] == 8 and base["mean_low"] <= base["mean"] <= base["mean_high"] and base["interval"] == "bootstrap"
+    assert (
+        base["count"] == 8 and base["mean_low"] <= base["mean"] <= base["mean_high"] and base["interval"] == "bootstrap"
+    )
     only_demo = client.get("/api/versions", params={"generator": "demo-diffusion"}).json()
     assert {row["generator"] for row in only_demo} == {"demo-diffusion"} and len(only_demo) == 3
     live = client.get("/api/versions", params={"scorer": "technical", "source_kind": "generated"}).json()
-    assert {r["interval"] for r in live} == {"normal"} and next(r for r in live if r["version"] == "v1.0-base")["mean"] == pytest.approx(base["mean"])
+    assert {r["interval"] for r in live} == {"normal"} and next(r for r in live if r["version"] == "v1.0-base")[
+        "mean"
+    ] == pytest.approx(base["mean"])
 
     compared = client.get("/api/compare", params={"a": BASE, "b": SFT, "scorer": "technical"}).json()
     assert compared["count_a"] == compared["count_b"] == 8
@@ -39,9 +43,13 @@ def test_leaderboard_compare_assets_and_neighbours(client, demo_settings):
     pairs = client.get("/api/pairs", params={"a": BASE, "b": SFT, "scorer": "technical", "limit": 3}).json()
     assert len(pairs) == 3 and all(p["prompt"].startswith("a photograph") for p in pairs)
 
-    page = client.get("/api/assets", params={"scorer": "technical", "version": "v1.0-base", "limit": 5, "offset": 5}).json()
+    page = client.get(
+        "/api/assets", params={"scorer": "technical", "version": "v1.0-base", "limit": 5, "offset": 5}
+    ).json()
     assert page["total"] == 8 and len(page["items"]) == 3 and page["offset"] == 5
-    ordered = client.get("/api/assets", params={"scorer": "technical", "order": "score_asc", "limit": 200}).json()["items"]
+    ordered = client.get("/api/assets", params={"scorer": "technical", "order": "score_asc", "limit": 200}).json()[
+        "items"
+    ]
     assert [a["value"] for a in ordered] == sorted(a["value"] for a in ordered)
     worst = ordered[0]
     detail = client.get(f"/api/assets/{worst['id']}").json()
@@ -85,7 +93,12 @@ def test_thumbnails_are_resized_cached_and_only_from_the_configured_storage(clie
         ("/api/versions", {"since": "2026-02-30"}, 422, "date"),
         ("/api/versions", {"since": "2026-03-02", "until": "2026-03-01"}, 422, "since is after until"),
         ("/api/compare", {"a": "nocolon", "b": BASE, "scorer": "technical"}, 422, "pattern"),
-        ("/api/compare", {"a": "nobody:1", "b": BASE, "scorer": "technical"}, 404, "no technical scores for version 'nobody:1'"),
+        (
+            "/api/compare",
+            {"a": "nobody:1", "b": BASE, "scorer": "technical"},
+            404,
+            "no technical scores for version 'nobody:1'",
+        ),
         ("/api/assets/999999", {}, 404, "no asset 999999"),
         ("/api/assets/abc", {}, 422, "valid integer"),
         ("/api/assets/1/thumbnail", {"size": 100}, 422, "128, 256, 512"),
@@ -101,8 +114,16 @@ def test_invalid_parameters_get_a_4xx_with_a_message(client, path, params, statu
 
 def test_openapi_describes_every_endpoint(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/api/versions", "/api/compare", "/api/assets", "/api/assets/{asset_id}", "/api/assets/{asset_id}/neighbours",
-                 "/api/assets/{asset_id}/thumbnail", "/api/reports", "/api/trends"):
+    for path in (
+        "/api/versions",
+        "/api/compare",
+        "/api/assets",
+        "/api/assets/{asset_id}",
+        "/api/assets/{asset_id}/neighbours",
+        "/api/assets/{asset_id}/thumbnail",
+        "/api/reports",
+        "/api/trends",
+    ):
         assert path in paths
     assert not any(path.startswith("/gallery") for path in paths)  # pages are not API
 

@@ -45,7 +45,13 @@ def browser(tmp_path) -> Iterator[webdriver.Chrome]:
         pytest.skip("Debian packages chromium and chromium-driver are not installed")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(argument)
     browser = webdriver.Chrome(service=Service(driver), options=options)
     browser.set_page_load_timeout(60)
@@ -73,7 +79,9 @@ def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
     assert sorted(_versions_shown(browser)) == [
         "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft", "other-model:v1",
     ]  # fmt: skip
-    _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#means .main-svg")))  # plotly drew
+    _wait(
+        browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#means .main-svg"))
+    )  # plotly drew
 
     Select(browser.find_element(By.NAME, "generator")).select_by_visible_text("other-model")
     browser.find_element(By.CSS_SELECTOR, "#filters button").click()
@@ -100,6 +108,8 @@ def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
 def test_trends_and_reports_pages_render(dashboard, browser):
     browser.get(dashboard + "/trends?scorer=technical")
     _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#trend .main-svg")))
-    assert "demo-diffusion:v1.0-base" in browser.find_element(By.ID, "defects").text or "No defects" in browser.page_source
+    assert (
+        "demo-diffusion:v1.0-base" in browser.find_element(By.ID, "defects").text or "No defects" in browser.page_source
+    )
     browser.get(dashboard + "/reports")
     assert "No report yet" in browser.page_source
