@@ -6,7 +6,7 @@ Views (`latest_scores`, `generator_stats`) are created by the migrations; see RE
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
@@ -27,7 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSON, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 GENERATOR_KINDS = ("base", "lora", "sft", "other")
@@ -59,7 +59,7 @@ class Base(DeclarativeBase):
             "pk": "pk_%(table_name)s",
         }
     )
-    type_annotation_map = {dict[str, Any]: JSONB}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB}
 
 
 class Generator(Base):
@@ -228,6 +228,20 @@ class Defect(Base):
     category: Mapped[str] = mapped_column(Text)
     severity: Mapped[float] = mapped_column(Double)
     detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Critique(Base):
+    """A VLM critic's answers about one low scorer, per aspect: an opinion in words, not a measured defect."""
+
+    __tablename__ = "critiques"
+
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), primary_key=True)
+    critic: Mapped[str] = mapped_column(Text, comment="the VLM scorer that wrote it")
+    critic_score: Mapped[float] = mapped_column(Double, comment="the critic's own latest score of the asset then")
+    aspects: Mapped[dict[str, str]] = mapped_column(
+        JSON, comment="aspect → answer; JSON, not JSONB, so the aspects keep the order they were asked in"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
