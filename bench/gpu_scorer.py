@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from aesq.models import internvl, laion  # noqa: E402
+from aesq.models import internvl, laion
 
 EXIT_TOLERANCE = 2  # exit status when a batched-vs-single check fails (results are still written)
 

@@ -55,7 +55,10 @@ class EfficientNetLite0Embedder(Embedder):
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Squash to 224×224 (bicubic) and normalise on the CPU: float32 (n, 3, 224, 224)."""
         batch = np.stack(
-            [np.asarray(img.convert("RGB").resize((_INPUT_SIZE, _INPUT_SIZE), Image.BICUBIC)) for img in images]
+            [
+                np.asarray(img.convert("RGB").resize((_INPUT_SIZE, _INPUT_SIZE), Image.Resampling.BICUBIC))
+                for img in images
+            ]
         )
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         return (pixels - _MEAN) / _STD

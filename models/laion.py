@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,10 +65,10 @@ def clip_image_processor():
     The PIL backend is preferred: it resizes PIL images with PIL's bicubic filter, as the original
     `clip.load` transforms do; the torchvision backend resizes tensors and differs slightly.
     """
-    try:
-        from transformers import CLIPImageProcessorPil as processor_class
-    except ImportError:  # transformers before the split into PIL and torchvision backends
-        from transformers import CLIPImageProcessor as processor_class
+    import transformers
+
+    # transformers before the split into PIL and torchvision backends has only CLIPImageProcessor.
+    processor_class = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
     from transformers.image_utils import PILImageResampling
 
     return processor_class(
@@ -109,7 +110,7 @@ class ClipEncoder:
     """One loaded CLIP ViT-L/14 vision tower with its preprocessing, shared by scorer and embedder."""
 
     model: nn.Module
-    processor: object
+    processor: Callable[..., Any]  # a transformers CLIP image processor
     device: str
     dtype: torch.dtype
     forward_passes: int = 0
@@ -162,7 +163,8 @@ def _vision_model_class():
 
     class ClipVisionTower(CLIPVisionModelWithProjection):
         # A full CLIPModel snapshot (such as openai/clip-vit-large-patch14) also holds the text tower.
-        _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale$"]
+        # transformers declares this a list attribute of the model, so it cannot be a ClassVar here.
+        _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale$"]  # noqa: RUF012
 
     return ClipVisionTower
 

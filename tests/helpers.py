@@ -103,7 +103,7 @@ def assert_every_content_scored_once(settings, objects: dict[str, bytes], failed
     by_content: dict[str, list[str]] = {}
     for key, payload in objects.items():
         by_content.setdefault(hashlib.sha256(payload).hexdigest(), []).append(key)
-    score_of = dict((asset_id, value) for asset_id, value in scores)
+    score_of = dict(scores)
     assert len(score_of) == len(scores), "one technical score per asset"
     canonical_ids = set()
     for sha, keys in by_content.items():

@@ -3,6 +3,7 @@ process pointed at the test stack."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -98,10 +99,8 @@ def aesq_run(source: str) -> subprocess.CompletedProcess:
 
 def end_process_group(process: subprocess.Popen) -> None:
     """Kill whatever is left of the process group a test started (a killed run's helper processes)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     if process.returncode is None:
         process.communicate()
 

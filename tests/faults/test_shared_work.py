@@ -81,7 +81,7 @@ def test_a_killed_workers_claimed_batch_is_done_by_another_when_its_lease_lapses
         first.communicate()
         assert first_holds_a_claim(), "the killed run left a live claim behind"
         second = start_aesq_run(source)
-        stdout, stderr = second.communicate(timeout=300)
+        _, stderr = second.communicate(timeout=300)
         finished_after = time.monotonic() - killed_at
     finally:
         end_process_group(first)

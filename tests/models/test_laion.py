@@ -99,7 +99,7 @@ def _reference_pixels(image: Image.Image) -> np.ndarray:
     scale = 224 / min(width, height)
     size = (224, int(height * scale)) if width <= height else (int(width * scale), 224)
     resized = image.convert("RGB").resize(size, Image.BICUBIC)
-    left, top = int(round((size[0] - 224) / 2)), int(round((size[1] - 224) / 2))
+    left, top = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
     crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float64) / 255
     return ((crop - MEAN) / STD).transpose(2, 0, 1)
 
