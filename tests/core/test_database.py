@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -26,10 +27,11 @@ EXPECTED_TABLES = {
     "ingest_queue",
     "source_cursors",
     "work_log",
+    "critiques",
 }
 EXPECTED_VIEWS = {
     "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
-    "asset_defects", "version_defect_shares",
+    "asset_defects", "version_defect_shares", "asset_critiques",
 }  # fmt: skip
 
 
@@ -74,6 +76,42 @@ def test_migrations_match_the_tables_module(empty_database_url):
     with database.engine(empty_database_url).connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_migration_0008_moves_critiques_out_of_defects_and_back(empty_database_url):
+    """Existing critiques keep their words through the move to their own table and through the downgrade."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade("0007", settings=settings)
+    detail = '{"critic": "ernie-aes", "score": 12.5, "aspects": {"Overall Gestalt": "flat", "Composition": "ça va"}}'
+    with database.engine(empty_database_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (id, storage, bucket, key, sha256, size_bytes, source_kind) OVERRIDING SYSTEM VALUE"
+                " VALUES (1, 's3', 'b', 'k', 'aa', 1, 'generated')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO defects (asset_id, category, severity, detail) VALUES"
+                " (1, 'critique', 0.875, :detail), (1, 'blur', 0.4, NULL)"
+            ),
+            {"detail": detail},
+        )
+    database.upgrade("0008", settings=settings)
+    with database.engine(empty_database_url).connect() as connection:
+        assert connection.execute(sa.text("SELECT category FROM defects")).scalars().all() == ["blur"]
+        columns = "asset_id, critic, critic_score, aspects"
+        moved = connection.execute(sa.text(f"SELECT {columns} FROM critiques")).one()
+        viewed = connection.execute(sa.text(f"SELECT {columns} FROM asset_critiques")).one()
+    assert tuple(moved) == tuple(viewed) == (1, "ernie-aes", 12.5, json.loads(detail)["aspects"])
+    assert list(moved.aspects) == ["Overall Gestalt", "Composition"]  # in the order asked
+
+    database.downgrade("0007", settings=settings)
+    with database.engine(empty_database_url).connect() as connection:
+        rows = connection.execute(sa.text("SELECT category, severity, detail FROM defects ORDER BY category")).all()
+    assert [(category, severity) for category, severity, _ in rows] == [("blur", 0.4), ("critique", 0.875)]
+    assert json.loads(rows[1].detail) == json.loads(detail)
+    assert list(json.loads(rows[1].detail)["aspects"]) == ["Overall Gestalt", "Composition"]
 
 
 def test_non_postgres_url_is_refused():
