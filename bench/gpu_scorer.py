@@ -384,7 +384,7 @@ def fresh(images: Sequence[Image.Image]) -> list[Image.Image]:
     return [image.copy() for image in images]
 
 
-def internvl_steps(scorer: internvl.ArtiMuseScorer):
+def internvl_steps(scorer: internvl.InternVLTokenExpectationScorer):
     """(end to end, preprocessing only, forward only) calls for a batch of images."""
 
     def end_to_end(images, calls: int):

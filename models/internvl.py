@@ -19,6 +19,7 @@ device, dtype) and the variants share it, differing only in their prompt.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import threading
@@ -26,13 +27,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from aesq.models.base import Critic, Score, Scorer
+
+if TYPE_CHECKING:  # transformers is imported when a checkpoint is loaded, not with aesq.models
+    from transformers import InternVLForConditionalGeneration, InternVLModel, PreTrainedTokenizerBase
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -241,7 +245,7 @@ def native_config(chat: dict, image_token_id: int):
     llm = {key: value for key, value in chat["llm_config"].items() if key not in _LLM_CONFIG_DROP}
     llm["tie_word_embeddings"] = False  # InternVLChatConfig forces this for every size
     text_config = Qwen2Config(**llm)
-    return InternVLConfig(
+    config = InternVLConfig(
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=image_token_id,
@@ -251,8 +255,9 @@ def native_config(chat: dict, image_token_id: int):
         vision_feature_layer=chat.get("select_layer", -1),
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
     )
+    config._attn_implementation = "sdpa"  # on every sub-config; no parameter of the typed constructor
+    return config
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -326,7 +331,7 @@ def load_chat_weights(model: torch.nn.Module, files: Sequence[Path]) -> torch.Te
         problems.append(f"weights of the wrong shape: {_preview(mismatched)}")
     if head is None:
         problems.append(f"missing weight {LM_HEAD_KEY}")
-    if problems:
+    if problems or head is None:
         raise ValueError(f"checkpoint {files[0].parent} does not match its config.json: " + "; ".join(problems))
     return head
 
@@ -359,11 +364,12 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _no_init_weights():
+    """transformers' context that skips random weight initialisation (the weights are copied in next)."""
     try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    return no_init_weights()
+        module = importlib.import_module("transformers.initialization")
+    except ImportError:  # transformers 4.x keeps it in modeling_utils
+        module = importlib.import_module("transformers.modeling_utils")
+    return module.no_init_weights()
 
 
 def score_token_ids(tokenizer) -> list[int]:
@@ -392,8 +398,8 @@ class LoadedCheckpoint:
 
     folder: Path
     chat_config: dict
-    tokenizer: object
-    model: torch.nn.Module  # transformers' InternVLModel (no LM head)
+    tokenizer: PreTrainedTokenizerBase
+    model: InternVLModel  # no LM head
     lm_head: torch.Tensor  # (vocab, hidden), model dtype: the full head, for the mass diagnostic
     score_ids: tuple[int, ...]
     score_head: torch.Tensor  # (101, hidden) float32: the LM-head rows of the 101 score tokens
@@ -425,7 +431,7 @@ def _read_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype) -> 
         raise ValueError(f"cannot load the tokenizer of {folder} without its own code: {error}") from error
     score_ids = score_token_ids(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
-    if image_token_id is None or image_token_id == getattr(tokenizer, "unk_token_id", None):
+    if not isinstance(image_token_id, int) or image_token_id == getattr(tokenizer, "unk_token_id", None):
         raise ValueError(f"the tokenizer of {folder} has no {IMG_CONTEXT} token")
 
     config = native_config(chat, image_token_id)
@@ -456,7 +462,7 @@ def _read_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype) -> 
 # ---------------------------------------------------------------------------------------------------
 
 
-def generating_model(model: torch.nn.Module, lm_head: torch.Tensor) -> torch.nn.Module:
+def generating_model(model: InternVLModel, lm_head: torch.Tensor) -> InternVLForConditionalGeneration:
     """transformers' `InternVLForConditionalGeneration` around a loaded `InternVLModel` and its LM head, sharing their weights."""
     from transformers import InternVLForConditionalGeneration
 
@@ -469,16 +475,15 @@ def generating_model(model: torch.nn.Module, lm_head: torch.Tensor) -> torch.nn.
     return generator.eval()
 
 
-class ErnieImageAesScorer(Scorer, Critic):
-    """ERNIE-Image-Aes (baidu): 0–100 expected aesthetic score, ArtiMuse's prompt and tokens; critiques by generation."""
+class InternVLTokenExpectationScorer(Scorer, Critic):
+    """What every InternVL-chat scorer shares: the expected 0–100 score over the 101 score tokens in one
+    forward pass, and critiques by greedy generation. A subclass names its checkpoint and its question."""
 
-    name = "ernie-aes"
-    version = "1"
     input_side = 448  # the tile side (force_image_size) of every InternVL-chat checkpoint aesq scores with
-    folder: ClassVar[str] = "ERNIE-Image-Aes"
-    hub_id: ClassVar[str] = "baidu/ERNIE-Image-Aes"
-    question: ClassVar[str] = ARTIMUSE_QUESTION
-    image_on_own_line: ClassVar[bool] = True
+    folder: ClassVar[str]  # below `weights_dir`
+    hub_id: ClassVar[str]  # looked up in the local Hugging Face cache otherwise
+    question: ClassVar[str]  # the rating question the checkpoint was trained to answer with a score token
+    image_on_own_line: ClassVar[bool] = True  # see `build_prompt`
     aspects = ARTIMUSE_ASPECTS
 
     def checkpoint_folder(self) -> Path:
@@ -524,14 +529,14 @@ class ErnieImageAesScorer(Scorer, Critic):
         device = torch.device(self.device)
         self.input_ids = ids.to(device)
         self.system_message = system_message
-        self._generator: torch.nn.Module | None = None
+        self._generator: InternVLForConditionalGeneration | None = None
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """One 448×448 tile per image on the CPU: RGB, bicubic squash (aspect ignored), ImageNet mean/std."""
         size = (self.image_size, self.image_size)
-        batch = np.stack([np.asarray(image.convert("RGB").resize(size, Image.BICUBIC)) for image in images])
+        batch = np.stack([np.asarray(image.convert("RGB").resize(size, Image.Resampling.BICUBIC)) for image in images])
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         return ((pixels - self._mean) / self._std).to(self.dtype)
 
@@ -597,47 +602,66 @@ class ErnieImageAesScorer(Scorer, Critic):
                     input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id, pad_token_id=end_id,
                 )  # fmt: skip
-            for answer, tokens in zip(answers, output[:, ids.shape[1] :].tolist(), strict=True):
-                tokens = tokens[: tokens.index(end_id)] if end_id in tokens else tokens
-                answer[aspect] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            generated = [
+                row[: row.index(end_id)] if end_id in row else row for row in output[:, ids.shape[1] :].tolist()
+            ]
+            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for answer, text in zip(answers, texts, strict=True):
+                answer[aspect] = text.strip()
         return answers
 
 
-class ArtiMuseScorer(ErnieImageAesScorer):
+class ErnieImageAesScorer(InternVLTokenExpectationScorer):
+    """ERNIE-Image-Aes (baidu): 0–100 expected aesthetic score, with ArtiMuse's question and tokens."""
+
+    name = "ernie-aes"
+    version = "1"
+    folder = "ERNIE-Image-Aes"
+    hub_id = "baidu/ERNIE-Image-Aes"
+    question = ARTIMUSE_QUESTION
+
+
+class ArtiMuseScorer(InternVLTokenExpectationScorer):
     """ArtiMuse (CVPR 2026): 0–100 expected aesthetic score."""
 
     name = "artimuse"
     version = "1"
     folder = "ArtiMuse"
     hub_id = "Thunderbolt215215/ArtiMuse"
+    question = ARTIMUSE_QUESTION
 
 
-class UniPerceptAestheticsScorer(ErnieImageAesScorer):
-    """UniPercept, image aesthetics (IAA): 0–100."""
+class UniPerceptScorer(InternVLTokenExpectationScorer):
+    """UniPercept's checkpoint, read once and asked one question per variant below."""
 
-    name = "unipercept-aesthetics"
     version = "1"
     folder = "UniPercept"
     hub_id = "Thunderbolt215215/UniPercept"
-    question = UNIPERCEPT_QUESTION.format(desc="aesthetics")
     image_on_own_line = False
 
 
-class UniPerceptQualityScorer(UniPerceptAestheticsScorer):
+class UniPerceptAestheticsScorer(UniPerceptScorer):
+    """UniPercept, image aesthetics (IAA): 0–100."""
+
+    name = "unipercept-aesthetics"
+    question = UNIPERCEPT_QUESTION.format(desc="aesthetics")
+
+
+class UniPerceptQualityScorer(UniPerceptScorer):
     """UniPercept, technical image quality (IQA): 0–100."""
 
     name = "unipercept-quality"
     question = UNIPERCEPT_QUESTION.format(desc="quality")
 
 
-class UniPerceptStructureScorer(UniPerceptAestheticsScorer):
+class UniPerceptStructureScorer(UniPerceptScorer):
     """UniPercept, structure and texture richness (ISTA): 0–100."""
 
     name = "unipercept-structure"
     question = UNIPERCEPT_QUESTION.format(desc="structure and texture richness")
 
 
-INTERNVL_SCORERS: tuple[type[ErnieImageAesScorer], ...] = (
+INTERNVL_SCORERS: tuple[type[InternVLTokenExpectationScorer], ...] = (
     ErnieImageAesScorer,
     ArtiMuseScorer,
     UniPerceptAestheticsScorer,
