@@ -1,8 +1,8 @@
 """The identity model: which asset holds each content's scores after objects change.
 
 An object is a location (storage, bucket, key) holding one version of some bytes at a time; its
-ETag only signals change. Content is identified by SHA-256, and scores, embeddings and defects
-belong to content. Each content present in the sources has exactly one canonical asset (status
+ETag only signals change. Content is identified by SHA-256, and scores, embeddings, defects and
+critiques belong to content. Each content present in the sources has exactly one canonical asset (status
 `pending` or `scored`) holding its outputs; every other location with the same bytes is a
 `duplicate` pointing at it; a location whose object is gone is `deleted` (its row stays, its
 outputs go unless another location still holds the content). `plan_batch` decides, for one batch of locations just examined or

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import psycopg
 from pgvector import HalfVector
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, bindparam, delete, func, select, text, update
@@ -19,9 +20,11 @@ from sqlalchemy.dialects.postgresql import insert
 from aesq.core.identity import Arrival, Located, Plan, Standing, plan_batch
 from aesq.core.images import ImageFacts
 from aesq.core.provenance import GeneratorRef, Provenance
-from aesq.core.tables import CANONICAL_STATUSES, Asset, Defect, Embedding, Generator, ScoreRow
+from aesq.core.tables import CANONICAL_STATUSES, Asset, Base, Critique, Defect, Embedding, Generator, ScoreRow
 
 OBJECT_LOCKS, CONTENT_LOCKS = 1, 2  # advisory lock spaces
+# What is computed from an asset's bytes, and so belongs to its content (aesq/core/identity.py).
+_CONTENT_OUTPUTS = [Base.metadata.tables[model.__tablename__] for model in (ScoreRow, Embedding, Defect, Critique)]
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,11 @@ def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int
 
 
 def _move_outputs(connection: Connection, moves: dict[int, int], drop: set[int]) -> None:
-    """Scores, embeddings and defects follow their content: moved to `moves[id]`, or deleted for `drop`."""
+    """Scores, embeddings, defects and critiques follow their content: moved to `moves[id]`, or deleted for `drop`."""
     sources = set(moves) | drop
     if not sources:
         return
-    for table in (ScoreRow.__table__, Embedding.__table__, Defect.__table__):
+    for table in _CONTENT_OUTPUTS:
         taken = (
             connection.execute(delete(table).where(table.c.asset_id.in_(sources)).returning(*table.c)).mappings().all()
         )
@@ -260,7 +263,9 @@ def _copy_then_insert(
     """Binary-COPY rows into a per-transaction staging table, then insert those not already in `target`."""
     staging = f"{target}_in"
     names = ", ".join(columns)
-    cursor = connection.connection.driver_connection.cursor()
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection), "aesq's engines connect through psycopg 3"
+    cursor = driver.cursor()
     cursor.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
         f"({', '.join(f'{name} {kind}' for name, kind in columns.items())}) ON COMMIT DELETE ROWS"

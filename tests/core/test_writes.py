@@ -8,7 +8,16 @@ import sqlalchemy as sa
 from aesq.core.database import get_engine
 from aesq.core.images import ImageFacts
 from aesq.core.provenance import GeneratorRef, Provenance
-from aesq.core.writes import AssetRecord, ScoreValue, upsert_assets, upsert_generators, write_embeddings, write_scores
+from aesq.core.tables import Asset, Critique, Defect
+from aesq.core.writes import (
+    AssetRecord,
+    ScoreValue,
+    mark_deleted,
+    upsert_assets,
+    upsert_generators,
+    write_embeddings,
+    write_scores,
+)
 
 FACTS = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
 
@@ -107,3 +116,28 @@ def test_score_and_embedding_writes_are_idempotent(settings):
         np.testing.assert_allclose(stored[asset_id], vectors[index], atol=1e-3)
     latest = _rows(settings, f"SELECT scorer_version FROM latest_scores WHERE asset_id = {ids[0]}")
     assert [row.scorer_version for row in latest] == ["2"]
+
+
+def test_defects_and_critiques_follow_their_content_and_go_with_it(settings):
+    with get_engine(settings).begin() as connection:
+        (held,) = upsert_assets(connection, [_record("a.png", "sha-a"), _record("b.png", "sha-a")])
+        connection.execute(sa.update(Asset).where(Asset.id == held).values(status="scored"))
+        connection.execute(sa.insert(Defect).values(asset_id=held, category="blur", severity=0.5))
+        aspects = {"Overall Gestalt": "flat", "Composition": "centred"}
+        connection.execute(
+            sa.insert(Critique).values(asset_id=held, critic="ernie-aes", critic_score=20.0, aspects=aspects)
+        )
+    copy = _rows(settings, "SELECT id FROM assets WHERE key = 'b.png'")[0].id
+
+    # New bytes at a.png: the old content's outputs move to the copy that still holds it.
+    with get_engine(settings).begin() as connection:
+        upsert_assets(connection, [_record("a.png", "sha-new")])
+    assert [tuple(row) for row in _rows(settings, "SELECT asset_id, category FROM defects")] == [(copy, "blur")]
+    critiques = _rows(settings, "SELECT asset_id, critic, critic_score, aspects FROM critiques")
+    assert [tuple(row) for row in critiques] == [(copy, "ernie-aes", 20.0, aspects)]
+    assert list(critiques[0].aspects) == ["Overall Gestalt", "Composition"]
+
+    # The last copy gone: the content is present nowhere, and its outputs go with it.
+    with get_engine(settings).begin() as connection:
+        mark_deleted(connection, "s3", "bkt", ["b.png"])
+    assert _rows(settings, "SELECT * FROM defects") == _rows(settings, "SELECT * FROM critiques") == []
