@@ -1,5 +1,7 @@
 """Weight-free technical-quality baseline: classic image statistics mapped to a 0-10 score.
 
+The statistics come from `aesq.models.measurements`, the one measurement module the defect detectors
+(`aesq.analysis.defects`) read too, so a score and a defect finding never disagree about a figure.
 Most features are measured on the 8-bit luminance (ITU-R 601 luma, PIL mode "L") of the image
 shrunk so its long side is at most 512 px (never enlarged), i.e. on what a viewer sees at a
 typical display size. Noise and JPEG blockiness live at the native pixel grid, which shrinking
@@ -61,13 +63,10 @@ from typing import ClassVar
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
-from aesq.models.base import JPEG_BLOCK as BLOCK
-from aesq.models.base import Score, Scorer, native_centre, native_size
+from aesq.models.base import Score, Scorer
+from aesq.models.measurements import WORKING_SIDE, Measurements
 
-MAX_SIDE = 512
-REDUCE = 4
 WEIGHTS: dict[str, float] = {
     "sharpness": 0.25,
     "noise": 0.15,
@@ -78,9 +77,19 @@ WEIGHTS: dict[str, float] = {
     "contrast": 0.10,
     "colourfulness": 0.05,
 }
-# Immerkaer's noise operator: the difference of two Laplacians, blind to linear ramps.
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-_LAPLACE_TAP_ENERGY = 20.0  # sum of squared taps of the 4-neighbour Laplacian [1, 1, -4, 1, 1]
+# The raw measurements a score keeps, each the `Measurements` attribute of the same name.
+RAW_MEASUREMENTS = (
+    "sharpness_lap_std",
+    "noise_sigma",
+    "blockiness_ratio",
+    "exposure_mean",
+    "clipped_shadows",
+    "clipped_highlights",
+    "black_level",
+    "contrast_rms",
+    "colourfulness",
+    "megapixels",
+)
 
 
 def _ramp(x: float, zero: float, one: float) -> float:
@@ -93,89 +102,10 @@ def _log_ramp(x: float, zero: float, one: float) -> float:
     return _ramp(math.log(x), math.log(zero), math.log(one)) if x > 0 else 0.0
 
 
-def _shrink(image: Image.Image) -> Image.Image:
-    """Resize so the long side is at most MAX_SIDE, keeping aspect; smaller images are returned as is."""
-    w, h = image.size
-    scale = MAX_SIDE / max(w, h)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
-
-
-def _native_crop(image: Image.Image) -> np.ndarray:
-    """Luma of a central crop of at most MAX_SIDE^2 native pixels, its corner on the JPEG block grid."""
-    return np.asarray(native_centre(image).convert("L"), dtype=np.float32)
-
-
-def _interior(a: np.ndarray) -> np.ndarray:
-    """Drop the one-pixel border where 3x3 filters see padding."""
-    return a[1:-1, 1:-1]
-
-
-def _noise_sigma(luma: np.ndarray) -> float:
-    """Immerkaer's fast noise standard deviation estimate (8-bit units)."""
-    response = _interior(ndimage.convolve(luma, _IMMERKAER))
-    if response.size == 0:
-        return 0.0
-    return math.sqrt(math.pi / 2) * float(np.abs(response).mean()) / 6.0
-
-
-def _sharpness(luma: np.ndarray, noise_sigma: float) -> float:
-    """Noise-compensated standard deviation of the Laplacian (8-bit units)."""
-    lap = _interior(ndimage.laplace(luma))
-    if lap.size == 0:
-        return 0.0
-    energy = float(np.square(lap).mean()) - _LAPLACE_TAP_ENERGY * noise_sigma**2
-    return math.sqrt(max(energy, 0.0))
-
-
-def _blockiness(luma: np.ndarray) -> float:
-    """Mean |luma step| across 8x8 block borders over the mean step inside blocks, both axes averaged."""
-    ratios = []
-    for axis in (0, 1):
-        steps = np.abs(np.diff(luma, axis=axis)).mean(axis=1 - axis)
-        border = steps[BLOCK - 1 :: BLOCK]
-        inside = steps.size - border.size
-        if border.size == 0 or inside == 0:
-            continue
-        inside_mean = (float(steps.sum()) - float(border.sum())) / inside
-        ratios.append((float(border.mean()) + 1.0) / (inside_mean + 1.0))
-    return float(np.mean(ratios)) if ratios else 1.0
-
-
-def _colourfulness(rgb: np.ndarray) -> float:
-    """Hasler & Suesstrunk (2003) colourfulness M of an RGB array in 8-bit units."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    return math.hypot(float(rg.std()), float(yb.std())) + 0.3 * math.hypot(float(rg.mean()), float(yb.mean()))
-
-
 def _measure(image: Image.Image) -> dict[str, float]:
-    """Raw feature measurements of one image."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    small = _shrink(image)
-    luma8 = np.asarray(small.convert("L"))
-    luma = luma8.astype(np.float32)
-    hist = np.bincount(luma8.ravel(), minlength=256) / luma8.size
-    coarse = small.reduce(REDUCE)
-    coarse_rgb = np.asarray(coarse, dtype=np.float32)
-    coarse_luma = np.asarray(coarse.convert("L"), dtype=np.float32)
-    native = _native_crop(image)
-    return {
-        "sharpness_lap_std": _sharpness(luma, _noise_sigma(luma)),
-        "noise_sigma": _noise_sigma(native),
-        "blockiness_ratio": _blockiness(native),
-        "exposure_mean": float(hist @ np.arange(256)) / 255.0,
-        "clipped_shadows": float(hist[:3].sum()),
-        "clipped_highlights": float(hist[253:].sum()),
-        "black_level": float(np.searchsorted(np.cumsum(hist), 0.01)) / 255.0,
-        "contrast_rms": float(coarse_luma.std()) / 255.0,
-        "colourfulness": _colourfulness(coarse_rgb),
-        "megapixels": math.prod(native_size(image)) / 1e6,
-    }
+    """The raw figures a score keeps, read from the shared measurements of the image."""
+    measurements = Measurements(image)
+    return {key: float(getattr(measurements, key)) for key in RAW_MEASUREMENTS}
 
 
 def _subscores(raw: dict[str, float]) -> dict[str, float]:
@@ -199,7 +129,7 @@ class TechnicalQualityScorer(Scorer):
 
     name: ClassVar[str] = "technical"
     version: ClassVar[str] = "1"
-    input_side: ClassVar[int] = MAX_SIDE
+    input_side: ClassVar[int] = WORKING_SIDE
 
     def prepare(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
         """The measurements: all of this scorer's work is CPU work, so it runs on the prefetch threads."""

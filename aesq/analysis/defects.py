@@ -7,50 +7,50 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
-from skimage import color
 
-# Scale-free measures (blur, exposure, contrast, colour) run on a copy whose longest side is at most this.
-WORKING_SIDE = 512
-# Pixel-level measures (noise, JPEG blocks, upscaling) run on a full-resolution centre crop of this side.
-CROP_SIDE = 512
-JPEG_BLOCK = 8
+from aesq.models.measurements import Measurements
 
-# blur: variance of the Laplacian of grey levels 0..255 on the downscaled copy.
-BLUR_MIN_LAPLACIAN_VARIANCE = 100.0
-BLUR_EXTREME_LAPLACIAN_VARIANCE = 10.0
+# Each detector compares one figure of `aesq.models.measurements.Measurements`, the figure the technical
+# scorer reads too, with a threshold; its severity runs from 0 at the threshold to 1 at the extreme. Where
+# the technical score has a sub-score for the figure, the extreme is where that sub-score reaches 0.
 
-# underexposure: mean luminance 0..1.
-UNDEREXPOSED_MAX_MEAN_LUMINANCE = 0.15
-UNDEREXPOSED_EXTREME_MEAN_LUMINANCE = 0.03
+# blur: noise-compensated Laplacian standard deviation of the working copy, 8-bit units (technical
+# `sharpness_lap_std`; its sub-score is 0.83 at the threshold and 0 at the extreme).
+BLUR_MAX_SHARPNESS = 10.0
+BLUR_EXTREME_SHARPNESS = 1.0
 
-# overexposure: share of pixels whose luminance is at least NEAR_WHITE_LUMINANCE (blown highlights).
-NEAR_WHITE_LUMINANCE = 0.9
-OVEREXPOSED_MAX_NEAR_WHITE_SHARE = 0.15
-OVEREXPOSED_EXTREME_NEAR_WHITE_SHARE = 0.75
+# underexposure: mean luma 0..1 (technical `exposure_mean`; its exposure sub-score is 0.6 at the threshold).
+UNDEREXPOSED_MAX_MEAN_LUMA = 0.15
+UNDEREXPOSED_EXTREME_MEAN_LUMA = 0.0
 
-# low_contrast: spread between the 1st and 99th luminance percentiles, 0..1.
+# overexposure: share of blown-highlight pixels (technical `clipped_highlights`; the clipping sub-score, which
+# adds half the crushed shadows to it, starts to fall at the threshold and reaches 0 at the extreme), or a
+# washed-out mean luma (technical `exposure_mean`, the mirror of underexposure; its exposure sub-score is 0.5
+# at the threshold).
+OVEREXPOSED_MAX_HIGHLIGHT_SHARE = 0.05
+OVEREXPOSED_EXTREME_HIGHLIGHT_SHARE = 0.50
+OVEREXPOSED_MAX_MEAN_LUMA = 0.85
+OVEREXPOSED_EXTREME_MEAN_LUMA = 1.0
+
+# low_contrast: spread between the 1st and 99th luma percentiles, 0..1 (its lower end is technical `black_level`).
 LOW_CONTRAST_MIN_SPREAD = 0.4
 LOW_CONTRAST_EXTREME_SPREAD = 0.05
 
-# noise: estimated standard deviation of Gaussian noise in grey levels 0..255.
+# noise: standard deviation of Gaussian noise at the native pixel grid, 8-bit units (technical `noise_sigma`;
+# its sub-score is 0.6 at the threshold and 0 at the extreme).
 NOISE_MAX_SIGMA = 6.0
-NOISE_EXTREME_SIGMA = 25.0
-# Median absolute deviation of a standard normal variable, turning a MAD into a standard deviation.
-NORMAL_MAD = 0.6745
+NOISE_EXTREME_SIGMA = 12.0
 
 # colour_cast: Lab chroma (a*, b* distance from neutral) of the mean colour of the brightest pixels.
-HIGHLIGHT_PERCENTILE = 95
 COLOUR_CAST_MAX_CHROMA = 25.0
 COLOUR_CAST_EXTREME_CHROMA = 60.0
 
-# compression: mean grey step across the 8-px JPEG grid over the mean step inside blocks.
+# compression: luma step across the 8-px JPEG grid over the step inside blocks at the native pixel grid
+# (technical `blockiness_ratio`; its sub-score is 0.85 at the threshold and 0 at the extreme).
 BLOCKINESS_MAX_RATIO = 1.4
-BLOCKINESS_EXTREME_RATIO = 4.0
-# Grey levels added to both steps so a flat crop reads 1 instead of 0/0.
-STEP_FLOOR = 0.5
+BLOCKINESS_EXTREME_RATIO = 2.5
 
-# low_resolution: the short side in pixels, and for larger images the share of grey variance that a
+# low_resolution: the native short side in pixels, and for larger images the share of luma variance that a
 # halve-then-double round trip loses (an upscaled image has almost no detail at its own pixel scale).
 MIN_SHORT_SIDE = 256
 EXTREME_SHORT_SIDE = 32
@@ -72,75 +72,49 @@ def _severity(value: float, threshold: float, extreme: float) -> float:
     return float(np.clip((value - threshold) / (extreme - threshold), 0.0, 1.0))
 
 
-def _downscaled(image: Image.Image) -> Image.Image:
-    """RGB image whose longest side is at most WORKING_SIDE, so scale-free measures cost the same at any size."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    scale = WORKING_SIDE / max(rgb.size)
-    if scale >= 1:
-        return rgb
-    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
-    return rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
-
-
-def _downscaled_rgb(image: Image.Image) -> np.ndarray:
-    """RGB pixels of the downscaled image."""
-    return np.asarray(_downscaled(image))
-
-
-def _downscaled_grey(image: Image.Image) -> np.ndarray:
-    """Luminance 0..1 of the downscaled image."""
-    return color.rgb2gray(_downscaled_rgb(image))
-
-
-def _centre_crop_grey(image: Image.Image) -> np.ndarray:
-    """Luminance 0..255 of a full-resolution centre crop whose corner sits on the JPEG block grid."""
-    width, height = image.size
-    left = (max(0, width - CROP_SIDE) // 2) // JPEG_BLOCK * JPEG_BLOCK
-    top = (max(0, height - CROP_SIDE) // 2) // JPEG_BLOCK * JPEG_BLOCK
-    crop = image.crop((left, top, min(width, left + CROP_SIDE), min(height, top + CROP_SIDE)))
-    return color.rgb2gray(np.asarray(crop.convert("RGB"))) * 255
-
-
-def detect_blur(image: Image.Image) -> Finding | None:
-    """Blur: sharp edges give a widely spread Laplacian, so a low Laplacian variance means few edges."""
-    variance = float(ndimage.laplace(_downscaled_grey(image) * 255).var())
-    if variance >= BLUR_MIN_LAPLACIAN_VARIANCE:
+def detect_blur(measured: Measurements) -> Finding | None:
+    """Blur: sharp edges give a widely spread Laplacian, so a low Laplacian spread (beyond noise) means few edges."""
+    sharpness = measured.sharpness_lap_std
+    if sharpness >= BLUR_MAX_SHARPNESS:
         return None
     return Finding(
         "blur",
-        _severity(variance, BLUR_MIN_LAPLACIAN_VARIANCE, BLUR_EXTREME_LAPLACIAN_VARIANCE),
-        f"variance of Laplacian {variance:.1f} (blurry below {BLUR_MIN_LAPLACIAN_VARIANCE:g})",
+        _severity(sharpness, BLUR_MAX_SHARPNESS, BLUR_EXTREME_SHARPNESS),
+        f"Laplacian spread {sharpness:.1f} grey levels (blurry below {BLUR_MAX_SHARPNESS:g})",
     )
 
 
-def detect_underexposure(image: Image.Image) -> Finding | None:
-    """Underexposure: a mean luminance this low leaves most of the picture in shadow."""
-    mean = float(_downscaled_grey(image).mean())
-    if mean >= UNDEREXPOSED_MAX_MEAN_LUMINANCE:
+def detect_underexposure(measured: Measurements) -> Finding | None:
+    """Underexposure: a mean luma this low leaves most of the picture in shadow."""
+    mean = measured.exposure_mean
+    if mean >= UNDEREXPOSED_MAX_MEAN_LUMA:
         return None
     return Finding(
         "underexposure",
-        _severity(mean, UNDEREXPOSED_MAX_MEAN_LUMINANCE, UNDEREXPOSED_EXTREME_MEAN_LUMINANCE),
-        f"mean luminance {mean:.3f} (underexposed below {UNDEREXPOSED_MAX_MEAN_LUMINANCE:g})",
+        _severity(mean, UNDEREXPOSED_MAX_MEAN_LUMA, UNDEREXPOSED_EXTREME_MEAN_LUMA),
+        f"mean luminance {mean:.3f} (underexposed below {UNDEREXPOSED_MAX_MEAN_LUMA:g})",
     )
 
 
-def detect_overexposure(image: Image.Image) -> Finding | None:
-    """Overexposure: a large share of near-white pixels means blown highlights with no detail left."""
-    share = float((_downscaled_grey(image) >= NEAR_WHITE_LUMINANCE).mean())
-    if share <= OVEREXPOSED_MAX_NEAR_WHITE_SHARE:
+def detect_overexposure(measured: Measurements) -> Finding | None:
+    """Overexposure: many blown-highlight pixels (no detail left there), or a frame washed out as a whole."""
+    share, mean = measured.clipped_highlights, measured.exposure_mean
+    if share <= OVEREXPOSED_MAX_HIGHLIGHT_SHARE and mean <= OVEREXPOSED_MAX_MEAN_LUMA:
         return None
     return Finding(
         "overexposure",
-        _severity(share, OVEREXPOSED_MAX_NEAR_WHITE_SHARE, OVEREXPOSED_EXTREME_NEAR_WHITE_SHARE),
-        f"{share:.1%} of pixels near white (overexposed above {OVEREXPOSED_MAX_NEAR_WHITE_SHARE:.0%})",
+        max(
+            _severity(share, OVEREXPOSED_MAX_HIGHLIGHT_SHARE, OVEREXPOSED_EXTREME_HIGHLIGHT_SHARE),
+            _severity(mean, OVEREXPOSED_MAX_MEAN_LUMA, OVEREXPOSED_EXTREME_MEAN_LUMA),
+        ),
+        f"{share:.1%} of pixels blown to white, mean luminance {mean:.3f} "
+        f"(overexposed above {OVEREXPOSED_MAX_HIGHLIGHT_SHARE:.0%} blown or mean {OVEREXPOSED_MAX_MEAN_LUMA:g})",
     )
 
 
-def detect_low_contrast(image: Image.Image) -> Finding | None:
-    """Low contrast: a narrow luminance range between the 1st and 99th percentiles looks flat and washed out."""
-    darkest, brightest = np.percentile(_downscaled_grey(image), [1, 99])
-    spread = float(brightest - darkest)
+def detect_low_contrast(measured: Measurements) -> Finding | None:
+    """Low contrast: a narrow luma range between the 1st and 99th percentiles looks flat and washed out."""
+    spread = measured.tonal_range
     if spread >= LOW_CONTRAST_MIN_SPREAD:
         return None
     return Finding(
@@ -150,15 +124,9 @@ def detect_low_contrast(image: Image.Image) -> Finding | None:
     )
 
 
-def detect_noise(image: Image.Image) -> Finding | None:
-    """Noise: the median finest-scale diagonal Haar detail is mostly noise (Donoho's MAD estimate of sigma)."""
-    grey = _centre_crop_grey(image)
-    height, width = grey.shape
-    if min(height, width) < 2:
-        return None
-    even = grey[: height - height % 2, : width - width % 2]
-    diagonal = (even[0::2, 0::2] - even[0::2, 1::2] - even[1::2, 0::2] + even[1::2, 1::2]) / 2
-    sigma = float(np.median(np.abs(diagonal)) / NORMAL_MAD)
+def detect_noise(measured: Measurements) -> Finding | None:
+    """Noise: grain at the native pixel grid, estimated by Immerkaer's operator (blind to edges and ramps)."""
+    sigma = measured.noise_sigma
     if sigma <= NOISE_MAX_SIGMA:
         return None
     return Finding(
@@ -168,12 +136,9 @@ def detect_noise(image: Image.Image) -> Finding | None:
     )
 
 
-def detect_colour_cast(image: Image.Image) -> Finding | None:
+def detect_colour_cast(measured: Measurements) -> Finding | None:
     """Colour cast: highlights should be near neutral, so their mean Lab chroma measures a tint of the whole image."""
-    lab = color.rgb2lab(_downscaled_rgb(image))
-    lightness = lab[..., 0]
-    highlights = lab[lightness >= np.percentile(lightness, HIGHLIGHT_PERCENTILE)]
-    chroma = float(np.hypot(highlights[:, 1].mean(), highlights[:, 2].mean()))
+    chroma = measured.highlight_chroma
     if chroma <= COLOUR_CAST_MAX_CHROMA:
         return None
     return Finding(
@@ -183,19 +148,9 @@ def detect_colour_cast(image: Image.Image) -> Finding | None:
     )
 
 
-def detect_compression(image: Image.Image) -> Finding | None:
-    """JPEG compression: heavy quantisation leaves grey steps on the 8-px block grid larger than those inside blocks."""
-    grey = _centre_crop_grey(image)
-    if min(grey.shape) <= JPEG_BLOCK:
-        return None
-    across_grid, inside_blocks = [], []
-    for steps in (np.abs(np.diff(grey, axis=1)).mean(axis=0), np.abs(np.diff(grey, axis=0)).mean(axis=1)):
-        on_grid = np.arange(steps.size) % JPEG_BLOCK == JPEG_BLOCK - 1
-        across_grid.append(steps[on_grid])
-        inside_blocks.append(steps[~on_grid])
-    ratio = float(
-        (np.concatenate(across_grid).mean() + STEP_FLOOR) / (np.concatenate(inside_blocks).mean() + STEP_FLOOR)
-    )
+def detect_compression(measured: Measurements) -> Finding | None:
+    """JPEG compression: heavy quantisation leaves luma steps on the 8-px block grid larger than those inside."""
+    ratio = measured.blockiness_ratio
     if ratio <= BLOCKINESS_MAX_RATIO:
         return None
     return Finding(
@@ -205,23 +160,16 @@ def detect_compression(image: Image.Image) -> Finding | None:
     )
 
 
-def detect_low_resolution(image: Image.Image) -> Finding | None:
+def detect_low_resolution(measured: Measurements) -> Finding | None:
     """Low resolution: too few pixels, or an upscaled image that loses almost nothing when halved and doubled."""
-    short_side = min(image.size)
+    short_side = measured.short_side
     if short_side < MIN_SHORT_SIDE:
         return Finding(
             "low_resolution",
             _severity(short_side, MIN_SHORT_SIDE, EXTREME_SHORT_SIDE),
             f"short side {short_side} px (low resolution below {MIN_SHORT_SIDE})",
         )
-    grey = _centre_crop_grey(image).astype(np.float32)
-    variance = float(grey.var())
-    if variance == 0:
-        return None
-    height, width = grey.shape
-    halved = Image.fromarray(grey).resize((width // 2, height // 2), Image.Resampling.LANCZOS)
-    round_trip = np.asarray(halved.resize((width, height), Image.Resampling.BICUBIC))
-    detail_share = float(np.mean((grey - round_trip) ** 2)) / variance
+    detail_share = measured.fine_detail_share
     if detail_share >= UPSCALED_MAX_DETAIL_SHARE:
         return None
     return Finding(
@@ -231,7 +179,7 @@ def detect_low_resolution(image: Image.Image) -> Finding | None:
     )
 
 
-DETECTORS: dict[str, Callable[[Image.Image], Finding | None]] = {
+DETECTORS: dict[str, Callable[[Measurements], Finding | None]] = {
     "blur": detect_blur,
     "underexposure": detect_underexposure,
     "overexposure": detect_overexposure,
@@ -242,16 +190,17 @@ DETECTORS: dict[str, Callable[[Image.Image], Finding | None]] = {
     "low_resolution": detect_low_resolution,
 }
 
-# Detectors that need full-resolution pixels; the others read the same figure from the downscaled image.
-FULL_RESOLUTION_CATEGORIES = frozenset({"noise", "compression", "low_resolution"})
-
 
 def detect_defects(image: Image.Image, categories: Iterable[str] | None = None) -> list[Finding]:
-    """Run all detectors, or the named ones, downscaling once for those that allow it; return the defects found."""
+    """Run all detectors, or the named ones, on one set of measurements of the image; return the defects found.
+
+    The image is the decoded one the technical scorer receives (`aesq.core.scoring.fetch_asset`), so every
+    figure is the one its score was computed from.
+    """
     names = list(DETECTORS) if categories is None else list(categories)
     unknown = [name for name in names if name not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown defect categories {unknown}; known: {', '.join(DETECTORS)}")
-    downscaled = _downscaled(image)
-    findings = (DETECTORS[name](image if name in FULL_RESOLUTION_CATEGORIES else downscaled) for name in names)
+    measured = Measurements(image)
+    findings = (DETECTORS[name](measured) for name in names)
     return [finding for finding in findings if finding is not None]

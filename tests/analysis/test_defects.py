@@ -4,15 +4,34 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from aesq.analysis.defects import DETECTORS, Finding, detect_defects
+from aesq.analysis.defects import (
+    BLOCKINESS_MAX_RATIO,
+    BLUR_MAX_SHARPNESS,
+    DETECTORS,
+    NOISE_MAX_SIGMA,
+    OVEREXPOSED_MAX_HIGHLIGHT_SHARE,
+    OVEREXPOSED_MAX_MEAN_LUMA,
+    UNDEREXPOSED_MAX_MEAN_LUMA,
+    Finding,
+    detect_defects,
+)
+from aesq.models.base import Score
+from aesq.models.measurements import Measurements
+from aesq.models.technical import TechnicalQualityScorer
 from tests.helpers import jpeg_bytes, photo
 
 CLEAN_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"]
+
+
+def _detect(category: str, image: Image.Image) -> Finding | None:
+    """One detector's finding on the image, measured on its own."""
+    return DETECTORS[category](Measurements(image))
 
 
 def _reopened_jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -25,6 +44,16 @@ def _with_noise(image: Image.Image, sigma: float) -> Image.Image:
     pixels = np.asarray(image).astype(float)
     noisy = pixels + np.random.default_rng(0).normal(0, sigma, pixels.shape)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _blurred(image: Image.Image, radius: float) -> Image.Image:
+    """The image under a Gaussian blur of this radius."""
+    return image.filter(ImageFilter.GaussianBlur(radius))
+
+
+def _brightened(image: Image.Image, factor: float) -> Image.Image:
+    """The image with every value times this factor."""
+    return ImageEnhance.Brightness(image).enhance(factor)
 
 
 def _warm_tinted(image: Image.Image) -> Image.Image:
@@ -40,9 +69,9 @@ def _upscaled(image: Image.Image, factor: int = 4) -> Image.Image:
 
 
 DEFECTS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
-    "gaussian blur": ("blur", lambda image: image.filter(ImageFilter.GaussianBlur(4))),
-    "darkened": ("underexposure", lambda image: ImageEnhance.Brightness(image).enhance(0.2)),
-    "brightened": ("overexposure", lambda image: ImageEnhance.Brightness(image).enhance(3)),
+    "gaussian blur": ("blur", partial(_blurred, radius=4)),
+    "darkened": ("underexposure", partial(_brightened, factor=0.2)),
+    "brightened": ("overexposure", partial(_brightened, factor=3)),
     "contrast squashed": ("low_contrast", lambda image: ImageEnhance.Contrast(image).enhance(0.25)),
     "gaussian noise": ("noise", lambda image: _with_noise(image, 25)),
     "warm tint": ("colour_cast", _warm_tinted),
@@ -56,7 +85,7 @@ DEFECTS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
 @pytest.mark.parametrize("defect", DEFECTS)
 def test_defect_is_flagged_with_its_category(defect: str, name: str) -> None:
     category, make_defect = DEFECTS[defect]
-    finding = DETECTORS[category](make_defect(photo(name)))
+    finding = _detect(category, make_defect(photo(name)))
     assert finding is not None
     assert finding.category == category
     assert 0 < finding.severity <= 1
@@ -66,7 +95,7 @@ def test_defect_is_flagged_with_its_category(defect: str, name: str) -> None:
 @pytest.mark.parametrize("name", CLEAN_PHOTOS)
 @pytest.mark.parametrize("category", DETECTORS)
 def test_clean_photo_is_not_flagged(category: str, name: str) -> None:
-    assert DETECTORS[category](photo(name)) is None
+    assert _detect(category, photo(name)) is None
 
 
 @pytest.mark.parametrize("name", CLEAN_PHOTOS)
@@ -82,8 +111,8 @@ def test_high_quality_jpeg_has_no_findings(name: str) -> None:
 @pytest.mark.parametrize(
     ("category", "make_defect", "mild", "strong"),
     [
-        ("blur", lambda image, radius: image.filter(ImageFilter.GaussianBlur(radius)), 1.5, 4),
-        ("underexposure", lambda image, factor: ImageEnhance.Brightness(image).enhance(factor), 0.3, 0.1),
+        ("blur", _blurred, 1.5, 4),
+        ("underexposure", _brightened, 0.3, 0.1),
         ("noise", _with_noise, 12, 30),
         ("compression", _reopened_jpeg, 15, 3),
     ],
@@ -93,17 +122,16 @@ def test_stronger_defect_has_higher_severity(
     category: str, make_defect: Callable[[Image.Image, float], Image.Image], mild: float, strong: float
 ) -> None:
     clean = photo("coffee")
-    mild_finding = DETECTORS[category](make_defect(clean, mild))
-    strong_finding = DETECTORS[category](make_defect(clean, strong))
+    mild_finding = _detect(category, make_defect(clean, mild))
+    strong_finding = _detect(category, make_defect(clean, strong))
     assert mild_finding is not None and strong_finding is not None
     assert mild_finding.severity < strong_finding.severity
 
 
 def test_detail_carries_the_measured_figure() -> None:
-    finding = DETECTORS["blur"](photo("astronaut").filter(ImageFilter.GaussianBlur(4)))
+    finding = _detect("blur", _blurred(photo("astronaut"), 4))
     assert finding is not None
-    assert finding.detail.startswith("variance of Laplacian ")
-    assert "blurry below 100" in finding.detail
+    assert finding.detail == "Laplacian spread 1.2 grey levels (blurry below 10)"
 
 
 def test_named_categories_run_only_those() -> None:
@@ -130,7 +158,7 @@ def test_4000_by_3000_upscale_is_flagged_like_each_detector_flags_it() -> None:
     large = photo("coffee").resize((4000, 3000), Image.Resampling.BICUBIC)
     findings = detect_defects(large)
     assert [finding.category for finding in findings] == ["low_resolution"]
-    assert findings == [finding for finding in (detector(large) for detector in DETECTORS.values()) if finding]
+    assert findings == [finding for finding in (_detect(category, large) for category in DETECTORS) if finding]
 
 
 @pytest.mark.filterwarnings("error")
@@ -143,3 +171,69 @@ def test_tiny_image_is_low_resolution_at_full_severity() -> None:
 def test_uniform_grey_image_is_only_blurry_and_flat() -> None:
     uniform = Image.new("RGB", (600, 400), (128, 128, 128))
     assert sorted(finding.category for finding in detect_defects(uniform)) == ["blur", "low_contrast"]
+
+
+# The detectors and the technical scorer read the same measurements: on real photographs under graded
+# distortions, a detector fires exactly where the figure in the technical score's `raw` crosses its threshold.
+AGREEMENT_PHOTOS = [*CLEAN_PHOTOS, "camera", "moon", "coins", "retina"]
+GRADES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "clean": Image.Image.copy,
+    **{f"blur {r}": partial(_blurred, radius=r) for r in (0.5, 1, 1.5, 2, 3, 4)},
+    **{f"noise {s}": partial(_with_noise, sigma=s) for s in (3, 6, 9, 12, 20, 30)},
+    **{f"jpeg {q}": partial(_reopened_jpeg, quality=q) for q in (75, 40, 20, 10, 5, 3)},
+    **{f"brightness {f}": partial(_brightened, factor=f) for f in (0.1, 0.2, 0.4, 1.6, 3)},
+}
+# Per shared category: whether the technical score's raw figures make it a defect, and the detail's figure.
+SHARED_RULES: dict[str, tuple[Callable[[dict[str, float]], bool], str]] = {
+    "blur": (lambda raw: raw["sharpness_lap_std"] < BLUR_MAX_SHARPNESS, "{sharpness_lap_std:.1f}"),
+    "noise": (lambda raw: raw["noise_sigma"] > NOISE_MAX_SIGMA, "{noise_sigma:.1f}"),
+    "compression": (lambda raw: raw["blockiness_ratio"] > BLOCKINESS_MAX_RATIO, "{blockiness_ratio:.2f}x"),
+    "underexposure": (lambda raw: raw["exposure_mean"] < UNDEREXPOSED_MAX_MEAN_LUMA, "{exposure_mean:.3f}"),
+    "overexposure": (
+        lambda raw: (
+            raw["clipped_highlights"] > OVEREXPOSED_MAX_HIGHLIGHT_SHARE
+            or raw["exposure_mean"] > OVEREXPOSED_MAX_MEAN_LUMA
+        ),
+        "{clipped_highlights:.1%} of pixels blown to white, mean luminance {exposure_mean:.3f}",
+    ),
+}
+# Where a detector's severity reaches 1, the technical sub-score of the same figure reaches 0.
+SUB_SCORES = {"blur": "sharpness_score", "noise": "noise_score", "compression": "blockiness_score"}
+
+
+@pytest.fixture(scope="module")
+def judged() -> dict[tuple[str, str], tuple[Score, dict[str, Finding]]]:
+    """Per (photo, grade): the technical score and the defect findings by category, of the same image."""
+    scorer = TechnicalQualityScorer()
+    result = {}
+    for name in AGREEMENT_PHOTOS:
+        clean = photo(name)
+        for grade, make in GRADES.items():
+            image = make(clean)
+            (score,) = scorer.score([image])
+            result[name, grade] = score, {finding.category: finding for finding in detect_defects(image)}
+    return result
+
+
+@pytest.mark.parametrize("category", SHARED_RULES)
+def test_detector_fires_exactly_where_the_technical_figure_crosses_its_threshold(
+    category: str, judged: dict[tuple[str, str], tuple[Score, dict[str, Finding]]]
+) -> None:
+    is_defect, figure = SHARED_RULES[category]
+    disagreements = [key for key, (score, found) in judged.items() if (category in found) != is_defect(score.raw)]
+    assert disagreements == []
+    flagged = [found[category] for score, found in judged.values() if category in found]
+    assert 5 <= len(flagged) <= len(judged) - 5, "the graded images must fall on both sides of the threshold"
+    for score, found in judged.values():
+        if category in found:
+            assert figure.format(**score.raw) in found[category].detail
+
+
+@pytest.mark.parametrize("category", SUB_SCORES)
+def test_full_severity_exactly_where_the_technical_sub_score_is_zero(
+    category: str, judged: dict[tuple[str, str], tuple[Score, dict[str, Finding]]]
+) -> None:
+    full = {key for key, (_, found) in judged.items() if category in found and found[category].severity == 1.0}
+    zero = {key for key, (score, _) in judged.items() if score.raw[SUB_SCORES[category]] == 0.0}
+    assert full == zero
+    assert full, "some graded image must reach full severity"
