@@ -10,14 +10,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from sqlalchemy.engine import make_url
 
 from aesq.core.config import Settings
+from tests.helpers import COMPOSE_DOTENV, COMPOSE_SERVICES, compose_env
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
-SERVICES = yaml.safe_load(COMPOSE_TEXT)["services"]
 AESQ_SERVICES = ("aesq-migrate", "aesq-worker", "aesq-dashboard")
 IMAGES = {
     "postgres": "pgvector/pgvector:pg17",
@@ -26,32 +24,9 @@ IMAGES = {
     "prefect-db": "postgres:17",
     "prefect-server": "prefecthq/prefect:3-latest",
 }
-INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
-# A `.env` setting every interpolated variable, to catch services that spell the same secret differently.
-DOTENV = {name: f"x{name.lower()}" for name in set(re.findall(r"\$\{(\w+)", COMPOSE_TEXT))}
 
 
-def resolve(value: object, dotenv: dict[str, str]) -> str:
-    """Interpolate `$$`, `${VAR}` and `${VAR:-default}` as compose does; anything else is an error."""
-    text = str(value)
-    assert "$" not in INTERPOLATION.sub("", text), f"unsupported interpolation in {text!r}"
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.groups()
-        if name is None:
-            return "$"
-        assert dotenv.get(name) or default is not None, f"${{{name}}} has no default"
-        return dotenv.get(name) or default
-
-    return INTERPOLATION.sub(substitute, text)
-
-
-def env(service: str, dotenv: dict[str, str]) -> dict[str, str]:
-    """The resolved environment of a service."""
-    return {key: resolve(value, dotenv) for key, value in SERVICES[service].get("environment", {}).items()}
-
-
-@pytest.fixture(params=[{}, DOTENV], ids=["defaults", "dotenv"])
+@pytest.fixture(params=[{}, COMPOSE_DOTENV], ids=["defaults", "dotenv"])
 def dotenv(request: pytest.FixtureRequest) -> dict[str, str]:
     """Resolve with the defaults alone, and with every variable overridden."""
     return request.param
@@ -59,26 +34,26 @@ def dotenv(request: pytest.FixtureRequest) -> dict[str, str]:
 
 def test_services_and_images() -> None:
     """Every expected service exists, with its image or the local build."""
-    assert {name: SERVICES[name].get("image") for name in IMAGES} == IMAGES
-    assert all(SERVICES[name]["build"] == "." for name in AESQ_SERVICES)
+    assert {name: COMPOSE_SERVICES[name].get("image") for name in IMAGES} == IMAGES
+    assert all(COMPOSE_SERVICES[name]["build"] == "." for name in AESQ_SERVICES)
 
 
 def test_dependencies_can_be_met() -> None:
     """Each dependency exists, and one waited on as healthy has a healthcheck."""
-    for service in SERVICES.values():
+    for service in COMPOSE_SERVICES.values():
         for target, spec in service.get("depends_on", {}).items():
-            assert target in SERVICES
+            assert target in COMPOSE_SERVICES
             if spec["condition"] == "service_healthy":
-                assert "healthcheck" in SERVICES[target], target
-    worker = {target: spec["condition"] for target, spec in SERVICES["aesq-worker"]["depends_on"].items()}
+                assert "healthcheck" in COMPOSE_SERVICES[target], target
+    worker = {target: spec["condition"] for target, spec in COMPOSE_SERVICES["aesq-worker"]["depends_on"].items()}
     assert worker["aesq-migrate"] == worker["minio-init"] == "service_completed_successfully"
     assert "prefect-server" in worker
-    assert SERVICES["aesq-migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert COMPOSE_SERVICES["aesq-migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_aesq_variables_are_settings_fields() -> None:
     """No service sets an `AESQ_*` variable that `Settings` would silently ignore."""
-    for service in SERVICES.values():
+    for service in COMPOSE_SERVICES.values():
         for key in service.get("environment", {}):
             if key.startswith("AESQ_"):
                 assert key.removeprefix("AESQ_").lower() in Settings.model_fields, key
@@ -86,12 +61,12 @@ def test_aesq_variables_are_settings_fields() -> None:
 
 def test_aesq_services_share_one_env(dotenv: dict[str, str]) -> None:
     """Migration and worker see the same environment."""
-    assert env("aesq-migrate", dotenv) == env("aesq-worker", dotenv)
+    assert compose_env("aesq-migrate", dotenv) == compose_env("aesq-worker", dotenv)
 
 
 def test_aesq_env_validates(dotenv: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The aesq environment parses into the intended `Settings`."""
-    aesq = env("aesq-worker", dotenv)
+    aesq = compose_env("aesq-worker", dotenv)
     for key in list(os.environ):
         if key.startswith("AESQ_"):
             monkeypatch.delenv(key)
@@ -105,13 +80,13 @@ def test_aesq_env_validates(dotenv: dict[str, str], monkeypatch: pytest.MonkeyPa
     assert settings.s3_secret_key.get_secret_value() == aesq["AESQ_S3_SECRET_KEY"]
     assert settings.s3_secure is False
     assert settings.sources and all(source.startswith("s3://") for source in settings.sources)
-    assert f"aesq-data:{settings.data_dir}" in SERVICES["aesq-worker"]["volumes"]
+    assert f"aesq-data:{settings.data_dir}" in COMPOSE_SERVICES["aesq-worker"]["volumes"]
 
 
 def test_database_url_points_at_postgres(dotenv: dict[str, str]) -> None:
     """AESQ_DATABASE_URL reaches the `postgres` service with the credentials it is given."""
-    url = make_url(env("aesq-worker", dotenv)["AESQ_DATABASE_URL"])
-    postgres = env("postgres", dotenv)
+    url = make_url(compose_env("aesq-worker", dotenv)["AESQ_DATABASE_URL"])
+    postgres = compose_env("postgres", dotenv)
     assert (url.drivername, url.host, url.port) == ("postgresql+psycopg", "postgres", 5432)
     assert (url.username, url.password, url.database) == (
         postgres["POSTGRES_USER"],
@@ -122,14 +97,18 @@ def test_database_url_points_at_postgres(dotenv: dict[str, str]) -> None:
 
 def test_s3_points_at_minio_and_its_bucket(dotenv: dict[str, str]) -> None:
     """The S3 settings reach `minio` as root, and the sources name the bucket `minio-init` creates."""
-    aesq, minio, init = env("aesq-worker", dotenv), env("minio", dotenv), env("minio-init", dotenv)
+    aesq, minio, init = (
+        compose_env("aesq-worker", dotenv),
+        compose_env("minio", dotenv),
+        compose_env("minio-init", dotenv),
+    )
     assert aesq["AESQ_S3_ENDPOINT"] == "minio:9000"
     assert (aesq["AESQ_S3_ACCESS_KEY"], aesq["AESQ_S3_SECRET_KEY"]) == (
         minio["MINIO_ROOT_USER"],
         minio["MINIO_ROOT_PASSWORD"],
     )
     assert {key: init[key] for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")} == minio
-    script = " ".join(SERVICES["minio-init"]["command"])
+    script = " ".join(COMPOSE_SERVICES["minio-init"]["command"])
     assert re.search(r"mc alias set local http://minio:9000 ", script)
     bucket = re.search(r"mc mb --ignore-existing local/([\w.-]+)", script).group(1)
     assert {urlsplit(source).netloc for source in aesq["AESQ_SOURCES"].split(",")} == {bucket}
@@ -137,9 +116,9 @@ def test_s3_points_at_minio_and_its_bucket(dotenv: dict[str, str]) -> None:
 
 def test_prefect_wiring(dotenv: dict[str, str]) -> None:
     """aesq reaches `prefect-server`, which reaches `prefect-db` with that service's credentials."""
-    api = urlsplit(env("aesq-worker", dotenv)["PREFECT_API_URL"])
+    api = urlsplit(compose_env("aesq-worker", dotenv)["PREFECT_API_URL"])
     assert (api.hostname, api.port, api.path) == ("prefect-server", 4200, "/api")
-    server, db = env("prefect-server", dotenv), env("prefect-db", dotenv)
+    server, db = compose_env("prefect-server", dotenv), compose_env("prefect-db", dotenv)
     url = make_url(server["PREFECT_API_DATABASE_CONNECTION_URL"])
     assert (url.drivername, url.host, url.port) == ("postgresql+asyncpg", "prefect-db", 5432)
     assert (url.username, url.password, url.database) == (
@@ -165,8 +144,8 @@ def test_dockerfile_installs_aesq() -> None:
 
 def test_dashboard_serves_beyond_loopback_only_with_a_token(dotenv: dict[str, str]) -> None:
     """The dashboard shares the aesq environment plus its token; unset, the token is absent and `aesq serve` refuses."""
-    dashboard = env("aesq-dashboard", dotenv)
-    assert {k: v for k, v in dashboard.items() if k != "AESQ_API_TOKEN"} == env("aesq-worker", dotenv)
-    assert SERVICES["aesq-dashboard"]["command"].split()[:3] == ["serve", "--host", "0.0.0.0"]
+    dashboard = compose_env("aesq-dashboard", dotenv)
+    assert {k: v for k, v in dashboard.items() if k != "AESQ_API_TOKEN"} == compose_env("aesq-worker", dotenv)
+    assert COMPOSE_SERVICES["aesq-dashboard"]["command"].split()[:3] == ["serve", "--host", "0.0.0.0"]
     token = Settings(api_token=dashboard["AESQ_API_TOKEN"]).api_token
     assert (token is None) == (dotenv == {})

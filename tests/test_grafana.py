@@ -13,14 +13,13 @@ from sqlalchemy.engine import make_url
 
 from aesq.core import database
 from aesq.core.config import Settings
-from tests.docs.test_sql import seed
-from tests.test_docker_compose import DOTENV, SERVICES, env
+from tests.helpers import COMPOSE_DOTENV, COMPOSE_SERVICES, compose_env, seed_sql_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASOURCES = yaml.safe_load((ROOT / "grafana/provisioning/datasources/aesq.yaml").read_text())["datasources"]
 PROVIDERS = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/aesq.yaml").read_text())["providers"]
 DASHBOARD = json.loads((ROOT / "grafana/dashboards/aesq.json").read_text())
-GRAFANA = SERVICES["grafana"]
+GRAFANA = COMPOSE_SERVICES["grafana"]
 TARGETS = [(panel["title"], target) for panel in DASHBOARD["panels"] for target in panel["targets"]]
 # Grafana expands $VAR and ${VAR} from its environment in provisioning files.
 ENV_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -75,18 +74,18 @@ def test_compose_service() -> None:
     assert (ROOT / mounts()[provider["options"]["path"]] / "aesq.json").is_file()
 
 
-@pytest.mark.parametrize("dotenv", [{}, DOTENV], ids=["defaults", "dotenv"])
+@pytest.mark.parametrize("dotenv", [{}, COMPOSE_DOTENV], ids=["defaults", "dotenv"])
 def test_datasource_reaches_the_aesq_database(dotenv: dict[str, str]) -> None:
     """The provisioned datasource logs into the same database, as the same user, as aesq itself."""
     [datasource] = DATASOURCES
-    grafana = env("grafana", dotenv)
-    aesq = make_url(env("aesq-worker", dotenv)["AESQ_DATABASE_URL"])
+    grafana = compose_env("grafana", dotenv)
+    aesq = make_url(compose_env("aesq-worker", dotenv)["AESQ_DATABASE_URL"])
     assert datasource["type"] == "grafana-postgresql-datasource" and datasource["isDefault"] is True
     assert expand_env(datasource["url"], grafana) == f"{aesq.host}:{aesq.port}"
     assert expand_env(datasource["user"], grafana) == aesq.username
     assert expand_env(datasource["secureJsonData"]["password"], grafana) == aesq.password
     assert expand_env(datasource["jsonData"]["database"], grafana) == aesq.database
-    postgres = env("postgres", dotenv)
+    postgres = compose_env("postgres", dotenv)
     assert {key: grafana[key] for key in postgres} == postgres
 
 
@@ -107,7 +106,7 @@ def test_dashboard_uses_the_provisioned_datasource() -> None:
 
 def test_panel_queries_run_on_the_views(settings: Settings) -> None:
     """Each panel's SQL, macros expanded, runs on the migrated and seeded database and finds rows."""
-    seed(settings)
+    seed_sql_examples(settings)
     with database.get_engine(settings).connect() as connection:
         variables = {}
         for variable in DASHBOARD["templating"]["list"]:
@@ -121,6 +120,6 @@ def test_panel_queries_run_on_the_views(settings: Settings) -> None:
             rows = result.all()
             assert rows, title
             if target["format"] == "time_series":
-                assert list(result.keys())[0] == "time", title
+                assert next(iter(result.keys())) == "time", title
                 assert all(isinstance(row[0], datetime) for row in rows), title
     assert {"$__timeFilter", "$__timeGroupAlias"} <= uses

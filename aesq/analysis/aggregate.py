@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 
-from aesq.analysis.statistics import summarize
+from aesq.analysis.statistics import mean_interval
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 
@@ -29,32 +29,36 @@ _GROUPS = text(
     """
 )
 
-# The groups arrive as a JSON list of [generator_id, scorer]; thresholds as a JSON object.
+
+def figures_query(group_scores: str) -> str:
+    """The figures of every (generator_id, scorer) group of the rows `group_scores` selects (generator_id, scorer,
+    value; thresholds bound as :thresholds): the one definition the stored statistics and live ones under filters share."""
+    return f"""
+    WITH group_scores AS ({group_scores}),
+    thresholds AS (SELECT key AS scorer, value::float8 AS threshold FROM jsonb_each_text(:thresholds))
+    SELECT gs.generator_id, gs.scorer, count(*) AS count, avg(gs.value) AS mean, stddev_samp(gs.value) AS std,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY gs.value) AS median,
+           percentile_cont(0.1) WITHIN GROUP (ORDER BY gs.value) AS p10,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY gs.value) AS p90,
+           max(t.threshold) AS threshold, avg((gs.value >= t.threshold)::int) AS share_above
+    FROM group_scores gs LEFT JOIN thresholds t ON t.scorer = gs.scorer
+    GROUP BY gs.generator_id, gs.scorer
+    """
+
+
+# The latest scores of scored assets in the groups, which arrive as a JSON list of [generator_id, scorer].
 _GROUP_SCORES = """
-    WITH groups AS (
-        SELECT (g->>0)::int AS generator_id, g->>1 AS scorer FROM jsonb_array_elements(:groups) g
-    ), group_scores AS (
-        SELECT a.generator_id, ls.scorer, ls.value, a.scored_at
-        FROM latest_scores ls
-        JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
-        JOIN groups gr ON gr.generator_id = a.generator_id AND gr.scorer = ls.scorer
-    )
+    SELECT a.generator_id, ls.scorer, ls.value, a.id AS asset_id
+    FROM latest_scores ls
+    JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+    JOIN (SELECT (g->>0)::int AS generator_id, g->>1 AS scorer FROM jsonb_array_elements(:groups) g) gr
+      ON gr.generator_id = a.generator_id AND gr.scorer = ls.scorer
 """
 
 _FIGURES = text(
-    _GROUP_SCORES
+    "INSERT INTO version_stats AS v (generator_id, scorer, count, mean, std, median, p10, p90, threshold, share_above)"
+    + figures_query(_GROUP_SCORES)
     + """
-    , thresholds AS (
-        SELECT key AS scorer, value::float8 AS threshold FROM jsonb_each_text(:thresholds)
-    )
-    INSERT INTO version_stats AS v (generator_id, scorer, count, mean, std, median, p10, p90, threshold, share_above)
-    SELECT gs.generator_id, gs.scorer, count(*), avg(gs.value), stddev_samp(gs.value),
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY gs.value),
-           percentile_cont(0.1) WITHIN GROUP (ORDER BY gs.value),
-           percentile_cont(0.9) WITHIN GROUP (ORDER BY gs.value),
-           max(t.threshold), avg((gs.value >= t.threshold)::int)
-    FROM group_scores gs LEFT JOIN thresholds t ON t.scorer = gs.scorer
-    GROUP BY gs.generator_id, gs.scorer
     ON CONFLICT (generator_id, scorer) DO UPDATE
     SET count = excluded.count, mean = excluded.mean, std = excluded.std, median = excluded.median,
         p10 = excluded.p10, p90 = excluded.p90, threshold = excluded.threshold,
@@ -77,18 +81,19 @@ _DAILY = text(
     """
 ).bindparams(bindparam("groups", type_=JSONB))
 
-_VALUES = text(_GROUP_SCORES + "SELECT generator_id, scorer, value FROM group_scores").bindparams(
-    bindparam("groups", type_=JSONB)
-)
+# In asset order: the bootstrap resamples positions, so a fixed order makes the stored interval reproducible.
+_VALUES = text(
+    f"SELECT generator_id, scorer, value FROM ({_GROUP_SCORES}) gs ORDER BY generator_id, scorer, asset_id"
+).bindparams(bindparam("groups", type_=JSONB))
 
 
 def _store_intervals(connection: Connection, groups: list[list]) -> None:
-    """Bootstrap 95 % intervals of each group's mean (scipy), written next to the SQL figures."""
+    """Bootstrap 95 % intervals of each group's mean (`statistics.mean_interval`), written next to the SQL figures."""
     values: dict[tuple[int, str], list[float]] = {}
     for row in connection.execute(_VALUES, {"groups": groups}):
         values.setdefault((row.generator_id, row.scorer), []).append(row.value)
     for (generator_id, scorer), scores in values.items():
-        interval = summarize(scores).mean_interval
+        interval = mean_interval(scores)
         connection.execute(
             text("UPDATE version_stats SET mean_low = :low, mean_high = :high WHERE generator_id = :g AND scorer = :s"),
             {

@@ -20,9 +20,10 @@ import numpy as np
 from scipy import stats
 from sqlalchemy import bindparam, text
 
+from aesq.analysis.statistics import bootstrap_interval
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.core.queries import Failure
+from aesq.core.pipeline_status import Failure
 
 LABEL_FILES = ("test.json", "test/test.json")
 MIN_SAMPLES = 3
@@ -203,16 +204,9 @@ def _estimate(
     value = _finite(statistic(predicted, human))
     if value is None:
         return Estimate(None)
-    interval = stats.bootstrap(
-        (predicted, human),
-        statistic,
-        paired=True,
-        vectorized=False,
-        n_resamples=n_resamples,
-        confidence_level=0.95,
-        method="percentile",
-        rng=seed,
-    ).confidence_interval
+    interval = bootstrap_interval(
+        (predicted, human), statistic, seed, paired=True, vectorized=False, n_resamples=n_resamples, method="percentile"
+    )
     return Estimate(value, _finite(interval.low), _finite(interval.high))
 
 

@@ -1,18 +1,18 @@
-"""The nightly quality report: gather its figures from the database, render, save, record."""
+"""The nightly quality report: gather its figures from the database, render, save, record; and the records' reads."""
 
 from __future__ import annotations
 
 import io
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 
-from aesq.analysis.defect_analysis import defect_counts
 from aesq.analysis.report import ReportData, Thumbnail, VersionLine, render_report
-from aesq.analysis.statistics import summarize
+from aesq.analysis.versions import daily_means, defect_shares, version_statistics
+from aesq.core.assets import NotFound
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.core.scoring import Unusable, fetch_asset
+from aesq.core.fetch import Unreadable, fetch_asset
 from aesq.core.storage import save_file
 from aesq.core.tables import Report
 
@@ -34,7 +34,7 @@ _SCORES = text(
 def _thumbnail(row, settings: Settings) -> Thumbnail | None:
     """A small JPEG of one asset, or None when its image cannot be read any more."""
     image = fetch_asset(row, settings)
-    if isinstance(image, Unusable):
+    if isinstance(image, Unreadable):
         return None
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buffer = io.BytesIO()
@@ -50,47 +50,52 @@ def _previous_means(settings: Settings) -> dict[str, float]:
 
 
 def build_report(settings: Settings, now: datetime | None = None) -> tuple[ReportData, dict]:
-    """The report's figures, and the summary the next report compares with."""
+    """The report's figures, and the summary the next report compares with.
+
+    The leaderboard, the daily means and the defect counts are the stored figures the dashboard, the API and
+    `aesq compare` show (`analysis.versions`); the scores themselves are read only for the histograms and thumbnails.
+    """
     now = now or datetime.now(UTC)
     since = now - timedelta(days=settings.report_days)
+    statistics = version_statistics(settings)
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_SCORES).all()
     groups: dict[tuple[str, str], list] = {}
     for row in rows:
         groups.setdefault((row.version, row.scorer), []).append(row)
     previous = _previous_means(settings)
-    leaderboard, distributions, trends, means = [], {}, {}, {}
-    best: dict[str, list[Thumbnail]] = {}
-    worst: dict[str, list[Thumbnail]] = {}
-    for (version, scorer), members in groups.items():
-        values = [row.value for row in members]
-        summary = summarize(values, settings.thresholds.get(scorer))
+    leaderboard, means = [], {}
+    for figures in statistics:
+        version, scorer = f"{figures['generator']}:{figures['version']}", figures["scorer"]
         key = f"{version}|{scorer}"
-        means[key] = summary.mean
-        interval = summary.mean_interval
+        means[key] = figures["mean"]
         leaderboard.append(
             VersionLine(
                 version,
                 scorer,
-                summary.count,
-                summary.mean,
-                interval.low if interval else None,
-                interval.high if interval else None,
-                summary.median,
-                summary.share_above,
-                summary.mean - previous[key] if key in previous else None,
+                figures["count"],
+                figures["mean"],
+                figures["mean_low"],
+                figures["mean_high"],
+                figures["median"],
+                figures["share_above"],
+                figures["mean"] - previous[key] if key in previous else None,
             )
         )
-        distributions[(version, scorer)] = values
-        days: dict[date, list[float]] = {}
-        for row in members:
-            if row.scored_at is not None and row.scored_at >= since:
-                days.setdefault(row.scored_at.date(), []).append(row.value)
-        trends[(version, scorer)] = [(day, sum(v) / len(v), len(v)) for day, v in sorted(days.items())]
+    trends = {
+        (version, scorer): points
+        for scorer in sorted({figures["scorer"] for figures in statistics})
+        for version, points in daily_means(settings, scorer, since=since.date()).items()
+    }
+    best: dict[str, list[Thumbnail]] = {}
+    worst: dict[str, list[Thumbnail]] = {}
+    for (version, _scorer), members in groups.items():
         if version not in best:  # thumbnails by the version's first scorer
             best[version] = [t for t in (_thumbnail(r, settings) for r in members[:THUMBNAILS_PER_VERSION]) if t]
             worst[version] = [t for t in (_thumbnail(r, settings) for r in members[::-1][:THUMBNAILS_PER_VERSION]) if t]
-    leaderboard.sort(key=lambda line: (line.scorer, -line.mean))
+    defects: dict[str, dict[str, int]] = {}
+    for share in defect_shares(settings):
+        defects.setdefault(share["version"], {})[share["category"]] = share["assets"]
     changes = [f"new: {key.replace('|', ' under ')}" for key in means if key not in previous]
     changes += [
         f"{key.replace('|', ' under ')}: mean {means[key] - previous[key]:+.2f}"
@@ -103,14 +108,14 @@ def build_report(settings: Settings, now: datetime | None = None) -> tuple[Repor
         generated_at=now,
         since=since,
         leaderboard=leaderboard,
-        distributions=distributions,
+        distributions={group: [row.value for row in members] for group, members in groups.items()},
         trends=trends,
         changes=changes,
-        defects=defect_counts(settings),
+        defects=defects,
         best=best,
         worst=worst,
     )
-    return data, {"means": means, "versions": len({version for version, _ in groups})}
+    return data, {"means": means, "versions": len({line.version for line in leaderboard})}
 
 
 def publish_report(settings: Settings, now: datetime | None = None) -> tuple[str, ReportData]:
@@ -122,3 +127,24 @@ def publish_report(settings: Settings, now: datetime | None = None) -> tuple[str
     with get_engine(settings).begin() as connection:
         connection.execute(Report.__table__.insert().values(location=location, summary=summary))
     return location, data
+
+
+def recorded_reports(settings: Settings, limit: int = 30) -> list[dict]:
+    """The latest reports: id, when, where."""
+    with get_engine(settings).connect() as connection:
+        rows = connection.execute(
+            text("SELECT id, created_at, location FROM reports ORDER BY created_at DESC, id DESC LIMIT :limit"),
+            {"limit": limit},
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+def report_location(settings: Settings, report_id: int) -> str:
+    """Where report `report_id` was saved; NotFound when there is no such report."""
+    with get_engine(settings).connect() as connection:
+        location = connection.execute(
+            text("SELECT location FROM reports WHERE id = :id"), {"id": report_id}
+        ).scalar_one_or_none()
+    if location is None:
+        raise NotFound(f"no report {report_id}")
+    return location

@@ -39,20 +39,6 @@ class Interval:
 
 
 @dataclass(frozen=True)
-class Summary:
-    """Statistics of one version's scores under one scorer."""
-
-    count: int
-    mean: float
-    median: float
-    std: float
-    p10: float
-    p90: float
-    mean_interval: Interval | None
-    share_above: float | None
-
-
-@dataclass(frozen=True)
 class PairedComparison:
     """B against A on the same prompt and seed: differences are B minus A."""
 
@@ -96,56 +82,53 @@ def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
     return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 
 
-def _bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], seed: int) -> Interval:
-    """BCa bootstrap 95 % interval of the statistic; percentile where a sample is larger than BCA_MAX_SAMPLE
-    or every sample is constant up to rounding (BCa's acceleration is then 0/0; it is defined once one varies)."""
-    large = max(sample.size for sample in samples) > BCA_MAX_SAMPLE
-    constant = all(np.ptp(sample) <= CONSTANT_SPREAD * max(1.0, float(np.abs(sample).max())) for sample in samples)
+def bootstrap_interval(
+    samples: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    seed: int,
+    *,
+    paired: bool = False,
+    vectorized: bool = True,
+    n_resamples: int = N_RESAMPLES,
+    method: str | None = None,
+) -> Interval:
+    """aesq's one bootstrap: the 95 % interval of the statistic, BCa unless `method` says otherwise; percentile where
+    a sample is larger than BCA_MAX_SAMPLE or every sample is constant up to rounding (BCa's acceleration is then
+    0/0; it is defined once one varies). The same samples, in the same order, and seed give the same interval."""
+    if method is None:
+        large = max(sample.size for sample in samples) > BCA_MAX_SAMPLE
+        constant = all(np.ptp(sample) <= CONSTANT_SPREAD * max(1.0, float(np.abs(sample).max())) for sample in samples)
+        method = "percentile" if large or constant else "BCa"
     interval = stats.bootstrap(
         samples,
         statistic=statistic,
-        n_resamples=N_RESAMPLES,
-        batch=BOOTSTRAP_BATCH,
-        vectorized=True,
-        paired=False,
+        n_resamples=n_resamples,
+        batch=BOOTSTRAP_BATCH if vectorized else None,
+        vectorized=vectorized,
+        paired=paired,
         confidence_level=CONFIDENCE_LEVEL,
-        method="percentile" if large or constant else "BCa",
+        method=method,
         rng=seed,
     ).confidence_interval
     return Interval(float(interval.low), float(interval.high))
 
 
-def summarize(scores: Sequence[float], threshold: float | None = None, *, seed: int = 0) -> Summary:
-    """Describe one version's scores under one scorer.
+def mean_interval(scores: Sequence[float], *, seed: int = 0) -> Interval | None:
+    """The bootstrap 95 % interval of one version's mean score, as stored with its figures.
 
     Args:
-        scores: the scores, at least one, all finite.
-        threshold: scores at or above it count towards `share_above`; None leaves that out.
-        seed: seeds the bootstrap, so the same scores and seed give the same interval.
+        scores: the scores, all finite, in a fixed order (the aggregate reads them by asset id): the resamples
+            draw positions, so the same scores in another order give another (equally valid) interval.
+        seed: seeds the bootstrap, so the same scores, order and seed give the same interval.
 
     Returns:
-        Count, mean, median, sample standard deviation (ddof=1; 0 for a single score), the 10th and
-        90th percentiles (linear interpolation, as Postgres' percentile_cont), a BCa (percentile above
-        BCA_MAX_SAMPLE scores) bootstrap 95 % interval of the mean (None below MIN_SAMPLES scores)
-        and the share of scores >= threshold.
+        A BCa (percentile above BCA_MAX_SAMPLE scores) bootstrap 95 % interval of the mean; None below MIN_SAMPLES.
 
     Raises:
-        ValueError: when there are no scores or one is not finite.
+        ValueError: when a score is not finite.
     """
     values = _scores(scores)
-    if values.size == 0:
-        raise ValueError("cannot summarize an empty set of scores")
-    p10, p90 = np.percentile(values, [10, 90])
-    return Summary(
-        count=values.size,
-        mean=float(np.mean(values)),
-        median=float(np.median(values)),
-        std=float(np.std(values, ddof=1)) if values.size > 1 else 0.0,
-        p10=float(p10),
-        p90=float(p90),
-        mean_interval=_bootstrap_interval((values,), _mean, seed) if values.size >= MIN_SAMPLES else None,
-        share_above=float(np.mean(values >= threshold)) if threshold is not None else None,
-    )
+    return bootstrap_interval((values,), _mean, seed) if values.size >= MIN_SAMPLES else None
 
 
 def _compare_pairs(pairs: Sequence[tuple[float, float]], seed: int) -> PairedComparison | None:
@@ -160,7 +143,7 @@ def _compare_pairs(pairs: Sequence[tuple[float, float]], seed: int) -> PairedCom
     return PairedComparison(
         pairs=len(scores),
         mean_difference=float(np.mean(differences)),
-        difference_interval=_bootstrap_interval((differences,), _mean, seed),
+        difference_interval=bootstrap_interval((differences,), _mean, seed),
         wilcoxon_p=float(wilcoxon.pvalue),
         share_b_better=float(np.mean(differences > 0) + 0.5 * np.mean(differences == 0)),
     )
@@ -210,7 +193,7 @@ def compare(
     # numpy releases the GIL while it resamples, so the paired bootstrap runs on another core meanwhile.
     with ThreadPoolExecutor(1) as pool:
         paired = pool.submit(_compare_pairs, pairs, seed)
-        difference_interval = _bootstrap_interval((scores_a, scores_b), _mean_difference, seed)
+        difference_interval = bootstrap_interval((scores_a, scores_b), _mean_difference, seed)
         mann_whitney = stats.mannwhitneyu(scores_b, scores_a, alternative="two-sided")  # U counts B above A
         return Comparison(
             count_a=scores_a.size,

@@ -10,13 +10,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
-from aesq.core import browse
-from aesq.core.config import Settings, get_settings
+from aesq.analysis import nightly_report
+from aesq.analysis import versions as version_reads
+from aesq.core import assets as asset_reads
 from aesq.web import thumbnails
+from aesq.web.deps import SettingsDep
 from aesq.web.schemas import AssetDetail, AssetPage, ComparisonOut, DailyPoint, Neighbour, ReportOut, VersionRow
 
 router = APIRouter(prefix="/api", tags=["api"])
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 Version = Annotated[str, Query(pattern=r"^[^:]+:.+$", description="NAME:VERSION")]
 
 
@@ -30,9 +31,9 @@ def asset_filter(
     min_score: float | None = None,
     max_score: float | None = None,
     defect: Annotated[str | None, Query(description="a defect category, or * for any")] = None,
-) -> browse.AssetFilter:
+) -> asset_reads.AssetFilter:
     """The filters shared by asset listings."""
-    return browse.AssetFilter(scorer, generator, version, source_kind, since, until, min_score, max_score, defect)
+    return asset_reads.AssetFilter(scorer, generator, version, source_kind, since, until, min_score, max_score, defect)
 
 
 @router.get("/versions", response_model=list[VersionRow])
@@ -47,34 +48,34 @@ def versions(
     """The leaderboard: every version under every (or one) scorer, best mean first, with a 95 % interval."""
     if since and until and since > until:
         raise HTTPException(422, "since is after until")
-    return browse.leaderboard(settings, scorer, generator, source_kind, since, until)
+    return version_reads.leaderboard(settings, scorer, generator, source_kind, since, until)
 
 
 @router.get("/options")
 def options(settings: SettingsDep) -> dict[str, list[str]]:
     """Values the filters accept: generators, versions, scorers, source kinds, defect categories."""
-    return browse.filter_options(settings)
+    return asset_reads.filter_options(settings)
 
 
 @router.get("/trends", response_model=dict[str, list[DailyPoint]])
 def trends(settings: SettingsDep, scorer: str, generator: str | None = None) -> dict[str, list[dict]]:
     """Daily mean per version under one scorer."""
-    series = browse.daily_means(settings, scorer, generator)
+    series = version_reads.daily_means(settings, scorer, generator)
     return {version: [{"day": d, "mean": m, "count": c} for d, m, c in points] for version, points in series.items()}
 
 
 @router.get("/defects")
 def defects(settings: SettingsDep) -> list[dict]:
     """Per version and defect category: assets with it, scored assets, share."""
-    return browse.defect_shares(settings)
+    return version_reads.defect_shares(settings)
 
 
 @router.get("/compare", response_model=ComparisonOut)
 def compare(settings: SettingsDep, a: Version, b: Version, scorer: str) -> dict:
     """B against A under one scorer: unpaired, and paired on matching prompt + seed."""
     try:
-        results = browse.compare_versions(settings, [a, b], scorer).results
-    except browse.NotFound as error:
+        results = version_reads.compare_versions(settings, [a, b], scorer).results
+    except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
@@ -86,19 +87,19 @@ def pairs(
     settings: SettingsDep, a: Version, b: Version, scorer: str, limit: Annotated[int, Query(ge=1, le=100)] = 12
 ) -> list[dict]:
     """Assets of A and B made from the same prompt and seed, largest score difference first."""
-    return browse.paired_assets(settings, a, b, scorer, limit)
+    return version_reads.paired_assets(settings, a, b, scorer, limit)
 
 
 @router.get("/assets", response_model=AssetPage)
 def assets(
     settings: SettingsDep,
-    filters: Annotated[browse.AssetFilter, Depends(asset_filter)],
+    filters: Annotated[asset_reads.AssetFilter, Depends(asset_filter)],
     order: Literal["score_desc", "score_asc", "newest"] = "score_desc",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict:
     """Scored assets with their score under `scorer`, filtered and paginated."""
-    items, total = browse.list_assets(settings, filters, order, limit, offset)
+    items, total = asset_reads.list_assets(settings, filters, order, limit, offset)
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
@@ -106,8 +107,8 @@ def assets(
 def asset(settings: SettingsDep, asset_id: int) -> dict:
     """One asset: provenance, every scorer's score, defects, critique and the embedders it has."""
     try:
-        return browse.asset_detail(settings, asset_id)
-    except browse.NotFound as error:
+        return asset_reads.asset_detail(settings, asset_id)
+    except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None
 
 
@@ -117,8 +118,8 @@ def asset_neighbours(
 ) -> list[dict]:
     """The nearest assets by embedding (pgvector cosine distance)."""
     try:
-        return browse.neighbours(settings, asset_id, embedder, limit)
-    except browse.NotFound as error:
+        return asset_reads.neighbours(settings, asset_id, embedder, limit)
+    except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
@@ -131,7 +132,7 @@ def asset_thumbnail(settings: SettingsDep, asset_id: int, size: int = 256) -> Re
         data = thumbnails.thumbnail(settings, asset_id, size)
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
-    except browse.NotFound as error:
+    except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None
     except thumbnails.OutsideStorage as error:
         raise HTTPException(403, str(error)) from None
@@ -141,4 +142,4 @@ def asset_thumbnail(settings: SettingsDep, asset_id: int, size: int = 256) -> Re
 @router.get("/reports", response_model=list[ReportOut])
 def reports(settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 30) -> list[dict]:
     """The latest nightly reports."""
-    return browse.reports(settings, limit)
+    return nightly_report.recorded_reports(settings, limit)

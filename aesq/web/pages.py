@@ -12,10 +12,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from aesq.core import browse
+from aesq.analysis import nightly_report
+from aesq.analysis import versions as version_reads
+from aesq.core import assets as asset_reads
 from aesq.core.config import Settings
 from aesq.core.storage import load_file
-from aesq.web.api import SettingsDep
+from aesq.web.deps import SettingsDep
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -52,10 +54,12 @@ def leaderboard(
     until: str | None = None,
 ) -> Response:
     """Versions ranked by mean with intervals, under the chosen filters."""
-    options = browse.filter_options(settings)
+    options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     first, last = _date(since, "since"), _date(until, "until")
-    rows = browse.leaderboard(settings, scorer, _blank_is_none(generator), _blank_is_none(source_kind), first, last)
+    rows = version_reads.leaderboard(
+        settings, scorer, _blank_is_none(generator), _blank_is_none(source_kind), first, last
+    )
     filters = {
         "scorer": scorer,
         "generator": generator or "",
@@ -77,7 +81,7 @@ def compare(
     scorer: str | None = None,
 ) -> Response:
     """Two versions side by side: distributions, the comparison's statistics, paired image strips."""
-    options = browse.filter_options(settings)
+    options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     versions = options["versions"]
     a = a or (versions[0] if versions else None)
@@ -85,11 +89,11 @@ def compare(
     context = {"options": options, "a": a, "b": b, "scorer": scorer, "page": "compare", "result": None, "error": None}
     if a and b:
         try:
-            comparison = browse.compare_versions(settings, [a, b], scorer)
+            comparison = version_reads.compare_versions(settings, [a, b], scorer)
             context["result"] = asdict(comparison.results[b])
             context["pairs"] = comparison.widest_pairs[b]
             context["distributions"] = comparison.histograms
-        except (ValueError, browse.NotFound) as error:
+        except (ValueError, asset_reads.NotFound) as error:
             context["error"] = str(error)
     return templates.TemplateResponse(request, "compare.html", context)
 
@@ -99,14 +103,14 @@ def trends(
     request: Request, settings: SettingsDep, scorer: str | None = None, generator: str | None = None
 ) -> Response:
     """Daily mean per version, and the defect breakdown per version."""
-    options = browse.filter_options(settings)
+    options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     series = {
         version: {"days": [d.isoformat() for d, _, _ in points], "means": [m for _, m, _ in points]}
-        for version, points in browse.daily_means(settings, scorer, generator or None).items()
+        for version, points in version_reads.daily_means(settings, scorer, generator or None).items()
     }
     context = {"options": options, "scorer": scorer, "generator": generator or "", "series": series,
-               "defects": browse.defect_shares(settings), "page": "trends"}  # fmt: skip
+               "defects": version_reads.defect_shares(settings), "page": "trends"}  # fmt: skip
     return templates.TemplateResponse(request, "trends.html", context)
 
 
@@ -121,15 +125,17 @@ def gallery(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
     """Thumbnails of the best, worst or defective assets of one version (or all)."""
-    options = browse.filter_options(settings)
+    options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     try:
-        name, version_name = browse.split_version(version) if version else (None, None)
+        name, version_name = asset_reads.split_version(version) if version else (None, None)
     except ValueError as error:
         raise HTTPException(422, str(error)) from None
-    filters = browse.AssetFilter(scorer, name, version_name, defect=(defect or "*") if show == "defective" else None)
+    filters = asset_reads.AssetFilter(
+        scorer, name, version_name, defect=(defect or "*") if show == "defective" else None
+    )
     order = "score_asc" if show in ("bottom", "defective") else "score_desc"
-    items, total = browse.list_assets(settings, filters, order, 48, offset)
+    items, total = asset_reads.list_assets(settings, filters, order, 48, offset)
     context = {"options": options, "scorer": scorer, "version": version or "", "show": show, "defect": defect or "",
                "items": items, "total": total, "offset": offset, "page": "gallery"}  # fmt: skip
     return templates.TemplateResponse(request, "gallery.html", context)
@@ -139,23 +145,25 @@ def gallery(
 def asset(request: Request, settings: SettingsDep, asset_id: int) -> Response:
     """One asset: image, provenance, scores, defects, critique and nearest neighbours."""
     try:
-        detail = browse.asset_detail(settings, asset_id)
-    except browse.NotFound as error:
+        detail = asset_reads.asset_detail(settings, asset_id)
+    except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None
-    context = {"asset": detail, "neighbours": browse.neighbours(settings, asset_id), "page": "asset"}
+    context = {"asset": detail, "neighbours": asset_reads.neighbours(settings, asset_id), "page": "asset"}
     return templates.TemplateResponse(request, "asset.html", context)
 
 
 @router.get("/reports", response_class=HTMLResponse)
 def reports(request: Request, settings: SettingsDep) -> Response:
     """Links to the latest nightly reports."""
-    return templates.TemplateResponse(request, "reports.html", {"reports": browse.reports(settings), "page": "reports"})
+    return templates.TemplateResponse(
+        request, "reports.html", {"reports": nightly_report.recorded_reports(settings), "page": "reports"}
+    )
 
 
 @router.get("/reports/{report_id}", response_class=HTMLResponse)
 def report(settings: SettingsDep, report_id: int) -> Response:
     """One saved report, read back from where it was saved."""
     try:
-        return HTMLResponse(load_file(browse.report_location(settings, report_id), settings))
-    except browse.NotFound as error:
+        return HTMLResponse(load_file(nightly_report.report_location(settings, report_id), settings))
+    except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None

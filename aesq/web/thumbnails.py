@@ -10,10 +10,11 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from aesq.core.browse import NotFound
+from aesq.core.assets import NotFound
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.core.scoring import Unusable, fetch_asset
+from aesq.core.fetch import Unreadable, fetch_asset
+from aesq.core.storage import parse_location
 
 SIZES = (128, 256, 512)
 
@@ -24,10 +25,11 @@ class OutsideStorage(PermissionError):
 
 def _allowed(storage: str, bucket: str, settings: Settings) -> bool:
     """True when (storage, bucket) lies in a configured source or, for folders, the data folder."""
+    sources = [parse_location(source) for source in settings.sources]
     if storage == "s3":
-        return any(source.startswith(f"s3://{bucket}/") or source == f"s3://{bucket}" for source in settings.sources)
+        return any(source.storage == "s3" and source.bucket == bucket for source in sources)
     folder = Path(bucket).resolve()
-    roots = [Path(source).resolve() for source in settings.sources if not source.startswith("s3://")]
+    roots = [Path(source.bucket) for source in sources if source.storage == "file"]
     roots.append(settings.data_dir.resolve())
     return any(folder.is_relative_to(root) for root in roots)
 
@@ -49,7 +51,7 @@ def thumbnail(settings: Settings, asset_id: int, size: int) -> bytes:
     if cached.is_file():
         return cached.read_bytes()
     image = fetch_asset(row, settings)
-    if isinstance(image, Unusable):
+    if isinstance(image, Unreadable):
         raise NotFound(f"asset {asset_id} cannot be read: {image.reason}")
     image.thumbnail((size, size))
     buffer = io.BytesIO()

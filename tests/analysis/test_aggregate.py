@@ -7,39 +7,15 @@ import pytest
 import sqlalchemy as sa
 
 from aesq.analysis.aggregate import aggregate_versions
-from aesq.analysis.statistics import summarize
+from aesq.analysis.statistics import mean_interval
 from aesq.core.database import get_engine
 from aesq.core.images import ImageFacts
 from aesq.core.provenance import GeneratorRef, Provenance
-from aesq.core.writes import AssetRecord, ScoreValue, mark_scored, upsert_assets, upsert_generators, write_scores
-from tests.helpers import assert_statistics_match_rows
+from aesq.core.writes import AssetRecord, upsert_assets
+from tests.helpers import add_scored_assets, assert_statistics_match_rows
 
 FACTS = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
 VALUES = {"1": [float(v) for v in range(1, 41)], "2": [float(v) for v in np.linspace(3, 9, 25)]}
-
-
-def _add_scored(settings, version: str, values: list[float], offset: int = 0) -> None:
-    """Scored assets of generator m:`version` with these technical scores."""
-    generator = GeneratorRef("m", version)
-    records = [
-        AssetRecord(
-            "s3",
-            "bkt",
-            f"{version}/{offset + i}.png",
-            f"{version}-{offset + i}",
-            None,
-            10,
-            FACTS,
-            Provenance("generated", generator, "p", i, {}),
-            None,
-        )
-        for i in range(len(values))
-    ]
-    with get_engine(settings).begin() as connection:
-        upsert_generators(connection, [generator])
-        ids = upsert_assets(connection, records)
-        write_scores(connection, [ScoreValue(i, "technical", "1", v, {}) for i, v in zip(ids, values)])
-        mark_scored(connection, ids)
 
 
 def _stats(settings) -> dict[str, sa.Row]:
@@ -50,17 +26,18 @@ def _stats(settings) -> dict[str, sa.Row]:
 
 def test_figures_interval_days_and_incremental_runs(settings):
     for version, values in VALUES.items():
-        _add_scored(settings, version, values)
+        add_scored_assets(settings, version, values)
     assert aggregate_versions(settings) == 2
     stats = _stats(settings)
     for version, values in VALUES.items():
-        row, expected = stats[version], summarize(values, 5.0)
-        assert row.count == expected.count
+        row, scores = stats[version], np.array(values)
+        assert row.count == len(values)
         assert (row.mean, row.std, row.median, row.p10, row.p90) == pytest.approx(
-            (expected.mean, expected.std, expected.median, expected.p10, expected.p90)
+            (scores.mean(), scores.std(ddof=1), np.median(scores), *np.percentile(scores, [10, 90]))
         )
-        assert row.share_above == pytest.approx(expected.share_above)
-        assert (row.mean_low, row.mean_high) == pytest.approx((expected.mean_interval.low, expected.mean_interval.high))
+        assert (row.threshold, row.share_above) == pytest.approx((5.0, np.mean(scores >= 5.0)))
+        interval = mean_interval(values)  # the values were written in asset order, the order the aggregate reads
+        assert (row.mean_low, row.mean_high) == pytest.approx((interval.low, interval.high))
         assert row.mean_low < row.mean < row.mean_high
     with get_engine(settings).connect() as connection:
         days = connection.execute(sa.text("SELECT scorer, count, mean FROM version_daily_stats ORDER BY count")).all()
@@ -69,7 +46,7 @@ def test_figures_interval_days_and_incremental_runs(settings):
     assert aggregate_versions(settings) == 0  # nothing new: nothing recomputed
     assert _stats(settings)["1"].computed_at == stats["1"].computed_at
 
-    _add_scored(settings, "2", [100.0], offset=100)
+    add_scored_assets(settings, "2", [100.0], offset=100)
     assert aggregate_versions(settings) == 1  # only version 2 received a score
     after = _stats(settings)
     assert after["1"].computed_at == stats["1"].computed_at and after["2"].count == 26
@@ -77,7 +54,7 @@ def test_figures_interval_days_and_incremental_runs(settings):
 
 
 def test_a_score_committed_while_the_aggregate_runs_is_counted_by_the_next_run(settings):
-    _add_scored(settings, "1", [1.0, 2.0])
+    add_scored_assets(settings, "1", [1.0, 2.0])
     assert aggregate_versions(settings) == 1
     generator = GeneratorRef("m", "1")
     with get_engine(settings).begin() as connection:
@@ -110,7 +87,7 @@ def test_a_score_committed_while_the_aggregate_runs_is_counted_by_the_next_run(s
         scoring_transaction.execute(
             sa.text("UPDATE assets SET status = 'scored', scored_at = now() WHERE id = :id"), {"id": ids[0]}
         )
-        _add_scored(settings, "1", [3.0], offset=10)  # another batch of the version commits meanwhile
+        add_scored_assets(settings, "1", [3.0], offset=10)  # another batch of the version commits meanwhile
         assert aggregate_versions(settings) == 1
     scoring_transaction.close()
     aggregate_versions(settings)

@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,14 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aesq.analysis.report import ReportData, Thumbnail, VersionLine, render_report
-from tests.helpers import jpeg_bytes, photo
+from aesq.analysis.report import ReportData, render_report
+from tests.helpers import REPORT_HOSTILE, sample_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HOSTILE = "<script>alert(1)</script>"
-VERSIONS = ["sdxl/lora-7", "sdxl/base", HOSTILE]
 SCORERS = ["ernie-aes", "technical"]
-FIRST_DAY = date(2024, 5, 1)
 # tab10's first colour: the first version's lines in every plot.
 FIRST_VERSION_RGB = (31, 119, 180)
 
@@ -33,60 +30,10 @@ EXPECTED_LEADERBOARD = [
     ["Version", "Scorer", "n", "Mean [95 %]", "Median", "Share above", "Change"],
     ["sdxl/lora-7", "ernie-aes", "1,250", "72.1 [70.3, 73.8]", "72.0", "64%", "▲ +1.4"],
     ["sdxl/base", "ernie-aes", "980", "65.5 [63.2, 67.9]", "66.0", "41%", "▼ -3.1"],
-    [HOSTILE, "ernie-aes", "12", "58.0", "57.5", "–", "new"],
+    [REPORT_HOSTILE, "ernie-aes", "12", "58.0", "57.5", "–", "new"],
     ["sdxl/lora-7", "technical", "1,250", "6.43 [6.31, 6.55]", "6.50", "70%", "±0.00"],
     ["sdxl/base", "technical", "980", "5.90 [5.71, 6.08]", "5.88", "52%", "▼ -0.25"],
 ]
-
-
-def _thumbnail(asset_id: int, name: str, score: float) -> Thumbnail:
-    """A real photograph shrunk to at most 128 px, as a JPEG thumbnail."""
-    image = photo(name)
-    image.thumbnail((128, 128))
-    return Thumbnail(asset_id=asset_id, caption=f"{name}.png · {score:.1f}", jpeg=jpeg_bytes(image, quality=80))
-
-
-def sample_report() -> ReportData:
-    """Three versions under two scorers, five days of trends, defects, changes and thumbnails."""
-    rng = np.random.default_rng(7)
-    return ReportData(
-        title="aesq nightly report",
-        generated_at=datetime(2024, 5, 6, 3, 0, tzinfo=UTC),
-        since=datetime(2024, 4, 30, tzinfo=UTC),
-        leaderboard=[
-            VersionLine("sdxl/lora-7", "ernie-aes", 1250, 72.14, 70.31, 73.82, 71.96, 0.643, 1.42),
-            VersionLine("sdxl/base", "ernie-aes", 980, 65.5, 63.2, 67.9, 66.04, 0.41, -3.1),
-            VersionLine(HOSTILE, "ernie-aes", 12, 58.0, None, None, 57.5, None, None),
-            VersionLine("sdxl/lora-7", "technical", 1250, 6.432, 6.31, 6.55, 6.5, 0.7, 0.004),
-            VersionLine("sdxl/base", "technical", 980, 5.9, 5.71, 6.08, 5.88, 0.52, -0.25),
-        ],
-        distributions={
-            ("sdxl/lora-7", "ernie-aes"): list(rng.normal(72, 8, 300)),
-            ("sdxl/base", "ernie-aes"): list(rng.normal(65, 10, 200)),
-            (HOSTILE, "ernie-aes"): list(rng.normal(58, 6, 12)),
-            ("sdxl/lora-7", "technical"): list(rng.normal(6.4, 1.0, 300)),
-            ("sdxl/base", "technical"): list(rng.normal(5.9, 1.2, 200)),
-            (HOSTILE, "technical"): [],
-        },
-        trends={
-            (version, scorer): [
-                (FIRST_DAY + timedelta(days=day), float(rng.normal(base, base / 20)), int(rng.integers(50, 300)))
-                for day in range(5)
-            ]
-            for version in VERSIONS[:2]
-            for scorer, base in [("ernie-aes", 70.0), ("technical", 6.0)]
-        },
-        changes=[f"new version {HOSTILE}", "sdxl/base ernie-aes mean -3.1 & share above 41% < 50%"],
-        defects={"sdxl/lora-7": {"blur": 3, "noise": 1}, "sdxl/base": {"overexposure": 2, "blur": 5}, HOSTILE: {}},
-        best={
-            "sdxl/lora-7": [_thumbnail(1, "astronaut", 91.5), _thumbnail(2, "chelsea", 88.0)],
-            "sdxl/base": [_thumbnail(3, "coffee", 84.2)],
-        },
-        worst={
-            "sdxl/lora-7": [_thumbnail(4, "rocket", 31.0)],
-            HOSTILE: [_thumbnail(5, "immunohistochemistry", 12.5)],
-        },
-    )
 
 
 def empty_report() -> ReportData:
@@ -163,7 +110,7 @@ def test_header_changes_and_defects_are_shown(html: str) -> None:
         ["Version", "blur", "noise", "overexposure", "Total"],
         ["sdxl/lora-7", "3", "1", "0", "4"],
         ["sdxl/base", "5", "0", "2", "7"],
-        [HOSTILE, "0", "0", "0", "0"],
+        [REPORT_HOSTILE, "0", "0", "0", "0"],
     ]
 
 
@@ -220,7 +167,7 @@ def test_plots_are_inline_svg_per_scorer_with_every_version(report: ReportData) 
 
 def test_same_data_renders_the_same_bytes_in_another_process(html: str) -> None:
     script = (
-        "import sys; from aesq.analysis.report import render_report; from tests.analysis.test_report import sample_report; "
+        "import sys; from aesq.analysis.report import render_report; from tests.helpers import sample_report; "
         "sys.stdout.buffer.write(render_report(sample_report()).encode())"
     )
     other = subprocess.run(

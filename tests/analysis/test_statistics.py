@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from aesq.analysis.statistics import (
     Interval,
     compare,
     compare_family,
-    summarize,
+    mean_interval,
 )
 
 
@@ -33,55 +31,38 @@ def _width(interval: Interval) -> float:
     return interval.high - interval.low
 
 
-def test_summary_of_one_to_hundred_has_the_known_figures():
-    summary = summarize(range(1, 101), threshold=90)
-    assert summary.count == 100
-    assert summary.mean == pytest.approx(50.5)
-    assert summary.median == pytest.approx(50.5)
-    assert summary.p10 == pytest.approx(10.9)
-    assert summary.p90 == pytest.approx(90.1)
-    assert summary.std == pytest.approx(math.sqrt(100 * 101 / 12))  # sample variance of 1..n is n(n+1)/12
-    assert summary.share_above == pytest.approx(0.11)  # 90..100 are at or above 90
-    assert summary.mean_interval.low < 50.5 < summary.mean_interval.high
+def test_mean_interval_is_plain_floats_around_the_mean_and_none_below_the_minimum():
+    interval = mean_interval(range(1, 101))
+    assert type(interval.low) is float and type(interval.high) is float
+    assert 44 < interval.low < 50.5 < interval.high < 57  # the mean ± about 1.96 standard errors of 2.9
+    assert mean_interval([7.0]) is None
+    assert mean_interval([1.0] * (MIN_SAMPLES - 1)) is None
+    assert mean_interval([1.0, 2.0, 3.0, 4.0, 5.0][:MIN_SAMPLES]) is not None
 
 
-def test_summary_numbers_are_plain_floats_that_serialise_to_json():
-    summary = summarize(_normal(5, 50, seed=1), threshold=5)
-    figures = asdict(summary)
-    assert json.loads(json.dumps(figures)) == figures
-    assert all(type(value) is float for key, value in figures.items() if key not in {"count", "mean_interval"})
-    assert type(summary.count) is int
-    assert type(summary.mean_interval.low) is float and type(summary.mean_interval.high) is float
-
-
-def test_summary_without_threshold_has_no_share_and_one_score_has_zero_std_and_no_interval():
-    one = summarize([7.0])
-    assert (one.count, one.mean, one.std, one.p10, one.p90) == (1, 7.0, 0.0, 7.0, 7.0)
-    assert one.share_above is None
-    assert one.mean_interval is None
-    assert summarize([1.0] * (MIN_SAMPLES - 1)).mean_interval is None
-    assert summarize([1.0, 2.0, 3.0, 4.0, 5.0][:MIN_SAMPLES]).mean_interval is not None
-
-
-def test_summary_rejects_empty_and_non_finite_scores():
-    with pytest.raises(ValueError, match="empty"):
-        summarize([])
+def test_mean_interval_rejects_non_finite_scores():
     with pytest.raises(ValueError, match="finite"):
-        summarize([1.0, float("nan"), 3.0])
+        mean_interval([1.0, float("nan"), 3.0, 4.0, 5.0])
+
+
+def test_mean_interval_depends_on_the_order_of_the_scores_which_is_why_the_aggregate_fixes_it():
+    scores = _normal(5, 40, seed=8)
+    assert mean_interval(scores, seed=5) == mean_interval(list(scores), seed=5)
+    assert mean_interval(scores, seed=5) != mean_interval(sorted(scores), seed=5)
 
 
 def test_mean_interval_contains_the_mean_and_narrows_with_more_data():
-    small = summarize(_normal(5, 20, seed=2))
-    large = summarize(_normal(5, 500, seed=2))
-    for summary in (small, large):
-        assert summary.mean_interval.low < summary.mean < summary.mean_interval.high
-    assert _width(large.mean_interval) < _width(small.mean_interval) / 3
+    small_scores, large_scores = _normal(5, 20, seed=2), _normal(5, 500, seed=2)
+    small, large = mean_interval(small_scores), mean_interval(large_scores)
+    assert small.low < np.mean(small_scores) < small.high
+    assert large.low < np.mean(large_scores) < large.high
+    assert _width(large) < _width(small) / 3
 
 
 def test_mean_interval_is_scipys_bca_interval_for_the_seed():
     skewed = list(np.random.default_rng(21).exponential(1.0, 40))  # BCa and percentile intervals differ here
     expected = stats.bootstrap((skewed,), np.mean, n_resamples=N_RESAMPLES, method="BCa", rng=5).confidence_interval
-    interval = summarize(skewed, seed=5).mean_interval
+    interval = mean_interval(skewed, seed=5)
     assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high))
     percentile = stats.bootstrap((skewed,), np.mean, n_resamples=N_RESAMPLES, method="percentile", rng=5)
     assert interval.low != pytest.approx(percentile.confidence_interval.low, rel=1e-3)
@@ -91,24 +72,22 @@ def test_large_samples_get_the_percentile_interval_which_agrees_with_bca_there()
     skewed = np.random.default_rng(22).exponential(1.0, BCA_MAX_SAMPLE + 1)
     options = dict(n_resamples=N_RESAMPLES, rng=5)
     percentile = stats.bootstrap((skewed,), np.mean, method="percentile", **options).confidence_interval
-    interval = summarize(list(skewed), seed=5).mean_interval
+    interval = mean_interval(list(skewed), seed=5)
     assert (interval.low, interval.high) == pytest.approx((percentile.low, percentile.high))
     bca = stats.bootstrap((skewed,), np.mean, method="BCa", **options).confidence_interval
     assert interval.low == pytest.approx(bca.low, abs=0.05 * (bca.high - bca.low))
     assert interval.high == pytest.approx(bca.high, abs=0.05 * (bca.high - bca.low))
     at_limit = list(skewed[:BCA_MAX_SAMPLE])
     bca_at_limit = stats.bootstrap((at_limit,), np.mean, method="BCa", **options).confidence_interval
-    assert summarize(at_limit, seed=5).mean_interval.low == pytest.approx(bca_at_limit.low)
+    assert mean_interval(at_limit, seed=5).low == pytest.approx(bca_at_limit.low)
 
 
 def test_constant_data_gives_zero_width_intervals_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        summary = summarize([0.1] * 30)
+        interval = mean_interval([0.1] * 30)
         comparison = compare([2.0] * 10, [3.5] * 12, pairs=[(2.0, 3.5)] * 10)
-    assert summary.std == pytest.approx(0.0, abs=1e-12)  # floating-point sums of 0.1 are not exact
-    assert summary.mean_interval == Interval(summary.mean, summary.mean)
-    assert summary.mean == pytest.approx(0.1)
+    assert interval.low == interval.high == pytest.approx(0.1)  # floating-point sums of 0.1 are not exact
     assert comparison.difference_interval == Interval(1.5, 1.5)
     assert comparison.mann_whitney_p < 1e-3
     assert comparison.effect_size == 1.0
@@ -219,7 +198,7 @@ def test_family_p_values_are_holm_adjusted_using_paired_p_where_there_are_pairs(
 def test_holm_keeps_adjusted_p_values_in_the_order_of_the_raw_ones():
     rng = np.random.default_rng(30)
     baseline, better = list(rng.normal(0, 1, 30)), sorted(rng.normal(0.7, 1, 30))
-    slightly_less = better[:-1] + [better[-1] - 2.5]  # its best score moved down: a slightly larger p
+    slightly_less = [*better[:-1], better[-1] - 2.5]  # its best score moved down: a slightly larger p
     family = compare_family(
         baseline, {"better": better, "slightly_less": slightly_less, "same": list(rng.normal(0.1, 1, 30))}
     )
@@ -260,6 +239,6 @@ def test_results_are_reproducible_with_the_same_seed():
     a, b = _normal(0, 60, seed=16), _normal(0.5, 60, seed=17)
     pairs = list(zip(a, b))
     assert compare(a, b, pairs, seed=3) == compare(a, b, pairs, seed=3)
-    assert summarize(a, seed=3) == summarize(a, seed=3)
+    assert mean_interval(a, seed=3) == mean_interval(a, seed=3)
     assert compare(a, b, pairs, seed=3).difference_interval != compare(a, b, pairs, seed=4).difference_interval
     assert compare_family(a, {"b": b}, seed=3) == compare_family(a, {"b": b}, seed=3)

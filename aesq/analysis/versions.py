@@ -1,0 +1,268 @@
+"""Reads of generator versions: the aggregate flow's statistics (the leaderboard), the same figures live under
+filters, daily means, defect shares, and comparisons of versions on their scores. Read-only; every value is a
+bound parameter."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from aesq.analysis.aggregate import figures_query
+from aesq.analysis.statistics import Comparison, compare_family
+from aesq.core.assets import NotFound, split_version
+from aesq.core.config import Settings
+from aesq.core.database import database_url, get_engine
+
+_STORED_STATISTICS = text(
+    """
+    SELECT g.name AS generator, g.version, g.kind::text AS kind, v.scorer, v.count, v.mean, v.mean_low, v.mean_high,
+           v.std, v.median, v.p10, v.p90, v.threshold, v.share_above
+    FROM version_stats v JOIN generators g ON g.id = v.generator_id
+    WHERE CAST(:scorer AS text) IS NULL OR v.scorer = :scorer
+    ORDER BY v.scorer, v.mean DESC, g.name, g.version
+    """
+)
+
+
+def version_statistics(settings: Settings, scorer: str | None = None) -> list[dict]:
+    """The aggregate flow's figures per generator version and scorer (every scorer unless one is named), best mean
+    first: what the leaderboard, `aesq compare` and the nightly report show."""
+    with get_engine(settings).connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(_STORED_STATISTICS, {"scorer": scorer})]
+
+
+# The aggregate's figures over the latest scores of scored assets under the filters; the latest scores of the scorer
+# are materialised first (the scorer condition reaches inside the view): joined directly under these filters, the
+# planner underestimates the view and repeats its sort once per asset.
+_LIVE_STATISTICS = text(
+    """
+    SELECT g.name AS generator, g.version, g.kind::text AS kind, f.scorer, f.count, f.mean, f.std, f.median,
+           f.p10, f.p90, f.threshold, f.share_above
+    FROM ("""
+    + figures_query(
+        """
+        WITH latest AS MATERIALIZED (
+            SELECT asset_id, scorer, value FROM latest_scores WHERE CAST(:scorer AS text) IS NULL OR scorer = :scorer
+        )
+        SELECT a.generator_id, ls.scorer, ls.value
+        FROM latest ls
+        JOIN assets a ON a.id = ls.asset_id AND a.status = 'scored'
+        JOIN generators g ON g.id = a.generator_id
+        WHERE (CAST(:generator AS text) IS NULL OR g.name = :generator)
+          AND (CAST(:source_kind AS text) IS NULL OR a.source_kind::text = :source_kind)
+          AND (CAST(:since AS date) IS NULL OR a.scored_at >= :since)
+          AND (CAST(:until AS date) IS NULL OR a.scored_at < CAST(:until AS date) + 1)
+        """
+    )
+    + """) f
+    JOIN generators g ON g.id = f.generator_id
+    ORDER BY f.scorer, f.mean DESC, g.name, g.version
+    """
+).bindparams(bindparam("thresholds", type_=JSONB))
+NORMAL_95 = 1.959963984540054  # the standard normal's 97.5th percentile
+
+
+def leaderboard(
+    settings: Settings,
+    scorer: str | None = None,
+    generator: str | None = None,
+    source_kind: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> list[dict]:
+    """Versions best mean first, with a 95 % interval of the mean.
+
+    Unfiltered by source kind or dates, these are the aggregate flow's stored figures and bootstrap intervals.
+    Those filters select other assets than the stored figures describe, so the same figures (`figures_query`) are
+    computed now, with the normal approximation's interval: a bootstrap per version would take seconds on large
+    versions (`interval` says which).
+    """
+    if source_kind is None and since is None and until is None:
+        rows = [
+            row for row in version_statistics(settings, scorer) if generator is None or row["generator"] == generator
+        ]
+        return [{**row, "interval": "bootstrap"} for row in rows]
+    params = {"scorer": scorer, "generator": generator, "source_kind": source_kind, "since": since, "until": until}
+    with get_engine(settings).connect() as connection:
+        rows = [
+            dict(row._mapping)
+            for row in connection.execute(_LIVE_STATISTICS, {**params, "thresholds": settings.thresholds})
+        ]
+    for row in rows:
+        half = NORMAL_95 * row["std"] / row["count"] ** 0.5 if row["std"] is not None else None
+        row.update(
+            mean_low=None if half is None else row["mean"] - half,
+            mean_high=None if half is None else row["mean"] + half,
+            interval="normal",
+        )
+    return rows
+
+
+def daily_means(
+    settings: Settings, scorer: str, generator: str | None = None, since: date | None = None
+) -> dict[str, list[tuple[date, float, int]]]:
+    """Per "name:version": (day, mean, count) of the scores given that day (from `since` on), oldest first, as the
+    aggregate flow stored them."""
+    query = text(
+        """
+        SELECT g.name || ':' || g.version AS version, d.day, d.mean, d.count
+        FROM version_daily_stats d JOIN generators g ON g.id = d.generator_id
+        WHERE d.scorer = :scorer AND (CAST(:generator AS text) IS NULL OR g.name = :generator)
+          AND (CAST(:since AS date) IS NULL OR d.day >= :since)
+        ORDER BY version, d.day
+        """
+    )
+    series: dict[str, list[tuple[date, float, int]]] = {}
+    with get_engine(settings).connect() as connection:
+        for row in connection.execute(query, {"scorer": scorer, "generator": generator, "since": since}):
+            series.setdefault(row.version, []).append((row.day, row.mean, row.count))
+    return series
+
+
+def defect_shares(settings: Settings) -> list[dict]:
+    """Per version and defect category it has: assets with it, scored assets, share (the stable view
+    `version_defect_shares`, the one definition of a defect share)."""
+    query = text(
+        """
+        SELECT generator || ':' || version AS version, category, assets_with_defect AS assets,
+               scored_assets AS scored, share
+        FROM version_defect_shares
+        WHERE assets_with_defect > 0
+        ORDER BY version, category
+        """
+    )
+    with get_engine(settings).connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+@dataclass(frozen=True)
+class VersionScores:
+    """One version's latest scores under one scorer, and the first asset of each prompt + seed for pairing."""
+
+    values: list[float]
+    by_prompt: dict[tuple[str, int | None], tuple[int, float]]  # (prompt, seed) -> (asset id, score)
+
+
+def version_scores(settings: Settings, versions: list[str], scorer: str) -> dict[str, VersionScores]:
+    """Latest scores of each "name:version" under `scorer`, in asset order, with what pairing needs."""
+    # The members' ids reach inside the view as one array (an index probe per asset): joined plainly, the view would
+    # find the latest score of every asset under the scorer first.
+    query = text(
+        """
+        WITH members AS MATERIALIZED (
+            SELECT g.name || ':' || g.version AS version, a.id, a.prompt, a.seed
+            FROM generators g JOIN assets a ON a.generator_id = g.id AND a.status = 'scored'
+            WHERE g.name || ':' || g.version = ANY(:versions)
+        )
+        SELECT m.version, m.id, m.prompt, m.seed, ls.value
+        FROM members m JOIN latest_scores ls ON ls.asset_id = m.id AND ls.scorer = :scorer
+        WHERE ls.asset_id = ANY(ARRAY(SELECT id FROM members))
+        ORDER BY m.id
+        """
+    )
+    found = {version: VersionScores([], {}) for version in versions}
+    with get_engine(settings).connect() as connection:
+        for version, asset_id, prompt, seed, value in connection.execute(
+            query, {"scorer": scorer, "versions": versions}
+        ):
+            found[version].values.append(value)
+            if prompt:
+                found[version].by_prompt.setdefault((prompt, seed), (asset_id, value))
+    return found
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """Each later version against the first: statistics, prompt pairs found, score histograms, widest pairs."""
+
+    results: dict[str, Comparison]
+    pair_counts: dict[str, int]
+    histograms: dict
+    widest_pairs: dict[str, list[dict]]
+
+
+WIDEST_PAIRS_KEPT = 12
+_COMPARISONS: OrderedDict[tuple, VersionComparison] = OrderedDict()  # recent ones, keyed by a hash of what they read
+_COMPARISONS_KEPT = 64
+_comparisons_lock = threading.Lock()
+
+
+def score_histograms(scores: dict[str, list[float]], bins: int = 40) -> dict:
+    """Counts of each version's scores on shared bins (what a chart needs, not every score)."""
+    edges = np.histogram_bin_edges(np.concatenate([np.asarray(v, dtype=float) for v in scores.values()]), bins=bins)
+    return {
+        "centres": ((edges[:-1] + edges[1:]) / 2).tolist(),
+        "width": float(edges[1] - edges[0]),
+        "counts": {version: np.histogram(values, bins=edges)[0].tolist() for version, values in scores.items()},
+    }
+
+
+def _widest_pairs(a: VersionScores, b: VersionScores, limit: int) -> list[dict]:
+    """Assets of A and B from the same prompt and seed, largest score difference first."""
+    matched = ((key, a.by_prompt[key], found) for key, found in b.by_prompt.items() if key in a.by_prompt)
+    widest = heapq.nsmallest(limit, matched, key=lambda pair: (-abs(pair[2][1] - pair[1][1]), pair[1][0]))
+    return [
+        {"prompt": prompt, "seed": seed, "a_id": a_id, "a_value": a_value, "b_id": b_id, "b_value": b_value}
+        for (prompt, seed), (a_id, a_value), (b_id, b_value) in widest
+    ]
+
+
+def compare_versions(
+    settings: Settings, versions: list[str], scorer: str, correction: str = "holm"
+) -> VersionComparison:
+    """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
+    corrected across the family.
+
+    The bootstrap intervals take a while on large versions, so results are kept for as long as the scores
+    (and their prompts) read back are the same.
+    Raises ValueError for fewer than two versions or a malformed name, NotFound for a version without scores.
+    """
+    if len(versions) < 2:
+        raise ValueError("name at least two versions: NAME:A NAME:B")
+    for label in versions:
+        split_version(label)
+    found = version_scores(settings, versions, scorer)
+    for version, scores in found.items():
+        if not scores.values:
+            raise NotFound(f"no {scorer} scores for version {version!r}")
+    seen = hash(tuple((version, tuple(s.values), tuple(s.by_prompt.items())) for version, s in found.items()))
+    key = (database_url(settings), tuple(versions), scorer, correction, seen)
+    with _comparisons_lock:
+        if key in _COMPARISONS:
+            _COMPARISONS.move_to_end(key)
+            return _COMPARISONS[key]
+    baseline, others = found[versions[0]], versions[1:]
+    pairs = {
+        other: [
+            (baseline.by_prompt[key][1], value)
+            for key, (_, value) in found[other].by_prompt.items()
+            if key in baseline.by_prompt
+        ]
+        for other in others
+    }
+    answer = VersionComparison(
+        results=compare_family(baseline.values, {v: found[v].values for v in others}, pairs, method=correction),
+        pair_counts={other: len(matched) for other, matched in pairs.items()},
+        histograms=score_histograms({version: s.values for version, s in found.items()}),
+        widest_pairs={other: _widest_pairs(baseline, found[other], WIDEST_PAIRS_KEPT) for other in others},
+    )
+    with _comparisons_lock:
+        _COMPARISONS[key] = answer
+        while len(_COMPARISONS) > _COMPARISONS_KEPT:
+            _COMPARISONS.popitem(last=False)
+    return answer
+
+
+def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_KEPT) -> list[dict]:
+    """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first."""
+    for label in (a, b):
+        split_version(label)
+    found = version_scores(settings, [a, b], scorer)
+    return _widest_pairs(found[a], found[b], limit)
