@@ -51,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def upload(images: int, size: int) -> None:
     """Put `images` distinct JPEGs under generated/bench/v<n>/ in the bucket."""
+    from aesq.core.config import get_settings
     from aesq.core.storage import minio_client
 
-    client = minio_client()
+    client = minio_client(get_settings())
     client.make_bucket(BUCKET)
     photos = load_photos()
     for index in range(images):

@@ -15,6 +15,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from aesq.core.config import Settings
+from aesq.core.storage import parse_location
 from aesq.flows.events import INGESTED, OBJECT_CREATED, SCORED, bucket_resource
 from aesq.flows.followup import after_scoring_flow, report_flow
 from aesq.flows.spine import ingest_flow, score_flow
@@ -22,13 +23,13 @@ from aesq.flows.spine import ingest_flow, score_flow
 
 def _on_new_objects(source: str) -> list[DeploymentEventTrigger]:
     """An S3 source's ingest also runs, draining the queue only, when the bridge queued objects in its bucket."""
-    if not source.startswith("s3://"):
+    location = parse_location(source)
+    if location.storage != "s3":
         return []
-    bucket = source.removeprefix("s3://").split("/", 1)[0]
     return [
         DeploymentEventTrigger(
             expect={OBJECT_CREATED},
-            match={"prefect.resource.id": bucket_resource(bucket)},
+            match={"prefect.resource.id": bucket_resource(location.bucket)},
             parameters={"source": source, "listing": False},
         )
     ]

@@ -198,3 +198,21 @@ def seed_demo(settings) -> Path:
     for batch in defect_analysis.low_scorer_batches(settings):
         defect_analysis.analyse_assets(batch, settings)
     return folder
+
+
+def tiff_whose_second_page_has_no_width() -> bytes:
+    """A 2-page TIFF whose second page lacks the ImageWidth tag (renamed to an unknown tag): the reported
+    poison file, on which Pillow raises TypeError when counting its frames."""
+    import struct
+
+    buffer = io.BytesIO()
+    pages = [Image.new("RGB", (16, 16), "red"), Image.new("RGB", (16, 16), "blue")]
+    pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+    data = bytearray(buffer.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
+    for entry in range(struct.unpack_from("<H", data, second)[0]):
+        offset = second + 2 + 12 * entry
+        if struct.unpack_from("<H", data, offset)[0] == 256:  # ImageWidth
+            struct.pack_into("<H", data, offset, 65000)
+    return bytes(data)

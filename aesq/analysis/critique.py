@@ -12,13 +12,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.core.scoring import (
-    UnknownModel,
-    Unusable,
-    fetch_assets,
-    loaded_scorer,
-    models_in_use,
-)
+from aesq.core.fetch import Unreadable, fetch_assets
+from aesq.core.scoring import UnknownModel, loaded_scorer, models_in_use
 from aesq.core.tables import Defect
 from aesq.core.writes import current_holders
 from aesq.models import SCORERS, Critic
@@ -66,7 +61,7 @@ def critique_assets(
     with get_engine(settings).connect() as connection:
         rows = connection.execute(_WITH_CRITIC_SCORE, {"ids": asset_ids, "critic": name}).all()
     readable = [
-        (row, image) for row, image in zip(rows, fetch_assets(rows, settings)[0]) if not isinstance(image, Unusable)
+        (row, image) for row, image in zip(rows, fetch_assets(list(rows), settings)[0]) if not isinstance(image, Unreadable)
     ]
     if not readable:
         return 0

@@ -11,8 +11,8 @@ from aesq.analysis.defects import Finding, detect_defects
 from aesq.core.batches import in_batches
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
+from aesq.core.fetch import Unreadable, fetch_asset
 from aesq.core.queries import nearest_assets
-from aesq.core.scoring import Unusable, fetch_asset
 from aesq.core.tables import EMBEDDING_DIMENSIONS, Asset, Defect
 from aesq.core.writes import current_holders
 
@@ -79,7 +79,7 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
     def findings_for(row) -> list[Finding]:
         """The image detectors' findings for one asset."""
         image = fetch_asset(row, settings)
-        if isinstance(image, Unusable):
+        if isinstance(image, Unreadable):
             return [Finding("unreadable", 1.0, image.reason)]
         return detect_defects(image)
 

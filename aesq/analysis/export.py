@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from sqlalchemy import text
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
+from aesq.core.storage import FolderSource
 
 FORMATS = ("jsonl", "csv", "parquet")
 COLUMNS = (
@@ -159,13 +158,6 @@ def _write(rows: Iterator[dict], handle, format: str) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
-def _umask() -> int:
-    """The process umask (reading it means setting it, so set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def export_manifest(
     settings: Settings,
     out: Path,
@@ -196,15 +188,7 @@ def export_manifest(
             text("SELECT EXISTS (SELECT 1 FROM scores WHERE scorer = :s)"), {"s": scorer}
         ).scalar():
             raise ValueError(f"no asset has a {scorer!r} score")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            rows = _manifest_rows(settings, scorer, min_score, set(exclude_defects), min_severity)
-            kept, dropped = _write(rows, handle, format)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it an ordinary file's mode
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with FolderSource(out.parent).writing(out.name, "application/octet-stream") as handle:
+        rows = _manifest_rows(settings, scorer, min_score, set(exclude_defects), min_severity)
+        kept, dropped = _write(rows, handle, format)
     return ExportSummary(kept, dropped, out)

@@ -21,7 +21,9 @@ from __future__ import annotations
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
+import psycopg
 from sqlalchemy import Connection, text
 
 from aesq.core.claims import Listed, queue_objects
@@ -140,7 +142,7 @@ def _candidates(key: str) -> tuple[str, str]:
 
 def _copy_page(connection: Connection, page: list[tuple[str, str | None]]) -> None:
     """Add a listed page to the temporary table: every key, the images with their sidecar candidates."""
-    cursor = connection.connection.driver_connection.cursor()
+    cursor = cast(psycopg.Connection, connection.connection.driver_connection).cursor()
     with cursor.copy("COPY discovery_listed (key, etag, first, second, ready_at) FROM STDIN") as copy:
         for key, etag in page:
             if is_sidecar(key):
@@ -227,13 +229,13 @@ def _discover(connection: Connection, source: Source, settings: Settings, page_s
     started = connection.execute(text("SELECT now()")).scalar_one()
     cursor = _read_cursor(connection, source.uri) if ordered else None
     connection.commit()
-    full = not (
-        cursor
-        and cursor.after_key is not None
+    resumed = (
+        cursor is not None
         and cursor.full_listing_at is not None
         and started - cursor.full_listing_at < timedelta(seconds=settings.full_listing_seconds)
     )
-    start_after = None if full else cursor.after_key
+    start_after = cursor.after_key if resumed and cursor is not None else None
+    full = start_after is None
     listed = queued = 0
     after = ""  # every image listed waits for a `ready_at` above this
     page: list[tuple[str, str | None]] = []

@@ -124,16 +124,19 @@ class _ValidationWorkers:
 
     def validate(self, data: bytes, max_pixels: int, timeout_seconds: float) -> ImageFacts:
         """`_validate` in a worker; a crash or a timeout there rejects the image."""
-        for attempt in range(2):  # a validation still queued when the pool broke is not the image's fault
-            try:
-                return self._schedule(data, max_pixels, timeout_seconds).result()
-            except DecodeTimeout:
-                raise ImageRejected(f"decoding took longer than {timeout_seconds:g} s (hanging decoder?)") from None
-            except ProcessExpired as crash:
-                raise ImageRejected(f"the decoder crashed (worker exit code {crash.exitcode})") from None
-            except BrokenProcessPool:
-                if attempt:
-                    raise
+        try:
+            return self._validate_once(data, max_pixels, timeout_seconds)
+        except BrokenProcessPool:  # a validation still queued when the pool broke is not the image's fault
+            return self._validate_once(data, max_pixels, timeout_seconds)
+
+    def _validate_once(self, data: bytes, max_pixels: int, timeout_seconds: float) -> ImageFacts:
+        """One try of `validate`; BrokenProcessPool when the pool broke before the validation ran."""
+        try:
+            return self._schedule(data, max_pixels, timeout_seconds).result()
+        except DecodeTimeout:
+            raise ImageRejected(f"decoding took longer than {timeout_seconds:g} s (hanging decoder?)") from None
+        except ProcessExpired as crash:
+            raise ImageRejected(f"the decoder crashed (worker exit code {crash.exitcode})") from None
 
     def _schedule(self, data: bytes, max_pixels: int, timeout_seconds: float) -> ProcessFuture:
         """Queue a validation, starting the pool on first use and replacing it when pebble gave up on it."""

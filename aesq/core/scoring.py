@@ -1,4 +1,4 @@
-"""Scoring: fetch a batch of pending assets, decode them, run every enabled scorer and embedder, store.
+"""Scoring: fetch a batch of pending assets (`aesq.core.fetch`), run every enabled scorer and embedder, store.
 
 Models are built once per worker process and shared by its task threads. Fetching, decoding and
 each model's CPU preprocessing run on threads outside the model slot, so while one batch holds the
@@ -8,7 +8,6 @@ batches are being prepared.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -20,7 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,19 +26,8 @@ from aesq.core import claims
 from aesq.core.claims import lease_assets, log_work, release_assets, renew_assets
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.core.images import ImageRejected, PixelBudget, decode_rgb, pixel_budget
-from aesq.core.storage import (
-    STORAGE_ERRORS,
-    FolderSource,
-    ObjectMissing,
-    S3Source,
-    Source,
-    StorageUnavailable,
-    minio_client,
-    one_line,
-    open_source,
-    recent_objects,
-)
+from aesq.core.fetch import Cause, Unreadable, fetch_assets
+from aesq.core.storage import StorageUnavailable, one_line, open_source
 from aesq.core.tables import CANONICAL_STATUSES, Asset, Embedding, ScoreRow
 from aesq.core.writes import (
     ScoreValue,
@@ -107,86 +94,6 @@ def load_models(settings: Settings) -> tuple[list[Scorer], list[Embedder]]:
         scorers = [_loaded("scorer", name, settings.weights_dir, settings.device) for name in settings.scorers]
         embedders = [_loaded("embedder", name, settings.weights_dir, settings.device) for name in settings.embedders]
     return scorers, embedders  # type: ignore[return-value]
-
-
-def source_for(storage: str, bucket: str, settings: Settings) -> Source:
-    """Reopen the storage an asset was ingested from."""
-    if storage == "s3":
-        return S3Source(minio_client(settings), bucket, "")
-    return FolderSource(Path(bucket))
-
-
-@dataclass(frozen=True)
-class Unusable:
-    """Why an asset's image cannot be had now; `transient` ones are tried again on a later run."""
-
-    reason: str
-    transient: bool = False
-    storage_error: bool = False  # the storage itself failed (not this object): a batch of only these is an outage
-
-
-def fetch_and_decode(
-    source: Source, key: str, etag: str | None, sha256: str, max_pixels: int, budget: PixelBudget
-) -> Image.Image | Unusable:
-    """The decoded image of exactly the bytes ingested as `sha256` (from ingest's recent reads when this
-    worker has them), or why it cannot be had."""
-    try:
-        stored = recent_objects.take(source, key, etag) or _read_counted(source, key)
-    except ObjectMissing as missing:
-        return Unusable(str(missing), transient=True)
-    except STORAGE_ERRORS as error:
-        return Unusable(f"cannot read {key}: {one_line(error)}", transient=True, storage_error=True)
-    if hashlib.sha256(stored.data).hexdigest() != sha256:
-        return Unusable(
-            f"{key} holds other bytes than were ingested (overwritten since); re-ingested on the next run",
-            transient=True,
-        )
-    try:
-        return decode_rgb(stored.data, max_pixels, budget)
-    except ImageRejected as rejected:
-        return Unusable(str(rejected))
-
-
-_reads = threading.local()
-
-
-def _read_counted(source: Source, key: str):
-    """Read an object from storage, counting the read for this thread's work log."""
-    _reads.count = getattr(_reads, "count", 0) + 1
-    return source.read(key)
-
-
-def fetch_asset(row, settings: Settings) -> Image.Image | Unusable:
-    """The decoded image of an asset row (storage, bucket, key, etag, sha256), or why it cannot be read."""
-    return fetch_and_decode(
-        source_for(row.storage, row.bucket, settings),
-        row.key,
-        row.etag,
-        row.sha256,
-        settings.max_pixels,
-        pixel_budget(settings.decode_pixel_budget),
-    )
-
-
-def fetch_assets(rows: list, settings: Settings) -> tuple[list[Image.Image | Unusable], int]:
-    """`fetch_asset` of each row on the fetch threads, in order, opening each storage location once; and how
-    many objects were read from storage."""
-    sources: dict[tuple[str, str], Source] = {}
-    for row in rows:
-        sources.setdefault((row.storage, row.bucket), source_for(row.storage, row.bucket, settings))
-    budget = pixel_budget(settings.decode_pixel_budget)
-
-    def fetch(row) -> tuple[Image.Image | Unusable, int]:
-        """The row's image and how many storage reads it took (0 when ingest's copy was at hand)."""
-        _reads.count = 0
-        item = fetch_and_decode(
-            sources[(row.storage, row.bucket)], row.key, row.etag, row.sha256, settings.max_pixels, budget
-        )
-        return item, _reads.count
-
-    with ThreadPoolExecutor(settings.fetch_threads) as pool:
-        fetched = list(pool.map(fetch, rows))
-    return [item for item, _ in fetched], sum(reads for _, reads in fetched)
 
 
 def _missing_outputs(
@@ -271,15 +178,15 @@ def _score_assets(
     needed = set().union(*missing.values())
     pending = {row.id for row in rows if row.status == "pending"}
     rows = [row for row in rows if row.id in needed or row.id in pending]
-    decoded, reads = fetch_assets(rows, settings)
-    unusable = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, Unusable)}
-    if unusable and all(item.storage_error for item in unusable.values()) and len(unusable) == len(rows):
+    decoded, reads = fetch_assets(list(rows), settings)
+    unreadable = {row.id: item for row, item in zip(rows, decoded) if isinstance(item, Unreadable)}
+    if rows and len(unreadable) == len(rows) and all(u.cause is Cause.STORAGE_FAILED for u in unreadable.values()):
         if own_claims:
             with engine.begin() as connection:  # free for a retry, or the next run, at once
                 release_assets(connection, asset_ids)
-        raise StorageUnavailable(next(iter(unusable.values())).reason)
-    failures = {asset_id: item.reason for asset_id, item in unusable.items()}
-    images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, Unusable)}
+        raise StorageUnavailable(next(iter(unreadable.values())).reason)
+    failures = {asset_id: item.reason for asset_id, item in unreadable.items()}
+    images = {row.id: item for row, item in zip(rows, decoded) if not isinstance(item, Unreadable)}
     work = {model: [asset_id for asset_id in images if asset_id in lacking] for model, lacking in missing.items()}
     work = {model: ids for model, ids in work.items() if ids}
     with ThreadPoolExecutor(max(1, len(work))) as pool:
@@ -299,7 +206,7 @@ def _score_assets(
                 vectors[model.name] = (ids, model.embed_prepared(prepared[model]))
 
     sha_of = {row.id: row.sha256 for row in rows}
-    deferred = {asset_id: item.reason for asset_id, item in unusable.items() if item.transient}
+    deferred = {asset_id: item.reason for asset_id, item in unreadable.items() if item.transient}
     with engine.begin() as connection:
         holder = current_holders(connection, sha_of)
         usable = {asset_id: held for asset_id, held in holder.items() if asset_id not in failures}

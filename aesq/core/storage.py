@@ -1,20 +1,25 @@
 """Storage access: S3/MinIO buckets through the `minio` SDK, and local folders, behind one `Source`.
 
-A source is named by a URI: `s3://bucket/prefix` or a folder path. Keys are always relative
-(the object key, or the path below the folder), so provenance key layouts work the same for both.
+A storage URI (`s3://bucket/prefix` or a folder path) is read in one place, `parse_location`, into a
+`Location`; `open_location` gives its objects to list, read and write. Keys are always relative (the
+object key, or the path below the folder), so provenance key layouts work the same for both. aesq's own
+outputs (reports, exports) are written through `Source.writing` too: complete or not at all.
 """
 
 from __future__ import annotations
 
-import io
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from stat import S_ISREG
+from typing import IO, Literal
+from urllib.parse import unquote_plus
 
 import certifi
 import urllib3
@@ -22,16 +27,18 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from aesq.core.config import Settings, get_settings
+from aesq.core.config import Settings
 
 SIDECAR_SUFFIX = ".json"
 S3_CONNECTIONS = 64  # at least the flows' batches in flight (4) × fetch threads (8 by default)
 S3_STALL_SECONDS = 60  # a connection or read that stalls this long fails (and is retried)
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject"}
 
+StorageKind = Literal["s3", "file"]
+
 
 class SourceError(ValueError):
-    """A source URI that cannot be used; the message says why."""
+    """A storage URI that cannot be used; the message says why."""
 
 
 class ObjectMissing(LookupError):
@@ -49,6 +56,36 @@ STORAGE_ERRORS = (S3Error, HTTPError, OSError)
 def one_line(error: BaseException) -> str:
     """An exception's message on one line, for stored reasons and log lines."""
     return " ".join(str(error).split()) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where objects live: a bucket and key prefix on S3, or a local folder (its absolute path, prefix "")."""
+
+    storage: StorageKind
+    bucket: str
+    prefix: str = ""
+
+    @property
+    def uri(self) -> str:
+        """The URI naming this location (normalised: a folder's absolute path)."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.storage == "s3" else self.bucket
+
+    def key_for(self, name: str) -> str:
+        """The key of a file named `name` placed under this location's prefix."""
+        return str(PurePosixPath(self.prefix) / name) if self.prefix else name
+
+
+def parse_location(uri: str) -> Location:
+    """Read `s3://bucket/prefix` or a folder path (`~` expanded, made absolute); SourceError says what is wrong."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        if len(bucket) < 3:
+            raise SourceError(f"{uri!r}: an S3 bucket name has at least 3 characters")
+        return Location("s3", bucket, prefix)
+    if "://" in uri:
+        raise SourceError(f"{uri!r}: a source is s3://bucket/prefix or a local folder")
+    return Location("file", str(Path(uri).expanduser().resolve()))
 
 
 @dataclass(frozen=True)
@@ -80,16 +117,22 @@ def sidecar_candidates(key: str) -> list[str]:
 
 
 class Source:
-    """A bucket prefix or a folder whose image objects aesq ingests."""
+    """The objects of a location (a bucket prefix or a folder): listed and read for ingest, written for aesq's
+    own outputs."""
 
-    storage: str
+    storage: StorageKind
     bucket: str
     prefix: str
 
     @property
+    def location(self) -> Location:
+        """Where these objects live."""
+        return Location(self.storage, self.bucket, self.prefix)
+
+    @property
     def uri(self) -> str:
         """The URI this source was opened from (normalised)."""
-        raise NotImplementedError
+        return self.location.uri
 
     def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Every object under the prefix, sidecars included, in binary (UTF-8 byte, i.e. code point) order
@@ -100,6 +143,21 @@ class Source:
         """The object's bytes and metadata; raises ObjectMissing when it is gone."""
         raise NotImplementedError
 
+    def writing(self, key: str, content_type: str) -> AbstractContextManager[IO[bytes]]:
+        """A binary handle whose bytes become object `key` when the block ends without an error: the object
+        appears complete or not at all (a failed write leaves what was there)."""
+        raise NotImplementedError
+
+    def object_uri(self, key: str) -> str:
+        """The URI of object `key`, as `load_file` reads it."""
+        raise NotImplementedError
+
+    def write(self, key: str, data: bytes, content_type: str) -> str:
+        """Store `data` as object `key`; returns its URI."""
+        with self.writing(key, content_type) as handle:
+            handle.write(data)
+        return self.object_uri(key)
+
 
 class S3Source(Source):
     """Objects under a prefix of an S3/MinIO bucket."""
@@ -108,10 +166,6 @@ class S3Source(Source):
 
     def __init__(self, client: Minio, bucket: str, prefix: str) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
 
     def _no_bucket(self, error: S3Error) -> SourceError:
         """A missing bucket is a configuration problem, not a transient one."""
@@ -153,14 +207,22 @@ class S3Source(Source):
             response.release_conn()
         return StoredObject(data=data, etag=(response.headers.get("ETag") or "").strip('"') or None, metadata=metadata)
 
-    def write(self, key: str, data: bytes, content_type: str) -> None:
-        """Store `data` as object `key` (aesq's own outputs, such as reports)."""
-        try:
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-        except S3Error as error:
-            if error.code == "NoSuchBucket":
-                raise self._no_bucket(error) from error
-            raise
+    @contextmanager
+    def writing(self, key: str, content_type: str) -> Iterator[IO[bytes]]:
+        # S3 makes an object visible only once its upload completes; the bytes wait in a temporary file till then.
+        with tempfile.TemporaryFile() as pending:
+            yield pending
+            length = pending.seek(0, os.SEEK_END)
+            pending.seek(0)
+            try:
+                self.client.put_object(self.bucket, key, pending, length, content_type=content_type)
+            except S3Error as error:
+                if error.code == "NoSuchBucket":
+                    raise self._no_bucket(error) from error
+                raise
+
+    def object_uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
 
 def _is_directory(entry: os.DirEntry) -> bool:
@@ -184,10 +246,6 @@ class FolderSource(Source):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.bucket, self.prefix = str(self.root), ""
-
-    @property
-    def uri(self) -> str:
-        return str(self.root)
 
     def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
         # One directory's names at a time, never the whole tree: a directory sorts as its name plus "/"
@@ -220,14 +278,44 @@ class FolderSource(Source):
                 continue
             yield ObjectInfo(key=key, etag=_file_etag(stat), size=stat.st_size)
 
-    def read(self, key: str) -> StoredObject:
+    def _path(self, key: str) -> Path:
+        """The file of `key`; ObjectMissing for a key that leads outside the folder."""
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root):
             raise ObjectMissing(f"{key} is outside {self.root}")
+        return path
+
+    def read(self, key: str) -> StoredObject:
+        path = self._path(key)
         try:
             return StoredObject(data=path.read_bytes(), etag=_file_etag(path.stat()), metadata={})
         except (FileNotFoundError, IsADirectoryError) as error:
             raise ObjectMissing(f"file {path} no longer exists") from error
+
+    @contextmanager
+    def writing(self, key: str, content_type: str) -> Iterator[IO[bytes]]:
+        # Written beside the target under a temporary name, then renamed over it in one step.
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                yield handle
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; give it an ordinary file's mode
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def object_uri(self, key: str) -> str:
+        return str(self._path(key))
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class RecentObjects:
@@ -278,9 +366,8 @@ def _minio_client(endpoint: str, access_key: str, secret_key: str, secure: bool,
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
 
 
-def minio_client(settings: Settings | None = None) -> Minio:
+def minio_client(settings: Settings) -> Minio:
     """The S3 client configured by the settings."""
-    settings = settings or get_settings()
     return _minio_client(
         settings.s3_endpoint,
         settings.s3_access_key,
@@ -290,46 +377,38 @@ def minio_client(settings: Settings | None = None) -> Minio:
     )
 
 
-def open_source(uri: str, settings: Settings | None = None) -> Source:
-    """Open `s3://bucket/prefix` or a folder path; SourceError says what is wrong with it."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        if len(bucket) < 3:
-            raise SourceError(f"{uri!r}: an S3 bucket name has at least 3 characters")
-        return S3Source(minio_client(settings), bucket, prefix)
-    if "://" in uri:
-        raise SourceError(f"{uri!r}: a source is s3://bucket/prefix or a local folder")
-    root = Path(uri).expanduser()
-    if not root.is_dir():
+def open_location(location: Location, settings: Settings) -> Source:
+    """The objects at `location` (a folder need not exist yet: reads of it miss, writes create it)."""
+    if location.storage == "s3":
+        return S3Source(minio_client(settings), location.bucket, location.prefix)
+    return FolderSource(Path(location.bucket))
+
+
+def open_source(uri: str, settings: Settings) -> Source:
+    """Open `s3://bucket/prefix` or an existing folder to ingest from; SourceError says what is wrong with it."""
+    location = parse_location(uri)
+    if location.storage == "file" and not Path(location.bucket).is_dir():
         raise SourceError(f"{uri!r}: no such folder")
-    return FolderSource(root)
+    return open_location(location, settings)
 
 
-def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Settings | None = None) -> str:
-    """Store `data` as `name` under `uri` (s3://bucket/prefix or a local folder); returns where it went."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        key = str(PurePosixPath(prefix) / name) if prefix else name
-        S3Source(minio_client(settings), bucket, "").write(key, data, content_type)
-        return f"s3://{bucket}/{key}"
-    folder = Path(uri)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(data)
-    return str(folder / name)
+def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Settings) -> str:
+    """Store `data` as `name` under `uri` (s3://bucket/prefix or a folder, made if need be); returns its URI."""
+    location = parse_location(uri)
+    return open_location(location, settings).write(location.key_for(name), data, content_type)
 
 
-def load_file(location: str, settings: Settings | None = None) -> bytes:
-    """The bytes `save_file` stored at `location`."""
-    if location.startswith("s3://"):
-        bucket, _, key = location.removeprefix("s3://").partition("/")
-        return S3Source(minio_client(settings), bucket, "").read(key).data
-    return Path(location).read_bytes()
+def load_file(uri: str, settings: Settings) -> bytes:
+    """The bytes `save_file` stored at `uri` (the URI it returned); ObjectMissing when they are gone."""
+    location = parse_location(uri)
+    if location.storage == "s3":
+        return open_location(Location("s3", location.bucket), settings).read(location.prefix).data
+    path = Path(location.bucket)
+    return FolderSource(path.parent).read(path.name).data
 
 
 def created_objects(notification: dict) -> list[tuple[str, str, str | None]]:
     """(bucket, key, ETag or None) of each object-created record in an S3 / MinIO event notification."""
-    from urllib.parse import unquote_plus
-
     created = []
     for record in notification.get("Records") or []:
         name = str(record.get("eventName", ""))

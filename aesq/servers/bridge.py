@@ -29,7 +29,7 @@ from prefect.events import emit_event
 from aesq.core.claims import Listed, queue_objects
 from aesq.core.config import Settings
 from aesq.core.database import DatabaseError, get_engine
-from aesq.core.storage import created_objects, is_sidecar
+from aesq.core.storage import created_objects, is_sidecar, parse_location
 from aesq.flows.events import OBJECT_CREATED, bucket_resource
 
 STORAGE = "s3"
@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 def s3_sources(sources: Iterable[str]) -> list[tuple[str, str]]:
     """(bucket, prefix) of each `s3://` source."""
-    return [tuple(uri.removeprefix("s3://").partition("/")[::2]) for uri in sources if uri.startswith("s3://")]
+    locations = [parse_location(uri) for uri in sources]
+    return [(location.bucket, location.prefix) for location in locations if location.storage == "s3"]
 
 
 class Bridge:

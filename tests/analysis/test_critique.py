@@ -13,8 +13,10 @@ from aesq.analysis import critique, defect_analysis
 from aesq.core import scoring
 from aesq.core.config import Settings, get_settings
 from aesq.core.database import get_engine
+from aesq.core.fetch import fetch_and_decode
 from aesq.core.images import pixel_budget
 from aesq.core.scoring import UnknownModel
+from aesq.core.storage import open_source
 from aesq.models.internvl import ErnieImageAesScorer
 from tests.helpers import ingest_all, jpeg_bytes, noise_image, photo, put
 from tests.models.test_internvl import write_tiny_ernie
@@ -88,8 +90,8 @@ def test_low_scorers_get_the_critics_answer_per_aspect(settings, s3_client, buck
         assert row.severity == pytest.approx(1 - row.value / 100, abs=1e-4)
         # each asset's answers are the model's answers about that asset's own image (as decoded from JPEG)
         payload = jpeg_bytes(images[key])
-        decoded = scoring.fetch_and_decode(
-            scoring.source_for("s3", bucket, settings),
+        decoded = fetch_and_decode(
+            open_source(f"s3://{bucket}", settings),
             f"generated/sdxl/1.0/{key}",
             None,
             hashlib.sha256(payload).hexdigest(),

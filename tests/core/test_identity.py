@@ -13,6 +13,7 @@ from aesq.core import scoring
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.core.identity import Arrival, Located, plan_batch
+from aesq.core.storage import open_source, recent_objects
 from tests.helpers import (
     assert_every_content_scored_once,
     assert_statistics_match_rows,
@@ -127,7 +128,7 @@ def _ingest_then(settings, source: str, s3_client, bucket: str, change: Callable
     """Ingest object KEY (holding A), then change it before scoring, with no copy of its bytes kept in memory."""
     put(s3_client, bucket, KEY, A)
     ids = ingest_all(source, settings)
-    scoring.recent_objects.take(scoring.source_for("s3", bucket, settings), KEY, _assets()[KEY].etag)
+    recent_objects.take(open_source(source, settings), KEY, _assets()[KEY].etag)
     change()
     return ids
 

@@ -31,7 +31,7 @@ from aesq.core.images import (
 )
 from aesq.models import EMBEDDERS, SCORERS
 from aesq.models.base import NATIVE_CENTRE, NATIVE_SIZE, native_centre, native_size
-from tests.helpers import jpeg_bytes, noise_image, photo, png_bytes
+from tests.helpers import jpeg_bytes, noise_image, photo, png_bytes, tiff_whose_second_page_has_no_width
 
 LIMIT = 10_000_000
 BUDGET = PixelBudget(LIMIT)
@@ -169,22 +169,6 @@ def test_animated_gif_decodes_its_first_frame():
 
 
 # --- poison files: whatever a decoder raises rejects that one image -------------------------------
-
-
-def tiff_whose_second_page_has_no_width() -> bytes:
-    """A 2-page TIFF whose second page lacks the ImageWidth tag (renamed to an unknown tag)."""
-    data = bytearray(
-        _encode(
-            Image.new("RGB", (16, 16), "red"), "TIFF", save_all=True, append_images=[Image.new("RGB", (16, 16), "blue")]
-        )
-    )
-    first = struct.unpack_from("<I", data, 4)[0]
-    second = struct.unpack_from("<I", data, first + 2 + 12 * struct.unpack_from("<H", data, first)[0])[0]
-    for entry in range(struct.unpack_from("<H", data, second)[0]):
-        offset = second + 2 + 12 * entry
-        if struct.unpack_from("<H", data, offset)[0] == 256:  # ImageWidth
-            struct.pack_into("<H", data, offset, 65000)
-    return bytes(data)
 
 
 def dds_with_unknown_pixel_format_flags() -> bytes:

@@ -1,23 +1,144 @@
-"""Ingest on the real components (moto S3, embedded Postgres): one object's problem stays that object's."""
+"""Ingest on the real components (moto S3, local folders, embedded Postgres): each object recorded once with its
+facts and provenance, one object's problem stays that object's, a retried batch adds nothing, and a storage that
+fails gives the objects back to the queue."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import shutil
 
 import pytest
 import sqlalchemy as sa
 
-from aesq.core import scoring
-from aesq.core.config import get_settings
+from aesq.core import discovery, ingest, scoring
 from aesq.core.database import get_engine
-from tests.core.test_images import tiff_whose_second_page_has_no_width
-from tests.helpers import ingest_all, jpeg_bytes, noise_image, put
+from aesq.core.storage import StorageUnavailable
+from tests.helpers import (
+    ingest_all,
+    jpeg_bytes,
+    noise_image,
+    png_bytes,
+    put,
+    tiff_whose_second_page_has_no_width,
+)
+
+
+def _assets(settings) -> dict[str, sa.Row]:
+    """Every asset row with its generator, by key."""
+    with get_engine(settings).connect() as connection:
+        rows = connection.execute(
+            sa.text(
+                "SELECT a.id, a.key, a.status::text AS status, a.error, a.width, a.height, a.format, a.sha256,"
+                " a.size_bytes, a.source_kind::text AS source_kind, a.prompt, a.seed,"
+                " g.name || ':' || g.version AS generator"
+                " FROM assets a LEFT JOIN generators g ON g.id = a.generator_id"
+            )
+        )
+        return {row.key: row for row in rows}
+
+
+def _queue(settings) -> list[tuple]:
+    """The ingest queue: key, tries so far, and whether a worker holds it."""
+    with get_engine(settings).connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                sa.text("SELECT key, attempts, lease_owner IS NOT NULL FROM ingest_queue ORDER BY key")
+            )
+        ]
+
+
+def test_each_object_is_recorded_with_its_facts_and_provenance(settings, tmp_path):
+    generated = tmp_path / "generated" / "sdxl" / "1.0"
+    generated.mkdir(parents=True)
+    image = png_bytes(noise_image(1, 40))
+    (generated / "fox.png").write_bytes(image)
+    (generated / "fox.png.json").write_text(json.dumps({"prompt": "a red fox", "seed": 7}))
+    (tmp_path / "crawled").mkdir()
+    (tmp_path / "crawled" / "web.jpg").write_bytes(jpeg_bytes(noise_image(2, 24)))
+
+    waiting = ingest_all(str(tmp_path), settings)
+
+    assets = _assets(settings)
+    assert sorted(assets) == ["crawled/web.jpg", "generated/sdxl/1.0/fox.png"]  # the sidecar is no asset
+    fox = assets["generated/sdxl/1.0/fox.png"]
+    assert (fox.status, fox.error, fox.width, fox.height, fox.format) == ("pending", None, 40, 40, "PNG")
+    assert (fox.sha256, fox.size_bytes) == (hashlib.sha256(image).hexdigest(), len(image))
+    assert (fox.source_kind, fox.generator, fox.prompt, fox.seed) == ("generated", "sdxl:1.0", "a red fox", 7)
+    assert (assets["crawled/web.jpg"].source_kind, assets["crawled/web.jpg"].generator) == ("crawled", None)
+    assert sorted(waiting) == sorted(row.id for row in assets.values())
+    assert _queue(settings) == []
+
+
+def test_ingesting_a_claimed_batch_again_adds_nothing(settings, s3_client, bucket):
+    """A task retried after its first try had committed (the answer was lost) finds its work done."""
+    for index in range(3):
+        put(s3_client, bucket, f"generated/m/1/{index}.jpg", jpeg_bytes(noise_image(index)))
+    source = f"s3://{bucket}/"
+    discovery.discover(source, settings)
+    claimed = ingest.claim_batch(source, settings)
+
+    first = ingest.ingest(source, claimed, settings)
+    before = _assets(settings)
+    again = ingest.ingest(source, claimed, settings)
+
+    assert sorted(again) == sorted(first) and len(first) == 3
+    assert _assets(settings) == before
+    assert _queue(settings) == []
+
+
+def test_an_object_deleted_after_it_was_queued_is_skipped(settings, tmp_path):
+    for seed, name in enumerate(("kept.jpg", "gone.jpg")):
+        (tmp_path / name).write_bytes(jpeg_bytes(noise_image(seed)))
+    discovery.discover(str(tmp_path), settings)
+    (tmp_path / "gone.jpg").unlink()
+
+    ingest.ingest(str(tmp_path), ingest.claim_batch(str(tmp_path), settings), settings)
+
+    assert list(_assets(settings)) == ["kept.jpg"]
+    assert _queue(settings) == []
+
+
+def _unreadable_folder(settings, tmp_path, readable: int) -> tuple[str, list]:
+    """A folder source whose queued objects under `sub/` can no longer be read (a file stands where the folder
+    was: every read fails with an OS error, none is missing), next to `readable` objects that can; the claim."""
+    for index in range(2):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        (tmp_path / "sub" / f"{index}.jpg").write_bytes(jpeg_bytes(noise_image(index)))
+    for index in range(readable):
+        (tmp_path / f"ok-{index}.jpg").write_bytes(jpeg_bytes(noise_image(10 + index)))
+    discovery.discover(str(tmp_path), settings)
+    claimed = ingest.claim_batch(str(tmp_path), settings)
+    shutil.rmtree(tmp_path / "sub")
+    (tmp_path / "sub").write_bytes(b"not a folder")
+    return str(tmp_path), claimed
+
+
+def test_a_storage_failing_for_every_object_raises_and_gives_the_batch_back_untried(settings, tmp_path):
+    source, claimed = _unreadable_folder(settings, tmp_path, readable=0)
+
+    with pytest.raises(StorageUnavailable, match="cannot read 2 objects of"):
+        ingest.ingest(source, claimed, settings)
+
+    assert _assets(settings) == {}
+    assert _queue(settings) == [("sub/0.jpg", 0, False), ("sub/1.jpg", 0, False)]
+
+
+def test_objects_the_storage_fails_to_hand_over_wait_while_the_rest_is_ingested(settings, tmp_path):
+    source, claimed = _unreadable_folder(settings, tmp_path, readable=1)
+
+    ingest.ingest(source, claimed, settings)
+
+    assert list(_assets(settings)) == ["ok-0.jpg"]
+    assert _queue(settings) == [("sub/0.jpg", 1, False), ("sub/1.jpg", 1, False)]  # one try counted, backing off
+    assert ingest.claim_batch(source, settings) == []  # not before the back-off has passed
 
 
 @pytest.mark.slow
-def test_a_poison_file_fails_alone_and_the_rest_of_its_batch_is_scored(settings, s3_client, bucket, monkeypatch):
+def test_a_poison_file_fails_alone_and_the_rest_of_its_batch_is_scored(settings, s3_client, bucket):
     """The reported attack: 40 JPEGs and a TIFF on which Pillow raises TypeError, in one batch."""
-    monkeypatch.setenv("AESQ_BATCH_SIZE", "41")
-    get_settings.cache_clear()
-    settings = get_settings()
+    settings = settings.model_copy(update={"batch_size": 41})
     for index in range(40):
         put(s3_client, bucket, f"generated/sdxl/1.0/{index:02d}.jpg", jpeg_bytes(noise_image(index, 96)))
     put(s3_client, bucket, "generated/sdxl/1.0/poison.tif", tiff_whose_second_page_has_no_width())
@@ -26,8 +147,8 @@ def test_a_poison_file_fails_alone_and_the_rest_of_its_batch_is_scored(settings,
     scoring.score_assets(ingest_all(source, settings), settings)
 
     with get_engine(settings).connect() as connection:
-        assets = {row.key: row for row in connection.execute(sa.text("SELECT key, status, error FROM assets"))}
         scored = connection.execute(sa.text("SELECT count(DISTINCT asset_id) FROM scores")).scalar_one()
+    assets = _assets(settings)
     poison = assets.pop("generated/sdxl/1.0/poison.tif")
     assert (poison.status, poison.error) == ("failed", "cannot count its frames: TypeError: Missing dimensions")
     assert len(assets) == 40 and {row.status for row in assets.values()} == {"scored"}

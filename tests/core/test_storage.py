@@ -11,19 +11,65 @@ import pytest
 
 from aesq.core.storage import (
     FolderSource,
+    Location,
     ObjectInfo,
     ObjectMissing,
     RecentObjects,
     S3Source,
     SourceError,
     StoredObject,
+    load_file,
     open_source,
+    parse_location,
+    save_file,
 )
 from tests.helpers import put, sidecar_for
 
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://images/team/raw/", Location("s3", "images", "team/raw/")),
+        ("s3://images", Location("s3", "images", "")),
+        ("s3://images/", Location("s3", "images", "")),
+    ],
+)
+def test_parse_s3_uri(uri, expected):
+    assert parse_location(uri) == expected
+
+
+def test_parse_folder_expands_home_and_makes_it_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert parse_location("~/pics/../pics") == Location("file", str(tmp_path / "pics"))
+    assert parse_location("pics") == Location("file", str(tmp_path / "pics"))
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("s3://ab/prefix", "at least 3 characters"),
+        ("s3:///prefix", "at least 3 characters"),
+        ("gs://bucket/prefix", "a source is s3://bucket/prefix or a local folder"),
+        ("http://host/bucket", "a source is s3://bucket/prefix or a local folder"),
+    ],
+)
+def test_parse_errors(uri, message):
+    with pytest.raises(SourceError, match=message):
+        parse_location(uri)
+
+
+def test_location_names_a_file_under_its_prefix():
+    assert [Location("s3", "bucket", prefix).key_for("r.html") for prefix in ("", "reports", "reports/")] == [
+        "r.html",
+        "reports/r.html",
+        "reports/r.html",
+    ]
+    assert Location("s3", "bucket", "team/raw/").uri == "s3://bucket/team/raw/"
 
 
 def test_open_s3_uri(settings):
@@ -35,17 +81,13 @@ def test_open_s3_uri(settings):
         "team/raw/",
         "s3://images/team/raw/",
     )
+    assert source.location == parse_location(source.uri)
 
 
-def test_open_s3_uri_without_prefix(settings):
-    source = open_source("s3://images", settings)
-    assert (source.bucket, source.prefix) == ("images", "")
-
-
-def test_open_folder(tmp_path, monkeypatch):
+def test_open_folder(settings, tmp_path, monkeypatch):
     (tmp_path / "pics").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path))
-    source = open_source("~/pics/../pics")
+    source = open_source("~/pics/../pics", settings)
     assert isinstance(source, FolderSource)
     assert (source.storage, source.bucket, source.prefix, source.uri) == (
         "file",
@@ -55,21 +97,11 @@ def test_open_folder(tmp_path, monkeypatch):
     )
 
 
-@pytest.mark.parametrize(
-    ("uri", "message"),
-    [
-        ("s3://ab/prefix", "at least 3 characters"),
-        ("s3:///prefix", "at least 3 characters"),
-        ("gs://bucket/prefix", "a source is s3://bucket/prefix or a local folder"),
-        ("http://host/bucket", "a source is s3://bucket/prefix or a local folder"),
-        ("{tmp}/absent", "no such folder"),
-        ("{tmp}/a-file", "no such folder"),
-    ],
-)
-def test_open_source_errors(tmp_path, uri, message):
+@pytest.mark.parametrize("uri", ["{tmp}/absent", "{tmp}/a-file"])
+def test_a_source_folder_must_exist(settings, tmp_path, uri):
     (tmp_path / "a-file").write_bytes(b"x")
-    with pytest.raises(SourceError, match=message):
-        open_source(uri.format(tmp=tmp_path))
+    with pytest.raises(SourceError, match="no such folder"):
+        open_source(uri.format(tmp=tmp_path), settings)
 
 
 def test_missing_bucket_is_a_source_error_naming_it(settings):
@@ -211,3 +243,61 @@ def test_s3_reads_from_every_fetch_thread_of_every_batch_share_one_pool(settings
         for _ in range(3):
             list(pool.map(lambda index: source.read(f"k{index}"), range(32)))
     assert not [record for record in caplog.records if "pool is full" in record.getMessage()]
+
+
+# --- aesq's own outputs: one write path for reports and exports, complete or not at all -------------
+
+
+def test_a_report_saved_to_s3_loads_back_from_the_uri_it_was_saved_at(settings, s3_client, bucket):
+    uri = save_file(f"s3://{bucket}/reports", "r.html", b"<html>1</html>", "text/html", settings)
+    assert uri == f"s3://{bucket}/reports/r.html"
+    assert load_file(uri, settings) == b"<html>1</html>"
+    stat = s3_client.stat_object(bucket, "reports/r.html")
+    assert stat.content_type == "text/html"
+
+
+def test_a_report_saved_to_a_folder_makes_it_and_loads_back(settings, tmp_path):
+    uri = save_file(str(tmp_path / "out" / "reports"), "r.html", b"<html>1</html>", "text/html", settings)
+    assert uri == str(tmp_path / "out" / "reports" / "r.html")
+    assert load_file(uri, settings) == b"<html>1</html>"
+    assert (tmp_path / "out" / "reports" / "r.html").stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_a_missing_saved_file_is_object_missing(settings, tmp_path, bucket):
+    with pytest.raises(ObjectMissing):
+        load_file(str(tmp_path / "gone.html"), settings)
+    with pytest.raises(ObjectMissing):
+        load_file(f"s3://{bucket}/gone.html", settings)
+
+
+@pytest.mark.parametrize("storage", ["s3", "file"])
+def test_a_write_that_fails_midway_leaves_the_previous_object_and_no_partial_one(
+    settings, s3_client, bucket, tmp_path, storage
+):
+    uri = f"s3://{bucket}/out" if storage == "s3" else str(tmp_path / "out")
+    source = open_source(uri, settings) if storage == "s3" else FolderSource(tmp_path / "out")
+    key = source.location.key_for("manifest.jsonl")
+    source.write(key, b"complete\n", "application/jsonl")
+    with pytest.raises(RuntimeError), source.writing(key, "application/jsonl") as handle:
+        handle.write(b"half of a new ")
+        raise RuntimeError("the export failed")
+    assert source.read(key).data == b"complete\n"
+    assert [item.key for item in source.list()] == [key]  # no temporary file left beside it
+
+
+def test_a_folder_write_outside_the_folder_is_refused(tmp_path):
+    with pytest.raises(ObjectMissing, match="outside"):
+        FolderSource(tmp_path / "root").write("../escape.txt", b"x", "text/plain")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_writing_to_a_missing_bucket_is_a_source_error(settings):
+    name = f"absent-{uuid.uuid4().hex[:10]}"
+    with pytest.raises(SourceError, match=name):
+        save_file(f"s3://{name}/reports", "r.html", b"x", "text/html", settings)

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.core.test_images import tiff_whose_second_page_has_no_width
 from tests.faults.stack import aesq_run, generated_images, upload
-from tests.helpers import assert_every_content_scored_once, assert_statistics_match_rows, put
+from tests.helpers import (
+    assert_every_content_scored_once,
+    assert_statistics_match_rows,
+    put,
+    tiff_whose_second_page_has_no_width,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
