@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from aesq.analysis.defects import Finding, detect_defects
+from aesq.core.assets import nearest_assets
 from aesq.core.batches import in_batches
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Unreadable, fetch_asset
-from aesq.core.queries import nearest_assets
 from aesq.core.tables import EMBEDDING_DIMENSIONS, Asset, Defect
 from aesq.core.writes import current_holders
 
@@ -66,7 +66,7 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
     """Run every defect detector on the assets, replace their defect rows, mark them analysed; returns rows written.
 
     An image that can no longer be fetched or decoded is recorded as an `unreadable` defect. Findings go
-    to the asset holding the analysed content when they are written (`store.current_holders`).
+    to the asset holding the analysed content when they are written (`writes.current_holders`).
     """
     engine = get_engine(settings)
     with engine.connect() as connection:
@@ -93,30 +93,15 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
                 findings.append(duplicate)
     with engine.begin() as connection:
         holder = current_holders(connection, {row.id: row.sha256 for row in rows})
-        connection.execute(Defect.__table__.delete().where(Defect.asset_id.in_(list(holder.values()))))
+        connection.execute(delete(Defect).where(Defect.asset_id.in_(list(holder.values()))))
         values = [
             {"asset_id": holder[asset_id], "category": f.category, "severity": f.severity, "detail": f.detail}
             for asset_id, findings in found.items()
             if asset_id in holder
             for f in findings
         ]
-        if values:
-            connection.execute(insert(Defect).values(values).on_conflict_do_nothing())
+        # Two assets read as the same content (a duplicate asked about too) find the same rows once.
+        statement = insert(Defect).values(values).on_conflict_do_nothing().returning(Defect.id)
+        written = len(connection.execute(statement).all()) if values else 0
         connection.execute(update(Asset).where(Asset.id.in_(list(holder.values()))).values(analysed_at=text("now()")))
-    return len(values)
-
-
-def defect_counts(settings: Settings) -> dict[str, dict[str, int]]:
-    """Per generator version ("name:version"), how many assets have each defect category."""
-    query = text(
-        """
-        SELECT coalesce(g.name || ':' || g.version, '(none)') AS version, d.category, count(*) AS n
-        FROM defects d JOIN assets a ON a.id = d.asset_id LEFT JOIN generators g ON g.id = a.generator_id
-        GROUP BY 1, 2 ORDER BY 1, 2
-        """
-    )
-    counts: dict[str, dict[str, int]] = {}
-    with get_engine(settings).connect() as connection:
-        for row in connection.execute(query):
-            counts.setdefault(row.version, {})[row.category] = int(row.n)
-    return counts
+    return written

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class VersionRow(BaseModel):
@@ -92,6 +92,15 @@ class DefectOut(BaseModel):
     detail: str | None
 
 
+class CritiqueOut(BaseModel):
+    """A VLM critic's answers about the asset, per aspect (not a defect: it counts in no defect figure)."""
+
+    critic: str
+    score: float = Field(description="the critic's own score of the asset when it wrote the critique")
+    aspects: dict[str, str]
+    created_at: datetime
+
+
 class AssetDetail(BaseModel):
     """Everything aesq knows about one asset."""
 
@@ -119,7 +128,7 @@ class AssetDetail(BaseModel):
     generator_kind: str | None
     scores: list[ScoreOut]
     defects: list[DefectOut]
-    critique: dict[str, Any] | None
+    critique: CritiqueOut | None
     embedders: list[str]
 
 

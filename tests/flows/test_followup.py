@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import sqlalchemy as sa
 from PIL import ImageEnhance, ImageFilter
@@ -105,6 +103,8 @@ def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(
         put(s3_client, bucket, f"generated/sdxl/1.0/{name}.jpg", jpeg_bytes(photo(name)))
     run_flow(f"s3://{bucket}/")
     defects_flow()
-    critiques = {key: json.loads(found["critique"]) for key, found in _defects(settings).items()}
+    query = sa.text("SELECT a.key, c.critic, c.aspects FROM critiques c JOIN assets a ON a.id = c.asset_id")
+    with get_engine(settings).connect() as connection:
+        critiques = {key: (critic, tuple(aspects)) for key, critic, aspects in connection.execute(query)}
     assert sorted(critiques) == ["generated/sdxl/1.0/astronaut.jpg", "generated/sdxl/1.0/rocket.jpg"]
-    assert all(sorted(c["aspects"]) == ["Composition & Design", "Overall Gestalt"] for c in critiques.values())
+    assert set(critiques.values()) == {("ernie-aes", ("Composition & Design", "Overall Gestalt"))}

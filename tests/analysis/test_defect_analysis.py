@@ -1,0 +1,183 @@
+"""Defect analysis on the real database and object store: which assets it picks, the rows it writes, and
+near-duplicates by embedding; each called directly, not through the flows."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from aesq.analysis import defect_analysis
+from aesq.analysis.defects import detect_defects
+from aesq.core.config import DefectRule
+from aesq.core.database import get_engine
+from aesq.core.images import ImageFacts
+from aesq.core.provenance import GeneratorRef, Provenance
+from aesq.core.tables import Asset, Critique
+from aesq.core.writes import (
+    AssetRecord,
+    ScoreValue,
+    mark_scored,
+    upsert_assets,
+    write_embeddings,
+    write_scores,
+)
+from tests.helpers import ingest_all, noise_image, photo, png_bytes, put
+
+FACTS = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
+V1, V2, V3 = GeneratorRef("m", "1"), GeneratorRef("m", "2"), GeneratorRef("m", "3")
+EMBEDDER = "efficientnet-lite0"
+
+
+def _write_scored(settings, technical: dict[str, tuple[GeneratorRef | None, float]]) -> dict[str, int]:
+    """Assets (key → version, technical score), written and marked scored as scoring does; key → asset id."""
+    records = [
+        AssetRecord(
+            "s3", "bkt", key, f"sha-{key}", f"etag-{key}", 10, FACTS,
+            Provenance("generated" if version else "crawled", version, None, None, {}), None,
+        )
+        for key, (version, _) in technical.items()
+    ]  # fmt: skip
+    with get_engine(settings).begin() as connection:
+        upsert_assets(connection, records)
+        ids = dict(connection.execute(sa.select(Asset.key, Asset.id)).tuples().all())
+        write_scores(
+            connection, [ScoreValue(ids[key], "technical", "1", value, {}) for key, (_, value) in technical.items()]
+        )
+        mark_scored(connection, list(ids.values()))
+    return ids
+
+
+def _execute(settings, statement: str, **params) -> None:
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text(statement), params)
+
+
+def test_low_scorers_are_under_the_threshold_or_in_their_versions_bottom_share(settings):
+    settings = settings.model_copy(
+        update={"defect_rules": {"technical": DefectRule(below=5.0, bottom_share=0.1)}, "batch_size": 3}
+    )
+    ids = _write_scored(
+        settings,
+        {
+            # v1: 3.0 is under 5 and the lowest tenth; 4.0 is under 5 only (its percent rank is 1/9)
+            **{f"v1/{i}.png": (V1, value) for i, value in enumerate([3.0, 4.0, 6, 7, 8, 9, 10, 11, 12, 13])},
+            # v2: nothing under 5, but 6.0 is its lowest tenth
+            **{f"v2/{i}.png": (V2, value) for i, value in enumerate([6.0, 7, 8, 9, 10, 11, 12, 13, 14, 15])},
+            "v3/alone.png": (V3, 6.0),  # the lowest of a version of one is no outlier
+            "crawled/low.png": (None, 4.9),  # assets without a version are one group, and the threshold holds
+            "crawled/fine.png": (None, 9.0),
+        },
+    )
+    with get_engine(settings).begin() as connection:
+        # A low score under a scorer without a rule, and one of an asset not marked scored yet: not looked at.
+        write_scores(connection, [ScoreValue(ids["v1/5.png"], "laion-aesthetic-v2", "1", 1.0, {})])
+        (pending,) = upsert_assets(
+            connection, [AssetRecord("s3", "bkt", "pending.png", "sha-p", "e", 10, FACTS, None, None)]
+        )
+        write_scores(connection, [ScoreValue(pending, "technical", "1", 0.5, {})])
+
+    picked = ["v1/0.png", "v1/1.png", "v2/0.png", "crawled/low.png"]
+    expected = sorted(ids[key] for key in picked)
+    assert defect_analysis.low_scorer_batches(settings) == [expected[:3], expected[3:]]
+
+    # Analysed since its last scoring: left alone; analysed before it was scored again: picked again.
+    _execute(settings, "UPDATE assets SET analysed_at = scored_at + interval '1 minute' WHERE key = 'v1/0.png'")
+    _execute(settings, "UPDATE assets SET analysed_at = scored_at - interval '1 minute' WHERE key = 'v1/1.png'")
+    assert defect_analysis.low_scorer_batches(settings) == [sorted(ids[key] for key in picked[1:])]
+
+
+def _key_ids(settings) -> dict[str, int]:
+    with get_engine(settings).connect() as connection:
+        return dict(connection.execute(sa.select(Asset.key, Asset.id)).tuples().all())
+
+
+def _defects(settings) -> dict[str, set[tuple[str, float, str | None]]]:
+    """key → its defect rows (category, severity, detail)."""
+    query = "SELECT a.key, d.category, d.severity, d.detail FROM defects d JOIN assets a ON a.id = d.asset_id"
+    found: dict[str, set[tuple[str, float, str | None]]] = {}
+    with get_engine(settings).connect() as connection:
+        for key, category, severity, detail in connection.execute(sa.text(query)):
+            found.setdefault(key, set()).add((category, severity, detail))
+    return found
+
+
+def test_each_finding_is_one_row_replaced_on_the_next_run_and_never_a_critique(settings, s3_client, bucket):
+    images = {
+        "clean.png": photo("astronaut"),
+        "grey.png": Image.new("RGB", (256, 256), (128, 128, 128)),
+        "tiny.png": noise_image(1, 24),
+        "gone.png": noise_image(2, 128),
+    }
+    for key, image in images.items():
+        put(s3_client, bucket, key, png_bytes(image))
+    ids = ingest_all(f"s3://{bucket}/", settings)
+    put(s3_client, bucket, "grey-copy.png", png_bytes(images["grey.png"]))  # the same bytes later: a duplicate
+    ingest_all(f"s3://{bucket}/", settings)
+    keys = _key_ids(settings)
+    defect_analysis.analyse_assets(ids, settings)
+    assert {category for category, _, _ in _defects(settings)["gone.png"]} - {"unreadable"}  # readable yet
+    s3_client.remove_object(bucket, "gone.png")
+    with get_engine(settings).begin() as connection:  # a critique stays what it is whatever analysis finds
+        connection.execute(
+            sa.insert(Critique).values(asset_id=keys["grey.png"], critic="c", critic_score=5.0, aspects={"a": "b"})
+        )
+
+    # Every detector's finding on the image as stored (PNG: the very pixels), one row each; the object
+    # gone is `unreadable`. Asked about the duplicate, the findings go to the asset holding its bytes.
+    expected = {
+        key: {(f.category, f.severity, f.detail) for f in detect_defects(image)}
+        for key, image in images.items()
+        if key != "gone.png"
+    }
+    assert expected["grey.png"] and expected["tiny.png"] and not expected["clean.png"]  # the oracle says something
+    for run in range(2):  # each run replaces the rows (gone.png's earlier findings too), it adds none
+        written = defect_analysis.analyse_assets([*ids, keys["grey-copy.png"]], settings)
+        found = _defects(settings)
+        unreadable = found.pop("gone.png")
+        assert found == {key: rows for key, rows in expected.items() if rows}, f"run {run}"
+        assert [(category, severity) for category, severity, _ in unreadable] == [("unreadable", 1.0)]
+        assert written == sum(len(rows) for rows in found.values()) + 1
+    with get_engine(settings).connect() as connection:
+        analysed = dict(connection.execute(sa.select(Asset.key, Asset.analysed_at.is_not(None))).tuples().all())
+        critiques = connection.execute(sa.select(Critique.asset_id, Critique.aspects)).all()
+    assert analysed == {**dict.fromkeys(images, True), "grey-copy.png": False}
+    assert [tuple(row) for row in critiques] == [(keys["grey.png"], {"a": "b"})]
+
+
+def test_the_nearest_asset_within_the_distance_is_named_as_the_copy_to_keep(settings, s3_client, bucket):
+    settings = settings.model_copy(update={"embedders": [EMBEDDER], "near_duplicate_distance": 0.02})
+    for name in ("a", "b", "far", "none"):
+        put(s3_client, bucket, f"{name}.png", png_bytes(noise_image(ord(name[0]), 64)))
+    ingest_all(f"s3://{bucket}/", settings)
+    keys = _key_ids(settings)
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=1280)
+    vectors = {"a": base, "b": base + 0.08 * rng.normal(size=1280), "far": rng.normal(size=1280)}
+    unit = {name: vector / np.linalg.norm(vector) for name, vector in vectors.items()}
+    distance = 1.0 - float(unit["a"] @ unit["b"])
+    assert 0.001 < distance < 0.02  # near, but not identical
+    with get_engine(settings).begin() as connection:  # "none" has no embedding
+        write_embeddings(
+            connection,
+            EMBEDDER,
+            [keys[f"{name}.png"] for name in unit],
+            np.stack(list(unit.values())).astype(np.float32),
+        )
+
+    defect_analysis.analyse_assets(list(keys.values()), settings)
+    near = {
+        key: rows.pop() for key, found in _defects(settings).items()
+        if (rows := {row for row in found if row[0] == "near_duplicate"})
+    }  # fmt: skip
+    assert sorted(near) == ["a.png", "b.png"]
+    for key, other in (("a.png", "b.png"), ("b.png", "a.png")):
+        _, severity, detail = near[key]
+        assert detail is not None and detail.startswith(f"near-duplicate of asset {keys[other]} ")
+        assert detail.endswith(f"keep asset {keys[other]}")
+        measured = float(re.search(r"cosine distance ([0-9.]+)", detail).group(1))
+        assert measured == pytest.approx(distance, abs=5e-4)  # half precision in the index
+        assert severity == pytest.approx(1 - measured / 0.02, abs=0.003)  # the detail rounds to 4 decimals
