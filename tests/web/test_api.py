@@ -11,6 +11,7 @@ from PIL import Image
 
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
+from aesq.core.tables import Critique
 from aesq.web.app import create_app
 
 BASE, LORA, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"
@@ -60,6 +61,27 @@ def test_leaderboard_compare_assets_and_neighbours(client, demo_settings):
     assert worst["id"] not in [n["id"] for n in neighbours]
     defective = client.get("/api/assets", params={"scorer": "technical", "defect": "*", "limit": 200}).json()
     assert defective["total"] > 0 and all(item["defects"] for item in defective["items"])
+
+
+def test_a_critique_is_its_own_field_and_section_and_no_defect(client, demo_settings):
+    """The asset detail carries the critique beside the defects; no defect listing or figure counts it."""
+    best = client.get("/api/assets", params={"scorer": "technical", "limit": 1}).json()["items"][0]
+    assert best["defects"] == []  # the best image is no low scorer, so it was never analysed
+    aspects = {"Overall Gestalt": "balanced", "Composition & Design": "centred"}
+    with get_engine(demo_settings).begin() as connection:
+        connection.execute(
+            sa.insert(Critique).values(asset_id=best["id"], critic="ernie-aes", critic_score=81.5, aspects=aspects)
+        )
+    detail = client.get(f"/api/assets/{best['id']}").json()
+    assert (detail["critique"]["critic"], detail["critique"]["score"]) == ("ernie-aes", 81.5)
+    assert list(detail["critique"]["aspects"].items()) == list(aspects.items())  # in the order asked
+    assert detail["defects"] == []
+    defective = client.get("/api/assets", params={"scorer": "technical", "defect": "*", "limit": 200}).json()
+    assert best["id"] not in [item["id"] for item in defective["items"]]
+    page = client.get(f"/assets/{best['id']}").text
+    assert "Critique by ernie-aes" in page and "81.5" in page and "<dd>centred</dd>" in page
+    others = client.get("/api/assets", params={"scorer": "technical", "limit": 2}).json()["items"]
+    assert client.get(f"/api/assets/{others[1]['id']}").json()["critique"] is None
 
 
 def test_thumbnails_are_resized_cached_and_only_from_the_configured_storage(client, demo_settings):
