@@ -112,6 +112,7 @@ TABLES = (
     "reports",
     "version_daily_stats",
     "defects",
+    "critiques",
     "embeddings",
     "scores",
     "version_stats",
