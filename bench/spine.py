@@ -286,9 +286,10 @@ def truncate_tables() -> None:
     """Empty every aesq table."""
     from sqlalchemy import text
 
+    from aesq.core.config import get_settings
     from aesq.core.database import get_engine
 
-    with get_engine().begin() as connection:
+    with get_engine(get_settings()).begin() as connection:
         connection.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
 
 
@@ -320,7 +321,7 @@ def check_stored(count: int) -> None:
         "SELECT count(*) FROM embeddings": count * len(settings.embedders),
         "SELECT count(DISTINCT generator_id) FROM version_stats": min(count, VERSIONS),
     }
-    with get_engine().connect() as connection:
+    with get_engine(settings).connect() as connection:
         found = {sql: connection.execute(text(sql)).scalar_one() for sql in expected}
     wrong = [f"{sql}: {found[sql]}, expected {n}" for sql, n in expected.items() if found[sql] != n]
     if wrong:
@@ -355,6 +356,7 @@ def placeholder_assets(count: int) -> list[int]:
     """Insert `count` placeholder assets (rows to hang scores and embeddings on); returns their ids."""
     from sqlalchemy import text
 
+    from aesq.core.config import get_settings
     from aesq.core.database import get_engine
 
     insert = text(
@@ -362,7 +364,7 @@ def placeholder_assets(count: int) -> list[int]:
         "SELECT 's3', 'bench-placeholders', 'p-' || g, 'placeholder-' || g, 0, 'crawled', 'scored' "
         "FROM generate_series(1, :count) AS g RETURNING id"
     )
-    with get_engine().begin() as connection:
+    with get_engine(get_settings()).begin() as connection:
         return list(connection.execute(insert, {"count": count}).scalars())
 
 
@@ -375,6 +377,7 @@ def technical_raw() -> dict[str, float]:
 
 def time_write_scores(asset_ids: list[int], repeat: int) -> float:
     """Seconds to write SCORE_ROWS new score rows in one transaction, as scoring does."""
+    from aesq.core.config import get_settings
     from aesq.core.database import get_engine
     from aesq.core.writes import ScoreValue, write_scores
 
@@ -385,13 +388,14 @@ def time_write_scores(asset_ids: list[int], repeat: int) -> float:
         for asset_id in asset_ids
     ][:SCORE_ROWS]
     start = time.perf_counter()
-    with get_engine().begin() as connection:
+    with get_engine(get_settings()).begin() as connection:
         write_scores(connection, rows)
     return time.perf_counter() - start
 
 
 def time_write_embeddings(embedder: str, asset_ids: list[int], seed: int) -> float:
     """Seconds to write one new unit vector per asset for `embedder` in one transaction, as scoring does."""
+    from aesq.core.config import get_settings
     from aesq.core.database import get_engine
     from aesq.core.writes import write_embeddings
     from aesq.models import EfficientNetLite0Embedder
@@ -400,7 +404,7 @@ def time_write_embeddings(embedder: str, asset_ids: list[int], seed: int) -> flo
     vectors = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     start = time.perf_counter()
-    with get_engine().begin() as connection:
+    with get_engine(get_settings()).begin() as connection:
         write_embeddings(connection, embedder, asset_ids, vectors)
     return time.perf_counter() - start
 
@@ -544,9 +548,10 @@ def main() -> None:
         discarded = DiscardedConnections()
         logging.getLogger("urllib3.connectionpool").addFilter(discarded)
 
+        from aesq.core.config import get_settings
         from aesq.core.database import upgrade
 
-        upgrade()
+        upgrade(settings=get_settings())
         bucket = "bench-images"
         print(f"uploading {args.images} images of {args.size}px ...", flush=True)
         uploaded = upload_images(bucket, args.images, args.size)

@@ -66,9 +66,10 @@ def empty_database() -> None:
     """Forget every asset and its outputs, so the next round starts from the same state."""
     import sqlalchemy as sa
 
+    from aesq.core.config import get_settings
     from aesq.core.database import get_engine
 
-    with get_engine().begin() as connection:
+    with get_engine(get_settings()).begin() as connection:
         connection.execute(sa.text(f"TRUNCATE {TABLES} CASCADE"))
 
 
@@ -76,9 +77,10 @@ def work_per_image(images: int) -> dict[str, float]:
     """Items per stage of the work log, per image in the source."""
     import sqlalchemy as sa
 
+    from aesq.core.config import get_settings
     from aesq.core.database import get_engine
 
-    with get_engine().connect() as connection:
+    with get_engine(get_settings()).connect() as connection:
         rows = connection.execute(sa.text("SELECT stage, sum(items) FROM work_log GROUP BY stage")).all()
         scored = connection.execute(sa.text("SELECT count(*) FROM assets WHERE status = 'scored'")).scalar_one()
     return {"scored": scored, **{stage: int(items) / images for stage, items in rows}}
@@ -123,8 +125,9 @@ def run(args: argparse.Namespace) -> None:
         s3, database_url, api_url = start_s3(stack, tmp), start_postgres(stack, tmp), start_prefect(stack, tmp)
         configure_environment(tmp, s3, database_url, api_url, args.batch_size)
         from aesq.core import database
+        from aesq.core.config import get_settings
 
-        database.upgrade()
+        database.upgrade(settings=get_settings())
         upload(args.images, args.size)
         results = {}
         for workers in args.workers:

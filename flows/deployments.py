@@ -12,7 +12,7 @@ The links are Prefect events: the ingest and score flows emit `aesq.assets.inges
 from __future__ import annotations
 
 from prefect.deployments.runner import RunnerDeployment
-from prefect.events import DeploymentEventTrigger
+from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
 
 from aesq.core.config import Settings
 from aesq.core.storage import parse_location
@@ -21,7 +21,7 @@ from aesq.flows.followup import after_scoring_flow, report_flow
 from aesq.flows.spine import ingest_flow, score_flow
 
 
-def _on_new_objects(source: str) -> list[DeploymentEventTrigger]:
+def _on_new_objects(source: str) -> list[DeploymentTriggerTypes | TriggerTypes]:
     """An S3 source's ingest also runs, draining the queue only, when the bridge queued objects in its bucket."""
     location = parse_location(source)
     if location.storage != "s3":
@@ -38,7 +38,8 @@ def _on_new_objects(source: str) -> list[DeploymentEventTrigger]:
 def deployments(settings: Settings) -> list[RunnerDeployment]:
     """The deployments of the whole chain for the configured sources and schedules."""
     ingests = [
-        ingest_flow.to_deployment(
+        RunnerDeployment.from_flow(
+            ingest_flow,
             name=f"ingest-{index}",
             parameters={"source": source},
             interval=settings.poll_interval_seconds,
@@ -48,7 +49,9 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
     ]
     return [
         *ingests,
-        score_flow.to_deployment(name="score", triggers=[DeploymentEventTrigger(expect={INGESTED})]),
-        after_scoring_flow.to_deployment(name="after-scoring", triggers=[DeploymentEventTrigger(expect={SCORED})]),
-        report_flow.to_deployment(name="nightly", cron=settings.report_cron),
+        RunnerDeployment.from_flow(score_flow, name="score", triggers=[DeploymentEventTrigger(expect={INGESTED})]),
+        RunnerDeployment.from_flow(
+            after_scoring_flow, name="after-scoring", triggers=[DeploymentEventTrigger(expect={SCORED})]
+        ),
+        RunnerDeployment.from_flow(report_flow, name="nightly", cron=settings.report_cron),
     ]

@@ -2,17 +2,23 @@
 
 Every flow takes its work by claims (aesq/core/claims.py), so any number of runs, deployments and workers
 can run at once on the same source: each batch is fetched and scored by one of them.
+
+A flow is an entry point: it reads the settings once when it starts and hands them to its tasks. Its own
+parameters are only what a run may change (a source, a run's scorers): flow parameters are stored by the
+Prefect API, and the settings hold secrets.
 """
 
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 from prefect import flow
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture, wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aesq.core.claims import Queued
+from aesq.core.config import Settings, get_settings
 from aesq.core.scoring import BatchOutcome
 from aesq.flows.events import INGESTED, SCORED
 from aesq.tasks.aggregate import aggregate_versions
@@ -29,7 +35,8 @@ from aesq.tasks.score import claim_assets, claim_backfill, others_scoring, relea
 IN_FLIGHT = 4
 # A thread for each in-flight batch's ingest and for its score (which waits for the ingest), and one for
 # discovery: a claimed batch starts at once instead of waiting out its lease for a thread.
-_RUNNER = ThreadPoolTaskRunner(max_workers=2 * IN_FLIGHT + 1)
+# The cast is Prefect's own (its flow decorator's type names the base runner's future type).
+_RUNNER = cast(TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=2 * IN_FLIGHT + 1))
 POLL_SECONDS = 1.0
 
 
@@ -57,33 +64,33 @@ def _room(active: list[PrefectFuture]) -> bool:
 
 
 def _claimed_objects(
-    source: str, discovery: PrefectFuture | None, active: list[PrefectFuture]
+    source: str, settings: Settings, discovery: PrefectFuture | None, active: list[PrefectFuture]
 ) -> Iterator[list[Queued]]:
     """Batches claimed from the source's queue while discovery fills it, until it is empty and no other
     worker holds a claim on it (a dead worker's batch is taken over when its lease lapses)."""
     while _room(active):
         listing_done = discovery is None or _ended(discovery)
-        if claimed := claim_objects(source):
+        if claimed := claim_objects(source, settings):
             yield claimed
-        elif listing_done and not others_ingesting(source):
+        elif listing_done and not others_ingesting(source, settings):
             return
         else:
             time.sleep(POLL_SECONDS)
 
 
-def _claimed_assets(active: list[PrefectFuture], source: str | None, scorers: list[str] | None) -> Iterator[list[int]]:
+def _claimed_assets(active: list[PrefectFuture], settings: Settings, source: str | None) -> Iterator[list[int]]:
     """Batches of assets claimed for scoring, pending ones first, then those lacking a model enabled since
     (one pass in id order), until none is due and no other worker holds a claim (on `source`'s assets,
     when given)."""
     backfill_after: int | None = 0  # None once this run's backfill pass is over
     while _room(active):
-        ids = claim_assets()
+        ids = claim_assets(settings)
         if not ids and backfill_after is not None:
-            ids = claim_backfill(backfill_after, scorers)
+            ids = claim_backfill(backfill_after, settings)
             backfill_after = max(ids) if ids else None
         if ids:
             yield ids
-        elif not others_scoring(source):
+        elif not others_scoring(settings, source):
             return
         else:
             time.sleep(POLL_SECONDS)
@@ -95,11 +102,12 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
 
     With `listing` off, only objects already queued (by bucket notifications) are ingested.
     """
-    discovery = discover_objects.submit(source) if listing else None
+    settings = get_settings()
+    discovery = discover_objects.submit(source, settings) if listing else None
     ingested: list[PrefectFuture] = []
     active: list[PrefectFuture] = []
-    for claimed in _claimed_objects(source, discovery, active):
-        ingested.append(ingest_objects.submit(source, claimed))
+    for claimed in _claimed_objects(source, settings, discovery, active):
+        ingested.append(ingest_objects.submit(source, claimed, settings))
         active.append(ingested[-1])
     ids = [asset_id for future in ingested for asset_id in future.result()]
     if discovery is not None:
@@ -109,25 +117,23 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
     return ids
 
 
-def _score_claimed(
-    outcomes: list[PrefectFuture], source: str | None = None, scorers: list[str] | None = None
-) -> list[BatchOutcome]:
+def _score_claimed(outcomes: list[PrefectFuture], settings: Settings, source: str | None = None) -> list[BatchOutcome]:
     """Score every batch claimed for scoring, after the batches in `outcomes`; what could not be finished is
     given back for the next run."""
     active = list(outcomes)
-    for ids in _claimed_assets(active, source, scorers):
-        outcomes.append(score_assets.submit(ids, scorers))
+    for ids in _claimed_assets(active, settings, source):
+        outcomes.append(score_assets.submit(ids, settings))
         active.append(outcomes[-1])
     done = [future.result() for future in outcomes]
     if unfinished := [asset_id for outcome in done for asset_id in outcome.unfinished]:
-        release_assets(unfinished)
+        release_assets(unfinished, settings)
     return done
 
 
 @flow(name="aesq-score", task_runner=_RUNNER)
 def score_flow() -> list[BatchOutcome]:
     """Score every asset waiting for scores."""
-    outcomes = _score_claimed([])
+    outcomes = _score_claimed([], get_settings())
     if outcomes:
         emit_event(SCORED, resource={"prefect.resource.id": "aesq.scoring"}, payload={"batches": len(outcomes)})
     return outcomes
@@ -136,26 +142,28 @@ def score_flow() -> list[BatchOutcome]:
 @flow(name="aesq-aggregate")
 def aggregate_flow() -> int:
     """Refresh per-version statistics."""
-    return aggregate_versions()
+    return aggregate_versions(get_settings())
 
 
 @flow(name="aesq-run", task_runner=_RUNNER)
 def run_flow(source: str, scorers: list[str] | None = None) -> list[BatchOutcome]:
     """Ingest, score and aggregate `source` once, each batch scored by the worker that ingested it, with
     its bytes still in memory; ends when the source is done, by this run or by others. `scorers`, when
-    given, replaces the configured scorers for this run."""
-    discovery = discover_objects.submit(source)
+    given, are this run's only scorers, run here whatever the scoring pools (`Settings.for_run`)."""
+    settings = get_settings() if scorers is None else get_settings().for_run(scorers)
+    discovery = discover_objects.submit(source, settings)
     ingested: list[PrefectFuture] = []
     scored: list[PrefectFuture] = []
     active: list[PrefectFuture] = []
-    for claimed in _claimed_objects(source, discovery, active):
-        ingested.append(ingest := ingest_objects.submit(source, claimed, score_next=True))
-        scored.append(score_assets.submit(ingest, scorers))
+    for claimed in _claimed_objects(source, settings, discovery, active):
+        ingested.append(ingest := ingest_objects.submit(source, claimed, settings, score_next=True))
+        # The ingest's future stands for its result (Prefect's types do not say so): scored once it is ingested.
+        scored.append(score_assets.submit(ingest, settings))  # type: ignore[call-overload]
         active.append(scored[-1])
     wait(scored)
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
     discovery.result()
-    outcomes = _score_claimed(scored, source, scorers)
-    aggregate_versions()
+    outcomes = _score_claimed(scored, settings, source)
+    aggregate_versions(settings)
     return outcomes

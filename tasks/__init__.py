@@ -1,5 +1,8 @@
 """Prefect tasks: thin wrappers around aesq's plain functions, with retries on the decorator."""
 
+from collections.abc import Callable
+from typing import Any, TypedDict
+
 from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
@@ -12,7 +15,7 @@ from aesq.core.storage import SourceError
 _PERMANENT = (SourceError, UnknownModel, FileNotFoundError)
 
 
-def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
+def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry unless the failure is one a retry cannot fix."""
     try:
         state.result()
@@ -23,4 +26,12 @@ def is_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return True
 
 
-RETRY = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": is_transient}
+class RetryOptions(TypedDict):
+    """The retry options of every aesq task, typed so the `@task(**RETRY)` calls are checked."""
+
+    retries: int
+    retry_delay_seconds: list[float]
+    retry_condition_fn: Callable[[Task[..., Any], TaskRun, State[Any]], bool]
+
+
+RETRY: RetryOptions = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": is_transient}

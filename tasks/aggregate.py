@@ -3,15 +3,15 @@
 from prefect import task
 
 from aesq.analysis import aggregate
-from aesq.core.config import get_settings
+from aesq.core.config import Settings
 from aesq.tasks import RETRY
 
 
 @task(name="aggregate-versions", **RETRY)
-def aggregate_versions() -> int:
+def aggregate_versions(settings: Settings) -> int:
     """Recompute statistics per generator version and scorer.
 
     Returns:
         How many statistics rows changed.
     """
-    return aggregate.aggregate_versions(get_settings())
+    return aggregate.aggregate_versions(settings)

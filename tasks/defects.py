@@ -3,45 +3,46 @@
 from prefect import Task, task
 
 from aesq.analysis import critique, defect_analysis
-from aesq.core.config import get_settings
+from aesq.core.config import Settings
 from aesq.tasks import RETRY
-from aesq.tasks.score import run_own_result, worker_slot
+from aesq.tasks.score import PoolWorker, run_own_result
 
 
 @task(name="low-scorers", **RETRY)
-def low_scorers() -> list[list[int]]:
+def low_scorers(settings: Settings) -> list[list[int]]:
     """Find assets that defect analysis should look at.
 
     Returns:
         Batches of asset ids.
     """
-    return defect_analysis.low_scorer_batches(get_settings())
+    return defect_analysis.low_scorer_batches(settings)
 
 
 @task(name="analyse-defects", **RETRY)
-def analyse_defects(asset_ids: list[int]) -> int:
+def analyse_defects(asset_ids: list[int], settings: Settings) -> int:
     """Run the defect detectors on one batch and store their findings.
 
     Args:
         asset_ids: ids of one batch of low scorers.
+        settings: the flow run's settings.
 
     Returns:
         How many defect rows were written.
     """
-    return defect_analysis.analyse_assets(asset_ids, get_settings())
+    return defect_analysis.analyse_assets(asset_ids, settings)
 
 
 @task(name="critique-low-scorers", **RETRY)
-def critique_low_scorers(asset_ids: list[int]) -> int:
+def critique_low_scorers(asset_ids: list[int], settings: Settings) -> int:
     """Have the VLM critic, when one is enabled, judge one batch per aspect (here, or on its scoring pool).
 
     Args:
         asset_ids: ids of one batch of low scorers, already analysed.
+        settings: the flow run's settings.
 
     Returns:
         How many critiques were written (0 without a critic).
     """
-    settings = get_settings()
     critic = critique.critic_name(settings)
     if critic is None:
         return 0
@@ -51,13 +52,12 @@ def critique_low_scorers(asset_ids: list[int]) -> int:
     return critique_pool_task(pool).delay(asset_ids).result(timeout=settings.pool_wait_seconds)
 
 
-def critique_pool_task(pool: str, device: str | None = None, worker: str | None = None) -> Task[[list[int]], int]:
+def critique_pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[list[int]], int]:
     """The critique task that pool `pool`'s workers serve when the critic is one of its scorers.
 
     Args:
         pool: scoring pool name from the settings.
-        device: torch device of the worker serving it (the pool's device when None).
-        worker: the worker's name, whose slot is held while the critic generates; None when only handing work over.
+        worker: the worker serving it (its settings and slot); None when only handing work over.
 
     Returns:
         A task keyed by the pool name, so only that pool's workers pick its runs up.
@@ -65,9 +65,8 @@ def critique_pool_task(pool: str, device: str | None = None, worker: str | None 
 
     def critique_on_pool(asset_ids: list[int]) -> int:
         """Critique one batch with this pool's critic, holding the worker's slot while it generates."""
-        return critique.critique_assets(
-            asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker)
-        )
+        serving = PoolWorker.serving(worker, pool)
+        return critique.critique_assets(asset_ids, serving.settings, model_slot=serving.slot)
 
     critique_on_pool.__qualname__ = f"critique_on_pool_{pool}"  # Prefect keys a task by its function's name
-    return task(critique_on_pool, name=f"critique-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)
+    return task(name=f"critique-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)(critique_on_pool)

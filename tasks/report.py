@@ -4,23 +4,20 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from aesq.analysis import nightly_report
-from aesq.core.config import get_settings
+from aesq.core.config import Settings
 from aesq.tasks import RETRY
 
 
 @task(name="publish-report", **RETRY)
-def publish_report(days: int | None = None) -> str:
+def publish_report(settings: Settings) -> str:
     """Build the report from the database, save it, and publish its leaderboard (stable artifact keys).
 
     Args:
-        days: the trend window; None takes AESQ_REPORT_DAYS.
+        settings: the flow run's settings; `report_days` is the trend window.
 
     Returns:
         Where the HTML report was saved.
     """
-    settings = get_settings()
-    if days is not None:
-        settings = settings.model_copy(update={"report_days": days})
     location, data = nightly_report.publish_report(settings)
     rows = [
         {

@@ -8,75 +8,69 @@ next batches are fetched, decoded and preprocessed on CPU threads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from prefect import Task, task
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 
 from aesq.core import scoring
-from aesq.core.config import Settings, get_settings
+from aesq.core.config import Settings
 from aesq.tasks import RETRY
 
 
 @task(name="claim-assets", **RETRY)
-def claim_assets() -> list[int]:
+def claim_assets(settings: Settings) -> list[int]:
     """Claim the next batch of pending assets for this worker.
 
     Returns:
         Asset ids; empty when none is free.
     """
-    return scoring.claim_batch(get_settings())
-
-
-def _settings(scorers: list[str] | None) -> Settings:
-    """The settings, with the run's own scorers when it names them (e.g. `aesq bench labels` adds one)."""
-    settings = get_settings()
-    return settings if scorers is None else settings.model_copy(update={"scorers": scorers})
+    return scoring.claim_batch(settings)
 
 
 @task(name="claim-backfill", **RETRY)
-def claim_backfill(after: int, scorers: list[str] | None = None) -> list[int]:
+def claim_backfill(after: int, settings: Settings) -> list[int]:
     """Claim the next batch of scored assets lacking a model enabled since, for this worker.
 
     Args:
         after: only assets with greater ids (where this run's previous backfill claim ended).
-        scorers: the run's scorers, when not the configured ones.
+        settings: the flow run's settings, whose models are the ones wanted.
 
     Returns:
         Asset ids; empty when none is left.
     """
-    return scoring.claim_backfill(_settings(scorers), after)
+    return scoring.claim_backfill(settings, after)
 
 
 @task(name="others-scoring", **RETRY)
-def others_scoring(source: str | None = None) -> bool:
+def others_scoring(settings: Settings, source: str | None = None) -> bool:
     """Whether other workers still hold claims on assets (of `source` only, when given)."""
-    return scoring.others_scoring(get_settings(), source)
+    return scoring.others_scoring(settings, source)
 
 
 @task(name="release-assets", **RETRY)
-def release_assets(asset_ids: list[int]) -> None:
+def release_assets(asset_ids: list[int], settings: Settings) -> None:
     """Give back the claims on assets this run could not finish (deferred, unreadable), for the next run."""
-    scoring.release(asset_ids, get_settings())
+    scoring.release(asset_ids, settings)
 
 
 @task(name="score-assets", **RETRY)
-def score_assets(asset_ids: list[int], scorers: list[str] | None = None) -> scoring.BatchOutcome:
+def score_assets(asset_ids: list[int], settings: Settings) -> scoring.BatchOutcome:
     """Score one batch with every enabled scorer and embedder and store the results.
 
     Without scoring pools the models run here; with pools, every pool's workers score the batch with
-    their models and this task waits for them.
+    their models and this task waits for them. Only the batch's ids go to the pools, never the settings
+    (a pool task's parameters are persisted, and the settings hold secrets).
 
     Args:
         asset_ids: ids of one batch; ids that are not pending any more are skipped.
-        scorers: the run's scorers, when not the configured ones.
+        settings: the flow run's settings.
 
     Returns:
         How many assets were scored and how many failed.
     """
-    settings = _settings(scorers)
     if not settings.pools:
         return scoring.score_assets(asset_ids, settings)
     with scoring.keep_claimed(asset_ids, settings):
@@ -101,23 +95,32 @@ def run_own_result(context: TaskRunContext, parameters: dict) -> str:
     return f"aesq-pool-run-{context.task_run.id}"
 
 
-def worker_slot(worker: str | None) -> Callable[[], AbstractContextManager]:
-    """What a pool task holds while its models run: worker `worker`'s single slot (nothing when not on a worker)."""
-    if worker is None:
-        return nullcontext
-    return lambda: concurrency(gpu_slot_name(worker), occupy=1, strict=True)
+@dataclass(frozen=True)
+class PoolWorker:
+    """A scoring pool's worker process: its settings for the pool, read once at its start-up, and its name."""
+
+    settings: Settings
+    name: str
+
+    def slot(self) -> AbstractContextManager:
+        """Hold this worker's single scoring slot (a Prefect global concurrency limit) while its models run."""
+        return concurrency(gpu_slot_name(self.name), occupy=1, strict=True)
+
+    @staticmethod
+    def serving(worker: PoolWorker | None, pool: str) -> PoolWorker:
+        """The worker a pool task runs on; a task built only to hand batches over has none, and never runs."""
+        if worker is None:
+            raise RuntimeError(f"pool {pool!r}'s tasks run only on its workers (`aesq worker --pool {pool}`)")
+        return worker
 
 
-def pool_task(
-    pool: str, device: str | None = None, worker: str | None = None
-) -> Task[[list[int]], scoring.BatchOutcome]:
+def pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[list[int]], scoring.BatchOutcome]:
     """The task that pool `pool`'s workers serve and flows hand batches to.
 
     Args:
         pool: scoring pool name from the settings.
-        device: torch device of the worker serving it (the pool's device when None).
-        worker: the worker's name, whose global concurrency slot is held while the models run;
-            None when the task is only being handed batches.
+        worker: the worker serving it, whose settings and slot the models run with; None when the task is
+            only being handed batches.
 
     Returns:
         A task keyed by the pool name, so only that pool's workers pick its runs up.
@@ -125,10 +128,9 @@ def pool_task(
 
     def score_on_pool(asset_ids: list[int]) -> scoring.BatchOutcome:
         """Score one batch with this pool's models, holding the worker's slot while they run."""
-        return scoring.score_assets(
-            asset_ids, get_settings().for_pool(pool, device), model_slot=worker_slot(worker), own_claims=False
-        )
+        serving = PoolWorker.serving(worker, pool)
+        return scoring.score_assets(asset_ids, serving.settings, model_slot=serving.slot, own_claims=False)
 
     # Prefect keys a task by its function's name and code: the pool in the name keeps pools apart.
     score_on_pool.__qualname__ = f"score_on_pool_{pool}"
-    return task(score_on_pool, name=f"score-assets-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)
+    return task(name=f"score-assets-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)(score_on_pool)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +25,17 @@ from minio import Minio
 
 from aesq.core import database
 from aesq.core.config import Settings, get_settings
-from tests.helpers import seed_demo
-
-S3_ACCESS_KEY, S3_SECRET_KEY = "testing", "testing-secret"
-
-
-def _free_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import (
+    AESQ,
+    CHAIN,
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    ServedChain,
+    clear_prefect_api,
+    deployment_exists,
+    free_port,
+    seed_demo,
+)
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +76,7 @@ def migrated_database_url(postgres_server: str) -> str:
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3-protocol server (moto_server) on loopback; yields host:port."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     executable = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
     process = subprocess.Popen([executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
@@ -162,3 +163,29 @@ def demo_settings(settings, monkeypatch) -> Settings:
     get_settings.cache_clear()
     seed_demo(get_settings())
     return get_settings()
+
+
+@pytest.fixture
+def serve_chain(prefect_harness, settings, tmp_path) -> Iterator[Callable[..., ServedChain]]:
+    """Start `aesq worker` with extra AESQ_* variables, against a Prefect API emptied of earlier tests'
+    deployments, triggers and runs; waits until every deployment is registered."""
+    from prefect.settings import PREFECT_API_URL
+
+    clear_prefect_api()
+    started: list[subprocess.Popen] = []
+
+    def start(**variables: str) -> ServedChain:
+        log = tmp_path / "worker.log"
+        env = {**os.environ, **variables, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        process = subprocess.Popen([AESQ, "worker"], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        started.append(process)
+        chain = ServedChain(process, log)
+        chain.wait(lambda: all(map(deployment_exists, CHAIN)), "deployments", 120)
+        time.sleep(3)  # the server loads the new deployments' triggers
+        return chain
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(30)
+    clear_prefect_api()

@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Collection
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import yaml
 from minio import Minio
 from PIL import Image
 from skimage import data as skdata
+
+if TYPE_CHECKING:
+    from aesq.analysis.report import ReportData, Thumbnail
+    from aesq.core.config import Settings
+    from aesq.servers.bridge import BridgeServer
 
 
 def photo(name: str) -> Image.Image:
@@ -216,3 +235,479 @@ def tiff_whose_second_page_has_no_width() -> bytes:
         if struct.unpack_from("<H", data, offset)[0] == 256:  # ImageWidth
             struct.pack_into("<H", data, offset, 65000)
     return bytes(data)
+
+
+# --- the loopback S3 server, the Prefect API and served deployments (shared by flow and server tests) ---
+
+S3_ACCESS_KEY, S3_SECRET_KEY = "testing", "testing-secret"
+AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
+CHAIN = ("aesq-ingest/ingest-0", "aesq-score/score", "aesq-after-scoring/after-scoring", "aesq-report/nightly")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clear_prefect_api() -> None:
+    """Delete every deployment, automation and flow run, so served names and triggers start fresh."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            client.delete_automation(automation.id)
+        for deployment in client.read_deployments():
+            client.delete_deployment(deployment.id)
+        for run in client.read_flow_runs():
+            client.delete_flow_run(run.id)
+
+
+def flow_runs() -> list[tuple[str, str]]:
+    """(flow name, state) of every flow run of this test."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        names = {flow.id: flow.name for flow in client.read_flows()}
+        return [(names[run.flow_id], run.state.type.value) for run in client.read_flow_runs()]
+
+
+def deployment_exists(name: str) -> bool:
+    """Whether the Prefect API knows the deployment `flow/deployment`."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+class ServedChain:
+    """A running `aesq worker` (the flows' deployments) and a way to wait on what it does."""
+
+    def __init__(self, process: subprocess.Popen, log: Path) -> None:
+        self.process, self.log = process, log
+
+    def wait(self, condition: Callable[[], bool], what: str, seconds: float = 240) -> None:
+        """Poll `condition` until it holds; fail with the worker's log otherwise."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log.read_text()}")
+            if condition():
+                return
+            time.sleep(1)
+        raise AssertionError(f"timed out waiting for {what}: {self.log.read_text()[-3000:]}")
+
+
+# --- the bridge: bucket notifications from the S3 server, POSTed to a bridge served in a thread ---
+
+
+def subscribe(s3_endpoint: str, bucket: str) -> Callable[..., list[dict]]:
+    """Make the bucket notify an SQS queue on the S3 server of created objects; returns `receive(count, each)`,
+    which waits for `count` notifications and returns their bodies, as the S3 server sent them (handing each
+    to `each` as it comes)."""
+    import boto3
+
+    session = {
+        "endpoint_url": f"http://{s3_endpoint}",
+        "region_name": "us-east-1",
+        "aws_access_key_id": S3_ACCESS_KEY,
+        "aws_secret_access_key": S3_SECRET_KEY,
+    }
+    sqs = boto3.client("sqs", **session)
+    queue = sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    boto3.client("s3", **session).put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+    )
+
+    def receive(count: int, each: Callable[[dict], object] = lambda body: None) -> list[dict]:
+        bodies: list[dict] = []
+        deadline = time.monotonic() + 60
+        while len(bodies) < count and time.monotonic() < deadline:
+            for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            ):
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+                body = json.loads(message["Body"])
+                if body.get("Records"):
+                    bodies.append(body)
+                    each(body)
+        assert len(bodies) == count, f"the S3 server sent {len(bodies)} of {count} notifications"
+        return bodies
+
+    return receive
+
+
+def post(url: str, body: bytes, token: str | None = None) -> tuple[int, str]:
+    """POST to the bridge; (status, body)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@contextmanager
+def serving(server: BridgeServer) -> Iterator[str]:
+    """Serve the bridge in a thread; yields its URL."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def bridge_settings(settings: Settings, bucket: str, prefix: str = "", **changes: object) -> Settings:
+    """The test settings with the bucket as the only source."""
+    return settings.model_copy(update={"sources": [f"s3://{bucket}/{prefix}"], **changes})
+
+
+def bucket_events(bucket: str) -> list[dict]:
+    """Payloads of the bridge's events for the bucket, as the Prefect API stored them, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    from aesq.flows.events import OBJECT_CREATED, bucket_resource
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            EventFilter(
+                event=EventNameFilter(name=[OBJECT_CREATED]), resource=EventResourceFilter(id=[bucket_resource(bucket)])
+            ),
+            limit=50,
+        )
+    return [event.payload for event in sorted(page.events, key=lambda event: event.occurred)]
+
+
+# The example data of docs/sql.md's queries (tests/docs/test_sql.py checks them on it; tests/test_grafana.py runs
+# the dashboard's panels on it).
+
+
+class SqlExampleAsset(NamedTuple):
+    """One seeded asset; `technical` is its latest score (None: unscored), `days_ago` when scored or created."""
+
+    id: int
+    generator_id: int | None
+    prompt: str | None
+    seed: int | None
+    technical: float | None
+    days_ago: float
+    status: str = "scored"
+    error: str | None = None
+
+
+SQL_GENERATORS = {1: ("sdxl", "1.0", "base", None), 2: ("sdxl", "1.1", "lora", 1)}
+SQL_VERSION = {gid: version for gid, (_, version, _, _) in SQL_GENERATORS.items()}
+SQL_ASSETS = [
+    SqlExampleAsset(1, 1, "a cat", 1, 4.0, 10),
+    SqlExampleAsset(2, 1, "a cat", 2, 6.0, 10),
+    SqlExampleAsset(3, 1, "a dog", 1, 3.0, 9),
+    SqlExampleAsset(4, 1, "a dog", 2, 7.0, 2),
+    SqlExampleAsset(5, 1, "a house", 1, 2.0, 2),
+    SqlExampleAsset(6, 1, "a house", 2, 5.0, 1),
+    SqlExampleAsset(7, 2, "a cat", 1, 5.0, 12),
+    SqlExampleAsset(8, 2, "a cat", 2, 6.5, 8),
+    SqlExampleAsset(9, 2, "a dog", 1, 8.0, 2),
+    SqlExampleAsset(10, 2, "a dog", 2, 6.0, 2),
+    SqlExampleAsset(11, 2, "a house", 1, 1.0, 1),
+    SqlExampleAsset(12, 2, "a house", 3, 9.0, 1),
+    SqlExampleAsset(13, None, None, None, 7.5, 1),
+    SqlExampleAsset(14, 2, "a tree", 1, None, 3, "failed", "cannot identify image file"),
+    SqlExampleAsset(15, None, None, None, None, 2, "failed", "truncated image: 812 of 4096 bytes"),
+    SqlExampleAsset(16, 1, "a tree", 1, None, 0.5, "pending"),
+    SqlExampleAsset(17, 2, "a tree", 2, 4.0, 9),
+    SqlExampleAsset(18, 1, "a tree", 2, 4.0, 11),
+    SqlExampleAsset(19, 1, "a cat", 1, None, 10, "duplicate"),
+]
+SQL_SCORED = [asset for asset in SQL_ASSETS if asset.status == "scored"]
+SQL_STALE_TECHNICAL = {1: 9.5}  # an older scorer version's value: latest_scores must hide it
+SQL_LAION = {1: 5.0, 2: 6.0, 3: 4.0, 4: 7.5}
+SQL_DEFECTS = {
+    (1, "blur"): 0.4,
+    (5, "blur"): 0.7,
+    (6, "blur"): 0.5,
+    (7, "blur"): 0.6,
+    (13, "blur"): 0.9,
+    (3, "noise"): 0.3,
+    (11, "noise"): 0.8,
+    (13, "compression"): 0.5,
+}
+SQL_CRITIQUES = {
+    3: {"critic": "artimuse", "score": 31.0, "aspects": {"Technical Execution": "soft focus on the dog"}},
+    5: {
+        "critic": "artimuse",
+        "score": 22.5,
+        "aspects": {"Composition & Design": "the house is cut off", "Technical Execution": "flat, grey light"},
+    },
+    11: {
+        "critic": "artimuse",
+        "score": 12.0,
+        "aspects": {"Composition & Design": "tilted horizon", "Originality & Creativity": "a stock photo"},
+    },
+}
+SQL_EMBEDDINGS = {1: {0: 1.0}, 2: {0: 1.0, 1: 0.1}, 3: {0: 1.0, 1: 1.0}, 4: {1: 1.0}, 5: {0: -1.0, 1: 0.5}}
+SQL_CLIP_EMBEDDINGS = {6: {0: 1.0}}  # another embedder (768-d) the neighbour query must leave out
+SQL_OLD_DAILY = (1, 40, 3, 2.0)  # generator, days ago, count, mean: outside the 30-day window
+
+
+def sql_example_key(asset: SqlExampleAsset) -> str:
+    """The object key the seed gives an asset, after the layout ingest reads provenance from."""
+    if asset.generator_id:
+        return f"generated/sdxl/{SQL_VERSION[asset.generator_id]}/{asset.id}.png"
+    return f"crawled/{asset.id}.jpg"
+
+
+def sql_example_scored(gid: int) -> list[SqlExampleAsset]:
+    """The scored assets of one generator version."""
+    return [asset for asset in SQL_SCORED if asset.generator_id == gid]
+
+
+def sql_example_daily() -> list[tuple[int, int, int, float]]:
+    """(generator, days ago, count, mean) of technical scores per scoring day, as the aggregate flow writes."""
+    import statistics
+
+    days: dict[tuple[int, int], list[float]] = {}
+    for asset in SQL_SCORED:
+        if asset.generator_id:
+            days.setdefault((asset.generator_id, int(asset.days_ago)), []).append(asset.technical)
+    return [(gid, ago, len(values), statistics.mean(values)) for (gid, ago), values in days.items()] + [SQL_OLD_DAILY]
+
+
+def sparse_vector(components: dict[int, float], dimension: int) -> np.ndarray:
+    """A dense vector from its non-zero components."""
+    dense = np.zeros(dimension)
+    for index, value in components.items():
+        dense[index] = value
+    return dense
+
+
+def seed_sql_examples(settings: Settings) -> None:
+    """Write docs/sql.md's example data with plain INSERTs, times relative to the database's now()."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    from aesq.core import database
+
+    ago = "now() - CAST(:days AS float8) * interval '1 day'"
+    with database.get_engine(settings).begin() as connection:
+
+        def insert(sql: str, rows: list[dict[str, Any]]) -> None:
+            connection.execute(sa.text(sql), rows)
+
+        insert(
+            "INSERT INTO generators (id, name, version, kind, parent_id) VALUES (:id, :name, :version, :kind, :parent)",
+            [
+                {"id": gid, "name": name, "version": version, "kind": kind, "parent": parent}
+                for gid, (name, version, kind, parent) in SQL_GENERATORS.items()
+            ],
+        )
+        insert(
+            f"""INSERT INTO assets (id, storage, bucket, key, sha256, size_bytes, width, height, source_kind,
+                                       generator_id, prompt, seed, status, error, created_at, scored_at)
+                   VALUES (:id, 's3', 'images', :key, :sha, 1000, 1024, 1024, :kind, :generator_id, :prompt, :seed,
+                           :status, :error, {ago}, now() - CAST(:scored_days AS float8) * interval '1 day')""",
+            [
+                {
+                    **asset._asdict(),
+                    "days": asset.days_ago,
+                    "sha": f"sha-{asset.id}",
+                    "scored_days": asset.days_ago if asset.status == "scored" else None,
+                    "kind": "generated" if asset.generator_id else "crawled",
+                    "key": sql_example_key(asset),
+                }
+                for asset in SQL_ASSETS
+            ],
+        )
+        scores = (
+            [(asset.id, "technical", "1", asset.technical, asset.days_ago) for asset in SQL_SCORED]
+            + [(asset_id, "technical", "0", value, 30) for asset_id, value in SQL_STALE_TECHNICAL.items()]
+            + [(asset_id, "laion-aes-v2", "2", value, 1) for asset_id, value in SQL_LAION.items()]
+        )
+        insert(
+            f"INSERT INTO scores (asset_id, scorer, scorer_version, value, created_at) VALUES (:a, :s, :v, :x, {ago})",
+            [{"a": a, "s": s, "v": v, "x": x, "days": days} for a, s, v, x, days in scores],
+        )
+        embeddings = [
+            (asset_id, "efficientnet-lite0", sparse_vector(parts, 1280)) for asset_id, parts in SQL_EMBEDDINGS.items()
+        ]
+        embeddings += [
+            (asset_id, "clip-vit-l-14", sparse_vector(parts, 768)) for asset_id, parts in SQL_CLIP_EMBEDDINGS.items()
+        ]
+        insert(
+            "INSERT INTO embeddings (asset_id, embedder, vector) VALUES (:a, :e, CAST(:v AS halfvec))",
+            [{"a": a, "e": e, "v": "[" + ",".join(map(str, v)) + "]"} for a, e, v in embeddings],
+        )
+        insert(
+            "INSERT INTO defects (asset_id, category, severity, detail) VALUES (:a, :c, :s, :d)",
+            [{"a": a, "c": c, "s": s, "d": f"measured {s}"} for (a, c), s in SQL_DEFECTS.items()],
+        )
+        insert(
+            "INSERT INTO critiques (asset_id, critic, critic_score, aspects) VALUES (:a, :c, :s, CAST(:x AS json))",
+            [
+                {"a": a, "c": detail["critic"], "s": detail["score"], "x": json.dumps(detail["aspects"])}
+                for a, detail in SQL_CRITIQUES.items()
+            ],
+        )
+        stats = [(gid, "technical", [a.technical for a in sql_example_scored(gid)]) for gid in SQL_GENERATORS]
+        stats.append((1, "laion-aes-v2", [SQL_LAION[a.id] for a in sql_example_scored(1) if a.id in SQL_LAION]))
+        insert(
+            """INSERT INTO version_stats (generator_id, scorer, count, mean, mean_low, mean_high, std, median,
+                                             p10, p90, threshold, share_above)
+                  VALUES (:g, :s, :n, :mean, :low, :high, :std, :median, :p10, :p90, 5.0, :above)""",
+            [
+                {
+                    "g": gid,
+                    "s": scorer,
+                    "n": len(values),
+                    "mean": statistics.mean(values),
+                    "low": statistics.mean(values) - 1,
+                    "high": statistics.mean(values) + 1,
+                    "std": statistics.stdev(values),
+                    "median": statistics.median(values),
+                    "p10": float(np.percentile(values, 10)),
+                    "p90": float(np.percentile(values, 90)),
+                    "above": statistics.mean(value >= 5.0 for value in values),
+                }
+                for gid, scorer, values in stats
+            ],
+        )
+        insert(
+            """INSERT INTO version_daily_stats (generator_id, scorer, day, count, mean)
+                  VALUES (:g, 'technical', current_date - :days, :n, :mean)""",
+            [{"g": gid, "days": days, "n": n, "mean": mean} for gid, days, n, mean in sql_example_daily()],
+        )
+
+
+# The compose stack as tests read it (tests/test_docker_compose.py, tests/test_grafana.py).
+COMPOSE_TEXT = (Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text()
+COMPOSE_SERVICES = yaml.safe_load(COMPOSE_TEXT)["services"]
+COMPOSE_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
+# A `.env` setting every interpolated variable, to catch services that spell the same secret differently.
+COMPOSE_DOTENV = {name: f"x{name.lower()}" for name in set(re.findall(r"\$\{(\w+)", COMPOSE_TEXT))}
+
+
+def resolve_compose(value: object, dotenv: dict[str, str]) -> str:
+    """Interpolate `$$`, `${VAR}` and `${VAR:-default}` as compose does; anything else is an error."""
+    text = str(value)
+    assert "$" not in COMPOSE_INTERPOLATION.sub("", text), f"unsupported interpolation in {text!r}"
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.groups()
+        if name is None:
+            return "$"
+        assert dotenv.get(name) or default is not None, f"${{{name}}} has no default"
+        return dotenv.get(name) or default
+
+    return COMPOSE_INTERPOLATION.sub(substitute, text)
+
+
+def compose_env(service: str, dotenv: dict[str, str]) -> dict[str, str]:
+    """The resolved environment of a service."""
+    return {
+        key: resolve_compose(value, dotenv) for key, value in COMPOSE_SERVICES[service].get("environment", {}).items()
+    }
+
+
+# A nightly report's figures with known answers, to render (tests/analysis/test_report.py, also in a subprocess).
+REPORT_HOSTILE = "<script>alert(1)</script>"
+REPORT_VERSIONS = ["sdxl/lora-7", "sdxl/base", REPORT_HOSTILE]
+REPORT_FIRST_DAY = date(2024, 5, 1)
+
+
+def report_thumbnail(asset_id: int, name: str, score: float) -> Thumbnail:
+    """A real photograph shrunk to at most 128 px, as a JPEG thumbnail."""
+    from aesq.analysis.report import Thumbnail
+
+    image = photo(name)
+    image.thumbnail((128, 128))
+    return Thumbnail(asset_id=asset_id, caption=f"{name}.png · {score:.1f}", jpeg=jpeg_bytes(image, quality=80))
+
+
+def sample_report() -> ReportData:
+    """Three versions under two scorers, five days of trends, defects, changes and thumbnails."""
+    from aesq.analysis.report import ReportData, VersionLine
+
+    rng = np.random.default_rng(7)
+    return ReportData(
+        title="aesq nightly report",
+        generated_at=datetime(2024, 5, 6, 3, 0, tzinfo=UTC),
+        since=datetime(2024, 4, 30, tzinfo=UTC),
+        leaderboard=[
+            VersionLine("sdxl/lora-7", "ernie-aes", 1250, 72.14, 70.31, 73.82, 71.96, 0.643, 1.42),
+            VersionLine("sdxl/base", "ernie-aes", 980, 65.5, 63.2, 67.9, 66.04, 0.41, -3.1),
+            VersionLine(REPORT_HOSTILE, "ernie-aes", 12, 58.0, None, None, 57.5, None, None),
+            VersionLine("sdxl/lora-7", "technical", 1250, 6.432, 6.31, 6.55, 6.5, 0.7, 0.004),
+            VersionLine("sdxl/base", "technical", 980, 5.9, 5.71, 6.08, 5.88, 0.52, -0.25),
+        ],
+        distributions={
+            ("sdxl/lora-7", "ernie-aes"): list(rng.normal(72, 8, 300)),
+            ("sdxl/base", "ernie-aes"): list(rng.normal(65, 10, 200)),
+            (REPORT_HOSTILE, "ernie-aes"): list(rng.normal(58, 6, 12)),
+            ("sdxl/lora-7", "technical"): list(rng.normal(6.4, 1.0, 300)),
+            ("sdxl/base", "technical"): list(rng.normal(5.9, 1.2, 200)),
+            (REPORT_HOSTILE, "technical"): [],
+        },
+        trends={
+            (version, scorer): [
+                (REPORT_FIRST_DAY + timedelta(days=day), float(rng.normal(base, base / 20)), int(rng.integers(50, 300)))
+                for day in range(5)
+            ]
+            for version in REPORT_VERSIONS[:2]
+            for scorer, base in [("ernie-aes", 70.0), ("technical", 6.0)]
+        },
+        changes=[f"new version {REPORT_HOSTILE}", "sdxl/base ernie-aes mean -3.1 & share above 41% < 50%"],
+        defects={
+            "sdxl/lora-7": {"blur": 3, "noise": 1},
+            "sdxl/base": {"overexposure": 2, "blur": 5},
+            REPORT_HOSTILE: {},
+        },
+        best={
+            "sdxl/lora-7": [report_thumbnail(1, "astronaut", 91.5), report_thumbnail(2, "chelsea", 88.0)],
+            "sdxl/base": [report_thumbnail(3, "coffee", 84.2)],
+        },
+        worst={
+            "sdxl/lora-7": [report_thumbnail(4, "rocket", 31.0)],
+            REPORT_HOSTILE: [report_thumbnail(5, "immunohistochemistry", 12.5)],
+        },
+    )
+
+
+def add_scored_assets(settings, version: str, values: list[float], offset: int = 0) -> list[int]:
+    """Scored assets of generator m:`version` with these technical scores, written in this order; their ids."""
+    from aesq.core.database import get_engine
+    from aesq.core.images import ImageFacts
+    from aesq.core.provenance import GeneratorRef, Provenance
+    from aesq.core.writes import AssetRecord, ScoreValue, mark_scored, upsert_assets, upsert_generators, write_scores
+
+    facts = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
+    generator = GeneratorRef("m", version)
+    records = [
+        AssetRecord(
+            "s3",
+            "bkt",
+            f"{version}/{offset + i}.png",
+            f"{version}-{offset + i}",
+            None,
+            10,
+            facts,
+            Provenance("generated", generator, "p", i, {}),
+            None,
+        )
+        for i in range(len(values))
+    ]
+    with get_engine(settings).begin() as connection:
+        upsert_generators(connection, [generator])
+        ids = upsert_assets(connection, records)
+        write_scores(connection, [ScoreValue(i, "technical", "1", v, {}) for i, v in zip(ids, values, strict=True)])
+        mark_scored(connection, ids)
+    return ids

@@ -131,3 +131,93 @@ def test_nothing_imports_the_linked_folders_by_their_top_level_names() -> None:
         if name.split(".")[0] in NOT_TOP_LEVEL
     )
     assert not wrong, f"import these as aesq.<name>: {wrong}"
+
+
+# The entry points, which alone read the settings (`get_settings`): every command of the CLI, the web app's
+# dependency, each flow as it starts, and Alembic's environment when its own command runs it. Everything below
+# them takes the settings as a parameter, and no module passes a value on through the environment.
+SETTINGS_ENTRY_POINTS = {
+    "aesq.cli.main",
+    "aesq.web.deps",
+    "aesq.flows.spine",
+    "aesq.flows.followup",
+    "aesq.migrations.env",
+}
+ENVIRON_WRITES = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
+
+
+def _is_environ(node: ast.expr) -> bool:
+    """`os.environ`, or `environ` imported from os."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "environ" and isinstance(node.value, ast.Name) and node.value.id == "os"
+    return isinstance(node, ast.Name) and node.id == "environ"
+
+
+def _environ_writes(tree: ast.AST) -> list[int]:
+    """Line numbers of the statements that change this process's environment."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            if any(isinstance(target, ast.Subscript) and _is_environ(target.value) for target in targets):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(function := node.func, ast.Attribute):
+            if function.attr in ("putenv", "unsetenv") or (
+                function.attr in ENVIRON_WRITES and _is_environ(function.value)
+            ):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("putenv", "unsetenv"):
+            lines.append(node.lineno)
+    return lines
+
+
+def _names(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    """(name, line) of every name a module uses or imports."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            yield node.id, node.lineno
+        elif isinstance(node, ast.Attribute):
+            yield node.attr, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            yield from ((alias.name, node.lineno) for alias in node.names)
+
+
+def test_only_entry_points_read_the_settings() -> None:
+    assert set(MODULES) >= SETTINGS_ENTRY_POINTS  # each of them exists
+    wrong = sorted(
+        f"{module}:{line}"
+        for module, path in MODULES.items()
+        if module not in SETTINGS_ENTRY_POINTS
+        for name, line in _names(ast.parse(path.read_text(), str(path)))
+        if name == "get_settings"
+    )
+    assert not wrong, f"only {sorted(SETTINGS_ENTRY_POINTS)} may call get_settings; pass the settings to {wrong}"
+
+
+def test_no_module_writes_the_environment() -> None:
+    wrong = sorted(
+        f"{module}:{line}"
+        for module, path in MODULES.items()
+        for line in _environ_writes(ast.parse(path.read_text(), str(path)))
+    )
+    assert not wrong, f"pass values as parameters or settings, not through os.environ: {wrong}"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "os.environ['A'] = '1'",
+        "os.environ['A'] += '1'",
+        "del os.environ['A']",
+        "os.environ.setdefault('A', '1')",
+        "os.environ.update(A='1')",
+        "environ.pop('A')",
+        "os.putenv('A', '1')",
+    ],
+)
+def test_environment_writes_are_recognised(source: str) -> None:
+    assert _environ_writes(ast.parse(source)) == [1]
+
+
+def test_environment_reads_are_not_writes() -> None:
+    assert _environ_writes(ast.parse("os.environ.get('A'); os.environ['A']; dict(os.environ)")) == []

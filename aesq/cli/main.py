@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -72,7 +72,8 @@ def _exit_by_signal(signum: int) -> None:
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    multiprocessing.util._run_finalizers(0)  # what multiprocessing's own atexit hook runs first
+    # What multiprocessing's own atexit hook runs first (a private function, so not in the type stubs).
+    multiprocessing.util._run_finalizers(0)  # type: ignore[attr-defined]
     if "prefect.server.api.server" in sys.modules:  # imported only where an ephemeral API was started
         from prefect.server.api.server import SubprocessASGIServer
 
@@ -99,11 +100,20 @@ def _ready_settings() -> Settings:
     return settings
 
 
-def _quiet_prefect(verbose: bool) -> None:
-    """Keep Prefect's per-task log lines out of the progress display unless asked for; no telemetry."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+@contextmanager
+def _quiet_prefect(verbose: bool) -> Iterator[None]:
+    """Prefect settings for the duration, where the environment or profile does not set them: no telemetry from
+    the ephemeral API it starts, and, unless asked for, no per-task log lines in the progress display."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_LOGGING_LEVEL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    defaults = {PREFECT_SERVER_ANALYTICS_ENABLED: False, **({} if verbose else {PREFECT_LOGGING_LEVEL: "WARNING"})}
+    try:
+        with temporary_settings(set_defaults=defaults):
+            setup_logging()  # Prefect set its loggers' levels when imported: again, with these settings
+            yield
+    finally:
+        setup_logging()
 
 
 @contextmanager
@@ -177,7 +187,8 @@ def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
 
     try:
         with get_client(sync_client=True) as client:
-            if client.read_flow_run(flow_run.id).state.is_final():  # it ended just as the signal came
+            state = client.read_flow_run(flow_run.id).state
+            if state is not None and state.is_final():  # it ended just as the signal came
                 return f"flow run {flow_run.name!r} had already ended"
             client.set_flow_run_state(flow_run.id, Cancelled(message=f"aesq {stopped}"), force=True)
     except Exception as error:
@@ -193,12 +204,12 @@ def _run_with_progress(settings: Settings, source: str, verbose: bool, scorers: 
     from prefect.states import Pending
     from sqlalchemy.exc import SQLAlchemyError
 
-    from aesq.core.queries import source_progress
+    from aesq.core.pipeline_status import source_progress
     from aesq.core.storage import open_source
     from aesq.flows.spine import run_flow
 
     opened = open_source(source, settings)
-    parameters = {"source": opened.uri, "scorers": scorers}
+    parameters: dict[str, Any] = {"source": opened.uri, "scorers": scorers}
     with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
         flow_run = client.create_flow_run(
             run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending()
@@ -253,7 +264,7 @@ def _give_back_claims(settings: Settings) -> None:
 
 def _comparison_table(settings: Settings, scorer: str | None) -> Table:
     """The version comparison as a rich table."""
-    from aesq.core.queries import version_comparison
+    from aesq.analysis.versions import version_statistics
 
     table = Table(title="Generator versions (best mean first per scorer)")
     table.add_column("generator:version", no_wrap=True)
@@ -261,7 +272,7 @@ def _comparison_table(settings: Settings, scorer: str | None) -> Table:
     table.add_column("scorer")
     for column in ("n", "mean", "95% interval", "std", "median", "p10", "p90", "≥ threshold"):
         table.add_column(column, justify="right")
-    for row in version_comparison(settings, scorer):
+    for row in version_statistics(settings, scorer):
         share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
         interval = "—" if row["mean_low"] is None else f"[{row['mean_low']:.2f}, {row['mean_high']:.2f}]"
         table.add_row(
@@ -286,9 +297,8 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
-    _quiet_prefect(verbose)
     settings = _ready_settings()
-    with _prefect_client_retries():
+    with _quiet_prefect(verbose), _prefect_client_retries():
         _run_with_progress(settings, source, verbose)
     _print_status(settings)
     console.print(_comparison_table(settings, None))
@@ -296,7 +306,7 @@ def run(
 
 def _print_status(settings: Settings) -> None:
     """Counts by status, work in progress, and the latest failures."""
-    from aesq.core.queries import recent_failures, status_counts, work_in_progress
+    from aesq.core.pipeline_status import recent_failures, status_counts, work_in_progress
 
     counts = status_counts(settings)
     console.print("assets: " + (", ".join(f"{status} {count}" for status, count in sorted(counts.items())) or "none"))
@@ -329,7 +339,8 @@ def compare(
     if not versions:
         console.print(_comparison_table(settings, scorer))
         return
-    from aesq.core.browse import NotFound, compare_versions
+    from aesq.analysis.versions import compare_versions
+    from aesq.core.assets import NotFound
 
     scorer = scorer or settings.enabled_scorers[0]
     try:
@@ -381,7 +392,7 @@ def top(
     scorer: Annotated[str | None, typer.Option(help="scorer to rank by (default: the first enabled)")] = None,
 ) -> None:
     """A generator's best-scored assets."""
-    from aesq.core.queries import top_assets
+    from aesq.core.assets import top_assets
 
     settings = _ready_settings()
     name, _, version = generator.partition(":")
@@ -405,7 +416,7 @@ def similar(
     embedder: Annotated[str | None, typer.Option(help="default: the first enabled")] = None,
 ) -> None:
     """Nearest neighbours of an asset by embedding (pgvector HNSW)."""
-    from aesq.core.queries import nearest_assets
+    from aesq.core.assets import nearest_assets
 
     settings = _ready_settings()
     try:
@@ -425,19 +436,18 @@ def demo(
 ) -> None:
     """Build a sample of real photographs as three generator versions, run the spine, compare them."""
     from aesq.cli.demo import build_sample
+    from aesq.flows.followup import defects_flow, report_flow
 
-    _quiet_prefect(verbose)
     settings = _ready_settings()
     folder = folder or settings.data_dir / "demo"
     count = build_sample(folder)
     console.print(f"built {count} demo images in {folder}")
-    _run_with_progress(settings, str(folder), verbose)
-    _print_status(settings)
-    console.print(_comparison_table(settings, None))
-    from aesq.flows.followup import defects_flow, report_flow
-
-    console.print(f"defect analysis: {defects_flow()} defects recorded on low scorers")
-    console.print(f"report: {report_flow()}")
+    with _quiet_prefect(verbose):
+        _run_with_progress(settings, str(folder), verbose)
+        _print_status(settings)
+        console.print(_comparison_table(settings, None))
+        console.print(f"defect analysis: {defects_flow()} defects recorded on low scorers")
+        console.print(f"report: {report_flow()}")
 
 
 @app.command()
@@ -445,9 +455,9 @@ def defects(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -
     """Analyse the low scorers (AESQ_DEFECT_RULES) not analysed since they were scored."""
     from aesq.flows.followup import defects_flow
 
-    _quiet_prefect(verbose)
     _ready_settings()
-    console.print(f"{defects_flow()} defects recorded")
+    with _quiet_prefect(verbose):
+        console.print(f"{defects_flow()} defects recorded")
 
 
 @app.command()
@@ -460,9 +470,9 @@ def report(
     from aesq.core.storage import load_file
     from aesq.flows.followup import report_flow
 
-    _quiet_prefect(verbose)
     settings = _ready_settings()
-    location = report_flow(days)
+    with _quiet_prefect(verbose):
+        location = report_flow(days)
     if out is not None:
         out.write_bytes(load_file(location, settings))
     console.print(f"report saved to {location}" + (f" and {out}" if out else ""))
@@ -550,9 +560,9 @@ def worker(
     if pool is not None:
         from aesq.servers.scoring_pool import serve_scoring_pool
 
-        pool_settings = settings.for_pool(pool, device)
+        worker_name = name or f"{socket.gethostname()}-{settings.for_pool(pool, device).device}"
         with _prefect_client_retries():
-            serve_scoring_pool(pool, name or f"{socket.gethostname()}-{pool_settings.device}", device, prefetch)
+            serve_scoring_pool(settings, pool, worker_name, device, prefetch)
         return
     from prefect import serve
 
@@ -581,15 +591,15 @@ def bench_labels(
     from aesq.analysis.labels import LabelError, label_report, labelled_pairs, read_labels
     from aesq.core.scoring import check_model_names
 
-    _quiet_prefect(verbose)
     try:
         labels = read_labels(data)
     except LabelError as error:
         raise CliError(str(error)) from None
     settings = _ready_settings()
     scorers = list(dict.fromkeys([*settings.scorers, scorer]))  # enabled for this run if it is not
-    check_model_names(settings.model_copy(update={"scorers": scorers}))
-    _run_with_progress(settings, str(data), verbose, scorers)
+    check_model_names(settings.for_run(scorers))
+    with _quiet_prefect(verbose):
+        _run_with_progress(settings, str(data), verbose, scorers)
     pairs, excluded = labelled_pairs(settings, data, labels, scorer)
     if excluded:
         console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
@@ -599,13 +609,14 @@ def bench_labels(
 
     console.print(f"{scorer} against human scores: {report.count} images", highlight=False)
     summary = Table()
-    for column, justify in (("metric", "left"), ("value", "right"), ("95 % CI (bootstrap)", "right")):
-        summary.add_column(column, justify=justify)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_column("95 % CI (bootstrap)", justify="right")
     for name, estimate in (("SRCC", report.srcc), ("PLCC", report.plcc)):
         interval = "—" if estimate.low is None else f"[{estimate.low:.3f}, {estimate.high:.3f}]"
         summary.add_row(name, _number(estimate.value), interval)
     console.print(summary)
-    if report.slope is not None:
+    if report.slope is not None and report.intercept is not None:
         console.print(
             f"linear fit to the human scale: human ≈ {report.slope:.4g} × {scorer} "
             f"{'−' if report.intercept < 0 else '+'} {abs(report.intercept):.4g}; "
@@ -615,8 +626,9 @@ def bench_labels(
     if report.categories:
         console.print("per category (bias: mean of fitted prediction − human score)")
         table = Table()
-        for column, justify in (("category", "left"), ("n", "right"), ("SRCC", "right"), ("bias", "right")):
-            table.add_column(column, justify=justify)
+        table.add_column("category")
+        for column in ("n", "SRCC", "bias"):
+            table.add_column(column, justify="right")
         for row in report.categories:
             bias = "—" if row.bias is None else f"{row.bias:+.3f}"
             table.add_row(row.category, str(row.count), _number(row.srcc), bias)
@@ -628,15 +640,17 @@ def bench_labels(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply schema migrations (to head by default)."""
-    database.upgrade(revision)
-    console.print(f"database at revision {database.current_revision()}")
+    settings = get_settings()
+    database.upgrade(revision, settings=settings)
+    console.print(f"database at revision {database.current_revision(settings)}")
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. -1 or base")] = "-1") -> None:
     """Revert schema migrations (one step by default)."""
-    database.downgrade(revision)
-    console.print(f"database at revision {database.current_revision()}")
+    settings = get_settings()
+    database.downgrade(revision, settings=settings)
+    console.print(f"database at revision {database.current_revision(settings)}")
 
 
 @db_app.command("start")

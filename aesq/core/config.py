@@ -1,7 +1,8 @@
 """The one typed settings object: `AESQ_*` environment variables over an optional TOML file.
 
 The TOML file is `$AESQ_CONFIG` if set, else `./aesq.toml` if it exists; environment variables win.
-Obtain settings only through `get_settings()` so tests can override them (`get_settings.cache_clear()`).
+Only entry points (the CLI, the web app's dependency, flow entry, Alembic's environment) call `get_settings()`;
+everything below them takes the settings as a parameter (tests override them with `get_settings.cache_clear()`).
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ class Settings(BaseSettings):
         return self.model_copy(
             update={"scorers": pool.scorers, "embedders": pool.embedders, "device": device or pool.device, "pools": {}}
         )
+
+    def for_run(self, scorers: list[str]) -> Settings:
+        """These settings for a run that names its own scorers (`aesq bench labels`): it scores with exactly
+        those, in this process, whatever the pools (whose workers run only their configured models)."""
+        return self.model_copy(update={"scorers": scorers, "pools": {}})
 
     @classmethod
     def settings_customise_sources(

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -22,7 +23,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
-from aesq.core.config import Settings, get_settings
+from aesq.core.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 
@@ -97,9 +98,8 @@ def stop_embedded(settings: Settings) -> bool:
     return True
 
 
-def database_url(settings: Settings | None = None) -> str:
+def database_url(settings: Settings) -> str:
     """The configured database URL, or the embedded server's (started if needed)."""
-    settings = settings or get_settings()
     return settings.database_url or start_embedded(settings)
 
 
@@ -142,9 +142,8 @@ def _engine(url: str, pool_size: int) -> Engine:
     return created
 
 
-def get_engine(settings: Settings | None = None) -> Engine:
+def get_engine(settings: Settings) -> Engine:
     """The engine for the configured (or embedded) database, its pool sized by AESQ_DATABASE_POOL_SIZE."""
-    settings = settings or get_settings()
     return engine(database_url(settings), settings.database_pool_size)
 
 
@@ -156,11 +155,11 @@ def _dispose(url: str, settings: Settings) -> None:
 
 
 @contextmanager
-def raw_connection(settings: Settings | None = None) -> Iterator[psycopg.Connection]:
+def raw_connection(settings: Settings) -> Iterator[psycopg.Connection]:
     """A psycopg connection from the pool, in a transaction committed on success (for COPY)."""
     connection = get_engine(settings).raw_connection()
     try:
-        driver_connection: psycopg.Connection = connection.driver_connection
+        driver_connection = cast(psycopg.Connection, connection.driver_connection)  # engines are psycopg's only
         with driver_connection.transaction():
             yield driver_connection
     finally:
@@ -177,27 +176,25 @@ def _alembic_config(url: str):
     return config
 
 
-def upgrade(revision: str = "head", settings: Settings | None = None) -> None:
+def upgrade(revision: str = "head", *, settings: Settings) -> None:
     """Apply migrations up to `revision`."""
     from alembic import command
 
-    settings = settings or get_settings()
     url = database_url(settings)
     command.upgrade(_alembic_config(url), revision)
     _dispose(url, settings)  # pooled connections made before the extension existed lack the vector types
 
 
-def downgrade(revision: str = "base", settings: Settings | None = None) -> None:
+def downgrade(revision: str = "base", *, settings: Settings) -> None:
     """Revert migrations down to `revision`."""
     from alembic import command
 
-    settings = settings or get_settings()
     url = database_url(settings)
     command.downgrade(_alembic_config(url), revision)
     _dispose(url, settings)
 
 
-def current_revision(settings: Settings | None = None) -> str | None:
+def current_revision(settings: Settings) -> str | None:
     """The revision the database is at (None when never migrated)."""
     from alembic.runtime.migration import MigrationContext
 

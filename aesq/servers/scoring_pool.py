@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from prefect import get_client
+from prefect import Task, get_client
 from prefect.task_worker import serve
 
 from aesq.analysis import critique
 from aesq.core import scoring
-from aesq.core.config import get_settings
+from aesq.core.config import Settings
 from aesq.tasks.defects import critique_pool_task
-from aesq.tasks.score import gpu_slot_name, pool_task
+from aesq.tasks.score import PoolWorker, gpu_slot_name, pool_task
 
 
-def serve_scoring_pool(pool: str, worker: str, device: str | None = None, prefetch: int = 2) -> None:
+def serve_scoring_pool(
+    settings: Settings, pool: str, worker: str, device: str | None = None, prefetch: int = 2
+) -> None:
     """Load pool `pool`'s models once, claim one scoring slot for `worker`, then score (and, when its VLM is the
-    critic, critique) batches until stopped.
+    critic, critique) batches until stopped, with the settings read at start-up.
 
     Up to `prefetch` batches are in progress at once: one holds the slot and runs the models while
     the others are fetched, decoded and preprocessed.
     """
     logging.getLogger("aesq").setLevel(logging.INFO)  # model loads and the slot show in the worker's log
-    settings = get_settings().for_pool(pool, device)
-    scoring.load_models(settings)
+    serving = PoolWorker(settings.for_pool(pool, device), worker)
+    scoring.load_models(serving.settings)
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(gpu_slot_name(worker), limit=1)
     logging.getLogger("aesq").info("worker %s serving pool %s with slot %s", worker, pool, gpu_slot_name(worker))
-    tasks = [pool_task(pool, settings.device, worker)]
-    if critique.critic_name(get_settings()) in settings.scorers:
-        tasks.append(critique_pool_task(pool, settings.device, worker))
+    tasks: list[Task[[list[int]], Any]] = [pool_task(pool, serving)]
+    if critique.critic_name(settings) in serving.settings.scorers:
+        tasks.append(critique_pool_task(pool, serving))
     serve(*tasks, limit=prefetch)

@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError
 
-from aesq.core.config import get_settings
 from aesq.web import api, pages
+from aesq.web.deps import web_settings
 
 TOKEN_COOKIE = "aesq_token"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -29,7 +29,7 @@ def _authorised(request: Request, token: str) -> bool:
 
 
 def create_app() -> FastAPI:
-    """The dashboard and API application (settings are read per request, so tests can change them)."""
+    """The dashboard and API application (settings come from `web_settings` per request, so tests can change them)."""
     app = FastAPI(
         title="aesq", summary="Aesthetic data quality: versions, scores, defects", docs_url=None, redoc_url=None
     )
@@ -37,7 +37,7 @@ def create_app() -> FastAPI:
     @app.middleware("http")
     async def require_token(request: Request, call_next):
         """With AESQ_API_TOKEN set, every request but /login needs the token."""
-        token = get_settings().api_token
+        token = web_settings().api_token
         if token is None or request.url.path == "/login" or _authorised(request, token.get_secret_value()):
             return await call_next(request)
         if request.url.path.startswith("/api/"):
@@ -47,7 +47,7 @@ def create_app() -> FastAPI:
     @app.get("/login", include_in_schema=False)
     def login(token: str) -> Response:
         """Keep the token in a cookie so the browser can use the dashboard."""
-        configured = get_settings().api_token
+        configured = web_settings().api_token
         if configured is None or not hmac.compare_digest(token.encode(), configured.get_secret_value().encode()):
             return Response("wrong token", status_code=401, media_type="text/plain")
         response = RedirectResponse("/", status_code=303)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -17,12 +18,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from PIL import ImageFilter
 from typer.testing import CliRunner
 
+from aesq.analysis.versions import version_statistics
 from aesq.cli.main import app
 from aesq.core import database
 from aesq.core.config import get_settings
-from aesq.core.queries import status_counts, version_comparison
+from aesq.core.pipeline_status import status_counts
 from tests.helpers import noise_image
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
@@ -37,7 +40,7 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     assert "built 26 demo images" in result.output
     assert "assets: failed 1, scored 25" in result.output
     assert "broken.jpg" in result.output and "truncated" in result.output
-    versions = [row["version"] for row in version_comparison(settings, "technical")]
+    versions = [row["version"] for row in version_statistics(settings, "technical")]
     assert versions == ["v2.0-sft", "v1.1-lora", "v1.0-base"]
     table = result.output[result.output.index("Generator versions") :]
     positions = [table.index(f"demo-diffusion:{version}") for version in versions]
@@ -300,3 +303,33 @@ def test_status_shows_work_in_progress_and_who_holds_it(settings):
     line = " ".join(status.output.split())
     assert "in progress: 3 objects queued for ingest (2 claimed), 0 assets claimed for scoring" in line
     assert f"workers: {claims.WORKER}" in line
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_bench_labels_scores_with_the_named_scorer_also_when_pools_are_configured(settings, tmp_path, monkeypatch):
+    # A pool of other models and no worker serving it: the labelled set is scored here, with the scorer named.
+    monkeypatch.setenv("AESQ_POOLS", json.dumps({"vectors": {"embedders": ["efficientnet-lite0"], "device": "cpu"}}))
+    monkeypatch.setenv("AESQ_POOL_WAIT_SECONDS", "5")
+    monkeypatch.setenv("AESQ_EMBEDDERS", "")
+    get_settings.cache_clear()
+    folder = tmp_path / "labelled"
+    folder.mkdir()
+    for seed in range(6):
+        noise_image(seed, 64).filter(ImageFilter.GaussianBlur(seed)).save(folder / f"{seed}.png")
+    (folder / "test.json").write_text(
+        json.dumps([{"image": f"{seed}.png", "gt_score": 9.0 - seed} for seed in range(6)])
+    )
+    result = CliRunner().invoke(
+        app, ["bench", "labels", "--data", str(folder), "--scorer", "technical", "--bootstrap", "100"]
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "technical against human scores: 6 images" in result.output
+    with database.get_engine(settings).connect() as connection:
+        outputs = connection.execute(
+            sa.text(
+                "SELECT 'score:' || scorer, count(*) FROM scores GROUP BY scorer UNION ALL "
+                "SELECT 'embedding:' || embedder, count(*) FROM embeddings GROUP BY embedder"
+            )
+        ).all()
+    assert outputs == [("score:technical", 6)]

@@ -122,3 +122,22 @@ def test_get_settings_is_cached_until_cache_clear(monkeypatch):
     assert get_settings().batch_size == 5
     get_settings.cache_clear()
     assert get_settings().batch_size == 6
+
+
+def test_a_pool_worker_and_a_run_with_its_own_scorers_see_only_their_models(monkeypatch):
+    monkeypatch.setenv(
+        "AESQ_POOLS",
+        '{"gpu": {"scorers": ["laion-aesthetic-v2"], "embedders": ["efficientnet-lite0"], "device": "cuda:1"}}',
+    )
+    settings = Settings()
+    assert (settings.enabled_scorers, settings.enabled_embedders) == (["laion-aesthetic-v2"], ["efficientnet-lite0"])
+    worker = settings.for_pool("gpu")
+    assert (worker.scorers, worker.embedders, worker.device, worker.pools) == (
+        ["laion-aesthetic-v2"],
+        ["efficientnet-lite0"],
+        "cuda:1",
+        {},
+    )
+    run = settings.for_run(["technical"])  # scored here, not handed to the pool's workers
+    assert (run.enabled_scorers, run.pools) == (["technical"], {})
+    assert settings.enabled_scorers == ["laion-aesthetic-v2"]  # the settings themselves are left as they were

@@ -13,7 +13,6 @@ from aesq.analysis import aggregate
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.flows.spine import run_flow
-from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults.stack import (
     contents_per_version,
     counted_per_version,
@@ -22,7 +21,7 @@ from tests.faults.stack import (
     start_aesq_run,
     upload,
 )
-from tests.helpers import assert_every_content_scored_once, assert_statistics_match_rows
+from tests.helpers import S3_ACCESS_KEY, S3_SECRET_KEY, assert_every_content_scored_once, assert_statistics_match_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -8,8 +8,7 @@ import sqlalchemy as sa
 from prefect.deployments import run_deployment
 
 from aesq.core.database import get_engine
-from tests.flows.conftest import flow_runs
-from tests.helpers import jpeg_bytes, noise_image
+from tests.helpers import flow_runs, jpeg_bytes, noise_image
 
 pytestmark = pytest.mark.slow
 

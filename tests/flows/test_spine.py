@@ -12,9 +12,10 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from aesq.analysis.versions import version_statistics
+from aesq.core.assets import nearest_assets
 from aesq.core.config import get_settings
 from aesq.core.database import engine, get_engine
-from aesq.core.queries import nearest_assets, version_comparison
 from aesq.flows.spine import aggregate_flow, ingest_flow, run_flow, score_flow
 from aesq.models.efficientnet import EfficientNetLite0Embedder
 from aesq.models.technical import TechnicalQualityScorer
@@ -160,7 +161,7 @@ def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, b
     assert neighbours[0][0] == assets["crawled/astronaut-small.jpg"].id
     assert neighbours[0][1] < neighbours[1][1]
 
-    comparison = {(row["generator"], row["version"]): row for row in version_comparison(settings, "technical")}
+    comparison = {(row["generator"], row["version"]): row for row in version_statistics(settings, "technical")}
     assert set(comparison) == {("sdxl", "1.0"), ("sdxl", "1.1"), ("flux", "dev")}
     assert comparison[("sdxl", "1.0")]["count"] == 1
     assert comparison[("sdxl", "1.0")]["mean"] == pytest.approx(stored[astronaut.id])

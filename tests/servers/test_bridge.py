@@ -8,104 +8,35 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-import boto3
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.flows.events import OBJECT_CREATED, bucket_resource
-from aesq.servers.bridge import BridgeServer, bridge_server
-from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, _free_port
-from tests.flows.conftest import AESQ, flow_runs
-from tests.helpers import ingest_all, jpeg_bytes, noise_image, put
+from aesq.servers.bridge import bridge_server
+from tests.helpers import (
+    AESQ,
+    bridge_settings,
+    bucket_events,
+    flow_runs,
+    free_port,
+    ingest_all,
+    jpeg_bytes,
+    noise_image,
+    post,
+    put,
+    serving,
+    subscribe,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def subscribe(s3_endpoint: str, bucket: str) -> Callable[..., list[dict]]:
-    """Make the bucket notify an SQS queue on the S3 server of created objects; returns `receive(count, each)`,
-    which waits for `count` notifications and returns their bodies, as the S3 server sent them (handing each
-    to `each` as it comes)."""
-    session = {
-        "endpoint_url": f"http://{s3_endpoint}",
-        "region_name": "us-east-1",
-        "aws_access_key_id": S3_ACCESS_KEY,
-        "aws_secret_access_key": S3_SECRET_KEY,
-    }
-    sqs = boto3.client("sqs", **session)
-    queue = sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    boto3.client("s3", **session).put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
-    )
-
-    def receive(count: int, each: Callable[[dict], object] = lambda body: None) -> list[dict]:
-        bodies: list[dict] = []
-        deadline = time.monotonic() + 60
-        while len(bodies) < count and time.monotonic() < deadline:
-            for message in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
-                "Messages", []
-            ):
-                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-                body = json.loads(message["Body"])
-                if body.get("Records"):
-                    bodies.append(body)
-                    each(body)
-        assert len(bodies) == count, f"the S3 server sent {len(bodies)} of {count} notifications"
-        return bodies
-
-    return receive
-
-
-def post(url: str, body: bytes, token: str | None = None) -> tuple[int, str]:
-    """POST to the bridge; (status, body)."""
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-@contextmanager
-def serving(server: BridgeServer) -> Iterator[str]:
-    """Serve the bridge in a thread; yields its URL."""
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def bridge_settings(settings: Settings, bucket: str, prefix: str = "", **changes: object) -> Settings:
-    """The test settings with the bucket as the only source."""
-    return settings.model_copy(update={"sources": [f"s3://{bucket}/{prefix}"], **changes})
-
-
-def bucket_events(bucket: str) -> list[dict]:
-    """Payloads of the bridge's events for the bucket, as the Prefect API stored them, oldest first."""
-    with get_client(sync_client=True) as client:
-        page = client.read_events(
-            EventFilter(
-                event=EventNameFilter(name=[OBJECT_CREATED]), resource=EventResourceFilter(id=[bucket_resource(bucket)])
-            ),
-            limit=50,
-        )
-    return [event.payload for event in sorted(page.events, key=lambda event: event.occurred)]
 
 
 def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
@@ -142,7 +73,7 @@ def test_notifications_are_queued_and_coalesced_into_one_event_per_window(
     etags = {key: s3_client.stat_object(bucket, key).etag.strip('"') for key in keys}
 
     server = bridge_server(
-        "127.0.0.1", _free_port(), bridge_settings(settings, bucket, "gen/", notification_window_seconds=1.5)
+        "127.0.0.1", free_port(), bridge_settings(settings, bucket, "gen/", notification_window_seconds=1.5)
     )
     with serving(server) as url:
         assert post(url, json.dumps(known).encode()) == (200, '{"objects": 0, "ignored": 1}')
@@ -169,7 +100,7 @@ def test_shutdown_emits_the_events_still_due(prefect_harness, settings, s3_endpo
     receive = subscribe(s3_endpoint, bucket)
     put(s3_client, bucket, "a.jpg", jpeg_bytes(noise_image(1, 64)))
     server = bridge_server(
-        "127.0.0.1", _free_port(), bridge_settings(settings, bucket, notification_window_seconds=3600)
+        "127.0.0.1", free_port(), bridge_settings(settings, bucket, notification_window_seconds=3600)
     )
     with serving(server) as url:
         assert post(url, json.dumps(receive(1)[0]).encode())[0] == 200
@@ -180,10 +111,10 @@ def test_a_database_that_cannot_take_the_objects_answers_503(settings, s3_endpoi
     receive = subscribe(s3_endpoint, bucket)
     put(s3_client, bucket, "a.jpg", jpeg_bytes(noise_image(1, 64)))
     notification = json.dumps(receive(1)[0]).encode()
-    down = bridge_settings(settings, bucket, database_url=f"postgresql://aesq@127.0.0.1:{_free_port()}/aesq")
-    with serving(bridge_server("127.0.0.1", _free_port(), down)) as url:
+    down = bridge_settings(settings, bucket, database_url=f"postgresql://aesq@127.0.0.1:{free_port()}/aesq")
+    with serving(bridge_server("127.0.0.1", free_port(), down)) as url:
         assert post(url, notification)[0] == 503  # MinIO keeps the event and retries
-    with serving(bridge_server("127.0.0.1", _free_port(), bridge_settings(settings, bucket))) as url:
+    with serving(bridge_server("127.0.0.1", free_port(), bridge_settings(settings, bucket))) as url:
         assert post(url, notification) == (200, '{"objects": 1, "ignored": 0}')
     assert set(queued(settings, bucket)) == {"a.jpg"}
 
@@ -194,7 +125,7 @@ def test_new_object_notification_starts_ingest_and_scoring(settings, serve_chain
     [notification] = receive(1)
     chain = serve_chain(AESQ_SOURCES=f"s3://{bucket}/", AESQ_POLL_INTERVAL_SECONDS="86400")
     server = bridge_server(
-        "127.0.0.1", _free_port(), bridge_settings(settings, bucket, bridge_token=SecretStr("secret"))
+        "127.0.0.1", free_port(), bridge_settings(settings, bucket, bridge_token=SecretStr("secret"))
     )
     with serving(server) as url:
         assert post(url, json.dumps(notification).encode())[0] == 401  # no token
@@ -233,7 +164,7 @@ def test_aesq_bridge_queues_and_emits_what_is_due_when_interrupted(
         env={**environment, "AESQ_SOURCES": "/srv/images"},
     )
     assert refused.returncode == 1 and "no s3:// source configured" in refused.stderr, refused.stderr
-    url = f"http://127.0.0.1:{_free_port()}/"
+    url = f"http://127.0.0.1:{free_port()}/"
     bridge = subprocess.Popen(
         [AESQ, "bridge", "--listen", url[7:-1]],
         stdout=subprocess.PIPE,
