@@ -1,6 +1,6 @@
 """Database tables: the one place the schema is declared (migrations are generated from it).
 
-Views (`latest_scores`, `generator_stats`) are created by the migrations; see README "Schema".
+Views (`latest_scores` and the stable views of docs/sql.md) are created by the migrations; see README "Schema".
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ EXPECTED_TABLES = {
     "critiques",
 }
 EXPECTED_VIEWS = {
-    "latest_scores", "generator_stats", "asset_overview", "asset_scores", "version_summary", "version_daily",
+    "latest_scores", "asset_overview", "asset_scores", "version_summary", "version_daily",
     "asset_defects", "version_defect_shares", "asset_critiques",
 }  # fmt: skip
 

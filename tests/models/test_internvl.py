@@ -455,16 +455,16 @@ def test_missing_or_malformed_folder_gives_a_clear_error(tmp_path, weights_dir, 
 
     folder = tmp_path / "ERNIE-Image-Aes"
     folder.mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         _load(tmp_path)
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read .*config.json as JSON"):
+    with pytest.raises(ValueError, match=r"cannot read .*config\.json as JSON"):
         _load(tmp_path)
     (folder / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
     with pytest.raises(ValueError, match="llm_config"):
         _load(tmp_path)
     (folder / "config.json").write_text(json.dumps(chat_config()))
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
         _load(tmp_path)
     (folder / "config.json").write_text(json.dumps(chat_config(template="Hermes-2")))
     with pytest.raises(ValueError, match="template 'Hermes-2'"):
@@ -491,7 +491,7 @@ def test_truncated_shard_is_refused(tmp_path, weights_dir):
     shutil.copytree(weights_dir / "ERNIE-Image-Aes", folder)
     shard = folder / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="cannot read .*model-00002-of-00002.safetensors"):
+    with pytest.raises(ValueError, match=r"cannot read .*model-00002-of-00002\.safetensors"):
         _load(tmp_path)
     assert load_file(str(weights_dir / "ERNIE-Image-Aes" / "model-00001-of-00002.safetensors"))
 
