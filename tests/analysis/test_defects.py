@@ -1,4 +1,5 @@
-"""Defect detectors on real photographs, clean and with each defect made by a real image operation."""
+"""Defect detectors on real photographs, clean and with each defect made by a real image operation, and their
+agreement with the technical score, whose measurements they share."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from functools import partial
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image, ImageEnhance, ImageFilter
 
+from aesq.analysis import defect_analysis
 from aesq.analysis.defects import (
     BLOCKINESS_MAX_RATIO,
     BLUR_MAX_SHARPNESS,
@@ -21,10 +24,12 @@ from aesq.analysis.defects import (
     Finding,
     detect_defects,
 )
+from aesq.core import scoring
+from aesq.core.database import get_engine
 from aesq.models.base import Score
 from aesq.models.measurements import Measurements
 from aesq.models.technical import TechnicalQualityScorer
-from tests.helpers import jpeg_bytes, photo
+from tests.helpers import ingest_all, jpeg_bytes, photo, put
 
 CLEAN_PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"]
 
@@ -237,3 +242,43 @@ def test_full_severity_exactly_where_the_technical_sub_score_is_zero(
     zero = {key for key, (score, _) in judged.items() if score.raw[SUB_SCORES[category]] == 0.0}
     assert full == zero
     assert full, "some graded image must reach full severity"
+
+
+def test_stored_defects_and_technical_scores_agree_through_the_pipeline(settings, s3_client, bucket) -> None:
+    """Scored and analysed as aesq does (each fetching and decoding the object itself, a large one reduced), every
+    stored defect of a shared category matches the stored technical score's raw figures, and its detail shows them."""
+    large = photo("coffee").resize((3000, 2200), Image.Resampling.BICUBIC)
+    objects = {
+        "large-blurred-noisy.jpg": jpeg_bytes(_with_noise(_blurred(large, 6), 20)),
+        "dark.jpg": jpeg_bytes(_brightened(photo("astronaut"), 0.1)),
+        "blocky.jpg": jpeg_bytes(photo("rocket"), 5),
+        "clean.jpg": jpeg_bytes(photo("chelsea")),
+    }
+    for key, payload in objects.items():
+        put(s3_client, bucket, f"generated/sdxl/1.0/{key}", payload)
+    ids = ingest_all(f"s3://{bucket}/", settings)
+    assert scoring.score_assets(ids, settings).scored == len(objects)
+    defect_analysis.analyse_assets(ids, settings)
+    with get_engine(settings).connect() as connection:
+        query = "SELECT a.key, s.raw FROM scores s JOIN assets a ON a.id = s.asset_id WHERE s.scorer = 'technical'"
+        raw = dict(connection.execute(sa.text(query)).all())
+        rows = connection.execute(
+            sa.text("SELECT a.key, d.category, d.detail FROM defects d JOIN assets a ON a.id = d.asset_id")
+        ).all()
+    large_key = "generated/sdxl/1.0/large-blurred-noisy.jpg"
+    assert raw[large_key]["megapixels"] == 3000 * 2200 / 1e6  # its native size, though decoded reduced
+    found: dict[str, dict[str, str]] = {key: {} for key in raw}
+    for key, category, detail in rows:
+        found[key][category] = detail
+    for key, figures in raw.items():
+        for category, (is_defect, figure) in SHARED_RULES.items():
+            assert (category in found[key]) == is_defect(figures), (key, category, figures)
+            if category in found[key]:
+                assert figure.format(**figures) in found[key][category], (key, category)
+    flagged = {key.rsplit("/", 1)[1]: set(found[key]) & set(SHARED_RULES) for key in found}
+    assert flagged == {
+        "large-blurred-noisy.jpg": {"blur", "noise"},
+        "dark.jpg": {"underexposure", "blur"},  # a tenth of the light leaves a tenth of the edge contrast
+        "blocky.jpg": {"compression"},
+        "clean.jpg": set(),
+    }
