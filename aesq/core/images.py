@@ -251,7 +251,7 @@ def _reduction_factor(width: int, height: int) -> int:
 
 def _reduced(image: Image.Image) -> Image.Image:
     """A large decoded image as RGB shrunk by an integer factor (box filter) to what the models need, with
-    its native size and the native centre crop the technical scorer measures recorded in `info`."""
+    its native size and the native centre crop the image measurements use recorded in `info`."""
     # Imported here: validation workers import this module and must not load the models' torch.
     from aesq.models.base import NATIVE_CENTRE, NATIVE_SIZE, native_centre
 
