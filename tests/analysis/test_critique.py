@@ -17,8 +17,7 @@ from aesq.core.images import pixel_budget
 from aesq.core.scoring import UnknownModel
 from aesq.core.storage import open_source
 from aesq.models.internvl import ErnieImageAesScorer
-from tests.helpers import ingest_all, jpeg_bytes, noise_image, photo, put
-from tests.models.test_internvl import write_tiny_ernie
+from tests.helpers import ingest_all, jpeg_bytes, noise_image, photo, put, write_tiny_ernie
 
 ASPECTS = ["Composition & Design", "Technical Execution"]
 

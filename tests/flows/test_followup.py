@@ -11,7 +11,7 @@ from aesq.analysis.defect_analysis import analyse_assets
 from aesq.core.database import get_engine
 from aesq.flows.followup import defects_flow, report_flow
 from aesq.flows.spine import run_flow
-from tests.helpers import jpeg_bytes, photo, put
+from tests.helpers import jpeg_bytes, photo, put, write_tiny_ernie
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -91,7 +91,6 @@ def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(
     settings, s3_client, bucket, tmp_path, monkeypatch
 ):
     from aesq.core.config import get_settings
-    from tests.models.test_internvl import write_tiny_ernie
 
     monkeypatch.setenv("AESQ_SCORERS", "technical,ernie-aes")
     monkeypatch.setenv("AESQ_WEIGHTS_DIR", str(write_tiny_ernie(tmp_path / "weights")))

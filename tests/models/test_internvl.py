@@ -1,8 +1,9 @@
 """InternVL token-as-score scorers on a tiny random model saved in the published InternVL-chat layout.
 
-The tiny model is built with transformers' native InternVL classes, randomised, and written out under
-the published (InternVL-chat) weight names by an inverse mapping spelled out here independently of
-`aesq.models.internvl`; its ordinary full-vocabulary forward is the reference every score is checked against.
+The tiny model (built in tests/helpers.py) uses transformers' native InternVL classes, randomised, and is
+written out under the published (InternVL-chat) weight names by an inverse mapping spelled out there
+independently of `aesq.models.internvl`; its ordinary full-vocabulary forward is the reference every
+score is checked against.
 """
 
 from __future__ import annotations
@@ -15,16 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, pre_tokenizers
-from tokenizers import models as token_models
-from transformers import (
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    InternVLVisionConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from safetensors.torch import load_file
+from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
 from aesq.models import internvl
 from aesq.models.internvl import (
@@ -34,15 +27,18 @@ from aesq.models.internvl import (
     UniPerceptQualityScorer,
     UniPerceptStructureScorer,
 )
-from tests.helpers import noise_image, photo
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
-PAIRS = (
-    [f"a{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
-    + [f"c{chr(c)}" for c in range(ord("a"), ord("y") + 1)]
-    + [f"d{chr(c)}" for c in range(ord("a"), ord("y") + 1)]
-    + [f"e{chr(c)}" for c in range(ord("a"), ord("y") + 1)]
+from tests.helpers import (
+    PAIRS,
+    VOCAB_SIZE,
+    chat_config,
+    make_tokenizer,
+    native_model,
+    noise_image,
+    photo,
+    to_chat_layout,
+    write_checkpoint,
 )
+
 DEFAULT_SYSTEM = (
     "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
@@ -57,176 +53,6 @@ ARTIMUSE_QUESTION = """
 
         The answer only outputs 2 corresponding letters.
         """  # noqa: W291 (the trailing spaces are part of the published question)
-VOCAB_SIZE = 400
-VISION = {
-    "architectures": ["InternVisionModel"],
-    "model_type": "intern_vit_6b",
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 32,
-    "image_size": 448,
-    "patch_size": 14,
-    "num_channels": 3,
-    "qkv_bias": True,
-    "qk_normalization": False,
-    "norm_type": "layer_norm",
-    "layer_norm_eps": 1e-6,
-    "hidden_act": "gelu",
-    "initializer_factor": 0.1,
-    "drop_path_rate": 0.0,
-    "dropout": 0.0,
-    "attention_dropout": 0.0,
-    "use_flash_attn": True,
-}
-LLM = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": VOCAB_SIZE,
-    "max_position_embeddings": 4096,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "hidden_act": "silu",
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "attn_implementation": "flash_attention_2",
-    "use_cache": True,
-}
-
-
-def chat_config(**extra) -> dict:
-    return {
-        "architectures": ["InternVLChatModel"],
-        "auto_map": {"AutoModel": "modeling_internvl_chat.InternVLChatModel"},
-        "model_type": "internvl_chat",
-        "llm_config": LLM,
-        "vision_config": VISION,
-        "template": "internvl2_5",
-        "downsample_ratio": 0.5,
-        "ps_version": "v2",
-        "select_layer": -1,
-        "force_image_size": 448,
-        "dynamic_image_size": True,
-        "use_thumbnail": True,
-        "min_dynamic_patch": 1,
-        "max_dynamic_patch": 12,
-        "use_backbone_lora": 0,
-        "use_llm_lora": 0,
-        "pad2square": False,
-        "torch_dtype": "bfloat16",
-        **extra,
-    }
-
-
-def make_tokenizer(split: str | None = None) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with the chat special tokens; every score pair one merged token unless `split`."""
-    vocab = {char: index for index, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    merges = []
-    for pair in PAIRS:
-        if pair != split:
-            vocab[pair] = len(vocab)
-            merges.append((pair[0], pair[1]))
-    tokenizer = Tokenizer(token_models.BPE(vocab=vocab, merges=merges))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(SPECIAL_TOKENS)
-    assert tokenizer.get_vocab_size() <= VOCAB_SIZE
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def native_model(image_token_id: int) -> InternVLForConditionalGeneration:
-    """The tiny model in transformers' own InternVL classes, every weight random (seeded)."""
-    vision = InternVLVisionConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=448,
-        patch_size=14, attention_bias=True, norm_type="layer_norm", layer_norm_eps=1e-6,
-    )  # fmt: skip
-    text = Qwen2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=VOCAB_SIZE, max_position_embeddings=4096, rope_theta=1000000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-    )  # fmt: skip
-    config = InternVLConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id, image_seq_length=256,
-        downsample_ratio=0.5, tie_word_embeddings=False, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = InternVLForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            scale = 0.5 if "lm_head" in name or "embed_tokens" in name else 0.2
-            parameter.copy_(torch.randn_like(parameter) * scale + (1.0 if name.endswith("norm.weight") else 0.0))
-    return model
-
-
-def to_chat_layout(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of the published→native mapping, written from InternVL-chat's module names."""
-    vision_renames = [
-        ("model.vision_tower.", "vision_model."),
-        (".encoder.layer.", ".encoder.layers."),
-        ("embeddings.cls_token", "embeddings.class_embedding"),
-        ("embeddings.position_embeddings", "embeddings.position_embedding"),
-        ("embeddings.patch_embeddings.projection", "embeddings.patch_embedding"),
-        ("attention.projection_layer", "attn.proj"),
-        ("lambda_1", "ls1"),
-        ("lambda_2", "ls2"),
-        ("layernorm_before", "norm1"),
-        ("layernorm_after", "norm2"),
-    ]
-    chat: dict[str, torch.Tensor] = {}
-    for key, tensor in native.items():
-        if key == "lm_head.weight":
-            chat["language_model.lm_head.weight"] = tensor
-        elif key.startswith("model.language_model."):
-            chat["language_model.model." + key.removeprefix("model.language_model.")] = tensor
-        elif key.startswith("model.multi_modal_projector."):
-            name = key.removeprefix("model.multi_modal_projector.")
-            for old, new in (("layer_norm", "mlp1.0"), ("linear_1", "mlp1.1"), ("linear_2", "mlp1.3")):
-                name = name.replace(old, new)
-            chat[name] = tensor
-        elif key.startswith("model.vision_tower."):
-            name = key
-            for old, new in vision_renames:
-                name = name.replace(old, new)
-            if ".attention.k_proj." in name or ".attention.v_proj." in name:
-                continue
-            if ".attention.q_proj." in name:
-                parts = [native[key.replace("q_proj", part)] for part in ("q_proj", "k_proj", "v_proj")]
-                chat[name.replace("attention.q_proj", "attn.qkv")] = torch.cat(parts, dim=0)
-            else:
-                chat[name] = tensor
-        else:
-            raise AssertionError(f"unexpected native weight {key}")
-    return chat
-
-
-def write_checkpoint(
-    folder: Path, state: dict[str, torch.Tensor], config: dict, tokenizer, sharded: bool = True
-) -> Path:
-    """Write the published layout: config.json, safetensors (sharded with an index, or one file), tokenizer."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
-    state = {key: tensor.contiguous().clone() for key, tensor in state.items()}
-    if sharded:
-        keys = sorted(state)
-        shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
-        for name, shard_keys in shards.items():
-            save_file({key: state[key] for key in shard_keys}, str(folder / name), metadata={"format": "pt"})
-        weight_map = {key: name for name, shard_keys in shards.items() for key in shard_keys}
-        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    else:
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -523,11 +349,3 @@ def test_published_aspects_are_artimuses_attributes():
         "Composition & Design", "Visual Elements & Structure", "Technical Execution", "Originality & Creativity",
         "Theme & Communication", "Emotion & Viewer Response", "Overall Gestalt",
     )  # fmt: skip
-
-
-def write_tiny_ernie(root: Path) -> Path:
-    """A weights folder with this tiny model as ERNIE-Image-Aes (for tests of the pipeline around it)."""
-    tokenizer = make_tokenizer()
-    native = native_model(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
-    write_checkpoint(root / "ERNIE-Image-Aes", to_chat_layout(native.state_dict()), chat_config(), tokenizer)
-    return root

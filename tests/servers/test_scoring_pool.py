@@ -22,8 +22,7 @@ from aesq.core.database import get_engine
 from aesq.flows.followup import defects_flow
 from aesq.flows.spine import run_flow
 from aesq.tasks.score import gpu_slot_name
-from tests.helpers import jpeg_bytes, noise_image, put
-from tests.models.test_internvl import write_tiny_ernie
+from tests.helpers import jpeg_bytes, noise_image, put, write_tiny_ernie
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
