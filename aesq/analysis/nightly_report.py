@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from aesq.analysis.report import ReportData, Thumbnail, VersionLine, render_report
 from aesq.analysis.versions import daily_means, defect_shares, version_statistics
@@ -125,7 +125,7 @@ def publish_report(settings: Settings, now: datetime | None = None) -> tuple[str
     name = f"aesq-report-{data.generated_at:%Y%m%dT%H%M%SZ}.html"
     location = save_file(settings.reports_uri or str(settings.data_dir / "reports"), name, html, "text/html", settings)
     with get_engine(settings).begin() as connection:
-        connection.execute(Report.__table__.insert().values(location=location, summary=summary))
+        connection.execute(insert(Report).values(location=location, summary=summary))
     return location, data
 
 

@@ -16,8 +16,9 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
 from matplotlib.figure import Figure
+from matplotlib.typing import RcKeyType
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ PLOT_SIZE_INCHES = (7.5, 3.2)
 HISTOGRAM_BINS = 30
 # Leaderboard figures show about this many significant digits of a scorer's largest mean: 72.1, 6.43, 0.532.
 SIGNIFICANT_DIGITS = 3
-_PLOT_SETTINGS = {
+_PLOT_SETTINGS: dict[RcKeyType, object] = {
     "svg.fonttype": "none",  # text stays <text> with a generic font fallback: smaller, selectable, no font files
     "text.parse_math": False,  # a "$" in a version name is text, not mathtext
     "font.size": 9,
@@ -292,7 +293,8 @@ def _colours_by_version(data: ReportData) -> dict[str, str]:
         + [version for version, _ in data.distributions]
         + [version for version, _ in data.trends]
     )
-    palette = matplotlib.colormaps["tab10"].colors
+    tab10 = matplotlib.colormaps["tab10"]
+    palette = [tab10(index) for index in range(tab10.N)]
     return {version: to_hex(palette[i % len(palette)]) for i, version in enumerate(versions)}
 
 
@@ -321,7 +323,13 @@ def _draw_histograms(scores_by_version: dict[str, list[float]], colours: dict[st
     for version, scores in scores_by_version.items():
         weights = np.full(len(scores), 1 / len(scores))
         axes.hist(
-            scores, bins=edges, weights=weights, histtype="step", linewidth=1.5, color=colours[version], label=version
+            scores,
+            bins=edges.tolist(),
+            weights=weights,
+            histtype="step",
+            linewidth=1.5,
+            color=colours[version],
+            label=version,
         )
     axes.set_xlabel("score")
     axes.set_ylabel("share of images")
@@ -349,7 +357,7 @@ def _draw_trends(
         days, means, _counts = zip(*sorted(points))
         axes.plot(days, means, marker="o", markersize=3, linewidth=1.5, color=colours[version], label=version)
     if since is not None:
-        axes.set_xlim(left=since.date())
+        axes.set_xlim(left=date2num(since.date()))
     locator = AutoDateLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 # Below 5 scores a bootstrap has at most 35 distinct resamples and a two-sided Mann–Whitney test of
@@ -64,7 +65,7 @@ class Comparison:
     adjusted_p: float | None = None
 
 
-def _scores(values: Sequence[float]) -> np.ndarray:
+def _scores(values: ArrayLike) -> np.ndarray:
     """The values as a float array; ValueError unless every one is finite."""
     array = np.asarray(values, dtype=float)
     if not np.isfinite(array).all():
@@ -84,7 +85,7 @@ def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
 
 def bootstrap_interval(
     samples: tuple[np.ndarray, ...],
-    statistic: Callable[..., np.ndarray],
+    statistic: Callable[..., np.ndarray | float],
     seed: int,
     *,
     paired: bool = False,

@@ -121,8 +121,10 @@ def daily_means(
     )
     series: dict[str, list[tuple[date, float, int]]] = {}
     with get_engine(settings).connect() as connection:
-        for row in connection.execute(query, {"scorer": scorer, "generator": generator, "since": since}):
-            series.setdefault(row.version, []).append((row.day, row.mean, row.count))
+        for version, day, mean, count in connection.execute(
+            query, {"scorer": scorer, "generator": generator, "since": since}
+        ):
+            series.setdefault(version, []).append((day, mean, count))
     return series
 
 

@@ -108,7 +108,7 @@ def list_assets(
                 if offset
                 else 0
             )
-        defects = dict(
+        defects: dict[int, list[str]] = dict(
             connection.execute(
                 text(
                     "SELECT asset_id, array_agg(category ORDER BY category) FROM defects WHERE asset_id = ANY(:ids) GROUP BY asset_id"
@@ -189,7 +189,7 @@ def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, l
     if not nearest:
         return []
     with get_engine(settings).connect() as connection:
-        keys = dict(
+        keys: dict[int, str] = dict(
             connection.execute(
                 text("SELECT id, key FROM assets WHERE id = ANY(:ids)"), {"ids": [i for i, _ in nearest]}
             ).all()

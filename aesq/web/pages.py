@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -86,7 +86,15 @@ def compare(
     versions = options["versions"]
     a = a or (versions[0] if versions else None)
     b = b or (versions[1] if len(versions) > 1 else None)
-    context = {"options": options, "a": a, "b": b, "scorer": scorer, "page": "compare", "result": None, "error": None}
+    context: dict[str, Any] = {
+        "options": options,
+        "a": a,
+        "b": b,
+        "scorer": scorer,
+        "page": "compare",
+        "result": None,
+        "error": None,
+    }
     if a and b:
         try:
             comparison = version_reads.compare_versions(settings, [a, b], scorer)

@@ -13,6 +13,7 @@ from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.core.tables import Critique
 from aesq.web.app import create_app
+from tests.helpers import defect_shares_from_rows
 
 BASE, LORA, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"
 
@@ -60,7 +61,38 @@ def test_leaderboard_compare_assets_and_neighbours(client, demo_settings):
     assert len(neighbours) == 3 and neighbours[0]["distance"] <= neighbours[-1]["distance"]
     assert worst["id"] not in [n["id"] for n in neighbours]
     defective = client.get("/api/assets", params={"scorer": "technical", "defect": "*", "limit": 200}).json()
-    assert defective["total"] > 0 and all(item["defects"] for item in defective["items"])
+    flagged = _defects_of_scored_assets(demo_settings)
+    assert {item["id"]: item["defects"] for item in defective["items"]} == flagged
+    assert defective["total"] == len(flagged)
+    noise_images = [item for item in defective["items"] if item["generator"] == "other-model"]
+    assert len(noise_images) == 2 and all("noise" in item["defects"] for item in noise_images)  # random pixels
+
+
+def _defects_of_scored_assets(settings) -> dict[int, list[str]]:
+    """Each scored asset's defect categories, sorted, read from the defect rows themselves."""
+    query = """
+        SELECT d.asset_id, array_agg(d.category ORDER BY d.category) FROM defects d
+        JOIN assets a ON a.id = d.asset_id AND a.status = 'scored' GROUP BY d.asset_id
+    """
+    with get_engine(settings).connect() as connection:
+        return dict(connection.execute(sa.text(query)).all())
+
+
+def test_trends_and_defect_shares_are_the_figures_of_the_demo_rows(client, demo_settings):
+    versions = client.get("/api/versions", params={"scorer": "technical"}).json()
+    trends = client.get("/api/trends", params={"scorer": "technical"}).json()
+    # The demo is scored at once: one day per version, whose mean and count are the version's.
+    assert {
+        version: [(p["count"], pytest.approx(p["mean"])) for p in points] for version, points in trends.items()
+    } == {f"{row['generator']}:{row['version']}": [(row["count"], row["mean"])] for row in versions}
+    assert [len(trends[v]) for v in (BASE, LORA, SFT, "other-model:v1")] == [1, 1, 1, 1]
+    assert client.get("/api/trends", params={"scorer": "technical", "generator": "other-model"}).json().keys() == {
+        "other-model:v1"
+    }
+    expected = defect_shares_from_rows(demo_settings)
+    assert client.get("/api/defects").json() == expected
+    assert {"version": "other-model:v1", "category": "noise", "assets": 2, "scored": 2, "share": 1.0} in expected
+    assert {row["scored"] for row in expected} <= {8, 2}  # every demo version has 8 scored images, other-model 2
 
 
 def test_a_critique_is_its_own_field_and_section_and_no_defect(client, demo_settings):

@@ -18,7 +18,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from aesq.web.app import create_app
-from tests.helpers import free_port
+from tests.helpers import defect_shares_from_rows, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -102,14 +102,26 @@ def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
     first.click()
     _wait(browser, expected_conditions.presence_of_element_located((By.ID, "asset-image")))
     assert "technical" in browser.find_element(By.ID, "scores").text
-    assert browser.find_elements(By.CSS_SELECTOR, ".gallery .tile")  # nearest neighbours
+    shown = int(browser.current_url.rstrip("/").rsplit("/", 1)[1])
+    linked = [
+        int(link.get_attribute("href").rsplit("/", 1)[1])
+        for link in browser.find_elements(By.CSS_SELECTOR, ".gallery .tile a")
+    ]
+    assert len(set(linked)) == 8 and shown not in linked  # the 8 nearest of the 26 other embedded assets
 
 
-def test_trends_and_reports_pages_render(dashboard, browser):
+def test_trends_and_reports_pages_render(dashboard, browser, demo_settings):
     browser.get(dashboard + "/trends?scorer=technical")
     _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#trend .main-svg")))
-    assert (
-        "demo-diffusion:v1.0-base" in browser.find_element(By.ID, "defects").text or "No defects" in browser.page_source
-    )
+    shown = [
+        [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        for row in browser.find_elements(By.CSS_SELECTOR, "#defects tbody tr")
+    ]
+    expected = defect_shares_from_rows(demo_settings)
+    assert shown == [
+        [row["version"], row["category"], str(row["assets"]), str(row["scored"]), f"{100 * row['share']:.1f} %"]
+        for row in expected
+    ]
+    assert ["other-model:v1", "noise", "2", "2", "100.0 %"] in shown  # its two images are random pixels
     browser.get(dashboard + "/reports")
     assert "No report yet" in browser.page_source
