@@ -1,8 +1,11 @@
 """One source of truth for a version's figures: on the same demo data in the real database, the nightly report,
-the JSON API and `aesq compare` show the same count, mean and 95 % interval, and those are the figures of the
-score rows (latest score per asset, scored assets, bootstrap of the scores in asset order)."""
+the JSON API, `aesq compare` and the Grafana leaderboard show the same count, mean and 95 % interval, and those
+are the figures of the score rows (latest score per asset, scored assets, bootstrap of the scores in asset order)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +18,7 @@ from aesq.cli.main import app
 from aesq.core.database import get_engine
 from aesq.web.app import create_app
 
+GRAFANA_DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "dashboards" / "aesq.json"
 VERSIONS = ("demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft", "other-model:v1")
 
 
@@ -37,6 +41,15 @@ def _scores_from_rows(settings) -> dict[str, list[float]]:
     return scores
 
 
+def _grafana_leaderboard(settings) -> dict[str, tuple]:
+    """(count, mean, low, high) per version from the Grafana dashboard's leaderboard panel, run as Grafana would."""
+    panels = json.loads(GRAFANA_DASHBOARD.read_text())["panels"]
+    [sql] = [t["rawSql"] for p in panels for t in p.get("targets", []) if "FROM version_summary" in t["rawSql"]]
+    with get_engine(settings).connect() as connection:
+        rows = connection.execute(sa.text(sql.replace("$scorer", "technical"))).all()
+    return {f"{r.generator}:{r.version}": (r.count, r.mean, r.mean_low, r.mean_high) for r in rows}
+
+
 def _cli_rows(output: str) -> dict[str, list[str]]:
     """The cells of `aesq compare`'s table, by version."""
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]
@@ -53,7 +66,8 @@ def test_report_api_and_cli_give_the_same_count_mean_and_interval(demo_settings)
     compared = CliRunner().invoke(app, ["compare", "--scorer", "technical"], catch_exceptions=False)
     assert compared.exit_code == 0, compared.output
     cli = _cli_rows(compared.output)
-    assert set(report) == set(api) == set(cli) == set(VERSIONS)
+    grafana = _grafana_leaderboard(demo_settings)
+    assert set(report) == set(api) == set(cli) == set(grafana) == set(VERSIONS)
 
     for version, values in scores.items():
         count, mean, interval = len(values), sum(values) / len(values), mean_interval(values)
@@ -61,6 +75,7 @@ def test_report_api_and_cli_give_the_same_count_mean_and_interval(demo_settings)
         assert line.count == row["count"] == count and cells[3] == str(count)
         assert line.mean == row["mean"] == pytest.approx(mean) and cells[4] == f"{mean:.2f}"
         assert (line.low, line.high) == (row["mean_low"], row["mean_high"])
+        assert grafana[version] == (line.count, line.mean, line.low, line.high)
         if interval is None:  # other-model:v1 has 2 scores, below the bootstrap's minimum
             assert line.low is None and cells[5] == "—"
         else:
