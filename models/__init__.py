@@ -6,9 +6,8 @@ from aesq.models.internvl import INTERNVL_SCORERS
 from aesq.models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
 from aesq.models.technical import TechnicalQualityScorer
 
-SCORERS: dict[str, type[Scorer]] = {
-    cls.name: cls for cls in (TechnicalQualityScorer, LaionAestheticV2Scorer, *INTERNVL_SCORERS)
-}
+_SCORER_CLASSES: tuple[type[Scorer], ...] = (TechnicalQualityScorer, LaionAestheticV2Scorer, *INTERNVL_SCORERS)
+SCORERS: dict[str, type[Scorer]] = {cls.name: cls for cls in _SCORER_CLASSES}
 EMBEDDERS: dict[str, type[Embedder]] = {cls.name: cls for cls in (EfficientNetLite0Embedder, ClipVitL14Embedder)}
 
 __all__ = ["EMBEDDERS", "SCORERS", "Critic", "Embedder", "Score", "Scorer"]
