@@ -5,6 +5,7 @@ are the figures of the score rows (latest score per asset, scored assets, bootst
 from __future__ import annotations
 
 import json
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,9 @@ def test_live_figures_under_a_filter_are_the_stored_figures_of_the_assets_it_kee
         assert row["mean_low"] < row["mean"] < row["mean_high"]
     crawled = client.get("/api/versions", params={"scorer": "technical", "source_kind": "crawled"}).json()
     assert crawled == []  # crawled images have no version
+    today = date.today()
+    around_today = {"scorer": "technical", "since": str(today - timedelta(days=1)), "until": str(today + timedelta(1))}
+    dated = client.get("/api/versions", params=around_today).json()
+    assert [(row["version"], row["count"]) for row in dated] == [(row["version"], row["count"]) for row in stored]
+    later = {"scorer": "technical", "since": str(today + timedelta(days=2))}
+    assert client.get("/api/versions", params=later).json() == []  # nothing was scored after tomorrow

@@ -1,5 +1,4 @@
-"""Reads of generator versions (comparisons, pairs, leaderboard, trends, defect shares) on the scored demo data in the
-real database."""
+"""Comparisons of generator versions and their paired assets, on the scored demo data in the real database."""
 
 from __future__ import annotations
 
