@@ -31,8 +31,9 @@ _GROUPS = text(
 
 
 def figures_query(group_scores: str) -> str:
-    """The figures of every (generator_id, scorer) group of the rows `group_scores` selects (generator_id, scorer,
-    value; thresholds bound as :thresholds): the one definition the stored statistics and live ones under filters share."""
+    """The one definition of a version's figures, shared by the stored statistics and the live ones under filters:
+    count, mean, std, median, p10, p90 and share at or above the scorer's threshold (bound as :thresholds) of each
+    (generator_id, scorer) group of the rows (generator_id, scorer, value) that `group_scores` selects."""
     return f"""
     WITH group_scores AS ({group_scores}),
     thresholds AS (SELECT key AS scorer, value::float8 AS threshold FROM jsonb_each_text(:thresholds))
