@@ -49,7 +49,17 @@ def critique_low_scorers(asset_ids: list[int], settings: Settings) -> int:
     if not settings.pools:
         return critique.critique_assets(asset_ids, settings)
     pool = next(name for name, pool in settings.pools.items() if critic in pool.scorers)
-    return critique_pool_task(pool).delay(asset_ids).result(timeout=settings.pool_wait_seconds)
+    return hand_critique_to_pool(asset_ids, pool, settings.pool_wait_seconds)
+
+
+@task(name="hand-critique-to-pool")
+def hand_critique_to_pool(asset_ids: list[int], pool: str, wait_seconds: float) -> int:
+    """Have pool `pool`'s workers critique a batch, and wait for them; returns how many critiques were written.
+
+    A task of its own for the reason `aesq.tasks.score.hand_to_pools` is: what Prefect persists with the pool's task run holds
+    ids and names, never the settings.
+    """
+    return critique_pool_task(pool).delay(asset_ids).result(timeout=wait_seconds)
 
 
 def critique_pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[list[int]], int]:

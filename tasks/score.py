@@ -61,8 +61,7 @@ def score_assets(asset_ids: list[int], settings: Settings) -> scoring.BatchOutco
     """Score one batch with every enabled scorer and embedder and store the results.
 
     Without scoring pools the models run here; with pools, every pool's workers score the batch with
-    their models and this task waits for them. Only the batch's ids go to the pools, never the settings
-    (a pool task's parameters are persisted, and the settings hold secrets).
+    their models and this task waits for them (`hand_to_pools`).
 
     Args:
         asset_ids: ids of one batch; ids that are not pending any more are skipped.
@@ -74,10 +73,20 @@ def score_assets(asset_ids: list[int], settings: Settings) -> scoring.BatchOutco
     if not settings.pools:
         return scoring.score_assets(asset_ids, settings)
     with scoring.keep_claimed(asset_ids, settings):
-        futures = [pool_task(pool).delay(asset_ids) for pool in settings.pools]
-        unfinished = {i for future in futures for i in future.result(timeout=settings.pool_wait_seconds).unfinished}
-    scoring.end_claims(asset_ids, unfinished, settings)
-    return scoring.batch_outcome(asset_ids, settings, tuple(sorted(unfinished)))
+        unfinished = hand_to_pools(asset_ids, list(settings.pools), settings.pool_wait_seconds)
+    scoring.end_claims(asset_ids, set(unfinished), settings)
+    return scoring.batch_outcome(asset_ids, settings, tuple(unfinished))
+
+
+@task(name="hand-to-pools")
+def hand_to_pools(asset_ids: list[int], pools: list[str], wait_seconds: float) -> list[int]:
+    """Have each pool's workers score a batch, and wait for them; returns the ids they could not finish.
+
+    A task of its own, run inside `score_assets`: Prefect persists, with each pool task run, the parameters
+    of the task run handing it over, and this one's are ids and names, never the settings (which hold secrets).
+    """
+    futures = [pool_task(pool).delay(asset_ids) for pool in pools]
+    return sorted({i for future in futures for i in future.result(timeout=wait_seconds).unfinished})
 
 
 def gpu_slot_name(worker: str) -> str:

@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.results import ResultRecord
 from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH
 
 from aesq.core.config import get_settings
@@ -79,6 +81,7 @@ def pool_workers(settings, monkeypatch, tmp_path) -> Iterator[dict[str, Path]]:
 
 
 def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_workers, s3_client, bucket, monkeypatch):
+    storage, started = Path(PREFECT_LOCAL_STORAGE_PATH.value()), time.time()
     for index in range(6):
         put(s3_client, bucket, f"generated/sdxl/1.0/{index}.jpg", jpeg_bytes(noise_image(index)))
     put(s3_client, bucket, "generated/sdxl/1.0/broken.jpg", b"not an image")
@@ -120,6 +123,12 @@ def test_pool_workers_score_every_batch_with_models_loaded_once(settings, pool_w
             assert bool(critique_runs) == (pool == "vlm") and all(run.state.is_completed() for run in critique_runs)
             limit = client.read_global_concurrency_limit_by_name(gpu_slot_name(f"test-{pool}"))
             assert limit.limit == 1 and limit.active_slots == 0
+    # What Prefect persisted to hand the batches over (parameters, and the context of the run handing them over)
+    # never holds the settings' secrets.
+    secret = settings.s3_secret_key.get_secret_value().encode()
+    handed = [path for path in (storage / "parameters").iterdir() if path.stat().st_mtime >= started]
+    records = [ResultRecord.deserialize(path.read_bytes()).result for path in handed]
+    assert records and not [record for record in records if secret in cloudpickle.dumps(record)]
     # Each worker loaded its models once, for all of those batches.
     quality, vectors = pool_workers["quality"].read_text(), pool_workers["vectors"].read_text()
     assert quality.count("loaded scorer technical on cpu") == 1 and "loaded embedder" not in quality, quality
