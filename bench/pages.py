@@ -11,6 +11,7 @@ aggregate flow's statistics), writes real JPEGs for the assets whose thumbnails 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -130,10 +131,14 @@ def seed(settings, count: int, images: Path) -> None:
     with engine.connect() as connection:
         keys = connection.execute(sa.text("SELECT id, key FROM assets WHERE id <= 1000 ORDER BY id")).all()
     rng = np.random.default_rng(1)
-    for _, key in keys:  # real files for the assets whose pages and thumbnails are requested
+    hashes = []
+    for asset_id, key in keys:  # real files for the assets whose pages and thumbnails are requested
         path = images / key
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(path, "JPEG")
+        hashes.append({"id": asset_id, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    with engine.begin() as connection:  # thumbnails are made only of the bytes an asset was ingested as
+        connection.execute(sa.text("UPDATE assets SET sha256 = :sha256 WHERE id = :id"), hashes)
 
 
 def main() -> None:
