@@ -78,15 +78,17 @@ def _claimed_objects(
             time.sleep(POLL_SECONDS)
 
 
-def _claimed_assets(active: list[PrefectFuture], settings: Settings, source: str | None) -> Iterator[list[int]]:
-    """Batches of assets claimed for scoring, pending ones first, then those lacking a model enabled since
-    (one pass in id order), until none is due and no other worker holds a claim (on `source`'s assets,
-    when given)."""
+def _claimed_assets(
+    active: list[PrefectFuture], settings: Settings, source: str | None, within: str | None
+) -> Iterator[list[int]]:
+    """Batches of assets claimed for scoring (of source `within` only, when given), pending ones first, then
+    those lacking a model enabled since (one pass in id order), until none is due and no other worker holds
+    a claim (on `source`'s assets, when given)."""
     backfill_after: int | None = 0  # None once this run's backfill pass is over
     while _room(active):
-        ids = claim_assets(settings)
+        ids = claim_assets(settings, within)
         if not ids and backfill_after is not None:
-            ids = claim_backfill(backfill_after, settings)
+            ids = claim_backfill(backfill_after, settings, within)
             backfill_after = max(ids) if ids else None
         if ids:
             yield ids
@@ -117,11 +119,13 @@ def ingest_flow(source: str, listing: bool = True) -> list[int]:
     return ids
 
 
-def _score_claimed(outcomes: list[PrefectFuture], settings: Settings, source: str | None = None) -> list[BatchOutcome]:
-    """Score every batch claimed for scoring, after the batches in `outcomes`; what could not be finished is
-    given back for the next run."""
+def _score_claimed(
+    outcomes: list[PrefectFuture], settings: Settings, source: str | None = None, within: str | None = None
+) -> list[BatchOutcome]:
+    """Score every batch claimed for scoring (of source `within` only, when given), after the batches in
+    `outcomes`; what could not be finished is given back for the next run."""
     active = list(outcomes)
-    for ids in _claimed_assets(active, settings, source):
+    for ids in _claimed_assets(active, settings, source, within):
         outcomes.append(score_assets.submit(ids, settings))
         active.append(outcomes[-1])
     done = [future.result() for future in outcomes]
@@ -149,7 +153,8 @@ def aggregate_flow() -> int:
 def run_flow(source: str, scorers: list[str] | None = None) -> list[BatchOutcome]:
     """Ingest, score and aggregate `source` once, each batch scored by the worker that ingested it, with
     its bytes still in memory; ends when the source is done, by this run or by others. `scorers`, when
-    given, are this run's only scorers, run here whatever the scoring pools (`Settings.for_run`)."""
+    given, are this run's only scorers, run here whatever the scoring pools (`Settings.for_run`), on this
+    source's assets only (the rest of the database waits for the workers that run the configured models)."""
     settings = get_settings() if scorers is None else get_settings().for_run(scorers)
     discovery = discover_objects.submit(source, settings)
     ingested: list[PrefectFuture] = []
@@ -164,6 +169,6 @@ def run_flow(source: str, scorers: list[str] | None = None) -> list[BatchOutcome
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
     discovery.result()
-    outcomes = _score_claimed(scored, settings, source)
+    outcomes = _score_claimed(scored, settings, source, within=None if scorers is None else source)
     aggregate_versions(settings)
     return outcomes

@@ -21,27 +21,32 @@ from aesq.tasks import RETRY
 
 
 @task(name="claim-assets", **RETRY)
-def claim_assets(settings: Settings) -> list[int]:
+def claim_assets(settings: Settings, within: str | None = None) -> list[int]:
     """Claim the next batch of pending assets for this worker.
+
+    Args:
+        settings: the flow run's settings.
+        within: only assets of this source, when given (a run with its own scorers scores its source only).
 
     Returns:
         Asset ids; empty when none is free.
     """
-    return scoring.claim_batch(settings)
+    return scoring.claim_batch(settings, within)
 
 
 @task(name="claim-backfill", **RETRY)
-def claim_backfill(after: int, settings: Settings) -> list[int]:
+def claim_backfill(after: int, settings: Settings, within: str | None = None) -> list[int]:
     """Claim the next batch of scored assets lacking a model enabled since, for this worker.
 
     Args:
         after: only assets with greater ids (where this run's previous backfill claim ended).
         settings: the flow run's settings, whose models are the ones wanted.
+        within: only assets of this source, when given.
 
     Returns:
         Asset ids; empty when none is left.
     """
-    return scoring.claim_backfill(settings, after)
+    return scoring.claim_backfill(settings, after, within)
 
 
 @task(name="others-scoring", **RETRY)

@@ -15,8 +15,12 @@ import socket
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
+
+if TYPE_CHECKING:
+    from aesq.core.storage import Location
 
 # Who holds a lease: host and process (shown to operators), made unique for containers that share both.
 WORKER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -188,6 +192,7 @@ _CLAIM_PENDING = text(
         SELECT id FROM assets
         WHERE status = 'pending' AND (retry_after IS NULL OR retry_after <= now())
           AND (lease_until IS NULL OR lease_until < now())
+          AND (CAST(:storage AS text) IS NULL OR storage = :storage AND bucket = :bucket AND starts_with(key, :prefix))
         ORDER BY id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -205,6 +210,8 @@ _CLAIM_BACKFILL = text(
     WITH claimed AS (
         SELECT a.id FROM assets a
         WHERE a.status = 'scored' AND a.id > :after AND (a.lease_until IS NULL OR a.lease_until < now())
+          AND (CAST(:storage AS text) IS NULL
+               OR a.storage = :storage AND a.bucket = :bucket AND starts_with(a.key, :prefix))
           AND (EXISTS (SELECT 1 FROM jsonb_to_recordset(CAST(:scorers AS jsonb)) AS w(name text, version text)
                        WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.asset_id = a.id
                                          AND s.scorer = w.name AND s.scorer_version = w.version))
@@ -221,11 +228,20 @@ _CLAIM_BACKFILL = text(
 )
 
 
-def claim_pending(connection: Connection, limit: int, lease_seconds: float) -> list[int]:
-    """Claim up to `limit` pending assets due for scoring (deferred ones once their back-off has passed)."""
-    return sorted(
-        connection.execute(_CLAIM_PENDING, {"limit": limit, "owner": WORKER, "lease": lease_seconds}).scalars()
-    )
+def _within(location: Location | None) -> dict[str, str | None]:
+    """The claim queries' source filter: assets under `location` only, or (None) anywhere."""
+    if location is None:
+        return {"storage": None, "bucket": "", "prefix": ""}
+    return {"storage": location.storage, "bucket": location.bucket, "prefix": location.prefix}
+
+
+def claim_pending(
+    connection: Connection, limit: int, lease_seconds: float, within: Location | None = None
+) -> list[int]:
+    """Claim up to `limit` pending assets due for scoring (deferred ones once their back-off has passed), of
+    the source at `within` only when given."""
+    params = {"limit": limit, "owner": WORKER, "lease": lease_seconds, **_within(within)}
+    return sorted(connection.execute(_CLAIM_PENDING, params).scalars())
 
 
 def claim_backfill(
@@ -235,9 +251,11 @@ def claim_backfill(
     after: int,
     limit: int,
     lease_seconds: float,
+    within: Location | None = None,
 ) -> list[int]:
-    """Claim up to `limit` scored assets with ids above `after` that lack the output of one of `wanted_scores`
-    ((scorer, version)) or `embedders`: models enabled since they were scored."""
+    """Claim up to `limit` scored assets with ids above `after` (of the source at `within` only, when given)
+    that lack the output of one of `wanted_scores` ((scorer, version)) or `embedders`: models enabled since
+    they were scored."""
     return sorted(
         connection.execute(
             _CLAIM_BACKFILL,
@@ -248,6 +266,7 @@ def claim_backfill(
                 "limit": limit,
                 "owner": WORKER,
                 "lease": lease_seconds,
+                **_within(within),
             },
         ).scalars()
     )

@@ -27,7 +27,7 @@ from aesq.core.claims import lease_assets, log_work, release_assets, renew_asset
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Cause, Unreadable, fetch_assets
-from aesq.core.storage import StorageUnavailable, one_line, open_source
+from aesq.core.storage import StorageUnavailable, one_line, open_source, parse_location
 from aesq.core.tables import CANONICAL_STATUSES, Asset, Embedding, ScoreRow
 from aesq.core.writes import (
     ScoreValue,
@@ -239,21 +239,29 @@ def _score_assets(
     )
 
 
-def claim_batch(settings: Settings) -> list[int]:
-    """Claim the next batch of pending assets due for scoring (deferred ones once their back-off has passed);
-    empty when none is free."""
+def claim_batch(settings: Settings, within: str | None = None) -> list[int]:
+    """Claim the next batch of pending assets due for scoring (deferred ones once their back-off has passed),
+    of source `within` only when given; empty when none is free."""
+    location = parse_location(within) if within is not None else None
     with get_engine(settings).begin() as connection:
-        return claims.claim_pending(connection, settings.batch_size, settings.lease_seconds)
+        return claims.claim_pending(connection, settings.batch_size, settings.lease_seconds, location)
 
 
-def claim_backfill(settings: Settings, after: int) -> list[int]:
-    """Claim the next batch of scored assets, ids above `after`, lacking the output of a model enabled since
-    (here or in any scoring pool); empty when there is none left."""
+def claim_backfill(settings: Settings, after: int, within: str | None = None) -> list[int]:
+    """Claim the next batch of scored assets, ids above `after` (of source `within` only, when given), lacking
+    the output of a model enabled since (here or in any scoring pool); empty when there is none left."""
     check_model_names(settings)
     wanted_scores = [(name, SCORERS[name].version) for name in settings.enabled_scorers]
+    location = parse_location(within) if within is not None else None
     with get_engine(settings).begin() as connection:
         return claims.claim_backfill(
-            connection, wanted_scores, settings.enabled_embedders, after, settings.batch_size, settings.lease_seconds
+            connection,
+            wanted_scores,
+            settings.enabled_embedders,
+            after,
+            settings.batch_size,
+            settings.lease_seconds,
+            location,
         )
 
 

@@ -26,7 +26,7 @@ from aesq.cli.main import app
 from aesq.core import database
 from aesq.core.config import get_settings
 from aesq.core.pipeline_status import status_counts
-from tests.helpers import noise_image
+from tests.helpers import ingest_all, noise_image
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
 
@@ -320,6 +320,11 @@ def test_bench_labels_scores_with_the_named_scorer_also_when_pools_are_configure
     (folder / "test.json").write_text(
         json.dumps([{"image": f"{seed}.png", "gt_score": 9.0 - seed} for seed in range(6)])
     )
+    # Production assets waiting for the pools' models: the benchmark leaves them to the pools.
+    production = tmp_path / "production"
+    production.mkdir()
+    noise_image(99, 64).save(production / "waiting.png")
+    waiting = ingest_all(str(production), settings)
     result = CliRunner().invoke(
         app, ["bench", "labels", "--data", str(folder), "--scorer", "technical", "--bootstrap", "100"]
     )
@@ -333,3 +338,4 @@ def test_bench_labels_scores_with_the_named_scorer_also_when_pools_are_configure
             )
         ).all()
     assert outputs == [("score:technical", 6)]
+    assert status_counts(settings)["pending"] == len(waiting) == 1

@@ -121,3 +121,20 @@ def test_a_run_waits_for_other_workers_claims_on_its_own_source_only(settings, t
     assert scoring.others_scoring(settings, str(busy))
     assert not scoring.others_scoring(settings, str(mine))
     assert scoring.others_scoring(settings)
+
+
+def test_claims_within_a_source_take_only_its_assets(settings, tmp_path):
+    """A run with its own scorers scores its source only: pending and backfill claims keep to it."""
+    other, mine = tmp_path / "other", tmp_path / "mine"
+    for index, folder in enumerate((other, mine)):
+        folder.mkdir()
+        for seed in range(3):
+            (folder / f"{seed}.jpg").write_bytes(jpeg_bytes(noise_image(10 * index + seed, 32)))
+    others, mine_ids = ingest_all(str(other), settings), ingest_all(str(mine), settings)
+    assert scoring.claim_batch(settings, within=str(mine)) == sorted(mine_ids)
+    assert scoring.claim_batch(settings, within=str(mine)) == []
+    assert scoring.claim_batch(settings) == sorted(others)
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text("UPDATE assets SET status = 'scored', lease_owner = NULL, lease_until = NULL"))
+    assert scoring.claim_backfill(settings, 0, within=str(mine)) == sorted(mine_ids)
+    assert scoring.claim_backfill(settings, 0) == sorted(others)
