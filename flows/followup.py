@@ -28,8 +28,11 @@ def defects_flow() -> int:
 
 @flow(name="aesq-report")
 def report_flow(days: int | None = None) -> str:
-    """Render and save the quality report, its trend over `days` (default AESQ_REPORT_DAYS); returns where it went."""
+    """Bring the per-version statistics up to date (deletions and moves queue versions without a scoring
+    event), then render and save the quality report, its trend over `days` (default AESQ_REPORT_DAYS);
+    returns where it went."""
     settings = get_settings()
+    aggregate_versions(settings)
     return publish_report(settings if days is None else settings.model_copy(update={"report_days": days}))
 
 

@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from aesq.analysis.defect_analysis import analyse_assets
 from aesq.core.database import get_engine
 from aesq.flows.followup import defects_flow, report_flow
-from aesq.flows.spine import run_flow
+from aesq.flows.spine import ingest_flow, run_flow
 from tests.helpers import jpeg_bytes, photo, put, write_tiny_ernie
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -85,6 +85,21 @@ def test_low_scorers_get_defects_and_the_report_shows_every_version(settings, s3
     second = report_flow()
     html = s3_client.get_object(bucket, second.removeprefix(f"s3://{bucket}/")).read().decode()
     assert "new: sdxl:1.0" not in html
+
+    # A deletion found by ingest changes a version without a scoring event: the report's figures still
+    # follow the rows.
+    s3_client.remove_object(bucket, "generated/sdxl/1.2/rocket.jpg")
+    ingest_flow(f"s3://{bucket}/")
+    report_flow()
+    with get_engine(settings).connect() as connection:
+        summary = connection.execute(sa.text("SELECT summary FROM reports ORDER BY id DESC LIMIT 1")).scalar_one()
+        from_rows = connection.execute(
+            sa.text(
+                "SELECT avg(s.value) FROM latest_scores s JOIN assets a ON a.id = s.asset_id "
+                "WHERE a.status = 'scored' AND a.key LIKE 'generated/sdxl/1.2/%' AND s.scorer = 'technical'"
+            )
+        ).scalar_one()
+    assert summary["means"]["sdxl:1.2|technical"] == pytest.approx(from_rows)
 
 
 def test_an_enabled_vlm_critiques_the_low_scorers_in_the_defects_flow(
