@@ -26,7 +26,7 @@ def upgrade() -> None:
     op.add_column(
         "assets",
         sa.Column(
-            "lease_owner", sa.Text(), nullable=True, comment="the worker scoring this asset now (aesq/core/claims.py)"
+            "lease_owner", sa.Text(), nullable=True, comment="the worker scoring this asset now (aesq/claims.py)"
         ),
     )
     op.add_column(
