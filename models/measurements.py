@@ -2,7 +2,7 @@
 read their figures from `Measurements`, so they cannot disagree about an image's sharpness, noise, JPEG
 blockiness or exposure.
 
-Both receive the same decoded image (`aesq.core.scoring.fetch_asset`; images over 2048x2048 pixels come
+Both receive the same decoded image (`aesq.core.fetch.fetch_asset`; images over 2048x2048 pixels come
 reduced, carrying their native size and native centre, see `aesq.models.base`), and every figure here is
 computed once per image by one function on one of two views of it:
 

@@ -194,7 +194,7 @@ DETECTORS: dict[str, Callable[[Measurements], Finding | None]] = {
 def detect_defects(image: Image.Image, categories: Iterable[str] | None = None) -> list[Finding]:
     """Run all detectors, or the named ones, on one set of measurements of the image; return the defects found.
 
-    The image is the decoded one the technical scorer receives (`aesq.core.scoring.fetch_asset`), so every
+    The image is the decoded one the technical scorer receives (`aesq.core.fetch.fetch_asset`), so every
     figure is the one its score was computed from.
     """
     names = list(DETECTORS) if categories is None else list(categories)

@@ -278,10 +278,12 @@ class FolderSource(Source):
                 continue
             yield ObjectInfo(key=key, etag=_file_etag(stat), size=stat.st_size)
 
-    def _path(self, key: str) -> Path:
-        """The file of `key`; ObjectMissing for a key that leads outside the folder."""
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root):
+    def _path(self, key: str, *, replacing: bool = False) -> Path:
+        """The file of `key`; ObjectMissing for a key that leads outside the folder. A file `replacing` is
+        written over is checked by its folder only, so a link there is replaced rather than followed."""
+        path = self.root / key
+        path = path.parent.resolve() / path.name if replacing else path.resolve()
+        if not path.is_relative_to(self.root) or path == self.root or path.name in ("", ".", ".."):
             raise ObjectMissing(f"{key} is outside {self.root}")
         return path
 
@@ -295,7 +297,7 @@ class FolderSource(Source):
     @contextmanager
     def writing(self, key: str, content_type: str) -> Iterator[IO[bytes]]:
         # Written beside the target under a temporary name, then renamed over it in one step.
-        path = self._path(key)
+        path = self._path(key, replacing=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:

@@ -297,6 +297,25 @@ def test_a_folder_write_outside_the_folder_is_refused(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.parametrize("key", ["sub/..", ".", "sub/../.."])
+def test_a_folder_write_over_a_folder_is_refused(tmp_path, key):
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    with pytest.raises(ObjectMissing, match="outside"):
+        FolderSource(tmp_path / "root").write(key, b"x", "text/plain")
+
+
+def test_a_folder_write_replaces_a_link_instead_of_following_it(tmp_path):
+    """A user's --out path may be a link (to a file elsewhere): it is replaced, as `mv` would, not refused."""
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("old")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "out.txt").symlink_to(elsewhere)
+    FolderSource(root).write("out.txt", b"new", "text/plain")
+    assert not (root / "out.txt").is_symlink() and (root / "out.txt").read_bytes() == b"new"
+    assert elsewhere.read_text() == "old"
+
+
 def test_writing_to_a_missing_bucket_is_a_source_error(settings):
     name = f"absent-{uuid.uuid4().hex[:10]}"
     with pytest.raises(SourceError, match=name):
