@@ -86,10 +86,10 @@ def list_assets(
 ) -> tuple[list[dict], int]:
     """One page of scored assets with their `filters.scorer` score, and how many match in all."""
     where, params = _asset_where(filters)
-    # The latest score of each asset under the scorer (the scorer condition reaches inside the view), materialised
-    # once and hash-joined: joined directly, the planner underestimates the view and repeats its sort per asset.
+    # The latest score of each asset under the scorer: the scorer condition reaches inside the view, which reads
+    # the scorer's rows in order from ix_scores_latest (no sort), so the planner can merge or probe it per asset.
     matching = f"""
-        WITH latest AS MATERIALIZED (SELECT asset_id, value FROM latest_scores WHERE scorer = :scorer)
+        WITH latest AS NOT MATERIALIZED (SELECT asset_id, value FROM latest_scores WHERE scorer = :scorer)
         SELECT a.id, a.bucket, a.key, a.prompt, a.seed, a.source_kind::text AS source_kind,
                g.name AS generator, g.version, s.value, a.scored_at, count(*) OVER () AS total
         FROM assets a

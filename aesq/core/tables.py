@@ -183,7 +183,18 @@ class ScoreRow(Base):
     """One scorer's value for one asset; several scorers and scorer versions live side by side."""
 
     __tablename__ = "scores"
-    __table_args__ = (UniqueConstraint("asset_id", "scorer", "scorer_version"),)
+    __table_args__ = (
+        UniqueConstraint("asset_id", "scorer", "scorer_version"),
+        # The `latest_scores` view's order under one scorer: its latest score per asset without a sort.
+        Index(
+            "ix_scores_latest",
+            "scorer",
+            "asset_id",
+            text("created_at DESC"),
+            text("id DESC"),
+            postgresql_include=["value"],
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
