@@ -5,11 +5,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import ColumnElement, case, func, literal, select, text
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
+from aesq.core.storage import parse_location
 from aesq.core.tables import Asset
+
+# A failure's kind, from the words its writer puts in the reason (aesq/core/images.py, provenance.py, fetch.py,
+# ingest.py, scoring.py), as Postgres regular expressions: the first that matches wins, anything else is "other".
+REASON_KINDS: tuple[tuple[str, str], ...] = (
+    ("^sidecar JSON", "sidecar"),
+    ("must look like name:version|^seed must be|^generator kind must be|^source kind must be", "provenance"),
+    ("^a crawled image cannot name a generator", "provenance"),
+    ("^empty object", "empty"),
+    ("^not an image", "not an image"),
+    ("^image has no pixels", "no pixels"),
+    ("pixels exceeds the limit", "too many pixels"),
+    ("^unsupported colour mode", "unsupported colour mode"),
+    ("^truncated or corrupt", "truncated or corrupt"),
+    ("^unreadable image header", "unreadable header"),
+    ("^decoding took longer", "decoder timeout"),
+    ("^the decoder crashed", "decoder crash"),
+    ("^cannot examine the object", "unexpected error"),
+    ("no longer exists|is outside", "missing"),
+    ("holds other bytes than were ingested", "changed since ingest"),
+    ("^cannot read ", "storage unavailable"),
+    ("^scorer .+ returned ", "scorer output"),
+)
+OTHER_REASON = "other"
 
 
 @dataclass(frozen=True)
@@ -18,6 +42,67 @@ class Failure:
 
     location: str
     error: str
+
+
+@dataclass(frozen=True)
+class FailureExample:
+    """One failed object, as an example of its reason."""
+
+    asset_id: int | None  # None when the object never became an asset row
+    location: str  # bucket/key, or the folder path
+    error: str  # the full per-image reason
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """Failed assets of one kind of reason: how many, and a few of them."""
+
+    reason: str  # the kind (see REASON_KINDS)
+    count: int
+    examples: list[FailureExample]
+
+
+def reason_kind(error: ColumnElement[str | None]) -> ColumnElement[str]:
+    """The kind of a reason column, as SQL: the one definition every grouping of failures uses."""
+    return case(
+        *((func.coalesce(error, "").regexp_match(pattern), literal(kind)) for pattern, kind in REASON_KINDS),
+        else_=literal(OTHER_REASON),
+    )
+
+
+def failure_reasons(settings: Settings, source: str | None = None, examples: int = 3) -> list[FailureReason]:
+    """Failed assets (of the source at `source` only, when given) grouped by reason kind, most frequent first,
+    with the `examples` latest of each: one query, so counts and examples agree."""
+    kind = reason_kind(Asset.error).label("kind")
+    failed = select(Asset.id, Asset.bucket, Asset.key, Asset.error, Asset.updated_at, kind).where(
+        Asset.status == "failed"
+    )
+    if source is not None:
+        location = parse_location(source)
+        failed = failed.where(
+            Asset.storage == location.storage, Asset.bucket == location.bucket, Asset.key.startswith(location.prefix)
+        )
+    ranked = failed.subquery()
+    numbered = select(
+        ranked,
+        func.count().over(partition_by=ranked.c.kind).label("count"),
+        func.row_number()
+        .over(partition_by=ranked.c.kind, order_by=(ranked.c.updated_at.desc(), ranked.c.id.desc()))
+        .label("rank"),
+    ).subquery()
+    query = (
+        select(numbered.c.kind, numbered.c["count"], numbered.c.id, numbered.c.bucket, numbered.c.key, numbered.c.error)
+        .where(numbered.c.rank <= max(examples, 1))
+        .order_by(numbered.c["count"].desc(), numbered.c.kind, numbered.c.rank)
+    )
+    with get_engine(settings).connect() as connection:
+        rows = connection.execute(query).all()
+    grouped: dict[str, FailureReason] = {}
+    for row in rows:
+        group = grouped.setdefault(row.kind, FailureReason(row.kind, row.count, []))
+        if len(group.examples) < examples:
+            group.examples.append(FailureExample(row.id, f"{row.bucket}/{row.key}", row.error or ""))
+    return list(grouped.values())
 
 
 def status_counts(settings: Settings) -> dict[str, int]:

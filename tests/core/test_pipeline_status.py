@@ -1,0 +1,65 @@
+"""Where the pipeline stands, read from assets that real ingests recorded: failures grouped by the kind of their
+reason, with examples, for one source or all."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from aesq.core.database import get_engine
+from aesq.core.pipeline_status import failure_reasons
+from tests.helpers import ingest_all, noise_image, png_bytes
+
+
+def _failing_folder(root, broken: int, empty: int, bad_sidecars: int) -> None:
+    """A folder with one good image and objects that fail ingest for three different reasons."""
+    root.mkdir(parents=True)
+    (root / "good.png").write_bytes(png_bytes(noise_image(0, 16)))
+    for index in range(broken):
+        (root / f"broken-{index}.png").write_bytes(b"not an image at all")
+    for index in range(empty):
+        (root / f"empty-{index}.png").write_bytes(b"")
+    for index in range(bad_sidecars):
+        (root / f"sidecar-{index}.png").write_bytes(png_bytes(noise_image(10 + index, 16)))
+        (root / f"sidecar-{index}.png.json").write_text("{not json")
+
+
+def test_failures_are_grouped_by_reason_most_frequent_first_with_the_latest_examples(settings, tmp_path):
+    _failing_folder(tmp_path / "one", broken=4, empty=1, bad_sidecars=2)
+    ingest_all(str(tmp_path / "one"), settings)
+
+    reasons = failure_reasons(settings, examples=3)
+
+    assert [(group.reason, group.count) for group in reasons] == [("not an image", 4), ("sidecar", 2), ("empty", 1)]
+    broken = reasons[0]
+    assert len(broken.examples) == 3
+    assert all(example.location.startswith(f"{tmp_path / 'one'}/broken-") for example in broken.examples)
+    assert all(example.error.startswith("not an image") and example.asset_id for example in broken.examples)
+    assert reasons[1].examples[0].error.startswith("sidecar JSON is malformed")
+
+
+def test_failures_of_one_source_leave_the_others_out(settings, tmp_path):
+    _failing_folder(tmp_path / "one", broken=2, empty=0, bad_sidecars=0)
+    _failing_folder(tmp_path / "two", broken=1, empty=3, bad_sidecars=0)
+    ingest_all(str(tmp_path / "one"), settings)
+    ingest_all(str(tmp_path / "two"), settings)
+
+    assert [(group.reason, group.count) for group in failure_reasons(settings, str(tmp_path / "two"))] == [
+        ("empty", 3),
+        ("not an image", 1),
+    ]
+    assert [(group.reason, group.count) for group in failure_reasons(settings)] == [
+        ("empty", 3),
+        ("not an image", 3),
+    ]
+    assert failure_reasons(settings, str(tmp_path / "elsewhere")) == []
+
+
+def test_a_reason_no_writer_is_known_for_counts_as_other(settings, tmp_path):
+    _failing_folder(tmp_path / "one", broken=2, empty=0, bad_sidecars=0)
+    ingest_all(str(tmp_path / "one"), settings)
+    with get_engine(settings).begin() as connection:
+        connection.execute(
+            sa.text("UPDATE assets SET error = 'the moon was in the wrong phase' WHERE key = 'broken-0.png'")
+        )
+
+    assert [(group.reason, group.count) for group in failure_reasons(settings)] == [("not an image", 1), ("other", 1)]
