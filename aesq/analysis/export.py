@@ -104,31 +104,44 @@ def _manifest_rows(
 
 
 def _flat(row: dict) -> dict:
-    """The row with its nested fields as JSON strings (CSV and parquet)."""
+    """The row with its nested fields as JSON strings (CSV)."""
     return {**row, "scores": json.dumps(row["scores"]), "defects": json.dumps(row["defects"])}
 
 
-_PARQUET_SCHEMA = pa.schema(
-    [
-        ("asset_id", pa.int64()),
-        ("storage", pa.string()),
-        ("bucket", pa.string()),
-        ("key", pa.string()),
-        ("sha256", pa.string()),
-        ("generator", pa.string()),
-        ("prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("keep", pa.bool_()),
-        ("reason", pa.string()),
-        ("score", pa.float64()),
-        ("scores", pa.string()),
-        ("defects", pa.string()),
-    ]
-)
+# Parquet is read by training pipelines as typed columns: the fixed ones, one float column per scorer
+# (`score_<name>`, null where the asset has no such score) and the defects as a list of structs.
+_PARQUET_FIXED = [
+    ("asset_id", pa.int64()),
+    ("storage", pa.string()),
+    ("bucket", pa.string()),
+    ("key", pa.string()),
+    ("sha256", pa.string()),
+    ("generator", pa.string()),
+    ("prompt", pa.string()),
+    ("seed", pa.int64()),
+    ("keep", pa.bool_()),
+    ("reason", pa.string()),
+    ("score", pa.float64()),
+]
+DEFECTS_TYPE = pa.list_(pa.struct([("category", pa.string()), ("severity", pa.float64())]))
+SCORE_COLUMN_PREFIX = "score_"
 
 
-def _write(rows: Iterator[dict], handle, format: str) -> tuple[int, int]:
-    """Write the rows to an open binary file; returns (kept, dropped)."""
+def parquet_schema(scorers: Sequence[str]) -> pa.Schema:
+    """The parquet manifest's columns for these scorers."""
+    scores = [(f"{SCORE_COLUMN_PREFIX}{name}", pa.float64()) for name in scorers]
+    return pa.schema([*_PARQUET_FIXED, *scores, ("defects", DEFECTS_TYPE)])
+
+
+def _typed(row: dict, scorers: Sequence[str]) -> dict:
+    """The row as parquet columns: each scorer's latest score in its own column."""
+    fixed = {name: row[name] for name, _ in _PARQUET_FIXED}
+    scores = {f"{SCORE_COLUMN_PREFIX}{name}": row["scores"].get(name) for name in scorers}
+    return {**fixed, **scores, "defects": row["defects"]}
+
+
+def _write(rows: Iterator[dict], handle, format: str, scorers: Sequence[str] = ()) -> tuple[int, int]:
+    """Write the rows to an open binary file (parquet with a column for each of `scorers`); returns (kept, dropped)."""
     counts = [0, 0]
 
     def counted() -> Iterator[dict]:
@@ -147,14 +160,15 @@ def _write(rows: Iterator[dict], handle, format: str) -> tuple[int, int]:
         text_handle.flush()
         text_handle.detach()
     else:
-        with pq.ParquetWriter(handle, _PARQUET_SCHEMA) as writer:
+        schema = parquet_schema(scorers)
+        with pq.ParquetWriter(handle, schema) as writer:
             chunk: list[dict] = []
             for row in counted():
-                chunk.append(_flat(row))
+                chunk.append(_typed(row, scorers))
                 if len(chunk) == _ROWS_PER_CHUNK:
-                    writer.write_table(pa.Table.from_pylist(chunk, _PARQUET_SCHEMA))
+                    writer.write_table(pa.Table.from_pylist(chunk, schema))
                     chunk = []
-            writer.write_table(pa.Table.from_pylist(chunk, _PARQUET_SCHEMA))
+            writer.write_table(pa.Table.from_pylist(chunk, schema))
     return counts[0], counts[1]
 
 
@@ -175,7 +189,8 @@ def export_manifest(
         scorer: the scorer whose latest score decides; assets without one are dropped.
         min_score: drop assets scored under this.
         exclude_defects: drop assets with any of these defect categories at `min_severity` or more.
-        format: jsonl, csv or parquet (nested fields as JSON strings in csv and parquet).
+        format: jsonl, csv (nested fields as JSON strings) or parquet (a `score_<scorer>` column per scorer,
+            defects as a list of (category, severity) structs).
         min_severity: see `exclude_defects`.
 
     Returns:
@@ -184,11 +199,10 @@ def export_manifest(
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
     with get_engine(settings).connect() as connection:
-        if not connection.execute(
-            text("SELECT EXISTS (SELECT 1 FROM scores WHERE scorer = :s)"), {"s": scorer}
-        ).scalar():
-            raise ValueError(f"no asset has a {scorer!r} score")
+        scorers = list(connection.execute(text("SELECT DISTINCT scorer FROM scores ORDER BY scorer")).scalars())
+    if scorer not in scorers:
+        raise ValueError(f"no asset has a {scorer!r} score")
     with FolderSource(out.parent).writing(out.name, "application/octet-stream") as handle:
         rows = _manifest_rows(settings, scorer, min_score, set(exclude_defects), min_severity)
-        kept, dropped = _write(rows, handle, format)
+        kept, dropped = _write(rows, handle, format, scorers)
     return ExportSummary(kept, dropped, out)

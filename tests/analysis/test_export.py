@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -105,9 +107,36 @@ def test_formats_carry_the_same_rows(settings, assets, tmp_path):
     assert set(from_csv) == set(from_parquet) == set(reference)
     for key, row in reference.items():
         assert from_parquet[key]["keep"] == row["keep"] and from_parquet[key]["reason"] == row["reason"]
-        assert json.loads(from_parquet[key]["scores"]) == row["scores"]
+        scores = {name: row["scores"].get(name) for name in ("technical", "laion-aes-v2")}
+        assert {name: from_parquet[key][f"score_{name}"] for name in scores} == scores
+        assert from_parquet[key]["defects"] == row["defects"]
         assert from_csv[key]["keep"] == str(row["keep"]) and json.loads(from_csv[key]["defects"]) == row["defects"]
     assert table.schema.field("score").type == "double" and table.schema.field("keep").type == "bool"
+
+
+def test_parquet_carries_a_float_column_per_scorer_and_defects_as_typed_structs(settings, assets, tmp_path):
+    table = pq.read_table(export_manifest(settings, tmp_path / "m.parquet", "technical", format="parquet").path)
+    assert table.schema.names == [
+        *[name for name in COLUMNS if name not in ("scores", "defects")],
+        "score_laion-aes-v2",
+        "score_technical",
+        "defects",
+    ]
+    assert table.schema.field("score_technical").type == pa.float64()
+    assert table.schema.field("score_laion-aes-v2").type == pa.float64()
+    defects = table.schema.field("defects").type
+    assert pa.types.is_list(defects) and pa.types.is_struct(defects.value_type)
+    assert [(field.name, field.type) for field in defects.value_type] == [
+        ("category", pa.string()),
+        ("severity", pa.float64()),
+    ]
+    rows = {row["key"]: row for row in table.to_pylist()}
+    assert (rows["faint"]["score_technical"], rows["faint"]["score_laion-aes-v2"]) == (8.0, None)
+    assert (rows["other-scorer"]["score_technical"], rows["other-scorer"]["score_laion-aes-v2"]) == (None, 6.0)
+    assert rows["faint"]["defects"] == [{"category": "blur", "severity": 0.2}, {"category": "noise", "severity": 0.9}]
+    assert rows["good"]["defects"] == []
+    severities = pc.list_flatten(table.column("defects")).combine_chunks().field("severity")
+    assert severities.type == pa.float64() and sorted(severities.to_pylist()) == [0.2, 0.8, 0.9]
 
 
 def test_bad_requests_fail_clearly_and_leave_no_file(settings, assets, tmp_path):
