@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, case, func, literal, select, text
+from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, literal, select, text
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
@@ -62,7 +62,7 @@ class FailureReason:
     examples: list[FailureExample]
 
 
-def reason_kind(error: ColumnElement[str | None]) -> ColumnElement[str]:
+def reason_kind(error: SQLColumnExpression[str | None]) -> ColumnElement[str]:
     """The kind of a reason column, as SQL: the one definition every grouping of failures uses."""
     return case(
         *((func.coalesce(error, "").regexp_match(pattern), literal(kind)) for pattern, kind in REASON_KINDS),
@@ -85,21 +85,21 @@ def failure_reasons(settings: Settings, source: str | None = None, examples: int
     ranked = failed.subquery()
     numbered = select(
         ranked,
-        func.count().over(partition_by=ranked.c.kind).label("count"),
+        func.count().over(partition_by=ranked.c.kind).label("total"),
         func.row_number()
         .over(partition_by=ranked.c.kind, order_by=(ranked.c.updated_at.desc(), ranked.c.id.desc()))
         .label("rank"),
     ).subquery()
     query = (
-        select(numbered.c.kind, numbered.c["count"], numbered.c.id, numbered.c.bucket, numbered.c.key, numbered.c.error)
+        select(numbered.c.kind, numbered.c.total, numbered.c.id, numbered.c.bucket, numbered.c.key, numbered.c.error)
         .where(numbered.c.rank <= max(examples, 1))
-        .order_by(numbered.c["count"].desc(), numbered.c.kind, numbered.c.rank)
+        .order_by(numbered.c.total.desc(), numbered.c.kind, numbered.c.rank)
     )
     with get_engine(settings).connect() as connection:
         rows = connection.execute(query).all()
     grouped: dict[str, FailureReason] = {}
     for row in rows:
-        group = grouped.setdefault(row.kind, FailureReason(row.kind, row.count, []))
+        group = grouped.setdefault(row.kind, FailureReason(row.kind, row.total, []))
         if len(group.examples) < examples:
             group.examples.append(FailureExample(row.id, f"{row.bucket}/{row.key}", row.error or ""))
     return list(grouped.values())
