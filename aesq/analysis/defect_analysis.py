@@ -8,7 +8,6 @@ from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from aesq.analysis.defects import Finding, detect_defects
-from aesq.core.assets import nearest_assets
 from aesq.core.batches import in_batches
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
@@ -48,12 +47,48 @@ def low_scorer_batches(settings: Settings) -> list[list[int]]:
     return in_batches(ids, settings.batch_size)
 
 
+def _comparable_nearest(settings: Settings, asset_id: int, embedder: str) -> tuple[int, float] | None:
+    """The closest asset by embedding that `asset_id` may duplicate: one of its own generator version, or any
+    when either of the two has no version (crawled data). Other versions are never candidates: versions of the
+    same prompt and seed are paired generations, expected to look alike, not copies.
+
+    The filter runs inside the embedder's HNSW index scan (pgvector's iterative scan), so the nearest
+    comparable asset is found however many closer ones of other versions the index returns first.
+    """
+    vector = f"e.vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"  # inlined to match the partial index
+    own = text(
+        f"""
+        SELECT {vector} AS vector, a.generator_id
+        FROM embeddings e JOIN assets a ON a.id = e.asset_id
+        WHERE e.asset_id = :asset_id AND e.embedder = '{embedder}'
+        """
+    )
+    nearest = text(
+        f"""
+        SELECT e.asset_id, {vector} <=> :query AS distance
+        FROM embeddings e JOIN assets a ON a.id = e.asset_id
+        WHERE e.embedder = '{embedder}' AND e.asset_id <> :asset_id
+          AND (CAST(:generator_id AS bigint) IS NULL OR a.generator_id IS NULL OR a.generator_id = :generator_id)
+        ORDER BY distance
+        LIMIT 1
+        """
+    )
+    with get_engine(settings).begin() as connection:
+        query = connection.execute(own, {"asset_id": asset_id}).first()
+        if query is None:
+            return None
+        connection.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+        params = {"query": query.vector, "asset_id": asset_id, "generator_id": query.generator_id}
+        row = connection.execute(nearest, params).first()
+    return None if row is None else (int(row.asset_id), float(row.distance))
+
+
 def _near_duplicate(settings: Settings, asset_id: int, embedder: str, max_distance: float) -> Finding | None:
-    """The closest other asset by embedding when it is within `max_distance`, named as the copy to keep."""
-    nearest = nearest_assets(settings, asset_id, embedder, limit=1)
-    if not nearest or nearest[0][1] > max_distance:
+    """The closest comparable asset by embedding when it is within `max_distance`, named as the copy to keep."""
+    nearest = _comparable_nearest(settings, asset_id, embedder)
+    if nearest is None or nearest[1] > max_distance:
         return None
-    other, distance = nearest[0]
+    other, distance = nearest
     severity = 1.0 - distance / max_distance if max_distance > 0 else 1.0
     return Finding(
         "near_duplicate",

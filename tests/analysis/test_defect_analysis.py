@@ -12,7 +12,8 @@ from PIL import Image
 
 from aesq.analysis import defect_analysis
 from aesq.analysis.defects import detect_defects
-from aesq.core.config import DefectRule
+from aesq.core import database
+from aesq.core.config import DefectRule, Settings
 from aesq.core.database import get_engine
 from aesq.core.images import ImageFacts
 from aesq.core.provenance import GeneratorRef, Provenance
@@ -181,3 +182,83 @@ def test_the_nearest_asset_within_the_distance_is_named_as_the_copy_to_keep(sett
         measured = float(re.search(r"cosine distance ([0-9.]+)", detail).group(1))
         assert measured == pytest.approx(distance, abs=5e-4)  # half precision in the index
         assert severity == pytest.approx(1 - measured / 0.02, abs=0.003)  # the detail rounds to 4 decimals
+
+
+def test_near_duplicates_are_within_a_version_or_against_crawled_data_never_across_versions(
+    settings, s3_client, bucket
+):
+    settings = settings.model_copy(update={"embedders": [EMBEDDER], "near_duplicate_distance": 0.02})
+    objects = {  # key → (prompt and seed metadata, the cluster of near-identical embeddings it belongs to)
+        "generated/m/1/paired.png": ({"prompt": "a cat", "seed": "7"}, "paired"),
+        "generated/m/2/paired.png": ({"prompt": "a cat", "seed": "7"}, "paired"),
+        "generated/m/1/twin-a.png": ({"prompt": "a dog", "seed": "1"}, "twins"),
+        "generated/m/1/twin-b.png": ({"prompt": "a dog", "seed": "2"}, "twins"),
+        "generated/m/3/copied.png": ({"prompt": "a tree", "seed": "1"}, "crawled"),
+        "crawled/web/tree.png": ({}, "crawled"),
+    }
+    for index, (key, (metadata, _)) in enumerate(objects.items()):
+        put(s3_client, bucket, key, png_bytes(noise_image(100 + index, 64)), metadata)
+    ingest_all(f"s3://{bucket}/", settings)
+    keys = _key_ids(settings)
+    with get_engine(settings).connect() as connection:
+        provenance = connection.execute(
+            sa.text(
+                "SELECT a.key, g.version, a.prompt, a.seed FROM assets a LEFT JOIN generators g ON g.id = a.generator_id"
+            )
+        ).all()
+    assert {row.key: (row.version, row.prompt, row.seed) for row in provenance if "paired" in row.key} == {
+        "generated/m/1/paired.png": ("1", "a cat", 7),
+        "generated/m/2/paired.png": ("2", "a cat", 7),
+    }  # the same prompt and seed in two versions: paired generations
+    rng = np.random.default_rng(1)
+    centres = {cluster: rng.normal(size=1280) for cluster in ("paired", "twins", "crawled")}
+    vectors = [centres[cluster] + 0.05 * rng.normal(size=1280) for _, cluster in objects.values()]
+    unit = np.stack([vector / np.linalg.norm(vector) for vector in vectors]).astype(np.float32)
+    assert 0.001 < 1.0 - float(unit[0] @ unit[1]) < 0.02  # the paired versions are as close as the twins
+    with get_engine(settings).begin() as connection:
+        write_embeddings(connection, EMBEDDER, [keys[key] for key in objects], unit)
+
+    defect_analysis.analyse_assets(list(keys.values()), settings)
+    near = {
+        key: next(iter(rows))[2] for key, found in _defects(settings).items()
+        if (rows := {row for row in found if row[0] == "near_duplicate"})
+    }  # fmt: skip
+    assert sorted(near) == [
+        "crawled/web/tree.png",
+        "generated/m/1/twin-a.png",
+        "generated/m/1/twin-b.png",
+        "generated/m/3/copied.png",
+    ]
+    for key, other in (
+        ("generated/m/1/twin-a.png", "generated/m/1/twin-b.png"),
+        ("generated/m/3/copied.png", "crawled/web/tree.png"),
+        ("crawled/web/tree.png", "generated/m/3/copied.png"),
+    ):
+        assert near[key].startswith(f"near-duplicate of asset {keys[other]} "), key
+
+
+def test_migration_0012_has_assets_with_near_duplicate_findings_analysed_again(empty_database_url):
+    """Findings under the old rule (a paired version as the copy) are redone; other analysed assets stay done."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade("0011", settings=settings)
+    with database.engine(empty_database_url).begin() as connection:
+        ids = connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, analysed_at) VALUES"
+                " ('s3', 'b', 'paired', 'aa', 1, 'generated', now()), ('s3', 'b', 'blurred', 'bb', 1, 'generated', now())"
+                " RETURNING id"
+            )
+        ).scalars()
+        paired, blurred = list(ids)
+        connection.execute(
+            sa.text(
+                "INSERT INTO defects (asset_id, category, severity, detail)"
+                " VALUES (:paired, 'near_duplicate', 0.5, 'x'), (:blurred, 'blur', 0.5, 'y')"
+            ),
+            {"paired": paired, "blurred": blurred},
+        )
+    database.upgrade("0012", settings=settings)
+    with database.engine(empty_database_url).connect() as connection:
+        due = connection.execute(sa.text("SELECT key FROM assets WHERE analysed_at IS NULL")).scalars().all()
+    assert due == ["paired"]
+    database.downgrade("0011", settings=settings)
