@@ -398,7 +398,7 @@ def time_write_embeddings(embedder: str, asset_ids: list[int], seed: int) -> flo
     from aesq.core.config import get_settings
     from aesq.core.database import get_engine
     from aesq.core.writes import write_embeddings
-    from aesq.models import EfficientNetLite0Embedder
+    from aesq.models.efficientnet import EfficientNetLite0Embedder
 
     shape = (len(asset_ids), EfficientNetLite0Embedder.dimension)
     vectors = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
@@ -415,7 +415,7 @@ def bulk_writes(repeats: int) -> dict[str, list[float]]:
     `efficientnet-lite0` rows also update its HNSW index (as in production); rows of a fresh embedder
     name match no index, which isolates the COPY + INSERT path.
     """
-    from aesq.models import EfficientNetLite0Embedder
+    from aesq.models.efficientnet import EfficientNetLite0Embedder
 
     ids = placeholder_assets(max(EMBEDDING_ROWS * repeats, -(-SCORE_ROWS // SCORES_PER_ASSET)))
     score_ids, embedding_ids = ids[: SCORE_ROWS // SCORES_PER_ASSET], ids[:EMBEDDING_ROWS]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 # Below 5 scores a bootstrap has at most 35 distinct resamples and a two-sided Mann–Whitney test of
 # 4 against 4 cannot go below p = 0.029; from 5 on it can reach p < 0.01 (2/252).
@@ -96,6 +95,8 @@ def bootstrap_interval(
     """aesq's one bootstrap: the 95 % interval of the statistic, BCa unless `method` says otherwise; percentile where
     a sample is larger than BCA_MAX_SAMPLE or every sample is constant up to rounding (BCa's acceleration is then
     0/0; it is defined once one varies). The same samples, in the same order, and seed give the same interval."""
+    from scipy import stats  # imported when used: commands that only read figures start without scipy
+
     if method is None:
         large = max(sample.size for sample in samples) > BCA_MAX_SAMPLE
         constant = all(np.ptp(sample) <= CONSTANT_SPREAD * max(1.0, float(np.abs(sample).max())) for sample in samples)
@@ -134,6 +135,8 @@ def mean_interval(scores: Sequence[float], *, seed: int = 0) -> Interval | None:
 
 def _compare_pairs(pairs: Sequence[tuple[float, float]], seed: int) -> PairedComparison | None:
     """Paired statistics of B minus A; None below MIN_PAIRS pairs."""
+    from scipy import stats  # imported when used: commands that only read figures start without scipy
+
     scores = _scores(pairs).reshape(len(pairs), 2)
     if len(scores) < MIN_PAIRS:
         return None
@@ -172,6 +175,8 @@ def compare(
     Raises:
         ValueError: when a or b is empty, or a score is not finite.
     """
+    from scipy import stats  # imported when used: commands that only read figures start without scipy
+
     scores_a, scores_b = _scores(a), _scores(b)
     if scores_a.size == 0 or scores_b.size == 0:
         raise ValueError(f"cannot compare an empty set of scores (A has {scores_a.size}, B has {scores_b.size})")
@@ -248,6 +253,8 @@ def compare_family(
     Raises:
         ValueError: for an unknown method, or what `compare` raises.
     """
+    from scipy import stats  # imported when used: commands that only read figures start without scipy
+
     if method not in ADJUSTMENT_METHODS:
         raise ValueError(f"unknown adjustment method {method!r}; use one of {', '.join(ADJUSTMENT_METHODS)}")
     pairs = pairs or {}
