@@ -103,17 +103,28 @@ def _ready_settings() -> Settings:
 @contextmanager
 def _quiet_prefect(verbose: bool) -> Iterator[None]:
     """Prefect settings for the duration, where the environment or profile does not set them: no telemetry from
-    the ephemeral API it starts, and, unless asked for, no per-task log lines in the progress display."""
+    the ephemeral API it starts, and, unless asked for, no per-task log lines in the progress display; the API is
+    aesq's local server where none is configured."""
     from prefect.logging.configuration import setup_logging
     from prefect.settings import PREFECT_LOGGING_LEVEL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     defaults = {PREFECT_SERVER_ANALYTICS_ENABLED: False, **({} if verbose else {PREFECT_LOGGING_LEVEL: "WARNING"})}
     try:
-        with temporary_settings(set_defaults=defaults):
+        with temporary_settings(set_defaults=defaults), _prefect_api():
             setup_logging()  # Prefect set its loggers' levels when imported: again, with these settings
             yield
     finally:
         setup_logging()
+
+
+@contextmanager
+def _prefect_api() -> Iterator[None]:
+    """The Prefect API for the duration: PREFECT_API_URL where the environment or profile sets it, else aesq's
+    local server in the data folder, started on first use and announced with its UI address."""
+    from aesq.cli.local_prefect import prefect_api
+
+    with prefect_api(get_settings().data_dir, console.print):
+        yield
 
 
 @contextmanager
@@ -536,15 +547,16 @@ def bridge(
     if not s3_sources(settings.sources):
         raise CliError("no s3:// source configured: set AESQ_SOURCES (the bridge queues objects of those only)")
     settings = _ready_settings()
-    server = bridge_server(host or "127.0.0.1", int(port), settings)
-    console.print(f"bridge listening on http://{listen}")
-    try:
-        server.serve_forever()
-    finally:
-        from prefect.events.worker import EventsWorker
+    with _prefect_api():  # the bridge keeps this context for the threads that emit its events
+        server = bridge_server(host or "127.0.0.1", int(port), settings)
+        console.print(f"bridge listening on http://{listen}")
+        try:
+            server.serve_forever()
+        finally:
+            from prefect.events.worker import EventsWorker
 
-        server.server_close()  # emits the events still due, and waits for them to be sent: a signal ends
-        EventsWorker.drain_all(timeout=30)  # the process without the atexit hooks that would send them
+            server.server_close()  # emits the events still due, and waits for them to be sent: a signal ends
+            EventsWorker.drain_all(timeout=30)  # the process without the atexit hooks that would send them
 
 
 @app.command()
@@ -561,7 +573,7 @@ def worker(
         from aesq.servers.scoring_pool import serve_scoring_pool
 
         worker_name = name or f"{socket.gethostname()}-{settings.for_pool(pool, device).device}"
-        with _prefect_client_retries():
+        with _prefect_client_retries(), _prefect_api():
             serve_scoring_pool(settings, pool, worker_name, device, prefetch)
         return
     from prefect import serve
@@ -570,7 +582,7 @@ def worker(
 
     if not settings.sources:
         raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
-    with _prefect_client_retries():
+    with _prefect_client_retries(), _prefect_api():
         serve(*deployments(settings))
 
 
@@ -664,8 +676,22 @@ def db_start() -> None:
 
 @db_app.command("stop")
 def db_stop() -> None:
-    """Stop the embedded Postgres."""
-    console.print("stopped" if database.stop_embedded(get_settings()) else "the embedded Postgres is not running")
+    """Stop the embedded Postgres and the local Prefect server (what `aesq stop` does)."""
+    stop()
+
+
+@app.command()
+def stop() -> None:
+    """Stop every local service aesq started: the embedded Postgres and the local Prefect server."""
+    from aesq.cli.local_prefect import stop_server
+
+    settings = get_settings()
+    services = {
+        "the embedded Postgres": database.stop_embedded(settings),
+        "the local Prefect server": stop_server(settings.data_dir),
+    }
+    stopped = [name for name, was_running in services.items() if was_running]
+    console.print(f"stopped {' and '.join(stopped)}" if stopped else "no local service of aesq was running")
 
 
 def _one_line(error: BaseException) -> str:
@@ -674,6 +700,7 @@ def _one_line(error: BaseException) -> str:
     from pydantic_settings import SettingsError
     from sqlalchemy.exc import DBAPIError
 
+    from aesq.cli.local_prefect import LocalPrefectError
     from aesq.core.database import DatabaseError
     from aesq.core.scoring import UnknownModel
     from aesq.core.storage import SourceError
@@ -683,7 +710,7 @@ def _one_line(error: BaseException) -> str:
     if isinstance(error, DBAPIError):  # the driver's message, without the statement and its parameters
         return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
-    expected = (CliError, DatabaseError, SourceError, UnknownModel, UnknownPool, SettingsError)
+    expected = (CliError, DatabaseError, LocalPrefectError, SourceError, UnknownModel, UnknownPool, SettingsError)
     return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
 
 

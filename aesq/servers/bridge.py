@@ -16,6 +16,7 @@ one is draining) schedules another event and another run. The interval runs list
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import json
 import logging
@@ -52,6 +53,7 @@ class Bridge:
         self._lock = threading.Lock()
         self._due: dict[str, threading.Timer] = {}  # bucket → its scheduled event
         self._counts: dict[str, int] = {}  # bucket → objects queued since its event was scheduled
+        self._context = contextvars.copy_context()  # the creator's Prefect settings, for the timers' threads
 
     def covered(self, bucket: str, key: str) -> bool:
         """Whether a configured source holds the object (others would wait in the queue for nobody)."""
@@ -84,8 +86,8 @@ class Bridge:
             self._counts[bucket] = self._counts.get(bucket, 0) + count
             if bucket in self._due:
                 return
-            timer = threading.Timer(self.window, self._emit)
-            timer.args, timer.daemon = (bucket, timer), True
+            timer = threading.Timer(self.window, self._context.copy().run)
+            timer.args, timer.daemon = (self._emit, bucket, timer), True
             self._due[bucket] = timer
         timer.start()
 

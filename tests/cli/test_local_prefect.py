@@ -1,0 +1,115 @@
+"""The local Prefect server: started once where no Prefect API is configured, shared by later commands, stopped
+by `aesq stop`. One server serves the module (each start costs 10-20 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aesq.cli.local_prefect import LocalServer, ensure_server, server_dir, stop_server
+from tests.helpers import free_port
+
+AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data folder the module's local server lives in; the server is stopped afterwards, whatever happened."""
+    folder = tmp_path_factory.mktemp("local-prefect") / "data"
+    yield folder
+    stop_server(folder)
+
+
+def _aesq(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
+    """Run `aesq` as a user would: no PREFECT_API_URL, the module's data folder."""
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    env["AESQ_DATA_DIR"] = str(data_dir)
+    return subprocess.run([AESQ, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _recorded(data_dir: Path) -> LocalServer:
+    return LocalServer(**json.loads((server_dir(data_dir) / "server.json").read_text()))
+
+
+def _answers(server: LocalServer) -> bool:
+    try:
+        return httpx.get(f"{server.api_url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a living process (a zombie has no command line)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except FileNotFoundError:
+        return False
+
+
+def _flow_runs(server: LocalServer) -> list[tuple[str, str]]:
+    """(flow name, state) of every flow run the server holds, read with a Prefect client pointed at it."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+        names = {flow.id: flow.name for flow in client.read_flows()}
+        return sorted((names[run.flow_id], run.state.type.value) for run in client.read_flow_runs() if run.state)
+
+
+def test_commands_share_one_server_that_replaces_a_stale_record(settings, data_dir):
+    unrelated = subprocess.Popen(["sleep", "300"])  # a living pid a dead server's could have been reused for
+    try:
+        server_dir(data_dir).mkdir(parents=True)
+        stale = LocalServer(unrelated.pid, free_port())
+        (server_dir(data_dir) / "server.json").write_text(json.dumps({"pid": stale.pid, "port": stale.port}))
+
+        with ThreadPoolExecutor(2) as pool:  # two commands at once start one server
+            first = list(pool.map(lambda _: _aesq("defects", data_dir=data_dir), range(2)))
+        assert all(result.returncode == 0 for result in first), [result.stderr for result in first]
+        server = _recorded(data_dir)
+        announced = [line for result in first for line in result.stdout.splitlines() if "Prefect UI" in line]
+        assert announced == [f"Prefect UI on http://127.0.0.1:{server.port}"]
+        assert server != stale and _answers(server)
+        assert _running(unrelated.pid)
+
+        later = _aesq("report", data_dir=data_dir)
+        assert later.returncode == 0 and "Prefect UI" not in later.stdout, later.stdout + later.stderr
+        assert _recorded(data_dir) == server
+        assert _flow_runs(server) == [
+            ("aesq-defects", "COMPLETED"),
+            ("aesq-defects", "COMPLETED"),
+            ("aesq-report", "COMPLETED"),
+        ]
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_aesq_stop_stops_the_local_server(settings, data_dir):
+    server = ensure_server(data_dir, print)  # the one the test above left, or a new one when run alone
+
+    stopped = _aesq("stop", data_dir=data_dir)
+    assert stopped.returncode == 0 and stopped.stdout == "stopped the local Prefect server\n", stopped.stderr
+    assert not _answers(server) and not _running(server.pid)
+    assert not (server_dir(data_dir) / "server.json").exists()
+    again = _aesq("db", "stop", data_dir=data_dir)
+    assert again.returncode == 0 and again.stdout == "no local service of aesq was running\n", again.stderr
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_configured_api_starts_no_local_server(settings, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "AESQ_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run([AESQ, "defects"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "Prefect UI" not in result.stdout, result.stderr
+    assert not server_dir(tmp_path / "data").exists()
