@@ -44,18 +44,22 @@ class Listed:
     etag: str | None
     sidecar: str | None = None
     listed: bool = True
+    sidecar_etag: str | None = None  # as listed: another than the asset was ingested with queues it again
 
 
-# Objects already recorded with the same ETag are left out in the same statement that queues the rest, so
-# an ingest committing meanwhile cannot have its object queued again; `changed` (a known key with other
-# bytes) is decided here too.
+# Objects already recorded with the same ETag (and, when listed, the same sidecar) are left out in the same
+# statement that queues the rest, so an ingest committing meanwhile cannot have its object queued again;
+# `changed` (a known key with other bytes) is decided here too.
 _QUEUE = text(
     """
     INSERT INTO ingest_queue AS q (storage, bucket, key, etag, sidecar, changed, listed)
-    SELECT :storage, :bucket, o.key, o.etag, o.sidecar, coalesce(a.status <> 'deleted', false), o.listed
-    FROM jsonb_to_recordset(CAST(:objects AS jsonb)) AS o(key text, etag text, sidecar text, listed bool)
+    SELECT :storage, :bucket, o.key, o.etag, o.sidecar,
+           coalesce(a.status <> 'deleted' AND (o.etag IS NULL OR a.etag IS DISTINCT FROM o.etag), false), o.listed
+    FROM jsonb_to_recordset(CAST(:objects AS jsonb))
+        AS o(key text, etag text, sidecar text, sidecar_etag text, listed bool)
     LEFT JOIN assets a ON a.storage = :storage AND a.bucket = :bucket AND a.key = o.key
     WHERE a.id IS NULL OR a.status = 'deleted' OR o.etag IS NULL OR a.etag IS DISTINCT FROM o.etag
+       OR o.listed AND (a.sidecar_key, a.sidecar_etag) IS DISTINCT FROM (o.sidecar, o.sidecar_etag)
     ORDER BY o.key
     ON CONFLICT (storage, bucket, key) DO UPDATE
         SET etag = excluded.etag, sidecar = coalesce(excluded.sidecar, q.sidecar),
@@ -68,11 +72,15 @@ _QUEUE = text(
 
 
 def queue_objects(connection: Connection, storage: str, bucket: str, objects: Sequence[Listed]) -> int:
-    """Put the objects not yet recorded with their ETag in the ingest queue; one already waiting takes the
-    newer ETag (and keeps any claim on it). Returns how many were queued or updated."""
+    """Put the objects not yet recorded with their ETag (or, when listed, their sidecar's) in the ingest queue;
+    one already waiting takes the newer ETag (and keeps any claim on it). Returns how many were queued or
+    updated."""
     if not objects:
         return 0
-    payload = [{"key": o.key, "etag": o.etag, "sidecar": o.sidecar, "listed": o.listed} for o in objects]
+    payload = [
+        {"key": o.key, "etag": o.etag, "sidecar": o.sidecar, "sidecar_etag": o.sidecar_etag, "listed": o.listed}
+        for o in objects
+    ]
     return len(connection.execute(_QUEUE, {"storage": storage, "bucket": bucket, "objects": json.dumps(payload)}).all())
 
 

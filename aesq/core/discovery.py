@@ -2,8 +2,9 @@
 
 The listing is streamed in pages (`PAGE_SIZE` keys); nothing proportional to the source is held in Python.
 Each page is COPYed into a temporary table of this session's database connection, and one anti-join
-against `assets` finds the page's images that are new, changed (another ETag) or back after being
-deleted; those are queued and committed with the page, so workers claim them while the listing goes on.
+against `assets` finds the page's images that are new, changed (another ETag, or another sidecar than the
+asset was ingested with: fixing, adding or removing a sidecar re-ingests its image's provenance) or back
+after being deleted; those are queued and committed with the page, so workers claim them while the listing goes on.
 
 Sidecars: an image's sidecar (`a/b.png.json`, else `a/b.json`) may be listed on a later page than the
 image. Listings come in binary key order, so an image waits (in the database) until the listing has
@@ -52,24 +53,26 @@ _CREATE = (
 _DROP = "DROP TABLE IF EXISTS pg_temp.discovery_listed, pg_temp.discovery_gone"
 
 # The images that became ready since the previous page (`ready_at` in (:after, :upto]; to the end once the
-# listing is over), compared with their assets: new keys, other ETags, deleted ones back. Their sidecar is
-# the first candidate listed. Every look-up is a LATERAL ... LIMIT 1, so it stays an index probe per image
-# whatever the planner guesses about the growing temporary table (it has no statistics; a hashed subplan
-# would read the whole table on every page).
+# listing is over), compared with their assets: new keys, other ETags, deleted ones back, or another sidecar
+# (key or ETag) than the asset was ingested with, where the listing covered the sidecar's candidates (a poll
+# after a cursor may not have). Their sidecar is the first candidate listed. Every look-up is a LATERAL ...
+# LIMIT 1, so it stays an index probe per image whatever the planner guesses about the growing temporary table
+# (it has no statistics; a hashed subplan would read the whole table on every page).
 _READY = """
-    SELECT r.key, r.etag, coalesce(f.key, s.key) AS sidecar,
+    SELECT r.key, r.etag, coalesce(f.key, s.key) AS sidecar, coalesce(f.etag, s.etag) AS sidecar_etag,
            least(r.first COLLATE "C", r.second COLLATE "C") AS earliest
     FROM discovery_listed r
     LEFT JOIN LATERAL (
-        SELECT a.id, a.status, a.etag FROM assets a
+        SELECT a.id, a.status, a.etag, a.sidecar_key, a.sidecar_etag FROM assets a
         WHERE a.storage = :storage AND a.bucket = :bucket AND a.key = r.key LIMIT 1
     ) a ON true
-    LEFT JOIN LATERAL (SELECT f.key FROM discovery_listed f WHERE f.key = r.first LIMIT 1) f ON a.id IS NULL
-        OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag
-    LEFT JOIN LATERAL (SELECT s.key FROM discovery_listed s WHERE s.key = r.second LIMIT 1) s ON f.key IS NULL
-        AND (a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag)
+    LEFT JOIN LATERAL (SELECT f.key, f.etag FROM discovery_listed f WHERE f.key = r.first LIMIT 1) f ON true
+    LEFT JOIN LATERAL (SELECT s.key, s.etag FROM discovery_listed s WHERE s.key = r.second LIMIT 1) s ON f.key IS NULL
     WHERE r.ready_at > CAST(:after AS text) {upto}
-      AND (a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag)
+      AND (a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag
+           OR (CAST(:start_after AS text) IS NULL
+               OR least(r.first COLLATE "C", r.second COLLATE "C") > CAST(:start_after AS text) COLLATE "C")
+              AND (a.sidecar_key, a.sidecar_etag) IS DISTINCT FROM (coalesce(f.key, s.key), coalesce(f.etag, s.etag)))
 """
 _READY_UPTO = text(_READY.format(upto="AND r.ready_at <= CAST(:upto AS text)"))
 _READY_REST = text(_READY.format(upto=""))
@@ -153,10 +156,16 @@ def _copy_page(connection: Connection, page: list[tuple[str, str | None]]) -> No
 
 
 def _queue_ready(connection: Connection, source: Source, after: str, upto: str | None, start_after: str | None) -> int:
-    """Queue the images that are new, changed or back and whose sidecar candidates the listing passed since
-    the previous page: `ready_at` in (`after`, `upto`], `upto` being the greatest key listed so far (None:
-    the listing ended). How many were queued."""
-    params = {"after": after, "upto": upto, "storage": source.storage, "bucket": source.bucket}
+    """Queue the images that are new, changed (bytes or sidecar) or back and whose sidecar candidates the
+    listing passed since the previous page: `ready_at` in (`after`, `upto`], `upto` being the greatest key
+    listed so far (None: the listing ended). How many were queued."""
+    params = {
+        "after": after,
+        "upto": upto,
+        "start_after": start_after,
+        "storage": source.storage,
+        "bucket": source.bucket,
+    }
     rows = connection.execute(_READY_REST if upto is None else _READY_UPTO, params).all()
     queued = [
         Listed(
@@ -166,6 +175,7 @@ def _queue_ready(connection: Connection, source: Source, after: str, upto: str |
             # A poll did not list the keys up to its cursor: a candidate there may exist unseen, so ingest
             # looks for the sidecar itself.
             listed=row.sidecar is not None or start_after is None or row.earliest > start_after,
+            sidecar_etag=row.sidecar_etag,
         )
         for row in rows
     ]

@@ -37,6 +37,7 @@ from aesq.core.storage import (
     ObjectMissing,
     Source,
     StorageUnavailable,
+    StoredObject,
     one_line,
     open_source,
     recent_objects,
@@ -47,15 +48,15 @@ from aesq.core.writes import AssetRecord, upsert_assets
 log = logging.getLogger(__name__)
 
 
-def _read_sidecar(source: Source, queued: Queued) -> bytes | None:
-    """The sidecar's bytes, or None when there is none (or it vanished since listing); for an object a
-    notification queued, the sidecar names are tried in turn."""
+def _read_sidecar(source: Source, queued: Queued) -> tuple[str, StoredObject] | None:
+    """The sidecar's key and contents, or None when there is none (or it vanished since listing); for an object
+    a notification queued, the sidecar names are tried in turn."""
     candidates = [queued.sidecar] if queued.listed else sidecar_candidates(queued.key)
     for key in candidates:
         if key is None:
             continue
         try:
-            return source.read(key).data
+            return key, source.read(key)
         except ObjectMissing:
             continue
     return None
@@ -75,7 +76,7 @@ def _examine(source: Source, queued: Queued, max_pixels: int, budget: PixelBudge
     sidecar = _read_sidecar(source, queued)  # storage errors raise: the task retries the batch
     try:
         facts = inspect_image(stored.data, max_pixels, budget)
-        provenance = read_provenance(key, stored.metadata, sidecar)
+        provenance = read_provenance(key, stored.metadata, sidecar[1].data if sidecar else None)
         recent_objects.put(source, key, stored)
     except (ImageRejected, ProvenanceError) as rejected:
         error = str(rejected)
@@ -92,6 +93,8 @@ def _examine(source: Source, queued: Queued, max_pixels: int, budget: PixelBudge
         facts=facts,
         provenance=provenance,
         error=error,
+        sidecar_key=sidecar[0] if sidecar else None,
+        sidecar_etag=sidecar[1].etag if sidecar else None,
     )
 
 

@@ -104,6 +104,10 @@ class Asset(Base):
     key: Mapped[str] = mapped_column(Text, comment="object key, or the path below the root folder")
     sha256: Mapped[str] = mapped_column(Text)
     etag: Mapped[str | None] = mapped_column(Text)
+    sidecar_key: Mapped[str | None] = mapped_column(Text, comment="the provenance sidecar read at ingest, if any")
+    sidecar_etag: Mapped[str | None] = mapped_column(
+        Text, comment="that sidecar's ETag: a listing that shows another re-ingests the object's provenance"
+    )
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)

@@ -40,6 +40,8 @@ class AssetRecord:
     facts: ImageFacts | None
     provenance: Provenance | None
     error: str | None
+    sidecar_key: str | None = None  # the sidecar read with it (key and ETag), None when it had none
+    sidecar_etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def _asset_row(record: AssetRecord, generator_ids: dict[tuple[str, str], int], s
         "key": record.key,
         "sha256": record.sha256,
         "etag": record.etag,
+        "sidecar_key": record.sidecar_key,
+        "sidecar_etag": record.sidecar_etag,
         "size_bytes": record.size_bytes,
         "width": facts.width if facts else None,
         "height": facts.height if facts else None,

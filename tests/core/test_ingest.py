@@ -153,3 +153,66 @@ def test_a_poison_file_fails_alone_and_the_rest_of_its_batch_is_scored(settings,
     assert (poison.status, poison.error) == ("failed", "cannot count its frames: TypeError: Missing dimensions")
     assert len(assets) == 40 and {row.status for row in assets.values()} == {"scored"}
     assert scored == 40
+
+
+def _scores(settings) -> list[tuple]:
+    """Every score row as written: a re-scored image would show a new row or time."""
+    with get_engine(settings).connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text("SELECT id, asset_id, created_at FROM scores"))]
+
+
+def _sidecar_changes_reingest_provenance_only(settings, source: str, write) -> None:
+    """Through a sidecar's life (malformed, fixed, edited, removed, added under its other name), each listing
+    queues the image exactly when its sidecar changed; provenance follows, the image is scored once."""
+    image = png_bytes(noise_image(3, 32))
+    write("generated/m/1/cat.png", image)
+    write("generated/m/1/cat.png.json", b'{"prompt": "a cat", seed: 1}')
+    ingest_all(source, settings)
+    assert _assets(settings)["generated/m/1/cat.png"].error.startswith("sidecar JSON is malformed")
+
+    write("generated/m/1/cat.png.json", json.dumps({"prompt": "a cat", "seed": 1}).encode())
+    assert discovery.discover(source, settings).queued == 1
+    ingest_all(source, settings)
+    cat = _assets(settings)["generated/m/1/cat.png"]
+    assert (cat.status, cat.error, cat.prompt, cat.seed) == ("pending", None, "a cat", 1)
+    scoring.score_assets(scoring.claim_batch(settings), settings)
+    scored = _scores(settings)
+    assert scored and _assets(settings)["generated/m/1/cat.png"].status == "scored"
+    assert discovery.discover(source, settings).queued == 0  # an unchanged sidecar queues nothing
+
+    write("generated/m/1/cat.png.json", json.dumps({"prompt": "a black cat", "seed": 2}).encode())
+    assert discovery.discover(source, settings).queued == 1
+    ingest_all(source, settings)
+    cat = _assets(settings)["generated/m/1/cat.png"]
+    assert (cat.status, cat.prompt, cat.seed) == ("scored", "a black cat", 2)
+    assert scoring.claim_batch(settings) == [] and _scores(settings) == scored  # the same bytes are not scored again
+
+    write("generated/m/1/cat.png.json", None)
+    ingest_all(source, settings)
+    assert (_assets(settings)["generated/m/1/cat.png"].prompt, _assets(settings)["generated/m/1/cat.png"].status) == (
+        None,
+        "scored",
+    )
+    write("generated/m/1/cat.json", json.dumps({"prompt": "a grey cat"}).encode())
+    ingest_all(source, settings)
+    assert _assets(settings)["generated/m/1/cat.png"].prompt == "a grey cat"
+    assert discovery.discover(source, settings).queued == 0
+    assert _scores(settings) == scored and _queue(settings) == []
+
+
+def test_a_changed_sidecar_reingests_its_image_in_a_folder(settings, tmp_path):
+    def write(key: str, payload: bytes | None) -> None:
+        """Write, or with None delete, a file of the folder source."""
+        path = tmp_path / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload) if payload is not None else path.unlink()
+
+    _sidecar_changes_reingest_provenance_only(settings, str(tmp_path), write)
+
+
+def test_a_changed_sidecar_reingests_its_image_in_a_bucket(settings, s3_client, bucket):
+    def write(key: str, payload: bytes | None) -> None:
+        """Upload, or with None remove, an object of the bucket."""
+        put(s3_client, bucket, key, payload) if payload is not None else s3_client.remove_object(bucket, key)
+
+    _sidecar_changes_reingest_provenance_only(settings, f"s3://{bucket}/", write)
