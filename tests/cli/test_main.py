@@ -229,24 +229,28 @@ def test_a_signal_stops_run_at_once_and_cancels_its_flow_run(settings, tmp_path,
 
 
 @pytest.mark.slow
-def test_terminal_ctrl_c_leaves_the_ephemeral_api_up_to_record_the_cancel(settings, tmp_path, start_run):
-    """A terminal sends SIGINT to the whole process group, Prefect's ephemeral API server included."""
+def test_terminal_ctrl_c_leaves_the_local_prefect_server_up_to_record_the_cancel(settings, tmp_path, start_run):
+    """A terminal sends SIGINT to the whole process group; the local Prefect server runs in its own session."""
+    from aesq.cli.local_prefect import server_dir, stop_server
+
     source = _image_folder(tmp_path / "images", 120)
-    prefect_home = tmp_path / "prefect"
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
-    process = start_run(source, {**env, "PREFECT_HOME": str(prefect_home)})
-    _wait_until_scoring(process, settings)
-    seconds = _seconds_to_stop(process, lambda: os.killpg(process.pid, signal.SIGINT))
-    stderr = (tmp_path / "stderr").read_text()
-    assert seconds < 5 and process.returncode == -signal.SIGINT, (seconds, process.returncode, stderr)
-    assert stderr.strip().splitlines() == [stderr.strip()] and "marked Cancelled" in stderr, stderr
-    deadline = time.monotonic() + 20  # the API server, told to stop, goes too
-    while _live_members(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _live_members(process.pid) == []
-    with sqlite3.connect(prefect_home / "prefect.db") as prefect_db:
-        states = prefect_db.execute("SELECT state_type FROM flow_run").fetchall()
-    assert states == [("CANCELLED",)]
+    try:
+        process = start_run(source, env)
+        _wait_until_scoring(process, settings)
+        seconds = _seconds_to_stop(process, lambda: os.killpg(process.pid, signal.SIGINT))
+        stderr = (tmp_path / "stderr").read_text()
+        assert seconds < 5 and process.returncode == -signal.SIGINT, (seconds, process.returncode, stderr)
+        assert stderr.strip().splitlines() == [stderr.strip()] and "marked Cancelled" in stderr, stderr
+        deadline = time.monotonic() + 20  # nothing of the command's group lingers (image validation workers)
+        while _live_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _live_members(process.pid) == []
+        with sqlite3.connect(server_dir(settings.data_dir) / "prefect.db") as prefect_db:
+            states = prefect_db.execute("SELECT state_type FROM flow_run").fetchall()
+        assert states == [("CANCELLED",)]
+    finally:
+        stop_server(settings.data_dir)
 
 
 @contextmanager
