@@ -19,6 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aesq.core.claims import Queued
 from aesq.core.config import Settings, get_settings
+from aesq.core.namespaces import Namespace, prepare_namespace
 from aesq.core.scoring import BatchOutcome
 from aesq.flows.events import INGESTED, SCORED
 from aesq.tasks.aggregate import aggregate_versions
@@ -150,12 +151,14 @@ def aggregate_flow() -> int:
 
 
 @flow(name="aesq-run", task_runner=_RUNNER)
-def run_flow(source: str, scorers: list[str] | None = None) -> list[BatchOutcome]:
+def run_flow(source: str, scorers: list[str] | None = None, namespace: Namespace = "production") -> list[BatchOutcome]:
     """Ingest, score and aggregate `source` once, each batch scored by the worker that ingested it, with
     its bytes still in memory; ends when the source is done, by this run or by others. `scorers`, when
     given, are this run's only scorers, run here whatever the scoring pools (`Settings.for_run`), on this
-    source's assets only (the rest of the database waits for the workers that run the configured models)."""
+    source's assets only (the rest of the database waits for the workers that run the configured models).
+    `namespace` "labels" keeps the run in the labels database, apart from production (aesq/core/namespaces.py)."""
     settings = get_settings() if scorers is None else get_settings().for_run(scorers)
+    settings = prepare_namespace(settings, namespace)
     discovery = discover_objects.submit(source, settings)
     ingested: list[PrefectFuture] = []
     scored: list[PrefectFuture] = []

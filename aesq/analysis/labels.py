@@ -5,6 +5,9 @@ A set is a folder holding `test.json` (or `test/test.json`): a JSON list of
 Agreement is Spearman's (SRCC) and Pearson's (PLCC) correlation with percentile-bootstrap 95 %
 intervals (paired resampling); the bias audit maps predictions to the human scale with a least-squares
 line and reports, per category, the mean of (fitted prediction - human score).
+
+A labelled set is scored in the labels namespace (aesq/core/namespaces.py, which says why a database of its
+own): the held-out images never reach production data, and the scores compared here are read from there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy import bindparam, text
 from aesq.analysis.statistics import bootstrap_interval
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
+from aesq.core.namespaces import namespace_settings
 from aesq.core.pipeline_status import Failure
 
 LABEL_FILES = ("test.json", "test/test.json")
@@ -150,7 +154,8 @@ def read_labels(folder: Path) -> list[Label]:
 def labelled_pairs(
     settings: Settings, folder: Path, labels: Sequence[Label], scorer: str
 ) -> tuple[list[Pair], list[Failure]]:
-    """Each label with its image's latest `scorer` score, and the labelled images that have none, with why."""
+    """Each label with its image's latest `scorer` score in the labels namespace, and the labelled images that
+    have none, with why."""
     query = text(
         """
         SELECT a.key, a.status, a.error, ls.value
@@ -160,7 +165,7 @@ def labelled_pairs(
         """
     ).bindparams(bindparam("keys", expanding=True))
     params = {"scorer": scorer, "bucket": str(folder.resolve()), "keys": [label.image for label in labels]}
-    with get_engine(settings).connect() as connection:
+    with get_engine(namespace_settings(settings, "labels")).connect() as connection:
         rows = {row.key: row for row in connection.execute(query, params)}
     pairs, excluded = [], []
     for label in labels:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -207,10 +207,16 @@ def _cancel_flow_run(flow_run: FlowRun, stopped: Stopped) -> str:
     return f"flow run {flow_run.name!r} marked Cancelled; run it again to finish"
 
 
-def _run_with_progress(settings: Settings, source: str, verbose: bool, scorers: list[str] | None = None) -> None:
-    """Run the spine flow on `source` (with `scorers` instead of the configured ones, when given) in a worker
-    thread; the main thread shows a bar of the source's finished assets and stays free to stop at once on
-    SIGINT/SIGTERM, marking the flow run Cancelled."""
+def _run_with_progress(
+    settings: Settings,
+    source: str,
+    verbose: bool,
+    scorers: list[str] | None = None,
+    namespace: Literal["production", "labels"] = "production",
+) -> None:
+    """Run the spine flow on `source` (with `scorers` instead of the configured ones, when given; in the
+    `namespace`'s database, whose `settings` these are) in a worker thread; the main thread shows a bar of the
+    source's finished assets and stays free to stop at once on SIGINT/SIGTERM, marking the flow run Cancelled."""
     from prefect.flow_engine import run_flow as run_flow_engine
     from prefect.states import Pending
     from sqlalchemy.exc import SQLAlchemyError
@@ -220,7 +226,7 @@ def _run_with_progress(settings: Settings, source: str, verbose: bool, scorers: 
     from aesq.flows.spine import run_flow
 
     opened = open_source(source, settings)
-    parameters: dict[str, Any] = {"source": opened.uri, "scorers": scorers}
+    parameters: dict[str, Any] = {"source": opened.uri, "scorers": scorers, "namespace": namespace}
     with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
         flow_run = client.create_flow_run(
             run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending()
@@ -601,6 +607,7 @@ def bench_labels(
 ) -> None:
     """Score a labelled set through the flows and report agreement with the human scores (SRCC, PLCC, bias)."""
     from aesq.analysis.labels import LabelError, label_report, labelled_pairs, read_labels
+    from aesq.core.namespaces import prepare_namespace
     from aesq.core.scoring import check_model_names
 
     try:
@@ -610,9 +617,10 @@ def bench_labels(
     settings = _ready_settings()
     scorers = list(dict.fromkeys([*settings.scorers, scorer]))  # enabled for this run if it is not
     check_model_names(settings.for_run(scorers))
+    labelled = prepare_namespace(settings, "labels")  # held out: never in production data
     with _quiet_prefect(verbose):
-        _run_with_progress(settings, str(data), verbose, scorers)
-    pairs, excluded = labelled_pairs(settings, data, labels, scorer)
+        _run_with_progress(labelled, str(data), verbose, scorers, namespace="labels")
+    pairs, excluded = labelled_pairs(labelled, data, labels, scorer)
     if excluded:
         console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
         for failure in excluded:
