@@ -4,13 +4,14 @@ progress. Read-only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, literal, select, text
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.storage import parse_location
-from aesq.core.tables import Asset
+from aesq.core.tables import Asset, QueuedObject
 
 # A failure's kind, from the words its writer puts in the reason (aesq/core/images.py, provenance.py, fetch.py,
 # ingest.py, scoring.py), as Postgres regular expressions: the first that matches wins, anything else is "other".
@@ -70,18 +71,24 @@ def reason_kind(error: SQLColumnExpression[str | None]) -> ColumnElement[str]:
     )
 
 
-def failure_reasons(settings: Settings, source: str | None = None, examples: int = 3) -> list[FailureReason]:
-    """Failed assets (of the source at `source` only, when given) grouped by reason kind, most frequent first,
-    with the `examples` latest of each: one query, so counts and examples agree."""
+def _within(source: str | None) -> list[ColumnElement[bool]]:
+    """Conditions that keep the assets of the source at `source` (none: every asset)."""
+    if source is None:
+        return []
+    location = parse_location(source)
+    return [Asset.storage == location.storage, Asset.bucket == location.bucket, Asset.key.startswith(location.prefix)]
+
+
+def failure_reasons(
+    settings: Settings, source: str | None = None, examples: int = 3, since: datetime | None = None
+) -> list[FailureReason]:
+    """Failed assets (of the source at `source` only, when given; that failed at `since` or later, when given)
+    grouped by reason kind, most frequent first, with the `examples` latest of each: one query, so counts and
+    examples agree."""
     kind = reason_kind(Asset.error).label("kind")
     failed = select(Asset.id, Asset.bucket, Asset.key, Asset.error, Asset.updated_at, kind).where(
-        Asset.status == "failed"
+        Asset.status == "failed", *_within(source), *([Asset.updated_at >= since] if since is not None else [])
     )
-    if source is not None:
-        location = parse_location(source)
-        failed = failed.where(
-            Asset.storage == location.storage, Asset.bucket == location.bucket, Asset.key.startswith(location.prefix)
-        )
     ranked = failed.subquery()
     numbered = select(
         ranked,
@@ -152,10 +159,56 @@ def recent_failures(settings: Settings, limit: int = 20) -> list[Failure]:
 
 
 def source_progress(settings: Settings, storage: str, bucket: str, prefix: str) -> tuple[int, int]:
-    """(finished, total) assets of one source, for progress display; duplicates count as finished."""
+    """(finished, total) assets of one source, for progress display; duplicates count as finished. The total
+    counts the new objects discovery has queued too, so it is known as soon as the source is listed."""
     query = select(func.count().filter(Asset.status != "pending"), func.count()).where(
         Asset.storage == storage, Asset.bucket == bucket, Asset.key.startswith(prefix)
     )
+    known = select(Asset.id).where(
+        Asset.storage == QueuedObject.storage, Asset.bucket == QueuedObject.bucket, Asset.key == QueuedObject.key
+    )
+    queued = select(func.count()).where(
+        QueuedObject.storage == storage,
+        QueuedObject.bucket == bucket,
+        QueuedObject.key.startswith(prefix),
+        ~known.exists(),
+    )
     with get_engine(settings).connect() as connection:
         done, total = connection.execute(query).one()
-    return int(done), int(total)
+        new = connection.execute(queued).scalar_one()
+    return int(done), int(total) + int(new)
+
+
+def database_now(settings: Settings) -> datetime:
+    """The database's clock: a run's start, on the clock every write's time is taken from."""
+    with get_engine(settings).connect() as connection:
+        return connection.execute(select(func.now())).scalar_one()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What happened to a source's assets since a run started: found new, scored, failed, found to be
+    duplicates (bytes an existing asset already holds, as `aesq.core.identity` decides), found deleted, and
+    still waiting for scores. Whoever did the work: workers on the same source at the same time count too."""
+
+    new: int
+    scored: int
+    failed: int
+    duplicates: int
+    deleted: int
+    waiting: int
+
+
+def run_summary(settings: Settings, source: str, since: datetime) -> RunSummary:
+    """The summary of the source's assets written at `since` (from `database_now`) or later: a run's work."""
+    touched = Asset.updated_at >= since
+    query = select(
+        func.count().filter(Asset.created_at >= since),
+        func.count().filter(Asset.status == "scored", Asset.scored_at >= since),
+        func.count().filter(Asset.status == "failed", touched),
+        func.count().filter(Asset.status == "duplicate", touched),
+        func.count().filter(Asset.status == "deleted", touched),
+        func.count().filter(Asset.status == "pending", touched),
+    ).where(touched, *_within(source))
+    with get_engine(settings).connect() as connection:
+        return RunSummary(*connection.execute(query).one())

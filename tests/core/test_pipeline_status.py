@@ -3,11 +3,13 @@ reason, with examples, for one source or all."""
 
 from __future__ import annotations
 
+import shutil
+
 import sqlalchemy as sa
 
 from aesq.core.database import get_engine
-from aesq.core.pipeline_status import failure_reasons
-from tests.helpers import ingest_all, noise_image, png_bytes
+from aesq.core.pipeline_status import RunSummary, database_now, failure_reasons, run_summary
+from tests.helpers import ingest_all, noise_image, png_bytes, run_once
 
 
 def _failing_folder(root, broken: int, empty: int, bad_sidecars: int) -> None:
@@ -63,3 +65,28 @@ def test_a_reason_no_writer_is_known_for_counts_as_other(settings, tmp_path):
         )
 
     assert [(group.reason, group.count) for group in failure_reasons(settings)] == [("not an image", 1), ("other", 1)]
+
+
+def test_a_run_summary_counts_only_what_happened_to_its_source_since_it_started(settings, tmp_path):
+    source, other = tmp_path / "source", tmp_path / "other"
+    _failing_folder(source, broken=1, empty=0, bad_sidecars=0)
+    (source / "kept.png").write_bytes(png_bytes(noise_image(1, 16)))
+    (source / "gone.png").write_bytes(png_bytes(noise_image(2, 16)))
+    _failing_folder(other, broken=1, empty=0, bad_sidecars=0)
+    run_once(str(source), settings)
+    since = database_now(settings)
+    (source / "gone.png").unlink()
+    (source / "new.png").write_bytes(png_bytes(noise_image(3, 16)))
+    shutil.copy(source / "kept.png", source / "copy.png")
+    (source / "empty.png").write_bytes(b"")
+    run_once(str(source), settings)
+    run_once(str(other), settings)  # another source's work in the same time
+
+    summary = run_summary(settings, str(source), since)
+
+    assert summary == RunSummary(new=3, scored=1, failed=1, duplicates=1, deleted=1, waiting=0)
+    this_run = failure_reasons(settings, str(source), since=since)
+    assert [(group.reason, group.count, group.examples[0].location) for group in this_run] == [
+        ("empty", 1, f"{source}/empty.png")
+    ]
+    assert run_summary(settings, str(source), database_now(settings)) == RunSummary(0, 0, 0, 0, 0, 0)
