@@ -44,7 +44,7 @@ def version_statistics(settings: Settings, scorer: str | None = None) -> list[di
 _LIVE_STATISTICS = text(
     """
     SELECT g.name AS generator, g.version, g.kind::text AS kind, f.scorer, f.count, f.mean, f.std, f.median,
-           f.p10, f.p90, f.threshold, f.share_above
+           f.p10, f.p90, f.threshold, CAST(f.share_above AS double precision) AS share_above
     FROM ("""
     + figures_query(
         """
