@@ -13,6 +13,7 @@ from aesq.core.assets import NotFound
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Unreadable, fetch_asset
+from aesq.core.pipeline_status import failure_reasons
 from aesq.core.storage import save_file
 from aesq.core.tables import Report
 
@@ -114,6 +115,7 @@ def build_report(settings: Settings, now: datetime | None = None) -> tuple[Repor
         defects=defects,
         best=best,
         worst=worst,
+        failures=failure_reasons(settings),
     )
     return data, {"means": means, "versions": len({line.version for line in leaderboard})}
 

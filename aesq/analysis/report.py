@@ -6,9 +6,10 @@ import base64
 import io
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -16,9 +17,12 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
-from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, date2num
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter, DayLocator, date2num
 from matplotlib.figure import Figure
 from matplotlib.typing import RcKeyType
+
+if TYPE_CHECKING:
+    from aesq.core.pipeline_status import FailureReason
 
 
 @dataclass(frozen=True)
@@ -59,10 +63,12 @@ class ReportData:
     defects: dict[str, dict[str, int]]  # version -> category -> count
     best: dict[str, list[Thumbnail]]  # version -> best assets
     worst: dict[str, list[Thumbnail]]  # version -> worst assets
+    failures: list[FailureReason] = field(default_factory=list)  # failed assets by reason, most frequent first
 
 
 PLOT_SIZE_INCHES = (7.5, 3.2)
 HISTOGRAM_BINS = 30
+DAY_TICKS_UP_TO = 8  # trend plots over at most this many days label every day
 # Leaderboard figures show about this many significant digits of a scorer's largest mean: 72.1, 6.43, 0.532.
 SIGNIFICANT_DIGITS = 3
 _PLOT_SETTINGS: dict[RcKeyType, object] = {
@@ -85,13 +91,14 @@ body { font: 14px/1.45 system-ui, sans-serif; color: #222; max-width: 1100px; ma
 h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; }
 th, td { padding: .25em .7em; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
-th:first-child, td:first-child, td.text { text-align: left; }
+th:first-child, td:first-child, th.text, td.text { text-align: left; }
 .up { color: #1a7f37; } .down { color: #c62828; } .new, .empty, .meta { color: #777; }
 figure { margin: .5em 0; }
 svg { max-width: 100%; height: auto; }
 .strip { display: flex; gap: .5em; overflow-x: auto; }
 .strip figure { flex: none; width: 160px; font-size: 12px; }
 .strip img { width: 160px; height: 160px; object-fit: cover; display: block; }
+td.examples { white-space: normal; font-size: 12px; max-width: 60em; } td.examples div + div { margin-top: .3em; }
 </style>
 </head>
 <body>
@@ -152,6 +159,21 @@ svg { max-width: 100%; height: auto; }
 </table>
 {% else %}
 <p class="empty">No defects found yet.</p>
+{% endif %}
+
+<h2>Failures</h2>
+{% if failures %}
+<table id="failures">
+<thead><tr><th>Reason</th><th>Assets</th><th class="text">Examples</th></tr></thead>
+<tbody>
+{% for failure in failures %}
+<tr><td>{{ failure.reason }}</td><td>{{ "{:,}".format(failure.count) }}</td>
+<td class="text examples">{% for example in failure.examples %}<div><code>{{ example.location }}</code>: {{ example.error }}</div>{% endfor %}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% else %}
+<p class="empty">No failed images.</p>
 {% endif %}
 
 <h2>Best and worst images</h2>
@@ -225,8 +247,9 @@ def render_report(data: ReportData) -> str:
         leaderboard=_leaderboard_rows(data.leaderboard),
         changes=data.changes,
         distribution_plots=_distribution_plots(data.distributions, colours),
-        trend_plots=_trend_plots(data.trends, data.since, colours),
+        trend_plots=_trend_plots(data.trends, colours),
         defect_categories=defect_categories,
+        failures=data.failures,
         defect_rows=[
             (version, [counts.get(c, 0) for c in defect_categories], sum(counts.values()))
             for version, counts in data.defects.items()
@@ -337,30 +360,35 @@ def _draw_histograms(scores_by_version: dict[str, list[float]], colours: dict[st
 
 
 def _trend_plots(
-    trends: dict[tuple[str, str], list[tuple[date, float, int]]], since: datetime | None, colours: dict[str, str]
+    trends: dict[tuple[str, str], list[tuple[date, float, int]]], colours: dict[str, str]
 ) -> list[tuple[str, Markup]]:
     """Per scorer, the daily mean of every version over time."""
     return [
-        (scorer, _plot_svg(f"trend-{scorer}", partial(_draw_trends, points, since, colours)))
+        (scorer, _plot_svg(f"trend-{scorer}", partial(_draw_trends, points, colours)))
         for scorer, points in _by_scorer(trends).items()
     ]
 
 
 def _draw_trends(
     points_by_version: dict[str, list[tuple[date, float, int]]],
-    since: datetime | None,
     colours: dict[str, str],
     axes: Axes,
 ) -> None:
-    """One line of daily means per version, starting at the trend window when there is one."""
+    """One line of daily means per version over the days that have them, a day of margin either side (one day of
+    data is that day between its neighbours, not years of empty axis); a few days get a tick each."""
     for version, points in points_by_version.items():
         days, means, _counts = zip(*sorted(points))
         axes.plot(days, means, marker="o", markersize=3, linewidth=1.5, color=colours[version], label=version)
-    if since is not None:
-        axes.set_xlim(left=date2num(since.date()))
-    locator = AutoDateLocator()
-    axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    shown = [day for points in points_by_version.values() for day, _, _ in points]
+    first, last = min(shown), max(shown)
+    axes.set_xlim(date2num(first - timedelta(days=1)), date2num(last + timedelta(days=1)))
+    if (last - first).days <= DAY_TICKS_UP_TO:
+        axes.xaxis.set_major_locator(DayLocator())
+        axes.xaxis.set_major_formatter(DateFormatter("%b %d"))
+    else:
+        locator = AutoDateLocator()
+        axes.xaxis.set_major_locator(locator)
+        axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     axes.set_ylabel("mean score")
     _add_legend(axes)
 

@@ -15,7 +15,8 @@ from aesq.analysis.statistics import mean_interval
 from aesq.analysis.versions import daily_means
 from aesq.core.assets import NotFound
 from aesq.core.database import get_engine
-from tests.helpers import add_scored_assets
+from aesq.core.pipeline_status import failure_reasons
+from tests.helpers import add_scored_assets, ingest_all
 
 
 @pytest.fixture
@@ -92,3 +93,19 @@ def test_trends_keep_the_stored_days_inside_the_window_and_defects_count_scored_
     assert [(day, count) for day, _, count in every_day] == [(today - timedelta(days=20), 10), (today, 29)]
     assert data.defects == {"m:1": {"blur": 3, "noise": 1}}  # the failed asset's defect does not count
     assert data.leaderboard[0].count == 39
+
+
+def test_failed_images_are_in_the_report_by_reason(settings, tmp_path):
+    folder = tmp_path / "source" / "generated" / "m" / "1"
+    folder.mkdir(parents=True)
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "blank.png").write_bytes(b"")
+    ingest_all(str(tmp_path / "source"), settings)
+
+    data, _ = build_report(settings)
+    assert data.failures == failure_reasons(settings)
+    assert [(reason.count, len(reason.examples)) for reason in data.failures] == [(2, 2), (1, 1)]
+    assert {example.location.rsplit("/", 1)[1] for reason in data.failures for example in reason.examples} == {
+        "notes.jpg", "empty.jpg", "blank.png"
+    }  # fmt: skip

@@ -9,7 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import datetime
+from dataclasses import replace
+from datetime import date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 
 from aesq.analysis.report import ReportData, render_report
+from aesq.core.pipeline_status import FailureExample, FailureReason
 from tests.helpers import REPORT_HOSTILE, sample_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -189,10 +191,66 @@ def test_empty_report_renders_a_sentence_per_section() -> None:
         "No scores to plot yet.",
         "No daily means yet.",
         "No defects found yet.",
+        "No failed images.",
         "No images yet.",
     ]:
         assert sentence in html
     assert "<svg" not in html and "<table" not in html and "<img" not in html
+
+
+def _x_ticks(svg: str) -> dict[str, float]:
+    """The x-axis tick labels of a matplotlib SVG and where each tick is drawn."""
+    groups = re.findall(r'<g id="xtick_\d+">(.*?)</text>', svg, flags=re.DOTALL)
+    return {
+        re.search(r"<text[^>]*>([^<]*)$", group).group(1): float(re.search(r'<use [^>]*x="([^"]+)"', group).group(1))
+        for group in groups
+    }
+
+
+def _axes_x_range(svg: str) -> tuple[float, float]:
+    """Left and right edge of the plot's axes (its background patch)."""
+    corners = re.search(r'<g id="patch_2">\s*<path d="M ([\d.]+) [\d.]+\s*L ([\d.]+)', svg)
+    return float(corners.group(1)), float(corners.group(2))
+
+
+def _markers_in(svg: str, colour: str, left: float, right: float) -> list[float]:
+    """The x of every marker of this colour inside the axes (the legend's sample lies outside them)."""
+    xs = re.findall(rf'<use [^>]*x="([\d.]+)" y="[\d.]+" style="fill: {colour}', svg)
+    return [float(x) for x in xs if left <= float(x) <= right]
+
+
+def test_one_day_of_trends_is_that_day_between_its_neighbours() -> None:
+    day = date(2024, 5, 1)
+    one_day = replace(sample_report(), trends={("sdxl/lora-7", "technical"): [(day, 6.4, 120)]})
+    trend = re.findall(r"<svg\b.*?</svg>", render_report(one_day), flags=re.DOTALL)[-1]
+    ticks = _x_ticks(trend)
+    assert list(ticks) == ["Apr 30", "May 01", "May 02"]
+    left, right = _axes_x_range(trend)
+    assert ticks["Apr 30"] == pytest.approx(left) and ticks["May 02"] == pytest.approx(right)
+    # The one point is drawn at its day, in the middle, not clipped at an edge of a years-wide axis.
+    assert _markers_in(trend, "#1f77b4", left, right) == [pytest.approx(ticks["May 01"])]
+
+
+def test_trends_over_a_few_days_have_a_tick_per_day_and_a_day_of_margin(html: str) -> None:
+    technical_trend = re.findall(r"<svg\b.*?</svg>", html, flags=re.DOTALL)[-1]
+    assert list(_x_ticks(technical_trend)) == ["Apr 30", "May 01", "May 02", "May 03", "May 04", "May 05", "May 06"]
+
+
+def test_failures_are_listed_by_reason_with_examples() -> None:
+    failures = [
+        FailureReason("not an image", 2, [
+            FailureExample(7, "bucket/a.jpg", "not an image (no known image format)"),
+            FailureExample(None, "bucket/<b>.jpg", f"not an image: {REPORT_HOSTILE}"),
+        ]),
+        FailureReason("empty", 1, [FailureExample(9, "/data/c.png", "empty object (0 bytes)")]),
+    ]  # fmt: skip
+    html = render_report(replace(sample_report(), failures=failures))
+    assert _table_rows(html, "failures") == [
+        ["Reason", "Assets", "Examples"],
+        ["not an image", "2", f"bucket/a.jpg: not an image (no known image format)bucket/<b>.jpg: not an image: {REPORT_HOSTILE}"],
+        ["empty", "1", "/data/c.png: empty object (0 bytes)"],
+    ]  # fmt: skip
+    assert "<script" not in html.lower() and "bucket/&lt;b&gt;.jpg" in html
 
 
 @pytest.mark.slow
