@@ -24,7 +24,6 @@ from aesq.core import database
 from aesq.core.config import Settings, UnknownPool, get_settings
 
 if TYPE_CHECKING:
-    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
 
 app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
@@ -65,20 +64,13 @@ def _exit_by_signal(signum: int) -> None:
     """End the process at once by the signal itself, so the shell sees it (status 130 / 143).
 
     A normal exit would wait for the flow's task threads, which may be mid-batch or sleeping before a
-    retry. atexit handlers do not run, so two of their jobs are done here: the ephemeral Prefect API this
-    process started is told to stop (it stays registered, so a task thread still running cannot start
-    another one meanwhile), and multiprocessing's named semaphores (image validation workers) are
-    unlinked, which its resource tracker would otherwise report on stderr.
+    retry. atexit handlers do not run, so one of their jobs is done here: multiprocessing's named semaphores
+    (image validation workers) are unlinked, which its resource tracker would otherwise report on stderr.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     # What multiprocessing's own atexit hook runs first (a private function, so not in the type stubs).
     multiprocessing.util._run_finalizers(0)  # type: ignore[attr-defined]
-    if "prefect.server.api.server" in sys.modules:  # imported only where an ephemeral API was started
-        from prefect.server.api.server import SubprocessASGIServer
-
-        if (server := SubprocessASGIServer().server_process) is not None:
-            server.terminate()
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)
 
@@ -102,9 +94,9 @@ def _ready_settings() -> Settings:
 
 @contextmanager
 def _quiet_prefect(verbose: bool) -> Iterator[None]:
-    """Prefect settings for the duration, where the environment or profile does not set them: no telemetry from
-    the ephemeral API it starts, and, unless asked for, no per-task log lines in the progress display; the API is
-    aesq's local server where none is configured."""
+    """Prefect settings for the duration, where the environment or profile does not set them: no telemetry, and,
+    unless asked for, no per-task log lines in the progress display; the API is aesq's local server where none is
+    configured."""
     from prefect.logging.configuration import setup_logging
     from prefect.settings import PREFECT_LOGGING_LEVEL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
@@ -140,25 +132,6 @@ def _run_logs_off_terminal(verbose: bool) -> Iterator[None]:
     finally:
         for logger, propagate in zip(loggers, before):
             logger.propagate = propagate
-
-
-def _prefect_client(verbose: bool) -> SyncPrefectClient:
-    """A client of the Prefect API.
-
-    Without PREFECT_API_URL this starts Prefect's ephemeral API in a child process: with SIGINT blocked
-    there, because a terminal's Ctrl-C goes to the whole process group and the API has to outlive it to
-    record the stopped run (aesq stops the API itself); and, unless verbose, with its logs off the terminal,
-    because stopping it while events are in flight logs errors.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_SERVER_LOGGING_LEVEL, temporary_settings
-
-    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        with temporary_settings(updates=None if verbose else {PREFECT_SERVER_LOGGING_LEVEL: "CRITICAL"}):
-            return get_client(sync_client=True)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 # What aesq's long-running entry points ask of the Prefect client, unless PREFECT_CLIENT_MAX_RETRIES or
@@ -217,6 +190,7 @@ def _run_with_progress(
     """Run the spine flow on `source` (with `scorers` instead of the configured ones, when given; in the
     `namespace`'s database, whose `settings` these are) in a worker thread; the main thread shows a bar of the
     source's finished assets and stays free to stop at once on SIGINT/SIGTERM, marking the flow run Cancelled."""
+    from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow as run_flow_engine
     from prefect.states import Pending
     from sqlalchemy.exc import SQLAlchemyError
@@ -227,7 +201,7 @@ def _run_with_progress(
 
     opened = open_source(source, settings)
     parameters: dict[str, Any] = {"source": opened.uri, "scorers": scorers, "namespace": namespace}
-    with _prefect_client(verbose) as client:  # created here, so its id is known however early a signal comes
+    with get_client(sync_client=True) as client:  # created here, so its id is known however early a signal comes
         flow_run = client.create_flow_run(
             run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending()
         )
