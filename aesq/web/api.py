@@ -13,9 +13,20 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from aesq.analysis import nightly_report
 from aesq.analysis import versions as version_reads
 from aesq.core import assets as asset_reads
+from aesq.core.pipeline_status import failure_reasons
+from aesq.core.storage import SourceError
 from aesq.web import thumbnails
 from aesq.web.deps import SettingsDep
-from aesq.web.schemas import AssetDetail, AssetPage, ComparisonOut, DailyPoint, Neighbour, ReportOut, VersionRow
+from aesq.web.schemas import (
+    AssetDetail,
+    AssetPage,
+    ComparisonOut,
+    DailyPoint,
+    FailureReasonOut,
+    Neighbour,
+    ReportOut,
+    VersionRow,
+)
 
 router = APIRouter(prefix="/api", tags=["api"])
 Version = Annotated[str, Query(pattern=r"^[^:]+:.+$", description="NAME:VERSION")]
@@ -137,6 +148,19 @@ def asset_thumbnail(settings: SettingsDep, asset_id: int, size: int = 256) -> Re
     except thumbnails.OutsideStorage as error:
         raise HTTPException(403, str(error)) from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/failures", response_model=list[FailureReasonOut])
+def failures(
+    settings: SettingsDep,
+    source: Annotated[str | None, Query(description="s3://bucket/prefix or a folder; every source when unset")] = None,
+    examples: Annotated[int, Query(ge=0, le=50)] = 3,
+) -> list[dict]:
+    """Failed assets grouped by reason, most frequent first, with the latest few of each."""
+    try:
+        return [asdict(reason) for reason in failure_reasons(settings, source, examples)]
+    except SourceError as error:
+        raise HTTPException(422, str(error)) from None
 
 
 @router.get("/reports", response_model=list[ReportOut])

@@ -1,5 +1,6 @@
 """The web server `aesq serve` runs: the dashboard pages, the JSON API, static files (plotly.js from the
-installed plotly package, so no CDN is needed), and a token check when one is configured."""
+installed plotly package, so no CDN is needed), a token check when one is configured, and error answers: readable
+HTML pages for the dashboard, JSON for /api/."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ import hmac
 from pathlib import Path
 
 import plotly
+import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.exc import DataError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, OperationalError
+from starlette.exceptions import HTTPException
 
+from aesq.core.config import Settings
+from aesq.core.database import DatabaseError
 from aesq.web import api, pages
 from aesq.web.deps import web_settings
 
@@ -26,6 +34,27 @@ def _authorised(request: Request, token: str) -> bool:
         TOKEN_COOKIE, ""
     )
     return hmac.compare_digest(offered.encode(), token.encode())
+
+
+def _is_api(request: Request) -> bool:
+    """True for the JSON API's paths, which answer errors as JSON; everything else is a page for people."""
+    return request.url.path == "/api" or request.url.path.startswith("/api/")
+
+
+def _database_down(settings: Settings, error: Exception) -> tuple[str, str]:
+    """What to tell a person when the database cannot be reached, and the driver's cause; neither shows a password."""
+    if settings.database_url is None:
+        headline = f"the embedded database in {settings.data_dir} is not running or cannot start — `aesq db start`"
+    else:
+        url = make_url(settings.database_url)
+        headline = (
+            f"the database at {url.host or 'localhost'}:{url.port or 5432} is unreachable — is Postgres running?"
+            " (`aesq db start` starts the embedded one)"
+        )
+    text = str(getattr(error, "orig", None) or error).strip()
+    cause = text.splitlines()[0] if text else ""
+    secret = make_url(settings.database_url).password if settings.database_url else None
+    return headline, cause.replace(secret, "***") if secret else cause
 
 
 def create_app() -> FastAPI:
@@ -55,9 +84,38 @@ def create_app() -> FastAPI:
         return response
 
     @app.exception_handler(DataError)
-    async def bad_value(request: Request, error: DataError) -> JSONResponse:
+    async def bad_value(request: Request, error: DataError) -> Response:
         """A parameter the database cannot take (such as a NUL character) is the caller's error."""
-        return JSONResponse({"detail": f"invalid parameter: {error.orig}"}, status_code=422)
+        if _is_api(request):
+            return JSONResponse({"detail": f"invalid parameter: {error.orig}"}, status_code=422)
+        return pages.error_page(request, 400, f"invalid parameter: {error.orig}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        """4xx answers of pages (and unknown paths) as a readable page; the API's stay JSON."""
+        if _is_api(request) or error.status_code < 400:
+            return await http_exception_handler(request, error)
+        return pages.error_page(request, error.status_code, str(error.detail), error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(request: Request, error: RequestValidationError) -> Response:
+        """A page's parameter of the wrong kind is a 400 page naming it; the API keeps FastAPI's 422 JSON."""
+        if _is_api(request):
+            return await request_validation_exception_handler(request, error)
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'][1:])}: {problem['msg']}" for problem in error.errors()
+        )
+        return pages.error_page(request, 400, f"invalid parameter — {problems}")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(DatabaseError)
+    async def database_unreachable(request: Request, error: Exception) -> Response:
+        """A stopped or unreachable database is a 503 that says where it was looked for and what to do."""
+        headline, cause = _database_down(web_settings(), error)
+        if _is_api(request):
+            return JSONResponse({"detail": headline, "cause": cause}, status_code=503)
+        return pages.error_page(request, 503, headline, cause=cause)
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly_js() -> Response:

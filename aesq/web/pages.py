@@ -1,8 +1,10 @@
 """The dashboard's pages: leaderboard, comparison of two versions, trends and defects, galleries, one
-asset, reports. Server-rendered from the same reads as the JSON API; charts are drawn by plotly.js."""
+asset, failures, reports. Server-rendered from the same reads as the JSON API; charts are drawn by plotly.js.
+Unknown versions, scorers, generators and assets are 404 pages, malformed parameters 400 pages."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -16,11 +18,28 @@ from aesq.analysis import nightly_report
 from aesq.analysis import versions as version_reads
 from aesq.core import assets as asset_reads
 from aesq.core.config import Settings
-from aesq.core.storage import load_file
+from aesq.core.pipeline_status import failure_reasons
+from aesq.core.storage import SourceError, load_file
 from aesq.web.deps import SettingsDep
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+FAILURE_EXAMPLES = 5  # examples per reason on the failures page
+
+
+def error_page(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None, cause: str = ""
+) -> HTMLResponse:
+    """An error as a dashboard page: what went wrong in one line, with the navigation to go on from."""
+    titles = {400: "Bad request", 404: "Not found", 503: "Database unavailable"}
+    context = {"status": status, "title": titles.get(status, "Error"), "message": message, "cause": cause, "page": ""}
+    return templates.TemplateResponse(request, "error.html", context, status_code=status, headers=dict(headers or {}))
+
+
+def _known(value: str | None, allowed: Collection[str], what: str) -> None:
+    """A 404 naming the value when a page is asked for a version, scorer or generator the database does not have."""
+    if value is not None and value not in allowed:
+        raise HTTPException(404, f"no {what} {value!r} (known: {', '.join(sorted(allowed)) or 'none yet'})")
 
 
 def _blank_is_none(value: str | None) -> str | None:
@@ -29,17 +48,19 @@ def _blank_is_none(value: str | None) -> str | None:
 
 
 def _date(value: str | None, name: str) -> date | None:
-    """A form's date field, or a 422 naming the field."""
+    """A form's date field, or a 400 naming the field."""
     if not value:
         return None
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise HTTPException(422, f"{name}: not a date (YYYY-MM-DD): {value!r}") from None
+        raise HTTPException(400, f"{name}: not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def _default_scorer(settings: Settings, options: dict[str, list[str]], scorer: str | None) -> str:
-    """The scorer a page shows: the one asked for, else the first with statistics, else the first enabled."""
+    """The scorer a page shows: the one asked for (404 when unknown), else the first with statistics, else the first
+    enabled."""
+    _known(scorer, {*options["scorers"], *settings.enabled_scorers}, "scorer")
     return scorer or (options["scorers"][0] if options["scorers"] else settings.enabled_scorers[0])
 
 
@@ -56,7 +77,10 @@ def leaderboard(
     """Versions ranked by mean with intervals, under the chosen filters."""
     options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
+    _known(_blank_is_none(generator), options["generators"], "generator")
     first, last = _date(since, "since"), _date(until, "until")
+    if first and last and first > last:
+        raise HTTPException(400, f"the date range is empty: from {first} is after to {last}")
     rows = version_reads.leaderboard(
         settings, scorer, _blank_is_none(generator), _blank_is_none(source_kind), first, last
     )
@@ -79,13 +103,20 @@ def compare(
     a: Annotated[str | None, Query()] = None,
     b: Annotated[str | None, Query()] = None,
     scorer: str | None = None,
+    version: Annotated[list[str] | None, Query(description="two versions picked on the leaderboard: A, then B")] = None,
 ) -> Response:
     """Two versions side by side: distributions, the comparison's statistics, paired image strips."""
     options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     versions = options["versions"]
-    a = a or (versions[0] if versions else None)
-    b = b or (versions[1] if len(versions) > 1 else None)
+    if version is not None:
+        if len(version) != 2:
+            raise HTTPException(400, f"pick exactly two versions to compare ({len(version)} picked)")
+        a, b = version
+    a = _blank_is_none(a) or (versions[0] if versions else None)
+    b = _blank_is_none(b) or (versions[1] if len(versions) > 1 else None)
+    _known(a, versions, "version")
+    _known(b, versions, "version")
     context: dict[str, Any] = {
         "options": options,
         "a": a,
@@ -113,6 +144,7 @@ def trends(
     """Daily mean per version, and the defect breakdown per version."""
     options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
+    _known(_blank_is_none(generator), options["generators"], "generator")
     series = {
         version: {"days": [d.isoformat() for d, _, _ in points], "means": [m for _, m, _ in points]}
         for version, points in version_reads.daily_means(settings, scorer, generator or None).items()
@@ -138,7 +170,8 @@ def gallery(
     try:
         name, version_name = asset_reads.split_version(version) if version else (None, None)
     except ValueError as error:
-        raise HTTPException(422, str(error)) from None
+        raise HTTPException(400, str(error)) from None
+    _known(_blank_is_none(version), options["versions"], "version")
     filters = asset_reads.AssetFilter(
         scorer, name, version_name, defect=(defect or "*") if show == "defective" else None
     )
@@ -158,6 +191,18 @@ def asset(request: Request, settings: SettingsDep, asset_id: int) -> Response:
         raise HTTPException(404, str(error)) from None
     context = {"asset": detail, "neighbours": asset_reads.neighbours(settings, asset_id), "page": "asset"}
     return templates.TemplateResponse(request, "asset.html", context)
+
+
+@router.get("/failures", response_class=HTMLResponse)
+def failures(request: Request, settings: SettingsDep, source: str | None = None) -> Response:
+    """Failed assets by reason, most frequent first, with a few examples linking to their asset pages."""
+    source = _blank_is_none(source)
+    try:
+        reasons = failure_reasons(settings, source, examples=FAILURE_EXAMPLES)
+    except SourceError as error:
+        raise HTTPException(400, str(error)) from None
+    context = {"reasons": reasons, "source": source or "", "sources": settings.sources, "page": "failures"}
+    return templates.TemplateResponse(request, "failures.html", context)
 
 
 @router.get("/reports", response_class=HTMLResponse)

@@ -149,3 +149,15 @@ class ReportOut(BaseModel):
     id: int
     created_at: datetime
     location: str
+
+
+class FailureExampleOut(BaseModel):
+    asset_id: int | None
+    location: str
+    error: str
+
+
+class FailureReasonOut(BaseModel):
+    reason: str
+    count: int
+    examples: list[FailureExampleOut]

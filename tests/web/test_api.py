@@ -198,20 +198,40 @@ def test_a_configured_token_is_required(demo_settings, monkeypatch):
 @pytest.mark.parametrize(
     ("path", "status", "message"),
     [
-        ("/?since=yesterday", 422, "since: not a date"),
-        ("/?source_kind=painted", 422, "generated"),
-        ("/gallery?version=nocolon", 422, "NAME:VERSION"),
-        ("/gallery?offset=-1", 422, "greater than or equal to 0"),
+        ("/?since=yesterday", 400, "since: not a date"),
+        ("/?since=2026-03-02&until=2026-03-01", 400, "the date range is empty"),
+        ("/?source_kind=painted", 400, "generated"),
+        ("/?scorer=nosuch", 404, "no scorer &#39;nosuch&#39;"),
+        ("/?generator=nobody", 404, "no generator &#39;nobody&#39;"),
+        ("/gallery?version=nocolon", 400, "NAME:VERSION"),
+        ("/gallery?version=nobody:1", 404, "no version &#39;nobody:1&#39;"),
+        ("/gallery?offset=-1", 400, "greater than or equal to 0"),
         ("/assets/999999", 404, "no asset 999999"),
+        ("/assets/abc", 400, "valid integer"),
         ("/reports/12345", 404, "no report 12345"),
-        ("/compare?a=nobody:1&b=demo-diffusion:v1.0-base&scorer=technical", 200, "no technical scores for version"),
+        ("/compare?a=nobody:1&b=demo-diffusion:v1.0-base&scorer=technical", 404, "no version &#39;nobody:1&#39;"),
+        ("/compare?version=demo-diffusion:v1.0-base", 400, "pick exactly two versions to compare (1 picked)"),
+        ("/trends?scorer=nosuch", 404, "no scorer &#39;nosuch&#39;"),
+        ("/failures?source=s3://x", 400, "at least 3 characters"),
+        ("/no/such/page", 404, "Not Found"),
         ("/?since=&until=&generator=&source_kind=", 200, "demo-diffusion:v1.0-base"),  # an untouched form
     ],
 )
-def test_pages_answer_bad_parameters_with_a_4xx_or_a_message(client, path, status, message):
+def test_pages_answer_bad_parameters_with_an_html_error_page(client, path, status, message):
     response = client.get(path)
     assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
     assert message in response.text
+    assert ('id="error-message"' in response.text) == (status >= 400)  # the dashboard's own page, with its nav
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/no/such", "/api/assets/999999", "/api/assets/abc", "/api/failures?source=s3://x"]
+)
+def test_the_api_answers_errors_as_json(client, path):
+    response = client.get(path)
+    assert response.status_code in (404, 422) and response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]
 
 
 def test_comparisons_are_kept_until_the_scores_change_and_pages_past_the_end_keep_the_total(client, demo_settings):

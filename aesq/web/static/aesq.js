@@ -11,7 +11,8 @@ const charts = {
       error_y: { type: "data", symmetric: false,
         array: rows.map(r => r.mean_high === null ? 0 : r.mean_high - r.mean),
         arrayminus: rows.map(r => r.mean_low === null ? 0 : r.mean - r.mean_low) },
-    }], layout({ yaxis: { title: "mean (95 % interval)" } }), { displayModeBar: false });
+    }], layout({ xaxis: { range: [-0.5, rows.length - 0.5] }, yaxis: { title: "mean (95 % interval)" } }),
+    { displayModeBar: false });
   },
   distributions(id) {
     const histograms = chartData(id);
@@ -22,7 +23,50 @@ const charts = {
   trend(id) {
     const series = chartData(id);
     const traces = Object.entries(series).map(([version, s]) => ({ type: "scatter", mode: "lines+markers", name: version, x: s.days, y: s.means }));
-    Plotly.newPlot(id, traces, layout({ yaxis: { title: "daily mean" } }), { displayModeBar: false });
+    Plotly.newPlot(id, traces, layout({ xaxis: dayAxis(Object.values(series).flatMap(s => s.days)),
+      yaxis: { title: "daily mean" }, showlegend: true }), { displayModeBar: false });
   },
 };
+
+// A date axis over whole days, padded by a day each side: one day of data shows as that day between its neighbours,
+// not as milliseconds around midnight; a few days get one tick each.
+const DAY_MS = 86400000;
+function dayAxis(days) {
+  const times = days.map(day => Date.parse(day + "T00:00:00Z"));
+  const first = Math.min(...times), last = Math.max(...times);
+  const iso = (ms) => new Date(ms).toISOString().slice(0, 10);
+  const axis = { type: "date", range: [iso(first - DAY_MS), iso(last + DAY_MS)], tickformat: "%Y-%m-%d" };
+  return (last - first) / DAY_MS <= 14 ? Object.assign(axis, { dtick: DAY_MS, tick0: iso(first) }) : axis;
+}
+
+// The leaderboard's picks, in the order they were made: the first is A, the second B.
+function pickVersions(form) {
+  const boxes = [...document.querySelectorAll(`input[form="${form.id}"][name="version"]`)];
+  const picked = boxes.filter(box => box.checked).map(box => box.value);
+  const button = form.querySelector("button"), status = document.getElementById("picked-count");
+  const update = () => {
+    button.disabled = picked.length !== 2;
+    status.textContent = [
+      "pick two versions: the first you pick is A, the second B",
+      `A: ${picked[0]} · now pick B`,
+      `A: ${picked[0]} · B: ${picked[1]}`,
+    ][picked.length] ?? `pick only two versions (${picked.length} picked)`;
+  };
+  boxes.forEach(box => box.addEventListener("change", () => {
+    const at = picked.indexOf(box.value);
+    if (box.checked && at < 0) picked.push(box.value);
+    if (!box.checked && at >= 0) picked.splice(at, 1);
+    update();
+  }));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (picked.length !== 2) return;
+    const query = new URLSearchParams({ a: picked[0], b: picked[1], scorer: form.elements.scorer.value });
+    window.location.assign(form.action + "?" + query);
+  });
+  update();
+}
+
 document.querySelectorAll("[data-chart]").forEach(el => charts[el.dataset.chart](el.id));
+const pickForm = document.getElementById("pick");
+if (pickForm) pickVersions(pickForm);
