@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from aesq.cli.output import FittedTable, notice, output_console, scientific
 from aesq.core import database
 from aesq.core.config import Settings, UnknownPool, get_settings
 
@@ -31,8 +31,25 @@ db_app = typer.Typer(help="Manage the database (schema migrations, embedded serv
 app.add_typer(db_app, name="db")
 bench_app = typer.Typer(help="Benchmark scorers against human labels.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-# Piped output is not cut to 80 columns, so tables stay readable in logs and CI.
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = output_console()
+
+
+def _print_version(asked: bool) -> None:
+    """`aesq --version`: the installed package's version, then exit."""
+    if asked:
+        from importlib.metadata import version
+
+        console.print(f"aesq {version('aesq')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Show aesq's version and exit.")
+    ] = False,
+) -> None:
+    """aesq: aesthetic data quality for generated and crawled images."""
 
 
 class CliError(Exception):
@@ -76,19 +93,27 @@ def _exit_by_signal(signum: int) -> None:
 
 
 def _ready_settings() -> Settings:
-    """Valid settings with a database at the current schema (the embedded one is migrated automatically)."""
+    """Valid settings with a database at the current schema: the embedded one is started and migrated
+    automatically, saying so first; a schema already current costs one query (no Alembic)."""
+    from aesq.cli.revisions import head_revision, stored_revision
     from aesq.core.scoring import check_model_names
 
     settings = get_settings()
     check_model_names(settings)
-    if settings.database_url is None:
+    embedded = settings.database_url is None
+    if embedded and not (database.embedded_data_dir(settings) / "postmaster.pid").exists():
+        notice(f"starting the embedded Postgres in {database.embedded_data_dir(settings)}…")
+    head = head_revision()
+    if head is not None and stored_revision(settings) == head:
+        return settings
+    if embedded:
+        notice(f"migrating the database to {head or 'the newest revision'}…")
         database.upgrade(settings=settings)
-    else:
-        from alembic.script import ScriptDirectory
+        return settings
+    from alembic.script import ScriptDirectory
 
-        head = ScriptDirectory(str(database.MIGRATIONS_DIR)).get_current_head()
-        if database.current_revision(settings) != head:
-            raise CliError("the database schema is not current: run `aesq db upgrade`")
+    if database.current_revision(settings) != ScriptDirectory(str(database.MIGRATIONS_DIR)).get_current_head():
+        raise CliError("the database schema is not current: run `aesq db upgrade`")
     return settings
 
 
@@ -219,14 +244,22 @@ def _run_with_progress(
             done, total = source_progress(settings, opened.storage, opened.bucket, opened.prefix)
         except SQLAlchemyError:
             return
-        progress.update(bar, completed=done, total=total or None)
+        if total:
+            progress.update(
+                bar, description=f"scoring {opened.uri}", completed=done, total=total, count=f"{done}/{total}"
+            )
 
     # In this thread's context, so the flow run sees the Prefect settings of the entry point.
     worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="aesq-run")
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}", markup=False, style="bold"),
+        BarColumn(),
+        TextColumn("{task.fields[count]}", markup=False),
+        TimeElapsedColumn(),
+    )
     try:
         with _run_logs_off_terminal(verbose), Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task(f"scoring {opened.uri}", total=None)
+            bar = progress.add_task(f"listing {opened.uri}…", total=None, count="")
             worker.start()
             while worker.is_alive():
                 worker.join(0.5)
@@ -253,17 +286,24 @@ def _give_back_claims(settings: Settings) -> None:
         pass
 
 
-def _comparison_table(settings: Settings, scorer: str | None) -> Table:
-    """The version comparison as a rich table."""
+def _print_table(table: FittedTable) -> None:
+    """A table as wide as the terminal allows (see FittedTable.render)."""
+    console.print(table.render(console))
+
+
+def _comparison_table(settings: Settings, scorer: str | None) -> FittedTable:
+    """The version comparison; an error naming the scorers with figures when `scorer` has none."""
     from aesq.analysis.versions import version_statistics
 
-    table = Table(title="Generator versions (best mean first per scorer)")
-    table.add_column("generator:version", no_wrap=True)
-    table.add_column("kind")
-    table.add_column("scorer")
-    for column in ("n", "mean", "95% interval", "std", "median", "p10", "p90", "≥ threshold"):
-        table.add_column(column, justify="right")
-    for row in version_statistics(settings, scorer):
+    headers = ("generator:version", "kind", "scorer", "n", "mean", "95% interval", "std", "median", "p10", "p90")
+    table = FittedTable(
+        (*headers, "≥ threshold"), "Generator versions (best mean first per scorer)", frozenset(range(3, 11))
+    )
+    rows = version_statistics(settings, scorer)
+    if scorer is not None and not rows:
+        scored = sorted({row["scorer"] for row in version_statistics(settings, None)})
+        raise CliError(f"no figures for scorer {scorer!r}; scorers with figures: {', '.join(scored) or 'none yet'}")
+    for row in rows:
         share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
         interval = "—" if row["mean_low"] is None else f"[{row['mean_low']:.2f}, {row['mean_high']:.2f}]"
         table.add_row(
@@ -292,7 +332,7 @@ def run(
     with _quiet_prefect(verbose), _prefect_client_retries():
         _run_with_progress(settings, source, verbose)
     _print_status(settings)
-    console.print(_comparison_table(settings, None))
+    _print_table(_comparison_table(settings, None))
 
 
 def _print_status(settings: Settings) -> None:
@@ -328,32 +368,29 @@ def compare(
     """Table of generator versions side by side; with versions A B [C ...], the statistics of B (C, ...) against A."""
     settings = _ready_settings()
     if not versions:
-        console.print(_comparison_table(settings, scorer))
+        _print_table(_comparison_table(settings, scorer))
         return
-    from aesq.analysis.versions import compare_versions
+    from aesq.analysis.versions import compare_versions, version_statistics
     from aesq.core.assets import NotFound
 
     scorer = scorer or settings.enabled_scorers[0]
+    known = {f"{row['generator']}:{row['version']}" for row in version_statistics(settings, scorer)}
+    if unknown := [version for version in versions if ":" in version and version not in known]:
+        raise CliError(
+            f"no {scorer} scores for version {unknown[0]!r}; versions with {scorer} scores: "
+            + (", ".join(sorted(known)) or "none yet")
+        )
     try:
         comparison = compare_versions(settings, versions, scorer, correction)
     except (ValueError, NotFound) as error:
         raise CliError(str(error)) from None
     baseline = versions[0]
-    table = Table(title=f"{scorer}: each version against {baseline}")
-    for column in (
-        "version",
-        "n",
-        "mean diff",
-        "95% interval",
-        "Mann-Whitney p",
-        "effect",
-        "adjusted p",
-        "pairs",
-        "paired diff",
-        "Wilcoxon p",
-        "B better",
-    ):
-        table.add_column(column)
+    headers = ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p", "pairs")
+    table = FittedTable(
+        (*headers, "paired diff", "Wilcoxon p", "B better"),
+        f"{scorer}: each version against {baseline}",
+        frozenset(range(1, 11)),
+    )
     for version, result in comparison.results.items():
         interval = result.difference_interval
         paired = result.paired
@@ -362,15 +399,15 @@ def compare(
             str(result.count_b),
             f"{result.mean_difference:+.3f}",
             f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
-            _number(result.mann_whitney_p, 4),
+            scientific(result.mann_whitney_p),
             _number(result.effect_size),
-            _number(result.adjusted_p, 4),
+            scientific(result.adjusted_p),
             str(paired.pairs) if paired else str(comparison.pair_counts[version]),
             f"{paired.mean_difference:+.3f}" if paired else "—",
-            _number(paired.wilcoxon_p, 4) if paired else "—",
+            scientific(paired.wilcoxon_p) if paired else "—",
             f"{paired.share_b_better:.0%}" if paired else "—",
         )
-    console.print(table)
+    _print_table(table)
     for version, result in comparison.results.items():
         if result.too_few:
             console.print(f"{version}: {result.too_few}")
@@ -390,14 +427,12 @@ def top(
     rows = top_assets(settings, name, version or None, scorer or settings.enabled_scorers[0], n)
     if not rows:
         raise CliError(f"no scored assets for generator {generator!r}")
-    table = Table(title=f"Top {n} of {generator}")
-    for column in ("id", "version", "score", "object", "prompt"):
-        table.add_column(column)
+    table = FittedTable(("object", "id", "version", "score", "prompt"), f"Top {n} of {generator}", frozenset({1, 3}))
     for row in rows:
         table.add_row(
-            str(row["id"]), row["version"], f"{row['value']:.2f}", f"{row['bucket']}/{row['key']}", row["prompt"] or ""
+            f"{row['bucket']}/{row['key']}", str(row["id"]), row["version"], f"{row['value']:.2f}", row["prompt"] or ""
         )
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -407,17 +442,24 @@ def similar(
     embedder: Annotated[str | None, typer.Option(help="default: the first enabled")] = None,
 ) -> None:
     """Nearest neighbours of an asset by embedding (pgvector HNSW)."""
-    from aesq.core.assets import nearest_assets
+    from aesq.core.assets import NotFound, asset_detail, neighbours
 
     settings = _ready_settings()
+    embedder = embedder or next(iter(settings.enabled_embedders), None)
     try:
-        neighbours = nearest_assets(settings, asset_id, embedder or settings.enabled_embedders[0], n)
+        nearest = neighbours(settings, asset_id, embedder, n)
+    except NotFound:
+        raise CliError(f"no such asset {asset_id}") from None
     except ValueError as error:
         raise CliError(str(error)) from None
-    if not neighbours:
-        raise CliError(f"asset {asset_id} has no embedding")
-    for neighbour, distance in neighbours:
-        console.print(f"{neighbour}\t{distance:.4f}")
+    if not nearest:
+        raise CliError(f"asset {asset_id} has no {embedder or 'indexed'} embedding")
+    table = FittedTable(("key", "id", "version", "distance"), f"Nearest to asset {asset_id}", frozenset({1, 3}))
+    for neighbour in nearest:
+        found = asset_detail(settings, neighbour["id"])
+        version = f"{found['generator']}:{found['version']}" if found["generator"] else "—"
+        table.add_row(found["key"], str(neighbour["id"]), version, f"{neighbour['distance']:.4f}")
+    _print_table(table)
 
 
 @app.command()
@@ -436,18 +478,20 @@ def demo(
     with _quiet_prefect(verbose):
         _run_with_progress(settings, str(folder), verbose)
         _print_status(settings)
-        console.print(_comparison_table(settings, None))
-        console.print(f"defect analysis: {defects_flow()} defects recorded on low scorers")
-        console.print(f"report: {report_flow()}")
+        _print_table(_comparison_table(settings, None))
+        with _run_logs_off_terminal(verbose):
+            console.print(f"defect analysis: {defects_flow()} defects recorded on low scorers")
+        with _run_logs_off_terminal(verbose):
+            console.print(f"report: {report_flow()}")
 
 
 @app.command()
-def defects(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def defects(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False) -> None:
     """Analyse the low scorers (AESQ_DEFECT_RULES) not analysed since they were scored."""
     from aesq.flows.followup import defects_flow
 
     _ready_settings()
-    with _quiet_prefect(verbose):
+    with _quiet_prefect(verbose), _run_logs_off_terminal(verbose):
         console.print(f"{defects_flow()} defects recorded")
 
 
@@ -462,7 +506,7 @@ def report(
     from aesq.flows.followup import report_flow
 
     settings = _ready_settings()
-    with _quiet_prefect(verbose):
+    with _quiet_prefect(verbose), _run_logs_off_terminal(verbose):
         location = report_flow(days)
     if out is not None:
         out.write_bytes(load_file(location, settings))
@@ -602,14 +646,11 @@ def bench_labels(
     report = label_report(pairs, bootstrap, seed)
 
     console.print(f"{scorer} against human scores: {report.count} images", highlight=False)
-    summary = Table()
-    summary.add_column("metric")
-    summary.add_column("value", justify="right")
-    summary.add_column("95 % CI (bootstrap)", justify="right")
+    summary = FittedTable(("metric", "value", "95 % CI (bootstrap)"), right=frozenset({1, 2}))
     for name, estimate in (("SRCC", report.srcc), ("PLCC", report.plcc)):
         interval = "—" if estimate.low is None else f"[{estimate.low:.3f}, {estimate.high:.3f}]"
         summary.add_row(name, _number(estimate.value), interval)
-    console.print(summary)
+    _print_table(summary)
     if report.slope is not None and report.intercept is not None:
         console.print(
             f"linear fit to the human scale: human ≈ {report.slope:.4g} × {scorer} "
@@ -619,14 +660,11 @@ def bench_labels(
         )
     if report.categories:
         console.print("per category (bias: mean of fitted prediction − human score)")
-        table = Table()
-        table.add_column("category")
-        for column in ("n", "SRCC", "bias"):
-            table.add_column(column, justify="right")
+        table = FittedTable(("category", "n", "SRCC", "bias"), right=frozenset({1, 2, 3}))
         for row in report.categories:
             bias = "—" if row.bias is None else f"{row.bias:+.3f}"
             table.add_row(row.category, str(row.count), _number(row.srcc), bias)
-        console.print(table)
+        _print_table(table)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
 
@@ -645,6 +683,26 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. -1 o
     settings = get_settings()
     database.downgrade(revision, settings=settings)
     console.print(f"database at revision {database.current_revision(settings)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """The revision the database is at, marked (head) when no migration is left to apply."""
+    from aesq.cli.revisions import history, stored_revision
+
+    current = stored_revision(get_settings())
+    heads = {revision.revision for revision in history() if revision.is_head}
+    console.print("none (never migrated)" if current is None else current + (" (head)" if current in heads else ""))
+
+
+@db_app.command("history")
+def db_history() -> None:
+    """Every migration, newest first, the database's current one marked (current)."""
+    from aesq.cli.revisions import history, stored_revision
+
+    current = stored_revision(get_settings())
+    for revision in history():
+        console.print(revision.line(current), highlight=False, markup=False, soft_wrap=True)
 
 
 @db_app.command("start")
@@ -697,13 +755,14 @@ def _one_line(error: BaseException) -> str:
 
 
 def main() -> None:
-    """Entry point: errors become one line on stderr and exit status 1 (AESQ_DEBUG=1 shows tracebacks);
+    """Entry point: usage errors as Click shows them (exit status 2); other errors become one line on stderr and
+    exit status 1 (AESQ_DEBUG=1 shows tracebacks);
     SIGINT and SIGTERM one line too, then the process ends by that signal."""
     for handled in STOP_SIGNALS:
         if signal.getsignal(handled) is not signal.SIG_IGN:  # started with it ignored (nohup, `&`): keep it so
             signal.signal(handled, _stop_on_signal)
     try:
-        app(standalone_mode=False)
+        app()  # usage errors as Click shows them: the usage line, the problem, "Try … --help"; exit status 2
     except Stopped as stopped:
         Console(stderr=True, soft_wrap=True).print(f"[red]aesq:[/red] {stopped}", highlight=False)
         _exit_by_signal(stopped.signum)

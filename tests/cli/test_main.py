@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -54,7 +56,7 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     with database.get_engine(settings).connect() as connection:
         first_scored = connection.execute(sa.text("SELECT min(id) FROM assets WHERE status = 'scored'")).scalar_one()
     similar = runner.invoke(app, ["similar", str(first_scored), "-n", "3"])
-    assert similar.exit_code == 0 and len(similar.output.strip().splitlines()) == 3, similar.output
+    assert similar.exit_code == 0 and sum(line.startswith("│") for line in similar.output.splitlines()) == 3
     assert "defects recorded on low scorers" in result.output
     report = Path(result.output.split("report: ")[1].split()[0])
     assert report.is_file() and "demo-diffusion:v2.0-sft" in report.read_text()
@@ -86,8 +88,8 @@ def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         (["run", "s3://ab"], {}, "an S3 bucket name has at least 3 characters"),
         (["run", "/no/such/folder"], {}, "no such folder"),
         (["status"], {"AESQ_SCORERS": "nope"}, "unknown scorer 'nope'"),
-        (["status"], {"AESQ_BATCH_SIZE": "0"}, "AESQ_BATCH_SIZE: Input should be greater than 0"),
-        (["status"], {"AESQ_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}, "cannot use the database"),
+        (["status"], {"AESQ_BATCH_SIZE": "0"}, "AESQ_BATCH_SIZE: must be greater than 0"),
+        (["status"], {"AESQ_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}, "cannot reach the database at 127.0.0.1:1"),
         (["top", "--generator", "nobody"], {}, "no scored assets for generator 'nobody'"),
         (["worker"], {"AESQ_SOURCES": ""}, "no sources configured"),
         (["bridge", "--listen", "0.0.0.0:8787"], {}, "listening beyond loopback needs AESQ_BRIDGE_TOKEN"),
@@ -292,7 +294,8 @@ def test_a_run_that_fails_says_why_in_one_line(settings):
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at the S3 endpoint"
+        "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at "
+        f"{settings.s3_endpoint} (AESQ_S3_ENDPOINT): create it, or check the source"
     ], result.stderr
 
 
@@ -343,3 +346,141 @@ def test_bench_labels_scores_with_the_named_scorer_also_when_pools_are_configure
         ).all()
     assert outputs == [("score:technical", 6)]
     assert status_counts(settings)["pending"] == len(waiting) == 1
+
+
+# What a command that only reads results must not import: each takes seconds to load.
+HEAVY_MODULES = ("torch", "scipy", "transformers", "prefect")
+_IMPORTS_PROBE = """
+import json, sys
+from aesq.cli.main import main
+sys.argv = ["aesq", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as done:
+    code = done.code
+print(json.dumps({"code": code, "heavy": [name for name in HEAVY if name in sys.modules]}), file=sys.stderr)
+"""
+
+
+def _imports_of(*args: str, preload: str = "sys") -> dict:
+    """Run `aesq ARGS` in a fresh interpreter (after importing `preload`): its exit status and which of
+    HEAVY_MODULES it imported."""
+    probe = f"import {preload}\nHEAVY = {HEAVY_MODULES!r}\n{_IMPORTS_PROBE}"
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    return json.loads(result.stderr.strip().splitlines()[-1])
+
+
+def test_read_only_commands_import_no_ml_or_prefect(demo_settings, tmp_path):
+    with database.get_engine(demo_settings).connect() as connection:
+        scored = connection.execute(sa.text("SELECT min(id) FROM assets WHERE status = 'scored'")).scalar_one()
+    commands = [
+        ["--help"],
+        ["--version"],
+        ["export"],  # a usage error
+        ["status"],
+        ["compare"],
+        ["top", "-g", "demo-diffusion"],
+        ["similar", str(scored)],
+        ["export", "--scorer", "technical", "--out", str(tmp_path / "manifest.jsonl")],
+        ["db", "current"],
+    ]
+    seen = {" ".join(command): _imports_of(*command) for command in commands}
+    assert seen == {
+        " ".join(command): {"code": 2 if command == ["export"] else 0, "heavy": []} for command in commands
+    }, seen
+    assert _imports_of("--help", preload="scipy")["heavy"] == ["scipy"]  # the probe does see an import
+
+
+def test_usage_errors_follow_click(settings):
+    missing = _aesq("export", env={})
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert "Usage: aesq export [OPTIONS]" in missing.stderr and "Try 'aesq export --help' for help." in missing.stderr
+    assert "Missing option '--scorer'" in missing.stderr
+    mistyped = _aesq("statsu", env={})
+    assert mistyped.returncode == 2 and "Did you mean 'status'?" in mistyped.stderr, mistyped.stderr
+    option = _aesq("top", "--generatr", "x", env={})
+    assert option.returncode == 2 and "--generator" in option.stderr and "No such option" in option.stderr
+    version = _aesq("--version", env={})
+    assert version.returncode == 0 and version.stdout == f"aesq {importlib.metadata.version('aesq')}\n"
+
+
+def test_tables_fit_80_columns_and_keep_names_at_120(demo_settings):
+    versions = ["demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"]
+    for command, names in (
+        (["compare"], versions),
+        (["compare", *versions], versions[1:]),
+        (["top", "-g", "demo-diffusion"], ["v2.0-sft", "v1.1-lora"]),
+    ):
+        narrow = _aesq(*command, env={"COLUMNS": "80"})
+        assert narrow.returncode == 0, narrow.stderr
+        lines = narrow.stdout.splitlines()
+        assert all(len(line) <= 80 for line in lines), narrow.stdout
+        assert not re.search(r"(^|[\s│┃])\S{1,3}…", narrow.stdout), narrow.stdout  # no cell cut to a stub
+        assert all(name in narrow.stdout for name in names), narrow.stdout
+    wide = _aesq("compare", env={"COLUMNS": "120"})
+    rows = [line for line in wide.stdout.splitlines() if line.startswith("│ demo-diffusion")]
+    assert [row.split("│")[1].strip() for row in rows] == versions[::-1], wide.stdout
+    assert all(len(line) <= 120 for line in wide.stdout.splitlines()), wide.stdout
+    # p-values in scientific notation when small
+    compared = _aesq("compare", versions[0], versions[2], env={"COLUMNS": "200"})
+    row = next(line for line in compared.stdout.splitlines() if line.startswith("│ demo-diffusion:v2.0-sft"))
+    assert re.fullmatch(r"\d\.\de-\d\d", row.split("│")[5].strip()), compared.stdout
+    assert "0.0000" not in compared.stdout
+
+
+def test_what_does_not_exist_is_an_error_naming_what_does(demo_settings):
+    for args, message in (
+        (["compare", "--scorer", "nosuch"], "no figures for scorer 'nosuch'; scorers with figures: technical"),
+        (
+            ["compare", "demo-diffusion:v1.0-base", "demo-diffusion:v9"],
+            "no technical scores for version 'demo-diffusion:v9'; versions with technical scores: demo-diffusion:v1.0",
+        ),
+        (["similar", "99999"], "no such asset 99999"),
+    ):
+        result = _aesq(*args, env={})
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.startswith("aesq: error: ") and message in result.stderr, result.stderr
+
+
+def test_similar_prints_a_table_and_says_when_an_asset_has_no_embedding(demo_settings):
+    with database.get_engine(demo_settings).connect() as connection:
+        scored = connection.execute(sa.text("SELECT min(id) FROM assets WHERE status = 'scored'")).scalar_one()
+        failed = connection.execute(sa.text("SELECT min(id) FROM assets WHERE status = 'failed'")).scalar_one()
+    similar = _aesq("similar", str(scored), "-n", "3", env={"COLUMNS": "100"})
+    assert similar.returncode == 0, similar.stderr
+    header = next(line for line in similar.stdout.splitlines() if line.startswith("┃"))
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["key", "id", "version", "distance"]
+    rows = [line.split("│")[1:-1] for line in similar.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 3 and all(re.fullmatch(r"0\.\d{4}", row[3].strip()) for row in rows), similar.stdout
+    assert all(row[2].strip().startswith(("demo-diffusion:", "other-model:")) for row in rows), similar.stdout
+    lonely = _aesq("similar", str(failed), env={})
+    assert lonely.returncode == 1 and f"asset {failed} has no efficientnet-lite0 embedding" in lonely.stderr
+
+
+def test_db_current_and_history_read_like_alembic(settings):
+    versions = sorted((Path(__file__).parents[2] / "migrations" / "versions").glob("0*.py"))
+    head = versions[-1].name[:4]
+    current = _aesq("db", "current", env={})
+    assert current.returncode == 0 and current.stdout == f"{head} (head)\n", current.stderr
+    history = _aesq("db", "history", env={"COLUMNS": "300"}).stdout.splitlines()
+    assert len(history) == len(versions)
+    assert history[0].startswith(f"{versions[-2].name[:4]} -> {head} (head) (current), ")
+    assert history[-1].startswith("<base> -> 0001, Initial schema")
+
+
+@pytest.mark.slow
+def test_a_cold_start_says_what_it_does(tmp_path):
+    env = {"AESQ_DATA_DIR": str(tmp_path / "data"), "AESQ_CONFIG": str(tmp_path / "absent.toml")}
+    env = {**{name: value for name, value in os.environ.items() if name != "AESQ_DATABASE_URL"}, **env}
+    try:
+        cold = subprocess.run([AESQ, "status"], capture_output=True, text=True, env=env, timeout=300)
+        warm = subprocess.run([AESQ, "status"], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        subprocess.run([AESQ, "db", "stop"], capture_output=True, env=env, timeout=120)
+    head = sorted((Path(__file__).parents[2] / "migrations" / "versions").glob("0*.py"))[-1].name[:4]
+    assert cold.returncode == 0 and cold.stdout == "assets: none\n", cold.stderr
+    assert cold.stderr.splitlines() == [
+        f"aesq: starting the embedded Postgres in {tmp_path / 'data' / 'postgres'}…",
+        f"aesq: migrating the database to {head}…",
+    ]
+    assert warm.returncode == 0 and warm.stderr == ""
