@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium (Debian `chromium` + `chromium-driver`, driven by Selenium) on the
-scored demo data: the leaderboard, a filter, the comparison page, thumbnails, the asset page."""
+scored demo data: the leaderboard, a filter, picking two versions to compare, the comparison page, thumbnails, the
+asset page, failures, and the charts (trends and the report's) with the demo's one day of data."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 import uvicorn
@@ -14,9 +16,14 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from aesq.analysis.nightly_report import build_report
+from aesq.analysis.report import render_report
+from aesq.analysis.versions import daily_means
+from aesq.core.pipeline_status import failure_reasons
 from aesq.web.app import create_app
 from tests.helpers import defect_shares_from_rows, free_port
 
@@ -110,7 +117,7 @@ def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
     assert len(set(linked)) == 8 and shown not in linked  # the 8 nearest of the 26 other embedded assets
 
 
-def test_trends_and_reports_pages_render(dashboard, browser, demo_settings):
+def test_trends_and_reports_pages_render(dashboard, browser, demo_settings, tmp_path):
     browser.get(dashboard + "/trends?scorer=technical")
     _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#trend .main-svg")))
     shown = [
@@ -123,5 +130,58 @@ def test_trends_and_reports_pages_render(dashboard, browser, demo_settings):
         for row in expected
     ]
     assert ["other-model:v1", "noise", "2", "2", "100.0 %"] in shown  # its two images are random pixels
+
+    # The demo scores everything on one day: the axis is that day between its neighbours, a tick per day.
+    [day] = {day for points in daily_means(demo_settings, "technical").values() for day, _, _ in points}
+    around = [(day + timedelta(days=offset)).isoformat() for offset in (-1, 0, 1)]
+    shown_range = browser.execute_script("return document.getElementById('trend')._fullLayout.xaxis.range")
+    assert [end[:10] for end in shown_range] == [around[0], around[2]]
+    assert [tick.text for tick in browser.find_elements(By.CSS_SELECTOR, "#trend .xtick text")] == around
+    # So is the report's daily-mean chart, rendered by Chromium from the report file.
+    report = tmp_path / "report.html"
+    report.write_text(render_report(build_report(demo_settings)[0]), encoding="utf-8")
+    browser.get(report.as_uri())
+    ticks = browser.find_elements(
+        By.XPATH, "//h2[.='Daily mean']/following-sibling::figure[1]//*[starts-with(@id, 'xtick_')]//*[name()='text']"
+    )
+    assert [tick.text for tick in ticks] == [f"{day + timedelta(days=offset):%b %d}" for offset in (-1, 0, 1)]
     browser.get(dashboard + "/reports")
     assert "No report yet" in browser.page_source
+
+
+def test_pick_two_versions_to_compare_by_keyboard_and_see_failures(dashboard, browser, demo_settings):
+    browser.get(dashboard + "/?source_kind=generated")  # filtered: figures computed now, share above included
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.version-row")
+    assert len(rows) == 4 and all(row.find_elements(By.TAG_NAME, "td")[-1].text.endswith(" %") for row in rows)
+    button = browser.find_element(By.ID, "compare-picked")
+    assert not button.is_enabled()
+    for version in ("demo-diffusion:v2.0-sft", "demo-diffusion:v1.0-base"):  # picked in this order: A, then B
+        box = browser.find_element(By.CSS_SELECTOR, f'input[name="version"][value="{version}"]')
+        browser.execute_script("arguments[0].focus()", box)
+        box.send_keys(Keys.SPACE)
+    assert browser.find_element(By.ID, "picked-count").text == (
+        "A: demo-diffusion:v2.0-sft · B: demo-diffusion:v1.0-base"
+    )
+    button.send_keys(Keys.ENTER)
+    _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#comparison .version-a")))
+    assert browser.find_element(By.CSS_SELECTOR, "#comparison .version-a").text == "demo-diffusion:v2.0-sft"
+    assert browser.find_element(By.CSS_SELECTOR, "#comparison .version-b").text == "demo-diffusion:v1.0-base"
+    sides = browser.find_elements(By.CSS_SELECTOR, ".pair .side")
+    assert len(sides) == 16 and [side.find_element(By.CLASS_NAME, "tag").text for side in sides] == ["A", "B"] * 8
+    assert all(
+        side.find_element(By.TAG_NAME, "img").get_attribute("alt").startswith(label)
+        for side, label in zip(sides, ["A (demo-diffusion:v2.0-sft)", "B (demo-diffusion:v1.0-base)"] * 8)
+    )
+
+    browser.find_element(By.LINK_TEXT, "failures").click()
+    _wait(browser, expected_conditions.presence_of_element_located((By.ID, "failures")))
+    reasons = failure_reasons(demo_settings, examples=5)
+    assert reasons  # the demo's crawled folder holds a truncated file
+    assert [
+        [cell.text for cell in row.find_elements(By.TAG_NAME, "td")[:2]]
+        for row in browser.find_elements(By.CSS_SELECTOR, "tr.failure-reason")
+    ] == [[reason.reason, str(reason.count)] for reason in reasons]
+    example = reasons[0].examples[0]
+    browser.find_element(By.LINK_TEXT, example.location).click()
+    _wait(browser, expected_conditions.presence_of_element_located((By.ID, "asset-failure")))
+    assert browser.current_url.endswith(f"/assets/{example.asset_id}") and example.error in browser.page_source
