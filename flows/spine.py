@@ -4,8 +4,8 @@ Every flow takes its work by claims (aesq/core/claims.py), so any number of runs
 can run at once on the same source: each batch is fetched and scored by one of them.
 
 A flow is an entry point: it reads the settings once when it starts and hands them to its tasks. Its own
-parameters are only what a run may change (a source, a run's scorers): flow parameters are stored by the
-Prefect API, and the settings hold secrets.
+parameters are only what a run may change (a source, a run's scorers, its namespace): flow parameters are
+stored by the Prefect API, and the settings hold secrets.
 """
 
 import time
