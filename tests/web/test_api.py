@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import asdict
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from PIL import Image
 
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
+from aesq.core.pipeline_status import failure_reasons
 from aesq.core.tables import Critique
 from aesq.web.app import create_app
 from tests.helpers import defect_shares_from_rows
@@ -166,6 +168,16 @@ def test_invalid_parameters_get_a_4xx_with_a_message(client, path, params, statu
     assert message in response.text
 
 
+def test_failures_by_reason_with_examples(client, demo_settings):
+    expected = [asdict(reason) for reason in failure_reasons(demo_settings, examples=1)]
+    assert expected and client.get("/api/failures", params={"examples": 1}).json() == expected
+    demo = str(demo_settings.data_dir / "demo")
+    assert client.get("/api/failures", params={"source": demo}).json() == [
+        asdict(reason) for reason in failure_reasons(demo_settings, demo)
+    ]
+    assert client.get("/api/failures", params={"source": str(demo_settings.data_dir / "elsewhere")}).json() == []
+
+
 def test_openapi_describes_every_endpoint(client):
     paths = client.get("/openapi.json").json()["paths"]
     for path in (
@@ -177,6 +189,7 @@ def test_openapi_describes_every_endpoint(client):
         "/api/assets/{asset_id}/thumbnail",
         "/api/reports",
         "/api/trends",
+        "/api/failures",
     ):
         assert path in paths
     assert not any(path.startswith("/gallery") for path in paths)  # pages are not API
