@@ -7,12 +7,12 @@ from prefect import Task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from aesq.core.scoring import UnknownModel
-from aesq.core.storage import SourceError
+from aesq.core.config import ConfigurationError
 
-# Errors a retry cannot fix: bad configuration or arguments, missing model weights.
+# Errors a retry cannot fix: bad configuration or arguments (an unknown model or pool, a missing bucket or
+# folder, refused credentials, a device torch does not have), missing model weights.
 # Everything else (network, database) is retried.
-_PERMANENT = (SourceError, UnknownModel, FileNotFoundError)
+_PERMANENT = (ConfigurationError, FileNotFoundError)
 
 
 def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,6 +108,24 @@ def bucket(s3_client: Minio) -> str:
     name = f"test-{uuid.uuid4().hex[:10]}"
     s3_client.make_bucket(name)
     return name
+
+
+@pytest.fixture
+def s3_checks_credentials(s3_endpoint: str) -> Iterator[None]:
+    """The test S3 server refusing every request signed with a key it does not know (all of them) for one test."""
+
+    def require_auth_after(requests: str) -> None:
+        request = urllib.request.Request(
+            f"http://{s3_endpoint}/moto-api/reset-auth", data=requests.encode(), method="POST"
+        )
+        request.add_header("Content-Type", "text/plain")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    require_auth_after("0")
+    try:
+        yield
+    finally:
+        require_auth_after("inf")
 
 
 TABLES = (

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 import platformdirs
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -46,7 +50,15 @@ class DefectRule(BaseModel):
     )
 
 
-class UnknownPool(ValueError):
+class ConfigurationError(ValueError):
+    """Settings or arguments a retry cannot fix (tasks never retry it); the message says what to change."""
+
+
+class SettingsInvalid(ConfigurationError):
+    """A setting whose value cannot be read; the message names the variable (or TOML key) and what it takes."""
+
+
+class UnknownPool(ConfigurationError):
     """A scoring pool name that the settings do not define."""
 
 
@@ -222,7 +234,78 @@ class Settings(BaseSettings):
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_toml_path())
 
 
+_LIST = "names separated by commas or a JSON list"
+# What each setting with structure takes, with an example, for the message about a value that cannot be read.
+_EXPECTED = {
+    "thresholds": 'an object of scorer → number, e.g. {"technical": 5}',
+    "defect_rules": 'an object of scorer → rule, e.g. {"technical": {"below": 5, "bottom_share": 0.1}}',
+    "pools": 'an object of pool → models and device, e.g. {"gpu0": {"scorers": ["ernie-aes"], "device": "cuda:0"}}',
+    "sources": f"{_LIST}, e.g. s3://images/raw,/data/images",
+    "ordered_sources": f"{_LIST}, e.g. s3://images/raw,/data/images",
+    "scorers": f"{_LIST}, e.g. technical,ernie-aes",
+    "embedders": f"{_LIST}, e.g. efficientnet-lite0,clip-vit-l-14",
+    "critique_aspects": f"{_LIST}, e.g. composition,lighting",
+}
+
+
+def _setting_name(field: str) -> str:
+    """How the user set `field`: its environment variable when one is set, else its key in the TOML file."""
+    variable = f"AESQ_{field}".upper()
+    if any(name.upper() == variable for name in os.environ):
+        return variable
+    return f"{field} in {_toml_path()}"
+
+
+def _expected(field: str, separator: str) -> str:
+    """What the setting takes, as the end of an error message after `separator`; empty for plain values."""
+    return f"{separator}expected {_EXPECTED[field]}" if field in _EXPECTED else ""
+
+
+def _problem(error: ErrorDetails, field: str) -> str:
+    """One validation problem of a setting, phrased for the user (` is not valid JSON (…)`, `: must be …`)."""
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, json.JSONDecodeError):
+        return f" is not valid JSON ({cause}){_expected(field, ': ')}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+    return f": {message}{_expected(field, '; ')}"
+
+
+def _invalid_values(error: ValidationError) -> str:
+    """Every invalid setting of a validation error, on one line: the variable, what is wrong, what it takes."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        field, *inner = map(str, problem["loc"])
+        where = f" ({'.'.join(inner)})" if inner else ""
+        lines.append(f"{_setting_name(field)}{where}{_problem(problem, field)}")
+    return "; ".join(lines)
+
+
+def _unparsable_value(error: SettingsError) -> str:
+    """A value pydantic-settings could not decode (JSON of a structured setting): the variable, why, what it takes."""
+    named = re.search(r'field "(\w+)"', str(error))
+    if named is None:
+        return " ".join(str(error).split())
+    field = named.group(1)
+    return f"{_setting_name(field)} is not valid JSON ({error.__cause__}){_expected(field, ': ')}"
+
+
+def read_settings() -> Settings:
+    """The settings from the environment and the TOML file; SettingsInvalid names what cannot be read and why."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsInvalid(_invalid_values(error)) from error
+    except SettingsError as error:
+        raise SettingsInvalid(_unparsable_value(error)) from error
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsInvalid(
+            f"{_toml_path()} is not valid TOML ({error}): fix it, or set AESQ_CONFIG to another file"
+        ) from error
+
+
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
-    return Settings()
+    return read_settings()

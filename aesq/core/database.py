@@ -18,7 +18,7 @@ from typing import cast
 
 import psycopg
 from pgvector.psycopg import register_vector
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
@@ -31,10 +31,16 @@ MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 DEFAULT_POOL_SIZE: int = Settings.model_fields["database_pool_size"].default
 # How long a thread waits for a free connection when all of the pool's are in use.
 POOL_TIMEOUT_SECONDS = 30.0
+# How long psycopg waits for a server to accept a connection, unless the URL says (connect_timeout=...).
+CONNECT_TIMEOUT_SECONDS = 5
 
 
 class DatabaseError(RuntimeError):
     """The database cannot be reached or prepared; the message says why."""
+
+
+class DatabaseUnreachable(DatabaseError):
+    """No connection could be made to the database; the message says where and what to do."""
 
 
 class PoolExhausted(sa_exc.TimeoutError):
@@ -129,6 +135,7 @@ def _engine(url: str, pool_size: int) -> Engine:
         max_overflow=pool_size,
         pool_timeout=POOL_TIMEOUT_SECONDS,
         pool_pre_ping=True,
+        connect_args={} if "connect_timeout" in sa_url.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
 
     @event.listens_for(created, "connect")
@@ -166,6 +173,42 @@ def raw_connection(settings: Settings) -> Iterator[psycopg.Connection]:
         connection.close()
 
 
+def _unreachable(url: str, settings: Settings, error: sa_exc.OperationalError) -> DatabaseUnreachable:
+    """Why no connection could be made, where to, and what to do; never the password."""
+    cause = " ".join(str(error.orig).split())
+    if not settings.database_url:
+        return DatabaseUnreachable(
+            f"cannot reach the embedded Postgres in {embedded_data_dir(settings)} ({cause}): "
+            "restart it with `aesq db stop` and `aesq db start`"
+        )
+    address = make_url(url)
+    where = f"{address.host or address.query.get('host') or 'localhost'}:{address.port or 5432}"
+    if getattr(error.orig, "sqlstate", None) or "FATAL:" in cause:  # the server answered: it refused the login
+        return DatabaseUnreachable(f"the database at {where} (AESQ_DATABASE_URL) refused the connection: {cause}")
+    return DatabaseUnreachable(
+        f"cannot reach the database at {where} (AESQ_DATABASE_URL): is Postgres running? ({cause})"
+    )
+
+
+@contextmanager
+def connect(settings: Settings) -> Iterator[Connection]:
+    """A connection of the settings' engine; when none can be made, DatabaseUnreachable (in a few seconds) says
+    where and what to do. For the first connection of a command, so that is what the user reads."""
+    url = database_url(settings)
+    try:
+        connection = engine(url, settings.database_pool_size).connect()
+    except sa_exc.OperationalError as error:
+        raise _unreachable(url, settings, error) from error
+    with connection:
+        yield connection
+
+
+def _reachable_url(settings: Settings) -> str:
+    """The database's URL, once a connection to it was made (it stays pooled); DatabaseUnreachable if none can be."""
+    with connect(settings):
+        return database_url(settings)
+
+
 def _alembic_config(url: str):
     """An Alembic config pointing at the migrations shipped with aesq."""
     from alembic.config import Config
@@ -180,7 +223,7 @@ def upgrade(revision: str = "head", *, settings: Settings) -> None:
     """Apply migrations up to `revision`."""
     from alembic import command
 
-    url = database_url(settings)
+    url = _reachable_url(settings)
     command.upgrade(_alembic_config(url), revision)
     _dispose(url, settings)  # pooled connections made before the extension existed lack the vector types
 
@@ -189,7 +232,7 @@ def downgrade(revision: str = "base", *, settings: Settings) -> None:
     """Revert migrations down to `revision`."""
     from alembic import command
 
-    url = database_url(settings)
+    url = _reachable_url(settings)
     command.downgrade(_alembic_config(url), revision)
     _dispose(url, settings)
 
@@ -198,5 +241,5 @@ def current_revision(settings: Settings) -> str | None:
     """The revision the database is at (None when never migrated)."""
     from alembic.runtime.migration import MigrationContext
 
-    with get_engine(settings).connect() as connection:
+    with connect(settings) as connection:
         return MigrationContext.configure(connection).get_current_revision()

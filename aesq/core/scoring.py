@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aesq.core import claims
 from aesq.core.claims import lease_assets, log_work, release_assets, renew_assets
-from aesq.core.config import Settings
+from aesq.core.config import ConfigurationError, Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Cause, Unreadable, fetch_assets
 from aesq.core.storage import StorageUnavailable, one_line, open_source, parse_location
@@ -45,8 +45,41 @@ models_in_use = threading.Lock()  # one batch at a time runs this process's mode
 _loading = threading.Lock()
 
 
-class UnknownModel(ValueError):
+class UnknownModel(ConfigurationError):
     """A scorer or embedder name in the settings that aesq does not have."""
+
+
+class DeviceUnavailable(ConfigurationError):
+    """The torch device the models are to run on does not exist here."""
+
+
+def check_device(settings: Settings, named: str = "AESQ_DEVICE") -> None:
+    """Fail before any work when this process's models cannot run on the configured device (`named` is where
+    the user set it); torch is imported only for a device other than the CPU. With scoring pools this process
+    runs no models: their workers check their own devices."""
+    device = settings.device
+    if device == "cpu" or settings.pools:
+        return
+    import torch
+
+    try:
+        kind, index = torch.device(device).type, torch.device(device).index
+    except RuntimeError:
+        raise DeviceUnavailable(f"{named}={device} is not a torch device: use cpu, cuda, cuda:N or mps") from None
+    if kind == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise DeviceUnavailable(
+                f"{named}={device}: torch here has no CUDA (CPU-only build); set {named}=cpu or install a CUDA build"
+            )
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise DeviceUnavailable(f"{named}={device}: torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES?)")
+        if index is not None and index >= count:
+            raise DeviceUnavailable(
+                f"{named}={device}: there are only {count} CUDA devices (cuda:0 to cuda:{count - 1})"
+            )
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"{named}={device}: torch has no MPS device here; set {named}=cpu")
 
 
 @dataclass(frozen=True)
@@ -83,6 +116,7 @@ def loaded_scorer(name: str, settings: Settings) -> Scorer:
     """One scorer of the settings, loaded once per process (shared with scoring)."""
     if name not in SCORERS:
         raise UnknownModel(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
+    check_device(settings)
     with _loading:
         return _loaded("scorer", name, settings.weights_dir, settings.device)  # type: ignore[return-value]
 
@@ -90,6 +124,7 @@ def loaded_scorer(name: str, settings: Settings) -> Scorer:
 def load_models(settings: Settings) -> tuple[list[Scorer], list[Embedder]]:
     """The enabled scorers and embedders, loaded once per process."""
     check_model_names(settings)
+    check_device(settings)
     with _loading:
         scorers = [_loaded("scorer", name, settings.weights_dir, settings.device) for name in settings.scorers]
         embedders = [_loaded("embedder", name, settings.weights_dir, settings.device) for name in settings.embedders]

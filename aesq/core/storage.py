@@ -8,7 +8,9 @@ outputs (reports, exports) are written through `Source.writing` too: complete or
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -27,17 +29,20 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from aesq.core.config import Settings
+from aesq.core.config import ConfigurationError, Settings
 
 SIDECAR_SUFFIX = ".json"
 S3_CONNECTIONS = 64  # at least the flows' batches in flight (4) × fetch threads (8 by default)
-S3_STALL_SECONDS = 60  # a connection or read that stalls this long fails (and is retried)
+S3_STALL_SECONDS = 60  # a read that stalls this long fails (and is retried)
+S3_CONNECT_SECONDS = 3  # a server that does not accept a connection in this long is not there
+S3_CONNECT_RETRIES = 1  # a refused or timed-out connection is tried once more, then the tasks' retries take over
 _MISSING_CODES = {"NoSuchKey", "NoSuchObject"}
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 StorageKind = Literal["s3", "file"]
 
 
-class SourceError(ValueError):
+class SourceError(ConfigurationError):
     """A storage URI that cannot be used; the message says why."""
 
 
@@ -47,6 +52,14 @@ class ObjectMissing(LookupError):
 
 class StorageUnavailable(ConnectionError):
     """The storage failed for every object asked of it: an outage, retried by the task."""
+
+
+class ObjectStoreUnreachable(ConnectionError):
+    """The S3 endpoint did not answer (refused, timed out, reset): transient, so tasks retry it."""
+
+
+class CredentialsRefused(ConfigurationError):
+    """The S3 endpoint refused aesq's access key or secret: configuration, never retried."""
 
 
 # What reading one object raises when the storage (not the object's bytes) is the problem.
@@ -143,6 +156,11 @@ class Source:
         """The object's bytes and metadata; raises ObjectMissing when it is gone."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        """List the first key, so an unreachable store, refused credentials or a missing bucket fail at once with
+        what to do, before any long work."""
+        next(iter(self.list()), None)
+
     def writing(self, key: str, content_type: str) -> AbstractContextManager[IO[bytes]]:
         """A binary handle whose bytes become object `key` when the block ends without an error: the object
         appears complete or not at all (a failed write leaves what was there)."""
@@ -164,16 +182,43 @@ class S3Source(Source):
 
     storage = "s3"
 
-    def __init__(self, client: Minio, bucket: str, prefix: str) -> None:
-        self.client, self.bucket, self.prefix = client, bucket, prefix
+    def __init__(self, client: Minio, bucket: str, prefix: str, endpoint: str = "the S3 endpoint") -> None:
+        self.client, self.bucket, self.prefix, self.endpoint = client, bucket, prefix, endpoint
 
-    def _no_bucket(self, error: S3Error) -> SourceError:
-        """A missing bucket is a configuration problem, not a transient one."""
-        return SourceError(f"s3://{self.bucket}/: no such bucket {self.bucket!r} at the S3 endpoint")
+    @contextmanager
+    def _explained(self, denied: set[str] = _CREDENTIAL_CODES) -> Iterator[None]:
+        """Turn the SDK's errors that are about the store, not one object, into ones that say what to do: a
+        missing bucket or refused credentials (`denied` codes) are configuration, an endpoint that does not
+        answer an outage."""
+        try:
+            yield
+        except S3Error as error:
+            if error.code == "NoSuchBucket":
+                raise SourceError(
+                    f"s3://{self.bucket}/: no such bucket {self.bucket!r} at {self.endpoint} (AESQ_S3_ENDPOINT): "
+                    "create it, or check the source"
+                ) from error
+            if error.code in denied:
+                raise CredentialsRefused(
+                    f"{self.endpoint} refused access to s3://{self.bucket}/ ({error.code}: {error.message}): "
+                    "check AESQ_S3_ACCESS_KEY and AESQ_S3_SECRET_KEY"
+                ) from error
+            raise
+        except HTTPError as error:
+            raise ObjectStoreUnreachable(
+                f"cannot reach the object store at {self.endpoint} (AESQ_S3_ENDPOINT): is it running? "
+                f"({_connection_cause(error)})"
+            ) from error
+
+    def check(self) -> None:
+        # Listing (unlike a HEAD request) has the server say which of bucket, key or signature is wrong;
+        # denied access to the whole bucket is a matter of the credentials too.
+        with self._explained(_CREDENTIAL_CODES | {"AccessDenied"}):
+            next(iter(self.client.list_objects(self.bucket, prefix=self.prefix or None)), None)
 
     def list(self, start_after: str | None = None) -> Iterator[ObjectInfo]:
         # S3 lists in UTF-8 byte order, 1000 keys a request; the SDK yields them request by request.
-        try:
+        with self._explained():
             for item in self.client.list_objects(
                 self.bucket, prefix=self.prefix or None, recursive=True, start_after=start_after or None
             ):
@@ -181,19 +226,14 @@ class S3Source(Source):
                     yield ObjectInfo(
                         key=item.object_name, etag=(item.etag or "").strip('"') or None, size=item.size or 0
                     )
-        except S3Error as error:
-            if error.code == "NoSuchBucket":
-                raise self._no_bucket(error) from error
-            raise
 
     def read(self, key: str) -> StoredObject:
         try:
-            response = self.client.get_object(self.bucket, key)
+            with self._explained():
+                response = self.client.get_object(self.bucket, key)
         except S3Error as error:
             if error.code in _MISSING_CODES:
                 raise ObjectMissing(f"object s3://{self.bucket}/{key} no longer exists") from error
-            if error.code == "NoSuchBucket":
-                raise self._no_bucket(error) from error
             raise
         try:
             data = response.read()
@@ -214,12 +254,8 @@ class S3Source(Source):
             yield pending
             length = pending.seek(0, os.SEEK_END)
             pending.seek(0)
-            try:
+            with self._explained():
                 self.client.put_object(self.bucket, key, pending, length, content_type=content_type)
-            except S3Error as error:
-                if error.code == "NoSuchBucket":
-                    raise self._no_bucket(error) from error
-                raise
 
     def object_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -350,21 +386,42 @@ class RecentObjects:
 recent_objects = RecentObjects(max_bytes=256 * 2**20)
 
 
+def _connection_cause(error: HTTPError) -> str:
+    """What urllib3 says went wrong with the connection, without its retry bookkeeping and object addresses."""
+    reason = getattr(error, "reason", None) or error
+    return re.sub(r"<[^>]*>: ", "", one_line(reason))
+
+
+class _NoRetryWarnings(logging.Filter):
+    """Drops urllib3's warning about each retry: the tasks log what outlasts them, and the CLI says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Retrying (")
+
+
+_RETRY_WARNINGS = _NoRetryWarnings()
+
+
 @lru_cache
 def _minio_client(endpoint: str, access_key: str, secret_key: str, secure: bool, region: str | None) -> Minio:
     """One client per endpoint and credentials per process, pooling connections for every fetch thread.
 
     The SDK's own pool keeps 10 connections, fewer than the flows' batches in flight × fetch threads
-    read at once (each extra one is opened, then dropped with a warning), and waits 5 minutes for a
-    silent server; the same retries as the SDK's, a larger pool and a one-minute stall limit instead.
+    read at once (each extra one is opened, then dropped with a warning), and waits 5 minutes to connect
+    and to read, retrying each 5 times: a stopped endpoint took over a minute to be reported. Here a larger
+    pool, a one-minute stall limit for reads (big objects still stream), and a few seconds and one retry to
+    connect, so an endpoint that is not there is known at once; the tasks retry outages beyond that.
     """
     http = urllib3.PoolManager(
         maxsize=S3_CONNECTIONS,
-        timeout=urllib3.Timeout(connect=S3_STALL_SECONDS, read=S3_STALL_SECONDS),
+        timeout=urllib3.Timeout(connect=S3_CONNECT_SECONDS, read=S3_STALL_SECONDS),
         cert_reqs="CERT_REQUIRED",
         ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        retries=urllib3.Retry(
+            total=5, connect=S3_CONNECT_RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+        ),
     )
+    logging.getLogger("urllib3.connectionpool").addFilter(_RETRY_WARNINGS)
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
 
 
@@ -382,7 +439,7 @@ def minio_client(settings: Settings) -> Minio:
 def open_location(location: Location, settings: Settings) -> Source:
     """The objects at `location` (a folder need not exist yet: reads of it miss, writes create it)."""
     if location.storage == "s3":
-        return S3Source(minio_client(settings), location.bucket, location.prefix)
+        return S3Source(minio_client(settings), location.bucket, location.prefix, settings.s3_endpoint)
     return FolderSource(Path(location.bucket))
 
 
@@ -392,6 +449,14 @@ def open_source(uri: str, settings: Settings) -> Source:
     if location.storage == "file" and not Path(location.bucket).is_dir():
         raise SourceError(f"{uri!r}: no such folder")
     return open_location(location, settings)
+
+
+def check_source(uri: str, settings: Settings) -> Source:
+    """Open a source to ingest from and list its first key: what is wrong with it (no folder or bucket, an
+    endpoint that does not answer, refused credentials) is said at once, before any long work."""
+    source = open_source(uri, settings)
+    source.check()
+    return source
 
 
 def save_file(uri: str, name: str, data: bytes, content_type: str, settings: Settings) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from aesq.core.config import Settings, get_settings
+from aesq.core.config import ConfigurationError, Settings, SettingsInvalid, get_settings, read_settings
 
 
 @pytest.fixture(autouse=True)
@@ -141,3 +141,54 @@ def test_a_pool_worker_and_a_run_with_its_own_scorers_see_only_their_models(monk
     run = settings.for_run(["technical"])  # scored here, not handed to the pool's workers
     assert (run.enabled_scorers, run.pools) == (["technical"], {})
     assert settings.enabled_scorers == ["laion-aesthetic-v2"]  # the settings themselves are left as they were
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("AESQ_BATCH_SIZE", "0", "AESQ_BATCH_SIZE: must be greater than 0"),
+        (
+            "AESQ_THRESHOLDS",
+            '{"technical": "high"}',
+            "AESQ_THRESHOLDS (technical): must be a valid number, unable to parse string as a number; "
+            'expected an object of scorer → number, e.g. {"technical": 5}',
+        ),
+        (
+            "AESQ_THRESHOLDS",
+            "{bad",
+            "AESQ_THRESHOLDS is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
+            '(char 1)): expected an object of scorer → number, e.g. {"technical": 5}',
+        ),
+        (
+            "AESQ_SCORERS",
+            '["technical"',
+            "AESQ_SCORERS is not valid JSON (Expecting ',' delimiter: line 1 column 13 (char 12)): expected names "
+            "separated by commas or a JSON list, e.g. technical,ernie-aes",
+        ),
+    ],
+)
+def test_get_settings_names_the_variable_what_is_wrong_and_what_it_takes(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsInvalid) as raised:
+        get_settings()
+    assert str(raised.value) == message
+
+
+def test_a_toml_value_is_named_by_its_key_and_file_and_every_problem_is_said(tmp_path):
+    (tmp_path / "aesq.toml").write_text("batch_size = 0\nthresholds = 3\n")
+    with pytest.raises(SettingsInvalid) as raised:
+        read_settings()
+    assert str(raised.value) == (
+        'thresholds in aesq.toml: must be a valid dictionary; expected an object of scorer → number, e.g. {"technical": 5}; '
+        "batch_size in aesq.toml: must be greater than 0"
+    )
+
+
+def test_a_malformed_toml_file_is_a_configuration_error_naming_it(tmp_path, monkeypatch):
+    config = tmp_path / "custom.toml"
+    config.write_text("batch_size = = 3\n")
+    monkeypatch.setenv("AESQ_CONFIG", str(config))
+    with pytest.raises(
+        ConfigurationError, match=rf"^{config} is not valid TOML \(Invalid value \(at line 1, column 14\)\)"
+    ):
+        read_settings()

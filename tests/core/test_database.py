@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +14,7 @@ import sqlalchemy as sa
 from aesq.core import database
 from aesq.core.config import Settings
 from aesq.core.tables import Base
-from tests.helpers import end_other_sessions
+from tests.helpers import end_other_sessions, free_port
 
 EXPECTED_TABLES = {
     "generators",
@@ -134,6 +136,38 @@ def test_migration_0010_has_every_low_scorer_analysed_again(empty_database_url):
 def test_non_postgres_url_is_refused():
     with pytest.raises(database.DatabaseError, match="PostgreSQL through psycopg"):
         database.engine("sqlite:///x.db")
+
+
+def test_a_server_that_is_not_there_is_named_without_the_password():
+    port = free_port()
+    settings = Settings(database_url=f"postgresql://aesq:hunter2@127.0.0.1:{port}/aesq")
+    with pytest.raises(database.DatabaseUnreachable) as raised, database.connect(settings):
+        pass
+    message = str(raised.value)
+    assert message.startswith(
+        f"cannot reach the database at 127.0.0.1:{port} (AESQ_DATABASE_URL): is Postgres running?"
+    )
+    assert "Connection refused" in message and "hunter2" not in message
+
+
+def test_a_server_that_never_answers_is_given_up_on_within_seconds():
+    """A host that takes the connection but never speaks (a hung server, a firewall's black hole) would make
+    psycopg wait forever; the connect timeout ends it."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody ever answers
+        settings = Settings(database_url=f"postgresql://aesq@127.0.0.1:{silent.getsockname()[1]}/aesq")
+        started = time.monotonic()
+        with pytest.raises(database.DatabaseUnreachable, match="timeout expired"), database.connect(settings):
+            pass
+    assert time.monotonic() - started < 2 * database.CONNECT_TIMEOUT_SECONDS
+
+
+def test_the_url_s_own_connect_timeout_wins():
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"postgresql://aesq@127.0.0.1:{silent.getsockname()[1]}/aesq?connect_timeout=2"
+        started = time.monotonic()
+        with pytest.raises(database.DatabaseUnreachable), database.connect(Settings(database_url=url)):
+            pass
+    assert time.monotonic() - started < database.CONNECT_TIMEOUT_SECONDS
 
 
 def test_embedded_server_is_shared_between_processes_and_stopped_by_command(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from aesq.core import scoring
+from aesq.core.config import ConfigurationError, ScoringPool
 from aesq.core.database import get_engine
 from aesq.core.storage import StorageUnavailable, open_source, recent_objects
 from aesq.core.tables import EMBEDDING_DIMENSIONS
@@ -121,3 +122,27 @@ def test_a_storage_failing_for_every_image_raises_and_gives_the_batch_back(setti
 
     assert [(row.status, row.attempts) for row in _outputs(settings)["assets"]] == [("pending", 0)] * 2
     assert scoring.claim_batch(settings) == batch  # given back at once, no try counted
+
+
+def _device_torch_lacks() -> str:
+    """A CUDA device this machine's torch cannot use (there is always one: the one past the last)."""
+    import torch
+
+    return f"cuda:{torch.cuda.device_count()}" if torch.backends.cuda.is_built() else "cuda"
+
+
+def test_a_device_torch_does_not_have_is_a_configuration_error_before_any_model_loads(settings):
+    on_missing_device = settings.model_copy(update={"device": _device_torch_lacks()})
+    with pytest.raises(scoring.DeviceUnavailable, match=f"^AESQ_DEVICE={on_missing_device.device}: ") as raised:
+        scoring.check_device(on_missing_device)
+    assert isinstance(raised.value, ConfigurationError)
+    with pytest.raises(scoring.DeviceUnavailable):
+        scoring.load_models(on_missing_device)
+
+
+def test_the_cpu_and_a_process_whose_models_run_on_pools_need_no_device_check(settings):
+    scoring.check_device(settings)
+    pools = {"gpu": ScoringPool(scorers=["technical"], device=_device_torch_lacks())}
+    scoring.check_device(settings.model_copy(update={"device": _device_torch_lacks(), "pools": pools}))
+    with pytest.raises(scoring.DeviceUnavailable, match=r"^AESQ_POOLS\.gpu\.device=cuda"):
+        scoring.check_device(settings.model_copy(update={"pools": pools}).for_pool("gpu"), "AESQ_POOLS.gpu.device")

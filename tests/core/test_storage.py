@@ -9,21 +9,25 @@ import uuid
 
 import pytest
 
+from aesq.core.config import ConfigurationError
 from aesq.core.storage import (
+    CredentialsRefused,
     FolderSource,
     Location,
     ObjectInfo,
     ObjectMissing,
+    ObjectStoreUnreachable,
     RecentObjects,
     S3Source,
     SourceError,
     StoredObject,
+    check_source,
     load_file,
     open_source,
     parse_location,
     save_file,
 )
-from tests.helpers import put, sidecar_for
+from tests.helpers import free_port, put, sidecar_for
 
 
 def _md5(data: bytes) -> str:
@@ -108,6 +112,47 @@ def test_missing_bucket_is_a_source_error_naming_it(settings):
     name = f"absent-{uuid.uuid4().hex[:10]}"
     with pytest.raises(SourceError, match=name):
         list(open_source(f"s3://{name}/images/", settings).list())
+
+
+def test_a_missing_bucket_is_found_by_the_check_and_is_configuration(settings):
+    name = f"absent-{uuid.uuid4().hex[:10]}"
+    with pytest.raises(SourceError) as raised:
+        check_source(f"s3://{name}/images/", settings)
+    assert isinstance(raised.value, ConfigurationError)
+    assert str(raised.value) == (
+        f"s3://{name}/: no such bucket {name!r} at {settings.s3_endpoint} (AESQ_S3_ENDPOINT): create it, or check the source"
+    )
+
+
+def test_an_endpoint_that_does_not_answer_is_named_by_the_check_without_urllib3_retry_warnings(settings, caplog):
+    endpoint = f"127.0.0.1:{free_port()}"
+    elsewhere = settings.model_copy(update={"s3_endpoint": endpoint})
+    with caplog.at_level(logging.DEBUG, logger="urllib3"), pytest.raises(ObjectStoreUnreachable) as raised:
+        check_source("s3://images/", elsewhere)
+    assert str(raised.value).startswith(
+        f"cannot reach the object store at {endpoint} (AESQ_S3_ENDPOINT): is it running?"
+    )
+    assert "Connection refused" in str(raised.value)
+    assert isinstance(raised.value, ConnectionError), "an outage: the tasks retry it"
+    assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
+
+
+def test_refused_credentials_are_configuration_naming_the_key_settings(settings, bucket, s3_checks_credentials):
+    source = open_source(f"s3://{bucket}/", settings)
+    for attempt in (source.check, lambda: list(source.list()), lambda: source.read("any")):
+        with pytest.raises(CredentialsRefused, match=r"check AESQ_S3_ACCESS_KEY and AESQ_S3_SECRET_KEY$") as raised:
+            attempt()
+        assert isinstance(raised.value, ConfigurationError)
+        assert str(raised.value).startswith(
+            f"{settings.s3_endpoint} refused access to s3://{bucket}/ (InvalidAccessKeyId: "
+        )
+
+
+def test_a_folder_source_is_checked_by_listing_it(tmp_path, settings):
+    (tmp_path / "a.png").write_bytes(b"x")
+    assert check_source(str(tmp_path), settings).uri == str(tmp_path)
+    with pytest.raises(SourceError, match="no such folder"):
+        check_source(str(tmp_path / "absent"), settings)
 
 
 def test_s3_list_is_recursive_under_the_prefix_with_etags_and_sizes(settings, s3_client, bucket):
