@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,8 @@ STARTUP_SECONDS = 180.0
 # How long a recorded, living server that does not answer is given before it is replaced (it may be busy).
 UNRESPONSIVE_SECONDS = 15.0
 STOP_SECONDS = 20.0
+# A traceback's last line: the exception's qualified name and its message.
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")
 
 
 class LocalPrefectError(RuntimeError):
@@ -191,18 +194,36 @@ def _start(data_dir: Path) -> LocalServer:
     }
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
     with open(log_file(data_dir), "ab") as log:
-        process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        log_start = log.tell()
+        process = subprocess.Popen(  # in its folder, so it keeps no user's working directory busy
+            command,
+            cwd=server_dir(data_dir),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = LocalServer(process.pid, port)
     if not _wait_healthy(server, STARTUP_SECONDS, process):
+        ended = process.poll() is not None
         _terminate(server)
+        how = "exited at start-up" if ended else f"did not answer within {STARTUP_SECONDS:g} s"
         raise LocalPrefectError(
-            f"the local Prefect server did not start within {STARTUP_SECONDS:g} s: see {log_file(data_dir)} "
-            "(or set PREFECT_API_URL to a Prefect server)"
+            f"the local Prefect server {how} ({_last_error(log_file(data_dir), log_start)}): see {log_file(data_dir)}, "
+            "or set PREFECT_API_URL to a Prefect server"
         )
     _write_state(data_dir, server)
     return server
+
+
+def _last_error(log: Path, start: int) -> str:
+    """The last exception the server logged since `start` (the cause it stopped with), else its last line."""
+    with open(log, "rb") as text:
+        text.seek(start)
+        lines = [line.strip() for line in text.read().decode(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return (errors or lines or ["nothing logged"])[-1]
 
 
 def _terminate(server: LocalServer) -> None:

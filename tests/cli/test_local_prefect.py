@@ -113,3 +113,18 @@ def test_a_configured_api_starts_no_local_server(settings, tmp_path):
     result = subprocess.run([AESQ, "defects"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "Prefect UI" not in result.stdout, result.stderr
     assert not server_dir(tmp_path / "data").exists()
+
+
+def test_a_server_that_cannot_start_is_one_line_naming_its_log(settings, tmp_path):
+    data = tmp_path / "data"
+    (server_dir(data) / "prefect.db").mkdir(parents=True)  # where its SQLite file should be: it cannot open it
+    result = _aesq("defects", data_dir=data)
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "aesq: error: the local Prefect server exited at start-up (sqlalchemy.exc.OperationalError"
+    )
+    assert "unable to open database file" in lines[0]
+    assert lines[0].endswith(f"see {server_dir(data) / 'server.log'}, or set PREFECT_API_URL to a Prefect server")
+    assert not (server_dir(data) / "server.json").exists()
