@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aesq.cli.output import FittedTable, notice, output_console, scientific
 from aesq.core import database
-from aesq.core.config import Settings, UnknownPool, get_settings
+from aesq.core.config import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -328,7 +328,12 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
+    from aesq.core.scoring import check_device
+    from aesq.core.storage import check_source
+
     settings = _ready_settings()
+    check_device(settings)  # configuration and an unreachable source are said before Prefect starts
+    check_source(source, settings)
     with _quiet_prefect(verbose), _prefect_client_retries():
         _run_with_progress(settings, source, verbose)
     _print_status(settings)
@@ -469,9 +474,11 @@ def demo(
 ) -> None:
     """Build a sample of real photographs as three generator versions, run the spine, compare them."""
     from aesq.cli.demo import build_sample
+    from aesq.core.scoring import check_device
     from aesq.flows.followup import defects_flow, report_flow
 
     settings = _ready_settings()
+    check_device(settings)
     folder = folder or settings.data_dir / "demo"
     count = build_sample(folder)
     console.print(f"built {count} demo images in {folder}")
@@ -592,10 +599,13 @@ def worker(
 ) -> None:
     """Serve the chain (ingest each of AESQ_SOURCES on an interval → score → aggregate and analyse
     defects; the nightly report), or (--pool) score batches for one scoring pool with its models loaded once."""
+    from aesq.core.scoring import check_device
+
     settings = _ready_settings()
     if pool is not None:
         from aesq.servers.scoring_pool import serve_scoring_pool
 
+        check_device(settings.for_pool(pool, device), "--device" if device else f"AESQ_POOLS.{pool}.device")
         worker_name = name or f"{socket.gethostname()}-{settings.for_pool(pool, device).device}"
         with _prefect_client_retries(), _prefect_api():
             serve_scoring_pool(settings, pool, worker_name, device, prefetch)
@@ -606,6 +616,7 @@ def worker(
 
     if not settings.sources:
         raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
+    check_device(settings)
     with _prefect_client_retries(), _prefect_api():
         serve(*deployments(settings))
 
@@ -626,7 +637,7 @@ def bench_labels(
     """Score a labelled set through the flows and report agreement with the human scores (SRCC, PLCC, bias)."""
     from aesq.analysis.labels import LabelError, label_report, labelled_pairs, read_labels
     from aesq.core.namespaces import prepare_namespace
-    from aesq.core.scoring import check_model_names
+    from aesq.core.scoring import check_device, check_model_names
 
     try:
         labels = read_labels(data)
@@ -635,6 +646,7 @@ def bench_labels(
     settings = _ready_settings()
     scorers = list(dict.fromkeys([*settings.scorers, scorer]))  # enabled for this run if it is not
     check_model_names(settings.for_run(scorers))
+    check_device(settings.for_run(scorers))
     labelled = prepare_namespace(settings, "labels")  # held out: never in production data
     with _quiet_prefect(verbose):
         _run_with_progress(labelled, str(data), verbose, scorers, namespace="labels")
@@ -736,21 +748,16 @@ def stop() -> None:
 
 def _one_line(error: BaseException) -> str:
     """An error as one readable line; unexpected kinds keep their type name."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
     from sqlalchemy.exc import DBAPIError
 
     from aesq.cli.local_prefect import LocalPrefectError
     from aesq.core.database import DatabaseError
-    from aesq.core.scoring import UnknownModel
-    from aesq.core.storage import SourceError
+    from aesq.core.storage import ObjectStoreUnreachable
 
-    if isinstance(error, ValidationError):
-        return "; ".join(f"AESQ_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
     if isinstance(error, DBAPIError):  # the driver's message, without the statement and its parameters
         return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
-    expected = (CliError, DatabaseError, LocalPrefectError, SourceError, UnknownModel, UnknownPool, SettingsError)
+    expected = (CliError, ConfigurationError, DatabaseError, LocalPrefectError, ObjectStoreUnreachable)
     return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
 
 
