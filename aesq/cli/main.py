@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aesq.cli.output import FittedTable, notice, output_console, scientific
-from aesq.core import database
 from aesq.core.config import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -96,6 +95,7 @@ def _ready_settings() -> Settings:
     """Valid settings with a database at the current schema: the embedded one is started and migrated
     automatically, saying so first; a schema already current costs one query (no Alembic)."""
     from aesq.cli.revisions import head_revision, stored_revision
+    from aesq.core import database
     from aesq.core.scoring import check_model_names
 
     settings = get_settings()
@@ -277,6 +277,7 @@ def _give_back_claims(settings: Settings) -> None:
     their leases (a run killed outright cannot: its batches wait `AESQ_LEASE_SECONDS`)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from aesq.core import database
     from aesq.core.claims import release_worker
 
     try:
@@ -684,6 +685,8 @@ def bench_labels(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply schema migrations (to head by default)."""
+    from aesq.core import database
+
     settings = get_settings()
     database.upgrade(revision, settings=settings)
     console.print(f"database at revision {database.current_revision(settings)}")
@@ -692,6 +695,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. -1 or base")] = "-1") -> None:
     """Revert schema migrations (one step by default)."""
+    from aesq.core import database
+
     settings = get_settings()
     database.downgrade(revision, settings=settings)
     console.print(f"database at revision {database.current_revision(settings)}")
@@ -720,6 +725,8 @@ def db_history() -> None:
 @db_app.command("start")
 def db_start() -> None:
     """Start the embedded Postgres (shared by every aesq process) and print its URL."""
+    from aesq.core import database
+
     settings = get_settings()
     if settings.database_url:
         raise CliError("AESQ_DATABASE_URL is set: aesq uses that database, not the embedded one")
@@ -736,6 +743,7 @@ def db_stop() -> None:
 def stop() -> None:
     """Stop every local service aesq started: the embedded Postgres and the local Prefect server."""
     from aesq.cli.local_prefect import stop_server
+    from aesq.core import database
 
     settings = get_settings()
     services = {
