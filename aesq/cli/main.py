@@ -23,6 +23,8 @@ from aesq.cli.output import FittedTable, notice, output_console, scientific
 from aesq.core.config import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from prefect.client.schemas.objects import FlowRun
 
 app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
@@ -334,15 +336,46 @@ def run(
 
     settings = _ready_settings()
     check_device(settings)  # configuration and an unreachable source are said before Prefect starts
-    check_source(source, settings)
-    with _quiet_prefect(verbose), _prefect_client_retries():
-        _run_with_progress(settings, source, verbose)
-    _print_status(settings)
+    _run_and_summarise(settings, check_source(source, settings).uri, verbose)
     _print_table(_comparison_table(settings, None))
 
 
-def _print_status(settings: Settings) -> None:
-    """Counts by status, work in progress, and the latest failures."""
+def _run_and_summarise(settings: Settings, source: str, verbose: bool) -> None:
+    """Run the spine on `source`, then the database's counts and what this run did, with its failures only."""
+    from aesq.core.pipeline_status import database_now
+
+    started = database_now(settings)
+    with _quiet_prefect(verbose), _prefect_client_retries():
+        _run_with_progress(settings, source, verbose)
+    _print_status(settings, failures=False)
+    _print_run_summary(settings, source, started)
+
+
+def _print_run_summary(settings: Settings, source: str, started: datetime) -> None:
+    """What happened to `source`'s assets since `started` (by this run, or workers beside it), and the
+    failures among them grouped by reason, with a few examples each."""
+    from aesq.core.pipeline_status import failure_reasons, run_summary
+
+    summary = run_summary(settings, source, started)
+    console.print(
+        f"this run: {summary.new} new, {summary.scored} scored, {summary.failed} failed, "
+        f"{summary.duplicates} duplicates (bytes already held by another asset), {summary.deleted} deleted"
+        + (f", {summary.waiting} still waiting for scores" if summary.waiting else ""),
+        soft_wrap=True,
+        highlight=False,
+    )
+    for group in failure_reasons(settings, source, since=started):
+        console.print(f"failed ({group.reason}): {group.count}", soft_wrap=True, highlight=False)
+        for example in group.examples:
+            console.print(f"  {example.location}: {example.error}", soft_wrap=True, highlight=False)
+        if group.count > len(group.examples):
+            console.print(f"  … and {group.count - len(group.examples)} more", highlight=False)
+    if summary.failed:
+        console.print(f"once fixed: aesq retry --source {source}", soft_wrap=True, highlight=False)
+
+
+def _print_status(settings: Settings, failures: bool = True) -> None:
+    """Counts by status, work in progress, and (unless `failures` is off) the latest failures."""
     from aesq.core.pipeline_status import recent_failures, status_counts, work_in_progress
 
     counts = status_counts(settings)
@@ -355,7 +388,7 @@ def _print_status(settings: Settings) -> None:
             soft_wrap=True,
             highlight=False,
         )
-    for failure in recent_failures(settings):
+    for failure in recent_failures(settings) if failures else []:
         console.print(f"failed: {failure.location}: {failure.error}", soft_wrap=True, highlight=False)
 
 
@@ -363,6 +396,36 @@ def _print_status(settings: Settings) -> None:
 def status() -> None:
     """Counts of assets by status, and failures with their reasons."""
     _print_status(_ready_settings())
+
+
+@app.command()
+def retry(
+    source: Annotated[str | None, typer.Option(help="only the failed assets of this source")] = None,
+    queue_only: Annotated[
+        bool, typer.Option("--queue-only", help="only queue them: `aesq worker` ingests them on its next run")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Examine failed assets again (all, or those of --source): each goes back through ingest, keeping its old
+    reason until the new outcome replaces it; then their sources are run as `aesq run` runs them."""
+    from aesq.core.retry import retry_failed
+    from aesq.core.scoring import check_device
+    from aesq.core.storage import check_source
+
+    settings = _ready_settings()
+    if not queue_only:
+        check_device(settings)
+    retried = retry_failed(settings, source)
+    waiting = retried.failed - retried.queued
+    console.print(
+        f"{retried.queued} failed assets queued for ingest again"
+        + (f" ({waiting} were waiting in the queue already)" if waiting else ""),
+        highlight=False,
+    )
+    if queue_only:
+        return
+    for uri in retried.sources:
+        _run_and_summarise(settings, check_source(uri, settings).uri, verbose)
 
 
 @app.command()
