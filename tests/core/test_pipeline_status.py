@@ -90,3 +90,19 @@ def test_a_run_summary_counts_only_what_happened_to_its_source_since_it_started(
         ("empty", 1, f"{source}/empty.png")
     ]
     assert run_summary(settings, str(source), database_now(settings)) == RunSummary(0, 0, 0, 0, 0, 0)
+
+
+def test_source_progress_counts_what_discovery_queued_before_it_is_ingested(settings, tmp_path):
+    from aesq.core import claims
+    from aesq.core.pipeline_status import source_progress
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for seed in range(2):
+        noise_image(seed, 32).save(folder / f"{seed}.png")
+    ingest_all(str(folder), settings)
+    bucket = str(folder.resolve())
+    assert source_progress(settings, "file", bucket, "") == (0, 2)  # ingested, waiting for scores
+    with get_engine(settings).begin() as connection:  # one known key changed, three new ones
+        claims.queue_objects(connection, "file", bucket, [claims.Listed(key, "e") for key in ("0.png", "a", "b", "c")])
+    assert source_progress(settings, "file", bucket, "") == (0, 5)
