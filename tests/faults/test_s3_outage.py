@@ -151,9 +151,8 @@ def test_an_outage_longer_than_the_retries_ends_the_run_with_its_cause_and_the_n
     proxy.end_outage()
     assert proxy.outages == 1
     assert failed.returncode == 1, (failed.stdout, failed.stderr)
-    # The error is the last line and names the cause. Lines before it are the S3 client's (urllib3's) retry
-    # warnings, which reach the terminal as well: not asserted here, reported on issue 11.
-    error = failed.stderr.strip().splitlines()[-1]
+    # The error is the one line on stderr and names the cause: the S3 client's (urllib3's) retry warnings stay off it.
+    [error] = failed.stderr.strip().splitlines()
     assert error.startswith(
         f"aesq: error: StorageUnavailable: cannot read {len(last_batch)} objects of s3://{bucket}/: "
     )
