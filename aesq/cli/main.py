@@ -334,9 +334,10 @@ def run(
     from aesq.core.scoring import check_device
     from aesq.core.storage import check_source
 
+    check_device(get_settings())  # configuration and an unreachable source are said before any start-up
+    checked = check_source(source, get_settings())
     settings = _ready_settings()
-    check_device(settings)  # configuration and an unreachable source are said before Prefect starts
-    _run_and_summarise(settings, check_source(source, settings).uri, verbose)
+    _run_and_summarise(settings, checked.uri, verbose)
     _print_table(_comparison_table(settings, None))
 
 
