@@ -98,7 +98,7 @@ def _ready_settings() -> Settings:
     automatically, saying so first; a schema already current costs one query (no Alembic)."""
     from aesq.cli.revisions import head_revision, stored_revision
     from aesq.core import database
-    from aesq.core.scoring import check_model_names
+    from aesq.core.model_names import check_model_names
 
     settings = get_settings()
     check_model_names(settings)

@@ -27,6 +27,7 @@ from aesq.core.claims import lease_assets, log_work, release_assets, renew_asset
 from aesq.core.config import ConfigurationError, Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Cause, Unreadable, fetch_assets
+from aesq.core.model_names import UnknownModel, check_model_names
 from aesq.core.storage import StorageUnavailable, one_line, open_source, parse_location
 from aesq.core.tables import CANONICAL_STATUSES, Asset, Embedding, ScoreRow
 from aesq.core.writes import (
@@ -43,10 +44,6 @@ from aesq.models import EMBEDDERS, SCORERS, Embedder, Scorer
 logger = logging.getLogger(__name__)
 models_in_use = threading.Lock()  # one batch at a time runs this process's models
 _loading = threading.Lock()
-
-
-class UnknownModel(ConfigurationError):
-    """A scorer or embedder name in the settings that aesq does not have."""
 
 
 class DeviceUnavailable(ConfigurationError):
@@ -99,17 +96,6 @@ def _loaded(kind: str, name: str, weights_dir: Path | None, device: str) -> Scor
     model.setup()
     logger.info("loaded %s %s on %s", kind, name, device)
     return model
-
-
-def check_model_names(settings: Settings) -> None:
-    """Fail before any work when a configured scorer or embedder does not exist."""
-    for kind, names, registry in (
-        ("scorer", settings.enabled_scorers, SCORERS),
-        ("embedder", settings.enabled_embedders, EMBEDDERS),
-    ):
-        for name in names:
-            if name not in registry:
-                raise UnknownModel(f"unknown {kind} {name!r}; available: {', '.join(sorted(registry))}")
 
 
 def loaded_scorer(name: str, settings: Settings) -> Scorer:
