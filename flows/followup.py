@@ -11,13 +11,14 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aesq.core.config import get_settings
 from aesq.tasks.aggregate import aggregate_versions
-from aesq.tasks.defects import analyse_defects, critique_low_scorers, low_scorers
-from aesq.tasks.report import publish_report
 
 
 @flow(name="aesq-defects", task_runner=cast(TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=2)))
 def defects_flow() -> int:
     """Analyse the low scorers not analysed since they were scored, then have the VLM critic judge them; returns rows written."""
+    # Imported here, not at the top: `aesq report` needs no detectors.
+    from aesq.tasks.defects import analyse_defects, critique_low_scorers, low_scorers
+
     settings = get_settings()
     futures = []
     for ids in low_scorers(settings):
@@ -31,6 +32,8 @@ def report_flow(days: int | None = None) -> str:
     """Bring the per-version statistics up to date (deletions and moves queue versions without a scoring
     event), then render and save the quality report, its trend over `days` (default AESQ_REPORT_DAYS);
     returns where it went."""
+    from aesq.tasks.report import publish_report  # here, not at the top: `aesq defects` needs no matplotlib
+
     settings = get_settings()
     aggregate_versions(settings)
     return publish_report(settings if days is None else settings.model_copy(update={"report_days": days}))
