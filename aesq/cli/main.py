@@ -497,7 +497,9 @@ def top(
     rows = top_assets(settings, name, version or None, scorer or settings.enabled_scorers[0], n)
     if not rows:
         raise CliError(f"no scored assets for generator {generator!r}")
-    table = FittedTable(("object", "id", "version", "score", "prompt"), f"Top {n} of {generator}", frozenset({1, 3}))
+    table = FittedTable(
+        ("object", "id", "version", "score", "prompt"), f"Top {n} of {generator}", frozenset({1, 3}), whole_names=False
+    )
     for row in rows:
         table.add_row(
             f"{row['bucket']}/{row['key']}", str(row["id"]), row["version"], f"{row['value']:.2f}", row["prompt"] or ""
@@ -524,7 +526,9 @@ def similar(
         raise CliError(str(error)) from None
     if not nearest:
         raise CliError(f"asset {asset_id} has no {embedder or 'indexed'} embedding")
-    table = FittedTable(("key", "id", "version", "distance"), f"Nearest to asset {asset_id}", frozenset({1, 3}))
+    table = FittedTable(
+        ("key", "id", "version", "distance"), f"Nearest to asset {asset_id}", frozenset({1, 3}), whole_names=False
+    )
     for neighbour in nearest:
         found = asset_detail(settings, neighbour["id"])
         version = f"{found['generator']}:{found['version']}" if found["generator"] else "—"

@@ -46,6 +46,7 @@ class FittedTable:
     headers: Sequence[str]
     title: str | None = None
     right: frozenset[int] = frozenset()  # indexes of right-aligned (numeric) columns
+    whole_names: bool = True  # names are versions, kept whole from FULL_NAMES_WIDTH on; False: object keys
     rows: list[list[str]] = field(default_factory=list)
 
     def add_row(self, *cells: str) -> None:
@@ -78,8 +79,9 @@ class FittedTable:
         return Group(*lines)
 
     def render(self, console: Console) -> RenderableType:
-        """The table at the console's width: as it is where it fits; else, below FULL_NAMES_WIDTH, with names
-        abbreviated in the middle (down to MIN_NAME_WIDTH); else one block of lines per row."""
+        """The table at the console's width: as it is where it fits; else, below FULL_NAMES_WIDTH (at any width
+        for object keys), with names abbreviated in the middle (down to MIN_NAME_WIDTH); else one block of lines
+        per row."""
         width = console.width
         table = self._table(None)
         natural = Measurement.get(console, console.options.update_width(1_000_000), table).maximum
@@ -87,7 +89,7 @@ class FittedTable:
             return table
         longest = max((len(row[0]) for row in self.rows), default=0)
         name_width = longest - (natural - width)
-        if width < FULL_NAMES_WIDTH and name_width >= MIN_NAME_WIDTH:
+        if (width < FULL_NAMES_WIDTH or not self.whole_names) and name_width >= MIN_NAME_WIDTH:
             return self._table(name_width)
         return self._vertical(width)
 

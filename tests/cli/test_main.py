@@ -27,6 +27,7 @@ from aesq.analysis.versions import version_statistics
 from aesq.cli.main import app
 from aesq.core import database
 from aesq.core.config import get_settings
+from aesq.core.namespaces import namespace_settings
 from aesq.core.pipeline_status import status_counts
 from tests.helpers import ingest_all, noise_image
 
@@ -337,14 +338,20 @@ def test_bench_labels_scores_with_the_named_scorer_also_when_pools_are_configure
     )
     assert result.exit_code == 0, (result.output, result.exception)
     assert "technical against human scores: 6 images" in result.output
-    with database.get_engine(settings).connect() as connection:
+    labelled = namespace_settings(settings, "labels")  # the labelled set's own database, shared by tests
+    with database.get_engine(labelled).connect() as connection:
         outputs = connection.execute(
             sa.text(
-                "SELECT 'score:' || scorer, count(*) FROM scores GROUP BY scorer UNION ALL "
-                "SELECT 'embedding:' || embedder, count(*) FROM embeddings GROUP BY embedder"
-            )
+                "SELECT 'score:' || scorer, count(*) FROM scores JOIN assets a ON a.id = asset_id "
+                "WHERE a.bucket = :folder GROUP BY scorer UNION ALL "
+                "SELECT 'embedding:' || embedder, count(*) FROM embeddings JOIN assets a ON a.id = asset_id "
+                "WHERE a.bucket = :folder GROUP BY embedder"
+            ),
+            {"folder": str(folder.resolve())},
         ).all()
     assert outputs == [("score:technical", 6)]
+    with database.get_engine(settings).connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM scores")).scalar_one() == 0
     assert status_counts(settings)["pending"] == len(waiting) == 1
 
 

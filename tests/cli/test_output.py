@@ -70,3 +70,12 @@ def test_a_narrow_table_is_a_table_and_a_wide_one_lines_per_row():
     assert any(line.startswith("┃ generator:version") for line in narrow), narrow
     wide = _rendered(_version_table(11), 80)
     assert NAMES[1] in wide and "  figure 1: [1.25, 1.75]" in "\n".join(wide), wide
+
+
+def test_object_keys_are_abbreviated_at_any_width_to_stay_a_table():
+    key = "/data/generated/" + "x" * 150 + "/astronaut.jpg"
+    table = FittedTable(("object", "id", "score"), "Top", frozenset({1, 2}), whole_names=False)
+    table.add_row(key, "19", "9.95")
+    lines = _rendered(table, 160)
+    row = next(line for line in lines if line.startswith("│"))
+    assert len(row) <= 160 and "│ 19 │" in row and "/data/generated/" in row and "/astronaut.jpg" in row, lines
