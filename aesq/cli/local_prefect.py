@@ -1,6 +1,6 @@
 """aesq's local Prefect server: started once in the data folder where no Prefect API is configured, then shared.
 
-Prefect's ephemeral API costs every command half a minute of start-up and forgets its runs when the command
+Prefect's ephemeral API costs every command its start-up (10-30 s) and forgets its runs when the command
 ends. Without PREFECT_API_URL (environment or Prefect profile), aesq instead starts `prefect server start` once,
 detached in its own session (a terminal's Ctrl-C does not reach it, so it can record a cancelled run), on a free
 loopback port, and every later command finds it through `DATA_DIR/prefect/server.json`. It runs until
@@ -49,10 +49,12 @@ class LocalServer:
 
     @property
     def api_url(self) -> str:
+        """Where Prefect clients call it."""
         return f"http://{HOST}:{self.port}/api"
 
     @property
     def ui_url(self) -> str:
+        """Where a person opens the Prefect UI."""
         return f"http://{HOST}:{self.port}"
 
 
@@ -108,6 +110,7 @@ def stop_server(data_dir: Path) -> bool:
 
 
 def _state_file(data_dir: Path) -> Path:
+    """The record of the running server (pid and port), read by every command."""
     return server_dir(data_dir) / "server.json"
 
 
@@ -205,15 +208,16 @@ def _start(data_dir: Path) -> LocalServer:
             start_new_session=True,
         )
     server = LocalServer(process.pid, port)
+    _write_state(data_dir, server)  # at once: a command stopped while it waits leaves no unrecorded server
     if not _wait_healthy(server, STARTUP_SECONDS, process):
         ended = process.poll() is not None
         _terminate(server)
+        _state_file(data_dir).unlink(missing_ok=True)
         how = "exited at start-up" if ended else f"did not answer within {STARTUP_SECONDS:g} s"
         raise LocalPrefectError(
             f"the local Prefect server {how} ({_last_error(log_file(data_dir), log_start)}): see {log_file(data_dir)}, "
             "or set PREFECT_API_URL to a Prefect server"
         )
-    _write_state(data_dir, server)
     return server
 
 
