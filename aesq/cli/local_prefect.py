@@ -88,7 +88,9 @@ def ensure_server(data_dir: Path, announce: Callable[[str], None]) -> LocalServe
     with _locked(data_dir):
         recorded = _read_state(data_dir)
         if recorded is not None and _is_ours(recorded):
-            if _wait_healthy(recorded, UNRESPONSIVE_SECONDS):
+            # One a stopped command left starting gets the rest of its start-up time.
+            starting = STARTUP_SECONDS - (time.time() - _state_file(data_dir).stat().st_mtime)
+            if _wait_healthy(recorded, max(UNRESPONSIVE_SECONDS, starting)):
                 return recorded
             _terminate(recorded)
         server = _start(data_dir)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -128,3 +130,24 @@ def test_a_server_that_cannot_start_is_one_line_naming_its_log(settings, tmp_pat
     assert "unable to open database file" in lines[0]
     assert lines[0].endswith(f"see {server_dir(data) / 'server.log'}, or set PREFECT_API_URL to a Prefect server")
     assert not (server_dir(data) / "server.json").exists()
+
+
+def test_a_server_whose_starter_was_stopped_is_reused(settings, tmp_path):
+    data = tmp_path / "data"
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    starter = subprocess.Popen([AESQ, "defects"], env={**env, "AESQ_DATA_DIR": str(data)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (server_dir(data) / "server.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _answers(_recorded(data))  # recorded before it is up
+        os.killpg(starter.pid, signal.SIGINT)  # a terminal's Ctrl-C while the server starts
+        assert starter.wait(30) == -signal.SIGINT
+        server = _recorded(data)
+        assert _running(server.pid)
+
+        later = _aesq("defects", data_dir=data)
+        assert later.returncode == 0 and "Prefect UI" not in later.stdout, later.stdout + later.stderr
+        assert _recorded(data) == server and _answers(server)
+    finally:
+        stop_server(data)
