@@ -71,19 +71,19 @@ def configured_api_url() -> str | None:
 
 
 @contextmanager
-def prefect_api(data_dir: Path, announce: Callable[[str], None]) -> Iterator[None]:
+def prefect_api(data_dir: Path, announce: Callable[[str], None], notice: Callable[[str], None]) -> Iterator[None]:
     """Prefect settings for the duration: the configured API where there is one, else the local server (started,
-    and `announce`d with its UI address, if it is not running)."""
+    with a `notice` before the wait and its UI address `announce`d, if it is not running)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if configured_api_url():
         yield
         return
-    with temporary_settings(updates={PREFECT_API_URL: ensure_server(data_dir, announce).api_url}):
+    with temporary_settings(updates={PREFECT_API_URL: ensure_server(data_dir, announce, notice).api_url}):
         yield
 
 
-def ensure_server(data_dir: Path, announce: Callable[[str], None]) -> LocalServer:
+def ensure_server(data_dir: Path, announce: Callable[[str], None], notice: Callable[[str], None]) -> LocalServer:
     """The running local server, started first if the recorded one is missing, dead or unresponsive."""
     with _locked(data_dir):
         recorded = _read_state(data_dir)
@@ -93,6 +93,7 @@ def ensure_server(data_dir: Path, announce: Callable[[str], None]) -> LocalServe
             if _wait_healthy(recorded, max(UNRESPONSIVE_SECONDS, starting)):
                 return recorded
             _terminate(recorded)
+        notice(f"starting the local Prefect server in {server_dir(data_dir)}…")
         server = _start(data_dir)
         announce(f"Prefect UI on {server.ui_url}")
         return server

@@ -139,10 +139,10 @@ def _quiet_prefect(verbose: bool) -> Iterator[None]:
 @contextmanager
 def _prefect_api() -> Iterator[None]:
     """The Prefect API for the duration: PREFECT_API_URL where the environment or profile sets it, else aesq's
-    local server in the data folder, started on first use and announced with its UI address."""
+    local server in the data folder, started on first use (saying so) and announced with its UI address."""
     from aesq.cli.local_prefect import prefect_api
 
-    with prefect_api(get_settings().data_dir, console.print):
+    with prefect_api(get_settings().data_dir, console.print, notice):
         yield
 
 

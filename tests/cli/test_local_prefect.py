@@ -80,6 +80,8 @@ def test_commands_share_one_server_that_replaces_a_stale_record(settings, data_d
         server = _recorded(data_dir)
         announced = [line for result in first for line in result.stdout.splitlines() if "Prefect UI" in line]
         assert announced == [f"Prefect UI on http://127.0.0.1:{server.port}"]
+        starting = [result.stderr for result in first if "starting the local Prefect server" in result.stderr]
+        assert starting == [f"aesq: starting the local Prefect server in {server_dir(data_dir)}…\n"]
         assert server != stale and _answers(server)
         assert _running(unrelated.pid)
 
@@ -97,7 +99,7 @@ def test_commands_share_one_server_that_replaces_a_stale_record(settings, data_d
 
 
 def test_aesq_stop_stops_the_local_server(settings, data_dir):
-    server = ensure_server(data_dir, print)  # the one the test above left, or a new one when run alone
+    server = ensure_server(data_dir, print, print)  # the one the test above left, or a new one when run alone
 
     stopped = _aesq("stop", data_dir=data_dir)
     assert stopped.returncode == 0 and stopped.stdout == "stopped the local Prefect server\n", stopped.stderr
@@ -123,12 +125,12 @@ def test_a_server_that_cannot_start_is_one_line_naming_its_log(settings, tmp_pat
     result = _aesq("defects", data_dir=data)
     assert result.returncode == 1 and result.stdout == "", result.stdout
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(
+    assert len(lines) == 2 and lines[0] == f"aesq: starting the local Prefect server in {server_dir(data)}…", lines
+    assert lines[1].startswith(
         "aesq: error: the local Prefect server exited at start-up (sqlalchemy.exc.OperationalError"
     )
-    assert "unable to open database file" in lines[0]
-    assert lines[0].endswith(f"see {server_dir(data) / 'server.log'}, or set PREFECT_API_URL to a Prefect server")
+    assert "unable to open database file" in lines[1]
+    assert lines[1].endswith(f"see {server_dir(data) / 'server.log'}, or set PREFECT_API_URL to a Prefect server")
     assert not (server_dir(data) / "server.json").exists()
 
 
