@@ -237,28 +237,83 @@ def test_near_duplicates_are_within_a_version_or_against_crawled_data_never_acro
         assert near[key].startswith(f"near-duplicate of asset {keys[other]} "), key
 
 
-def test_migration_0012_has_assets_with_near_duplicate_findings_analysed_again(empty_database_url):
-    """Findings under the old rule (a paired version as the copy) are redone; other analysed assets stay done."""
-    settings = Settings(database_url=empty_database_url)
+def _near_duplicate_shares(connection) -> dict[str, float]:
+    """Each version's share of scored assets with a near-duplicate finding, from the view the reports read."""
+    rows = connection.execute(
+        sa.text("SELECT version, share FROM version_defect_shares WHERE category = 'near_duplicate'")
+    ).all()
+    return {row.version: row.share for row in rows}
+
+
+def test_migration_0012_drops_cross_version_findings_and_has_near_duplicates_analysed_again(empty_database_url):
+    """Findings under the old rule (a paired version as the copy) are deleted, also on an asset no longer a low
+    scorer, which analysis will not look at again; findings within a version or against crawled data stay."""
+    settings = Settings(database_url=empty_database_url, defect_rules={"technical": DefectRule(below=5)})
     database.upgrade("0011", settings=settings)
+    # key → (version, technical score, its findings as (category, the key its detail names))
+    assets = {
+        "paired-1": ("1", 9.0, [("near_duplicate", "paired-2"), ("blur", None)]),
+        "paired-2": ("2", 9.0, [("near_duplicate", "paired-1")]),
+        "twin-a": ("1", 3.0, [("near_duplicate", "twin-b")]),
+        "twin-b": ("1", 9.0, [("near_duplicate", "twin-a")]),
+        "copied": ("3", 9.0, [("near_duplicate", "tree")]),
+        "tree": (None, 9.0, [("near_duplicate", "copied")]),
+        "blurred": ("2", 3.0, [("blur", None)]),
+    }
     with database.engine(empty_database_url).begin() as connection:
-        ids = connection.execute(
-            sa.text(
-                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, analysed_at) VALUES"
-                " ('s3', 'b', 'paired', 'aa', 1, 'generated', now()), ('s3', 'b', 'blurred', 'bb', 1, 'generated', now())"
-                " RETURNING id"
+        versions = dict(
+            connection.execute(
+                sa.text("INSERT INTO generators (name, version) VALUES ('m', '1'), ('m', '2'), ('m', '3')"
+                        " RETURNING version, id")
+            ).tuples().all()
+        )  # fmt: skip
+        ids = {
+            key: connection.execute(
+                sa.text(
+                    "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, generator_id, status,"
+                    " scored_at, analysed_at) VALUES ('s3', 'b', :key, :key, 1, 'generated', :generator, 'scored',"
+                    " now() - interval '1 day', now()) RETURNING id"
+                ),
+                {"key": key, "generator": versions.get(version)},
+            ).scalar_one()
+            for key, (version, _, _) in assets.items()
+        }
+        for key, (_, score, findings) in assets.items():
+            connection.execute(
+                sa.text(
+                    "INSERT INTO scores (asset_id, scorer, scorer_version, value) VALUES (:id, 'technical', '1', :v)"
+                ),
+                {"id": ids[key], "v": score},
             )
-        ).scalars()
-        paired, blurred = list(ids)
-        connection.execute(
-            sa.text(
-                "INSERT INTO defects (asset_id, category, severity, detail)"
-                " VALUES (:paired, 'near_duplicate', 0.5, 'x'), (:blurred, 'blur', 0.5, 'y')"
-            ),
-            {"paired": paired, "blurred": blurred},
-        )
+            for category, other in findings:
+                partner = ids.get(other)
+                detail = f"near-duplicate of asset {partner} (cosine distance 0.0010); keep asset {partner}"
+                connection.execute(
+                    sa.text("INSERT INTO defects (asset_id, category, severity, detail) VALUES (:id, :c, 0.5, :d)"),
+                    {"id": ids[key], "c": category, "d": detail if partner else "variance of Laplacian 12.0"},
+                )
+        assert _near_duplicate_shares(connection) == {"1": 1.0, "2": 0.5, "3": 1.0}
+
     database.upgrade("0012", settings=settings)
     with database.engine(empty_database_url).connect() as connection:
+        found = connection.execute(
+            sa.text("SELECT a.key, d.category FROM defects d JOIN assets a ON a.id = d.asset_id")
+        )
         due = connection.execute(sa.text("SELECT key FROM assets WHERE analysed_at IS NULL")).scalars().all()
-    assert due == ["paired"]
+        shares = _near_duplicate_shares(connection)
+    assert sorted(found.tuples().all()) == [
+        ("blurred", "blur"),
+        ("copied", "near_duplicate"),
+        ("paired-1", "blur"),
+        ("tree", "near_duplicate"),
+        ("twin-a", "near_duplicate"),
+        ("twin-b", "near_duplicate"),
+    ]
+    assert sorted(due) == ["copied", "paired-1", "paired-2", "tree", "twin-a", "twin-b"]
+    assert shares == {"1": 2 / 3, "2": 0.0, "3": 1.0}  # the view recomputes them from the rows left
+
+    database.upgrade(settings=settings)
+    by_id = {asset_id: key for key, asset_id in ids.items()}
+    # Only twin-a is a low scorer: the paired assets are never analysed again, so their rows had to go here.
+    assert [by_id[i] for batch in defect_analysis.low_scorer_batches(settings) for i in batch] == ["twin-a"]
     database.downgrade("0011", settings=settings)
