@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from aesq.core.config import Settings
@@ -41,6 +42,30 @@ def _is_api(request: Request) -> bool:
     return request.url.path == "/api" or request.url.path.startswith("/api/")
 
 
+# SQLSTATEs of a server that is going down or not yet up: no request can use it, like a refused connection.
+SERVER_NOT_ACCEPTING = {"57P01", "57P02", "57P03"}
+
+
+def _connection_failed(error: Exception) -> bool:
+    """Whether no connection to the database could be made or kept: the driver's error carries no SQLSTATE (the
+    server never answered), a connection-exception one (class 08) or a shutdown's; not a query the running server
+    cancelled, timed out or aborted on a deadlock."""
+    if isinstance(error, DatabaseError):
+        return True
+    if getattr(error, "connection_invalidated", False):  # SQLAlchemy saw the connection drop mid-request
+        return True
+    sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in SERVER_NOT_ACCEPTING
+
+
+def _driver_cause(settings: Settings, error: Exception) -> str:
+    """The first line of the driver's message, without the password."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    cause = text.splitlines()[0] if text else ""
+    secret = make_url(settings.database_url).password if settings.database_url else None
+    return cause.replace(secret, "***") if secret else cause
+
+
 def _database_down(settings: Settings, error: Exception) -> tuple[str, str]:
     """What to tell a person when the database cannot be reached, and the driver's cause; neither shows a password."""
     if settings.database_url is None:
@@ -51,10 +76,7 @@ def _database_down(settings: Settings, error: Exception) -> tuple[str, str]:
             f"the database at {url.host or 'localhost'}:{url.port or 5432} is unreachable — is Postgres running?"
             " (`aesq db start` starts the embedded one)"
         )
-    text = str(getattr(error, "orig", None) or error).strip()
-    cause = text.splitlines()[0] if text else ""
-    secret = make_url(settings.database_url).password if settings.database_url else None
-    return headline, cause.replace(secret, "***") if secret else cause
+    return headline, _driver_cause(settings, error)
 
 
 def create_app() -> FastAPI:
@@ -110,12 +132,25 @@ def create_app() -> FastAPI:
     @app.exception_handler(OperationalError)
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(DatabaseError)
-    async def database_unreachable(request: Request, error: Exception) -> Response:
-        """A stopped or unreachable database is a 503 that says where it was looked for and what to do."""
-        headline, cause = _database_down(web_settings(), error)
+    @app.exception_handler(PoolTimeout)
+    async def database_failed(request: Request, error: Exception) -> Response:
+        """A stopped or unreachable database is a 503 that says where it was looked for and what to do, as is a
+        pool whose connections all stay busy; a query the running database cancelled or aborted (statement
+        timeout, cancel, deadlock) is a 500 with the server's reason."""
+        settings = web_settings()
+        if isinstance(error, PoolTimeout):
+            status, headline, cause = 503, str(error), ""
+        elif _connection_failed(error):
+            status, (headline, cause) = 503, _database_down(settings, error)
+        else:
+            status, cause = 500, _driver_cause(settings, error)
+            headline = (
+                "the database could not complete this request — try again; if it keeps happening, check the"
+                " database's load and its statement_timeout"
+            )
         if _is_api(request):
-            return JSONResponse({"detail": headline, "cause": cause}, status_code=503)
-        return pages.error_page(request, 503, headline, cause=cause)
+            return JSONResponse({"detail": headline, "cause": cause}, status_code=status)
+        return pages.error_page(request, status, headline, cause=cause)
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly_js() -> Response:
