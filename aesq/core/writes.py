@@ -218,12 +218,33 @@ def _move_outputs(connection: Connection, moves: dict[int, int], drop: set[int])
             connection.execute(insert(table), moved)
 
 
+# Near-duplicate findings that now pair two generator versions because some of `ids` changed version (their
+# sidecar said another): deleted, and both assets left due for analysis. The partner is the asset the finding's
+# detail names first ("near-duplicate of asset N (…)", aesq/analysis/defect_analysis.py).
+_DROP_CROSS_VERSION_DUPLICATES = text(
+    """
+    WITH stale AS (
+        DELETE FROM defects d USING assets a, assets partner
+        WHERE d.category = 'near_duplicate' AND a.id = d.asset_id
+          AND partner.id = CAST(substring(d.detail FROM '^near-duplicate of asset ([0-9]+) ') AS bigint)
+          AND (a.id = ANY(:ids) OR partner.id = ANY(:ids))
+          AND a.generator_id <> partner.generator_id
+        RETURNING a.id, partner.id AS partner_id
+    )
+    UPDATE assets SET analysed_at = NULL
+    WHERE id IN (SELECT id FROM stale UNION SELECT partner_id FROM stale)
+    """
+)
+
+
 def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> list[int]:
     """Write examined objects of one storage location as assets; returns the ids that wait for scoring.
 
     Where each content's scores live afterwards follows `aesq.core.identity`: the same bytes as a canonical
     asset elsewhere make a duplicate; re-uploaded bytes keep their status, scores and times; new bytes
     at a known key move the old content's outputs to another location still holding it (or drop them).
+    Bytes that changed generator version are analysed again, and their near-duplicate findings across
+    versions go (a prompt or seed changes no finding).
     """
     if not records:
         return []
@@ -235,6 +256,13 @@ def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> lis
         connection, storage, bucket, {key: Arrival.FAILED if r.error else r.sha256 for key, r in sorted(by_key.items())}
     )
     rows = [_asset_row(by_key[key], generator_ids, standing) for key, standing in sorted(plan.batch.items())]
+    before = select(Asset.key, Asset.generator_id).where(Asset.id.in_(list(ids.values())))
+    version_before = dict(connection.execute(before).tuples().all())
+    new_version = [
+        row for row in rows if row["key"] in version_before and version_before[row["key"]] != row["generator_id"]
+    ]
+    for row in new_version:
+        row["analysed_at"] = None  # near-duplicates are sought within its version: analyse it again
     statement = insert(Asset).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=[Asset.storage, Asset.bucket, Asset.key],
@@ -245,7 +273,10 @@ def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> lis
         },
     )
     ids.update({key: asset_id for asset_id, key in connection.execute(statement.returning(Asset.id, Asset.key))})
-    return _finish(connection, plan, ids)
+    waiting = _finish(connection, plan, ids)
+    if new_version:
+        connection.execute(_DROP_CROSS_VERSION_DUPLICATES, {"ids": [ids[row["key"]] for row in new_version]})
+    return waiting
 
 
 def mark_deleted(connection: Connection, storage: str, bucket: str, keys: Sequence[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import sqlalchemy as sa
 
@@ -141,3 +143,51 @@ def test_defects_and_critiques_follow_their_content_and_go_with_it(settings):
     with get_engine(settings).begin() as connection:
         mark_deleted(connection, "s3", "bkt", ["b.png"])
     assert _rows(settings, "SELECT * FROM defects") == _rows(settings, "SELECT * FROM critiques") == []
+
+
+def test_bytes_moved_to_another_version_are_analysed_again_without_findings_across_versions(settings):
+    """A sidecar that names another version for the same bytes: their near-duplicate findings pairing two versions
+    go (theirs and those naming them), both assets become due for analysis; other findings and scores stay."""
+    v1, v2 = GeneratorRef("m", "1"), GeneratorRef("m", "2")
+    with get_engine(settings).begin() as connection:
+        upsert_assets(
+            connection,
+            [_record("a.png", "sha-a", v1), _record("b.png", "sha-b", v1), _record("c.png", "sha-c", v1)],
+        )
+        ids = dict(connection.execute(sa.select(Asset.key, Asset.id)).tuples().all())
+        connection.execute(sa.update(Asset).values(status="scored", scored_at=sa.func.now(), analysed_at=sa.func.now()))
+        write_scores(connection, [ScoreValue(asset_id, "technical", "1", 3.0, {}) for asset_id in ids.values()])
+        for key, category, other in [
+            ("a.png", "near_duplicate", "b.png"),
+            ("b.png", "near_duplicate", "a.png"),
+            ("a.png", "blur", None),
+            ("c.png", "near_duplicate", "b.png"),
+        ]:
+            partner = ids.get(other)
+            detail = f"near-duplicate of asset {partner} (cosine distance 0.0010); keep asset {partner}"
+            connection.execute(
+                sa.insert(Defect).values(
+                    asset_id=ids[key], category=category, severity=0.5, detail=detail if partner else "laplacian 9"
+                )
+            )
+
+    def state() -> tuple[list, list]:
+        findings = _rows(settings, "SELECT a.key, d.category FROM defects d JOIN assets a ON a.id = d.asset_id")
+        assets = _rows(settings, "SELECT key, status, analysed_at IS NULL AS due FROM assets ORDER BY key")
+        return sorted(tuple(row) for row in findings), [tuple(row) for row in assets]
+
+    # The same bytes and version again, and a changed prompt and seed: nothing to analyse again.
+    c = _record("c.png", "sha-c", v1)
+    reprompted = replace(c, provenance=replace(c.provenance, prompt="q", seed=2))
+    with get_engine(settings).begin() as connection:
+        upsert_assets(connection, [_record("a.png", "sha-a", v1), reprompted])
+    unchanged = state()
+    assert unchanged[1] == [("a.png", "scored", False), ("b.png", "scored", False), ("c.png", "scored", False)]
+    assert len(unchanged[0]) == 4
+
+    with get_engine(settings).begin() as connection:
+        upsert_assets(connection, [_record("a.png", "sha-a", v2)])
+    findings, assets = state()
+    assert findings == [("a.png", "blur"), ("c.png", "near_duplicate")]  # c names b, still its version
+    assert assets == [("a.png", "scored", True), ("b.png", "scored", True), ("c.png", "scored", False)]
+    assert len(_rows(settings, "SELECT * FROM scores")) == 3
