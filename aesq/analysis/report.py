@@ -16,10 +16,11 @@ import numpy as np
 from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 from matplotlib.axes import Axes
-from matplotlib.colors import to_hex
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter, DayLocator, date2num
 from matplotlib.figure import Figure
 from matplotlib.typing import RcKeyType
+
+from aesq.analysis.palette import version_colours
 
 if TYPE_CHECKING:
     from aesq.core.pipeline_status import FailureReason
@@ -69,6 +70,7 @@ class ReportData:
 PLOT_SIZE_INCHES = (7.5, 3.2)
 HISTOGRAM_BINS = 30
 DAY_TICKS_UP_TO = 8  # trend plots over at most this many days label every day
+TREND_Y_MARGIN = 0.15  # of the means' span above and below, so no marker sits on the plot's edge
 # Leaderboard figures show about this many significant digits of a scorer's largest mean: 72.1, 6.43, 0.532.
 SIGNIFICANT_DIGITS = 3
 _PLOT_SETTINGS: dict[RcKeyType, object] = {
@@ -98,6 +100,7 @@ svg { max-width: 100%; height: auto; }
 .strip { display: flex; gap: .5em; overflow-x: auto; }
 .strip figure { flex: none; width: 160px; font-size: 12px; }
 .strip img { width: 160px; height: 160px; object-fit: cover; display: block; }
+.strip figcaption { overflow-wrap: anywhere; } .folder { font-weight: normal; font-size: 13px; color: #777; }
 td.examples { white-space: normal; font-size: 12px; max-width: 60em; } td.examples div + div { margin-top: .3em; }
 </style>
 </head>
@@ -177,15 +180,15 @@ td.examples { white-space: normal; font-size: 12px; max-width: 60em; } td.exampl
 {% endif %}
 
 <h2>Best and worst images</h2>
-{% for version, best, worst in strips %}
-<h3>{{ version }}</h3>
+{% for version, folder, best, worst in strips %}
+<h3>{{ version }}{% if folder %} <span class="folder">in {{ folder }}</span>{% endif %}</h3>
 {% for label, thumbnails in [("Best", best), ("Worst", worst)] %}
 <p>{{ label }}</p>
 {% if thumbnails %}
 <div class="strip">
 {% for thumbnail in thumbnails %}
-<figure><img src="{{ thumbnail.uri }}" alt="asset {{ thumbnail.asset_id }}" title="{{ thumbnail.caption }}">
-<figcaption>{{ thumbnail.caption }}</figcaption></figure>
+<figure title="{{ thumbnail.caption }}"><img src="{{ thumbnail.uri }}" alt="asset {{ thumbnail.asset_id }}">
+<figcaption>{{ thumbnail.caption | replace(folder, "", 1) if folder else thumbnail.caption }}</figcaption></figure>
 {% endfor %}
 </div>
 {% else %}
@@ -255,7 +258,12 @@ def render_report(data: ReportData) -> str:
             for version, counts in data.defects.items()
         ],
         strips=[
-            (version, _embedded(data.best.get(version, [])), _embedded(data.worst.get(version, [])))
+            (
+                version,
+                _shared_folder([*data.best.get(version, []), *data.worst.get(version, [])]),
+                _embedded(data.best.get(version, [])),
+                _embedded(data.worst.get(version, [])),
+            )
             for version in dict.fromkeys([*data.best, *data.worst])
         ],
     )
@@ -310,15 +318,23 @@ def _format_change(change: float | None, decimals: int) -> tuple[str, str]:
 
 
 def _colours_by_version(data: ReportData) -> dict[str, str]:
-    """One colour per version, the same in every plot, in order of first appearance."""
-    versions = dict.fromkeys(
+    """One colour per version, the same in every plot and as on the dashboard."""
+    return version_colours(
         [line.version for line in data.leaderboard]
         + [version for version, _ in data.distributions]
         + [version for version, _ in data.trends]
     )
-    tab10 = matplotlib.colormaps["tab10"]
-    palette = [tab10(index) for index in range(tab10.N)]
-    return {version: to_hex(palette[i % len(palette)]) for i, version in enumerate(versions)}
+
+
+def _shared_folder(thumbnails: list[Thumbnail]) -> str:
+    """The folder (ending in "/") every caption of a version's strips starts with, shown once under its heading
+    rather than in each caption; empty when they share none."""
+    shared: list[str] = []
+    for names in zip(*(thumbnail.caption.split("/")[:-1] for thumbnail in thumbnails)):
+        if len(set(names)) > 1:
+            break
+        shared.append(names[0])
+    return "".join(f"{name}/" for name in shared)
 
 
 def _by_scorer(series: dict[tuple[str, str], list]) -> dict[str, dict[str, list]]:
@@ -389,6 +405,7 @@ def _draw_trends(
         locator = AutoDateLocator()
         axes.xaxis.set_major_locator(locator)
         axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes.margins(y=TREND_Y_MARGIN)
     axes.set_ylabel("mean score")
     _add_legend(axes)
 

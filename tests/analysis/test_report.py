@@ -19,14 +19,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aesq.analysis.report import ReportData, render_report
+from aesq.analysis.palette import version_colours
+from aesq.analysis.report import ReportData, Thumbnail, render_report
 from aesq.core.pipeline_status import FailureExample, FailureReason
-from tests.helpers import REPORT_HOSTILE, sample_report
+from tests.helpers import REPORT_HOSTILE, REPORT_VERSIONS, report_thumbnail, sample_report
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCORERS = ["ernie-aes", "technical"]
-# tab10's first colour: the first version's lines in every plot.
-FIRST_VERSION_RGB = (31, 119, 180)
+# The colour of sdxl/lora-7's lines in every plot, as the dashboard draws that version.
+LORA_COLOUR = version_colours(REPORT_VERSIONS)["sdxl/lora-7"]
+LORA_RGB = tuple(int(LORA_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
 
 EXPECTED_LEADERBOARD = [
     ["Version", "Scorer", "n", "Mean [95 %]", "Median", "Share above", "Change"],
@@ -228,7 +230,52 @@ def test_one_day_of_trends_is_that_day_between_its_neighbours() -> None:
     left, right = _axes_x_range(trend)
     assert ticks["Apr 30"] == pytest.approx(left) and ticks["May 02"] == pytest.approx(right)
     # The one point is drawn at its day, in the middle, not clipped at an edge of a years-wide axis.
-    assert _markers_in(trend, "#1f77b4", left, right) == [pytest.approx(ticks["May 01"])]
+    assert _markers_in(trend, LORA_COLOUR, left, right) == [pytest.approx(ticks["May 01"])]
+
+
+def test_every_version_has_its_dashboard_colour_in_every_plot(html: str) -> None:
+    colours = version_colours(REPORT_VERSIONS)
+    svgs = re.findall(r"<svg\b.*?</svg>", html, flags=re.DOTALL)
+    for version in ("sdxl/lora-7", "sdxl/base"):
+        assert all(f"stroke: {colours[version]}" in svg for svg in svgs), version
+    assert colours["sdxl/lora-7"] != colours["sdxl/base"]
+
+
+def _axes_y_range(svg: str) -> tuple[float, float]:
+    """Top and bottom edge of the plot's axes, in SVG coordinates (y grows downwards)."""
+    corners = re.search(r'<g id="patch_2">\s*<path d="M [\d.]+ ([\d.]+)\s*L [\d.]+ [\d.]+\s*L [\d.]+ ([\d.]+)', svg)
+    bottom, top = float(corners.group(1)), float(corners.group(2))
+    return top, bottom
+
+
+def test_daily_means_keep_clear_of_the_plots_top_and_bottom(html: str) -> None:
+    for trend in re.findall(r"<svg\b.*?</svg>", html, flags=re.DOTALL)[2:]:
+        top, bottom = _axes_y_range(trend)
+        left, right = _axes_x_range(trend)
+        markers = [
+            float(y)
+            for x, y in re.findall(r'<use [^>]*x="([\d.]+)" y="([\d.]+)" style="fill: #', trend)
+            if left <= float(x) <= right
+        ]
+        assert len(markers) == 10  # two versions, five days
+        # The highest and lowest means stand a tenth of the plot's height away from its edges.
+        assert min(markers) - top >= 0.1 * (bottom - top) and bottom - max(markers) >= 0.1 * (bottom - top)
+
+
+def test_strip_captions_name_the_image_below_a_heading_naming_its_folder() -> None:
+    def in_folder(asset_id: int, name: str, score: float) -> Thumbnail:
+        thumbnail = report_thumbnail(asset_id, name, score)
+        return replace(thumbnail, caption=f"generated/demo-diffusion/v1.0-base/{thumbnail.caption}")
+
+    best = {"demo:v1": [in_folder(1, "astronaut", 9.1), in_folder(2, "immunohistochemistry", 8.8)]}
+    html = render_report(replace(sample_report(), best=best, worst={"demo:v1": [in_folder(3, "coffee", 2.0)]}))
+    assert '<h3>demo:v1 <span class="folder">in generated/demo-diffusion/v1.0-base/</span></h3>' in html
+    captions = re.findall(r'<figure title="([^"]*)">.*?<figcaption>([^<]*)</figcaption>', html, flags=re.DOTALL)
+    assert captions == [
+        (f"generated/demo-diffusion/v1.0-base/{name}.png · {score}", f"{name}.png · {score}")
+        for name, score in [("astronaut", 9.1), ("immunohistochemistry", 8.8), ("coffee", 2.0)]
+    ]
+    assert "overflow-wrap: anywhere" in html  # a long name wraps inside its figure instead of running on
 
 
 def test_trends_over_a_few_days_have_a_tick_per_day_and_a_day_of_margin(html: str) -> None:
@@ -279,5 +326,5 @@ def test_chromium_shows_leaderboard_and_plots(html: str, tmp_path: Path) -> None
     with Image.open(screenshot) as image:
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
     assert len(np.unique(pixels, axis=0)) > 1
-    # The plots were painted: some pixels carry the first version's line colour.
-    assert (np.abs(pixels - FIRST_VERSION_RGB).max(axis=1) <= 8).sum() > 100
+    # The plots were painted: some pixels carry sdxl/lora-7's line colour.
+    assert (np.abs(pixels - LORA_RGB).max(axis=1) <= 8).sum() > 100
