@@ -9,7 +9,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from aesq.analysis.defects import Finding, detect_defects
 from aesq.core.batches import in_batches
-from aesq.core.config import Settings
+from aesq.core.config import ConfigurationError, Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Unreadable, fetch_asset
 from aesq.core.tables import EMBEDDING_DIMENSIONS, Asset, Defect
@@ -47,13 +47,28 @@ def low_scorer_batches(settings: Settings) -> list[list[int]]:
     return in_batches(ids, settings.batch_size)
 
 
+_PGVECTOR_VERSION = text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+
+
+def check_iterative_scan(pgvector_version: str) -> None:
+    """Near-duplicates are sought with HNSW iterative scans, which pgvector has since 0.8 (older ones miss or fail)."""
+    major, minor = (int(part) for part in pgvector_version.split(".")[:2])
+    if (major, minor) < (0, 8):
+        raise ConfigurationError(
+            f"near-duplicate detection needs pgvector 0.8 or later; the database has {pgvector_version}: "
+            "install pgvector 0.8 or later on the server, then run ALTER EXTENSION vector UPDATE in this database"
+        )
+
+
 def _comparable_nearest(settings: Settings, asset_id: int, embedder: str) -> tuple[int, float] | None:
     """The closest asset by embedding that `asset_id` may duplicate: one of its own generator version, or any
     when either of the two has no version (crawled data). Other versions are never candidates: versions of the
     same prompt and seed are paired generations, expected to look alike, not copies.
 
-    The filter runs inside the embedder's HNSW index scan (pgvector's iterative scan), so the nearest
-    comparable asset is found however many closer ones of other versions the index returns first.
+    The filter runs inside the embedder's HNSW index scan (pgvector 0.8's iterative scan, in strict order), so
+    closer assets of other versions do not hide the nearest comparable one, unless the scan ends first: after
+    `hnsw.max_scan_tuples` index entries (20,000 by default) or `hnsw.scan_mem_multiplier` × `work_mem` of
+    memory, server settings; then none is found.
     """
     vector = f"e.vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"  # inlined to match the partial index
     own = text(
@@ -104,7 +119,10 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
     to the asset holding the analysed content when they are written (`writes.current_holders`).
     """
     engine = get_engine(settings)
+    embedders = [name for name in settings.enabled_embedders if name in EMBEDDING_DIMENSIONS]
     with engine.connect() as connection:
+        if embedders:
+            check_iterative_scan(connection.execute(_PGVECTOR_VERSION).scalar_one())
         rows = connection.execute(
             select(Asset.id, Asset.storage, Asset.bucket, Asset.key, Asset.etag, Asset.sha256).where(
                 Asset.id.in_(asset_ids)
@@ -120,7 +138,6 @@ def analyse_assets(asset_ids: list[int], settings: Settings) -> int:
 
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         found = dict(zip((row.id for row in rows), pool.map(findings_for, rows)))
-    embedders = [name for name in settings.enabled_embedders if name in EMBEDDING_DIMENSIONS]
     if embedders:
         for asset_id, findings in found.items():
             duplicate = _near_duplicate(settings, asset_id, embedders[0], settings.near_duplicate_distance)

@@ -13,7 +13,7 @@ from PIL import Image
 from aesq.analysis import defect_analysis
 from aesq.analysis.defects import detect_defects
 from aesq.core import database
-from aesq.core.config import DefectRule, Settings
+from aesq.core.config import ConfigurationError, DefectRule, Settings
 from aesq.core.database import get_engine
 from aesq.core.images import ImageFacts
 from aesq.core.provenance import GeneratorRef, Provenance
@@ -317,3 +317,13 @@ def test_migration_0012_drops_cross_version_findings_and_has_near_duplicates_ana
     # Only twin-a is a low scorer: the paired assets are never analysed again, so their rows had to go here.
     assert [by_id[i] for batch in defect_analysis.low_scorer_batches(settings) for i in batch] == ["twin-a"]
     database.downgrade("0011", settings=settings)
+
+
+@pytest.mark.parametrize("version", ["0.8.0", "0.8.1", "0.10.0", "1.0.0"])
+def test_pgvector_from_0_8_does_the_iterative_scans_near_duplicates_need(version):
+    defect_analysis.check_iterative_scan(version)
+
+
+def test_an_older_pgvector_is_a_configuration_error_naming_its_version_and_the_update():
+    with pytest.raises(ConfigurationError, match=r"needs pgvector 0\.8 or later; the database has 0\.7\.4: .*UPDATE"):
+        defect_analysis.check_iterative_scan("0.7.4")
