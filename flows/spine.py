@@ -19,7 +19,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aesq.core.claims import Queued
 from aesq.core.config import Settings, get_settings
-from aesq.core.namespaces import Namespace, prepare_namespace
+from aesq.core.namespaces import Namespace, select_namespace
 from aesq.core.scoring import BatchOutcome
 from aesq.flows.events import INGESTED, SCORED
 from aesq.tasks.aggregate import aggregate_versions
@@ -156,9 +156,10 @@ def run_flow(source: str, scorers: list[str] | None = None, namespace: Namespace
     its bytes still in memory; ends when the source is done, by this run or by others. `scorers`, when
     given, are this run's only scorers, run here whatever the scoring pools (`Settings.for_run`), on this
     source's assets only (the rest of the database waits for the workers that run the configured models).
-    `namespace` "labels" keeps the run in the labels database, apart from production (aesq/core/namespaces.py)."""
+    `namespace` "labels" keeps the run in the labels database, apart from production (aesq/core/namespaces.py),
+    which `aesq bench labels` prepares before it starts the run; this only selects it."""
     settings = get_settings() if scorers is None else get_settings().for_run(scorers)
-    settings = prepare_namespace(settings, namespace)
+    settings = select_namespace(settings, namespace)
     discovery = discover_objects.submit(source, settings)
     ingested: list[PrefectFuture] = []
     scored: list[PrefectFuture] = []

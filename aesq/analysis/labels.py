@@ -154,8 +154,8 @@ def read_labels(folder: Path) -> list[Label]:
 def labelled_pairs(
     settings: Settings, folder: Path, labels: Sequence[Label], scorer: str
 ) -> tuple[list[Pair], list[Failure]]:
-    """Each label with its image's latest `scorer` score in the labels namespace, and the labelled images that
-    have none, with why."""
+    """Each label with its image's latest `scorer` score in the labels namespace (selected from production's
+    `settings`, so production is never read by mistake), and the labelled images that have none, with why."""
     query = text(
         """
         SELECT a.key, a.status, a.error, ls.value

@@ -719,7 +719,7 @@ def bench_labels(
     labelled = prepare_namespace(settings, "labels")  # held out: never in production data
     with _quiet_prefect(verbose):
         _run_with_progress(labelled, str(data), verbose, scorers, namespace="labels")
-    pairs, excluded = labelled_pairs(labelled, data, labels, scorer)
+    pairs, excluded = labelled_pairs(settings, data, labels, scorer)
     if excluded:
         console.print(f"excluded {len(excluded)} of {len(labels)} labelled images (no {scorer} score):")
         for failure in excluded:

@@ -12,6 +12,11 @@ meet.
 A schema of the same database with its own search_path was the alternative; it was not chosen because the
 pgvector extension lives in one schema per database, Alembic keeps one version table per search_path, and
 every raw query would depend on the connection's search_path being right.
+
+The namespace is never inferred from a database's name: production may be called anything, `..._labels` too,
+and its labels database is still its name + `_labels`. Only `aesq bench labels` creates and migrates it
+(`prepare_namespace`); a flow run in the labels namespace only selects it (`select_namespace`) and stops with
+one line when it is missing.
 """
 
 from __future__ import annotations
@@ -23,26 +28,59 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from aesq.core import database
-from aesq.core.config import Settings
+from aesq.core.config import ConfigurationError, Settings
 
 Namespace = Literal["production", "labels"]
 LABELS_SUFFIX = "_labels"
+# The longest database name Postgres keeps; a longer one is cut to this, which could land on production's.
+MAX_NAME_BYTES = 63
+
+
+class LabelsDatabaseMissing(ConfigurationError):
+    """A run in the labels namespace whose database was never prepared; the message says what creates it."""
 
 
 def labels_database_url(settings: Settings) -> str:
-    """The labels database's URL: the production database's server and credentials, its name + `_labels`."""
+    """The labels database's URL, from production's `settings`: the same server and credentials, its name +
+    `_labels` (whatever production's name ends with, so the two are never one database)."""
     production = make_url(database.database_url(settings))
     name = production.database or "postgres"
-    if name.endswith(LABELS_SUFFIX):  # these settings are the labels namespace's already
-        return production.render_as_string(hide_password=False)
-    return production.set(database=name + LABELS_SUFFIX).render_as_string(hide_password=False)
+    labels = name + LABELS_SUFFIX
+    if len(labels.encode()) > MAX_NAME_BYTES:
+        raise ConfigurationError(
+            f"the labels database's name {labels!r} is longer than Postgres's {MAX_NAME_BYTES} bytes, which would "
+            f"cut it (possibly to production's {name!r}): give the production database a shorter name"
+        )
+    return production.set(database=labels).render_as_string(hide_password=False)
 
 
 def namespace_settings(settings: Settings, namespace: Namespace) -> Settings:
-    """The settings whose database is the namespace's (the same settings for production)."""
+    """The namespace's settings, from production's `settings` (the same settings for production)."""
     if namespace == "production":
         return settings
     return settings.model_copy(update={"database_url": labels_database_url(settings)})
+
+
+def _database_exists(settings: Settings, name: str) -> bool:
+    """Whether the production server holds a database called `name` (one query)."""
+    with database.connect(settings) as connection:
+        found = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
+        return found.first() is not None
+
+
+def select_namespace(settings: Settings, namespace: Namespace) -> Settings:
+    """The namespace's settings for a flow run, from production's `settings`; never creates a database:
+    LabelsDatabaseMissing when the labels one was not prepared."""
+    selected = namespace_settings(settings, namespace)
+    if namespace == "production":
+        return selected
+    name = make_url(selected.database_url or "").database or ""
+    if not _database_exists(settings, name):
+        raise LabelsDatabaseMissing(
+            f"the labels database {name!r} does not exist: `aesq bench labels` creates and migrates it before "
+            "it runs the flow with namespace 'labels'"
+        )
+    return selected
 
 
 def _create_labels_database(settings: Settings, url: str) -> None:
@@ -66,7 +104,8 @@ def _create_labels_database(settings: Settings, url: str) -> None:
 
 
 def prepare_namespace(settings: Settings, namespace: Namespace) -> Settings:
-    """The namespace's settings, its database created when missing and migrated to the current schema."""
+    """The namespace's settings, from production's `settings`, its database created when missing and migrated
+    to the current schema (for the CLI, before it starts a flow run in the namespace)."""
     if namespace == "production":
         return settings
     labelled = namespace_settings(settings, namespace)

@@ -16,6 +16,7 @@ from aesq.analysis.versions import version_statistics
 from aesq.core.assets import nearest_assets
 from aesq.core.config import get_settings
 from aesq.core.database import engine, get_engine
+from aesq.core.namespaces import LabelsDatabaseMissing
 from aesq.flows.spine import aggregate_flow, ingest_flow, run_flow, score_flow
 from aesq.models.efficientnet import EfficientNetLite0Embedder
 from aesq.models.technical import TechnicalQualityScorer
@@ -250,3 +251,18 @@ def test_a_failed_ingest_raises_its_own_error_not_its_unrun_score(
     get_settings.cache_clear()
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied for table"):
         run_flow(f"s3://{bucket}/")
+
+
+def test_a_run_in_the_labels_namespace_only_selects_its_database_and_says_when_it_is_missing(
+    settings, empty_database_url, s3_client, bucket, monkeypatch
+):
+    """Only `aesq bench labels` creates the labels database; a run started elsewhere stops with one line."""
+    put(s3_client, bucket, "generated/m/1/a.jpg", ASTRONAUT)
+    monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)  # a production database without a labels one
+    get_settings.cache_clear()
+    name = sa.engine.make_url(empty_database_url).database
+    with pytest.raises(LabelsDatabaseMissing, match=f"the labels database '{name}_labels' does not exist"):
+        run_flow(f"s3://{bucket}/", namespace="labels")
+    with engine(empty_database_url).connect() as connection:
+        labels = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
+        assert connection.execute(labels, {"name": f"{name}_labels"}).first() is None
