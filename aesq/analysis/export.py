@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
@@ -44,6 +44,19 @@ _MANIFEST = text(
             FROM defects d WHERE d.asset_id = a.id) AS defects
     FROM assets a LEFT JOIN generators g ON g.id = a.generator_id
     ORDER BY a.id
+    """
+)
+# The scorers that have scores, one index probe each (ix_scores_latest leads with scorer): a loose index scan,
+# where DISTINCT would read the whole table.
+_SCORERS = text(
+    """
+    WITH RECURSIVE present AS (
+        (SELECT scorer FROM scores ORDER BY scorer LIMIT 1)
+        UNION ALL
+        SELECT (SELECT s.scorer FROM scores s WHERE s.scorer > present.scorer ORDER BY s.scorer LIMIT 1)
+        FROM present WHERE present.scorer IS NOT NULL
+    )
+    SELECT scorer FROM present WHERE scorer IS NOT NULL
     """
 )
 
@@ -79,28 +92,27 @@ def _decide(
 
 
 def _manifest_rows(
-    settings: Settings, scorer: str, min_score: float | None, exclude: set[str], min_severity: float
+    connection: Connection, scorer: str, min_score: float | None, exclude: set[str], min_severity: float
 ) -> Iterator[dict]:
-    """Every asset's manifest row, streamed from a server-side cursor."""
-    with get_engine(settings).connect() as connection:
-        result = connection.execution_options(yield_per=_ROWS_PER_CHUNK).execute(_MANIFEST)
-        for row in result:
-            keep, reason = _decide(row, scorer, min_score, exclude, min_severity)
-            yield {
-                "asset_id": row.asset_id,
-                "storage": row.storage,
-                "bucket": row.bucket,
-                "key": row.key,
-                "sha256": row.sha256,
-                "generator": row.generator,
-                "prompt": row.prompt,
-                "seed": row.seed,
-                "keep": keep,
-                "reason": reason,
-                "score": (row.scores or {}).get(scorer),
-                "scores": row.scores or {},
-                "defects": row.defects or [],
-            }
+    """Every asset's manifest row, streamed from a server-side cursor of `connection`'s transaction."""
+    result = connection.execution_options(yield_per=_ROWS_PER_CHUNK).execute(_MANIFEST)
+    for row in result:
+        keep, reason = _decide(row, scorer, min_score, exclude, min_severity)
+        yield {
+            "asset_id": row.asset_id,
+            "storage": row.storage,
+            "bucket": row.bucket,
+            "key": row.key,
+            "sha256": row.sha256,
+            "generator": row.generator,
+            "prompt": row.prompt,
+            "seed": row.seed,
+            "keep": keep,
+            "reason": reason,
+            "score": (row.scores or {}).get(scorer),
+            "scores": row.scores or {},
+            "defects": row.defects or [],
+        }
 
 
 def _flat(row: dict) -> dict:
@@ -198,11 +210,13 @@ def export_manifest(
     """
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    with get_engine(settings).connect() as connection:
-        scorers = list(connection.execute(text("SELECT DISTINCT scorer FROM scores ORDER BY scorer")).scalars())
-    if scorer not in scorers:
-        raise ValueError(f"no asset has a {scorer!r} score")
-    with FolderSource(out.parent).writing(out.name, "application/octet-stream") as handle:
-        rows = _manifest_rows(settings, scorer, min_score, set(exclude_defects), min_severity)
-        kept, dropped = _write(rows, handle, format, scorers)
+    # One snapshot for the scorer list and the rows: a scorer scored meanwhile is in both or in neither.
+    snapshot = get_engine(settings).connect().execution_options(isolation_level="REPEATABLE READ")
+    with snapshot as connection, connection.begin():
+        scorers = list(connection.execute(_SCORERS).scalars())
+        if scorer not in scorers:
+            raise ValueError(f"no asset has a {scorer!r} score")
+        with FolderSource(out.parent).writing(out.name, "application/octet-stream") as handle:
+            rows = _manifest_rows(connection, scorer, min_score, set(exclude_defects), min_severity)
+            kept, dropped = _write(rows, handle, format, scorers)
     return ExportSummary(kept, dropped, out)

@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -137,6 +139,27 @@ def test_parquet_carries_a_float_column_per_scorer_and_defects_as_typed_structs(
     assert rows["good"]["defects"] == []
     severities = pc.list_flatten(table.column("defects")).combine_chunks().field("severity")
     assert severities.type == pa.float64() and sorted(severities.to_pylist()) == [0.2, 0.8, 0.9]
+
+
+def test_the_scorer_list_and_the_rows_are_read_in_one_snapshot(settings, assets, tmp_path):
+    """A scorer whose first score is committed between the export's two reads is in neither of them."""
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE NOT l.granted "
+        "AND c.relname = 'assets'"
+    )
+    with ThreadPoolExecutor(1) as pool, get_engine(settings).connect() as writer:
+        with writer.begin():
+            writer.execute(sa.text("LOCK TABLE assets IN ACCESS EXCLUSIVE MODE"))  # the rows' read waits here
+            export = pool.submit(export_manifest, settings, tmp_path / "during.jsonl", "technical")
+            with get_engine(settings).connect() as observer:
+                while not observer.execute(waiting).scalar_one() and not export.done():
+                    time.sleep(0.05)
+            assert not export.done(), export.exception()  # it read the scorer list and waits for the rows
+            write_scores(writer, [ScoreValue(assets["good"], "late", "1", 9.0, {})])
+        export.result()
+    assert _jsonl(tmp_path / "during.jsonl")["good"]["scores"] == {"technical": 7.0}
+    after = export_manifest(settings, tmp_path / "after.parquet", "technical", format="parquet").path
+    assert pq.read_table(after).column("score_late").to_pylist().count(9.0) == 1  # a later export has both
 
 
 def test_bad_requests_fail_clearly_and_leave_no_file(settings, assets, tmp_path):
