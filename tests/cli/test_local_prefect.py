@@ -3,12 +3,14 @@ by `aesq stop`. One server serves the module (each start costs 10-20 s)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +19,30 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aesq.cli.local_prefect import LocalServer, ensure_server, server_dir, stop_server
+from aesq.cli import local_prefect
+from aesq.cli.local_prefect import (
+    LocalPrefectError,
+    LocalServer,
+    ensure_server,
+    log_file,
+    previous_log_file,
+    server_dir,
+    stop_server,
+)
 from tests.helpers import free_port
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
+# Stands in for a busy Prefect server: its command line names prefect and the port; it answers /api/health only
+# after the given delay.
+SLOW_SERVER = """
+import http.server, sys, time
+time.sleep(float(sys.argv[3]))
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/api/health" else 404)
+        self.end_headers()
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Health).serve_forever()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +144,7 @@ def test_a_configured_api_starts_no_local_server(settings, tmp_path):
 def test_a_server_that_cannot_start_is_one_line_naming_its_log(settings, tmp_path):
     data = tmp_path / "data"
     (server_dir(data) / "prefect.db").mkdir(parents=True)  # where its SQLite file should be: it cannot open it
+    log_file(data).write_text("an earlier start's log\n")
     result = _aesq("defects", data_dir=data)
     assert result.returncode == 1 and result.stdout == "", result.stdout
     lines = result.stderr.strip().splitlines()
@@ -132,6 +155,8 @@ def test_a_server_that_cannot_start_is_one_line_naming_its_log(settings, tmp_pat
     assert "unable to open database file" in lines[1]
     assert lines[1].endswith(f"see {server_dir(data) / 'server.log'}, or set PREFECT_API_URL to a Prefect server")
     assert not (server_dir(data) / "server.json").exists()
+    assert previous_log_file(data).read_text() == "an earlier start's log\n"  # kept once, not appended to
+    assert "earlier" not in log_file(data).read_text() and "unable to open database file" in log_file(data).read_text()
 
 
 def test_a_server_whose_starter_was_stopped_is_reused(settings, tmp_path):
@@ -153,3 +178,63 @@ def test_a_server_whose_starter_was_stopped_is_reused(settings, tmp_path):
         assert _recorded(data) == server and _answers(server)
     finally:
         stop_server(data)
+
+
+@pytest.fixture
+def slow_server(tmp_path, monkeypatch) -> Iterator[tuple[Path, LocalServer]]:
+    """A recorded local server that runs but answers only after 3 s; waited for 0.5 s quietly and 1 s (or 5 s, as
+    the test sets BUSY_SECONDS) with a notice. Ended afterwards whatever happened."""
+    monkeypatch.setattr(local_prefect, "QUIET_SECONDS", 0.5)
+    monkeypatch.setattr(local_prefect, "BUSY_SECONDS", 1.0)
+    data, port = tmp_path / "data", free_port()
+    process = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, "prefect", str(port), "3"], start_new_session=True)
+    server_dir(data).mkdir(parents=True)
+    (server_dir(data) / "server.json").write_text(json.dumps({"pid": process.pid, "port": port}))
+    try:
+        yield data, LocalServer(process.pid, port)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_running_server_that_does_not_answer_is_waited_for_never_killed(slow_server):
+    data, server = slow_server
+    notices: list[str] = []
+    with pytest.raises(LocalPrefectError) as raised:
+        ensure_server(data, print, notices.append)
+    assert notices == [
+        f"the local Prefect server on {server.ui_url} (pid {server.pid}) does not answer yet (busy or starting): "
+        "waiting up to 1 s for it…"
+    ]
+    assert str(raised.value) == (
+        f"the local Prefect server on {server.ui_url} (pid {server.pid}) runs but has not answered for 1.5 s: "
+        f"see {log_file(data)}; `aesq stop` stops it (the next command starts a new one)"
+    )
+    assert _running(server.pid) and _recorded(data) == server
+
+
+def test_a_busy_server_that_answers_later_is_reused(slow_server, monkeypatch):
+    monkeypatch.setattr(local_prefect, "BUSY_SECONDS", 5.0)
+    data, server = slow_server
+    notices: list[str] = []
+    assert ensure_server(data, notices.append, notices.append) == server
+    assert len(notices) == 1 and "does not answer yet (busy or starting)" in notices[0], notices
+    assert _answers(server) and _recorded(data) == server
+
+
+def test_aesq_stop_says_what_it_waits_for(tmp_path):
+    data = tmp_path / "data"
+    server_dir(data).mkdir(parents=True)
+    notices: list[str] = []
+    with open(server_dir(data) / "server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a command starting the server holds it
+        stopping = threading.Thread(target=lambda: notices.append(str(stop_server(data, notices.append))))
+        stopping.start()
+        deadline = time.monotonic() + 10
+        while not notices and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert notices == [
+            "waiting for another aesq command to finish starting or checking the local Prefect server (at most 185 s)…"
+        ]
+    stopping.join(10)
+    assert notices[1:] == ["False"]
