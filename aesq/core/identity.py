@@ -5,7 +5,10 @@ ETag only signals change. Content is identified by SHA-256, and scores, embeddin
 critiques belong to content. Each content present in the sources has exactly one canonical asset (status
 `pending` or `scored`) holding its outputs; every other location with the same bytes is a
 `duplicate` pointing at it; a location whose object is gone is `deleted` (its row stays, its
-outputs go unless another location still holds the content). `plan_batch` decides, for one batch of locations just examined or
+outputs go unless another location still holds the content). A canonical asset whose bytes stay but whose
+provenance fails (a sidecar edited into a bad state) becomes `failed` yet keeps its outputs and scoring time
+(a keeper) while no other location holds the content, so fixing the sidecar brings it back `scored` without
+scoring it again; failed, it counts nowhere. `plan_batch` decides, for one batch of locations just examined or
 found gone, where every affected content's canonical asset is afterwards and whose outputs move
 where: overwrites, swaps, copies, deletions and restores all follow from these rules.
 """
@@ -24,6 +27,13 @@ class Arrival(Enum):
 
     FAILED = "failed"  # bytes that are not a usable image (or bad provenance)
     GONE = "gone"  # the object is no longer listed
+
+
+@dataclass(frozen=True)
+class ProvenanceFailed:
+    """Usable bytes whose provenance failed: the location fails, but its content's outputs may stay with it."""
+
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -64,18 +74,26 @@ class Plan:
     waiting: list[Ref] = field(default_factory=list)  # canonical assets left pending: they need scores
 
 
-def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
-    """Decide the batch: `arrivals` maps each key to its new SHA-256 (or FAILED/GONE); `rows` are the
-    existing rows at those keys and every row holding a content that any of them held or now holds."""
+def keeps_outputs(row: Located) -> bool:
+    """Whether a row holds its content's outputs: a canonical one, or a failed keeper (scored, then its provenance
+    failed)."""
+    return row.status in CANONICAL or (row.status == "failed" and row.scored_at is not None)
+
+
+def plan_batch(arrivals: dict[str, str | Arrival | ProvenanceFailed], rows: list[Located]) -> Plan:
+    """Decide the batch: `arrivals` maps each key to its new SHA-256 (or FAILED/GONE, or ProvenanceFailed with
+    the SHA-256); `rows` are the existing rows at those keys and every row holding a content that any of them
+    held or now holds."""
     here = {row.key: row for row in rows if row.key is not None}
     plan = Plan()
+    kept: set[int] = set()  # keepers: failed rows that go on holding their content's outputs
     for key, arrival in arrivals.items():
-        if arrival is Arrival.FAILED:
+        if arrival is Arrival.FAILED or isinstance(arrival, ProvenanceFailed):
             plan.batch[key] = Standing("failed")
         elif arrival is Arrival.GONE:
             plan.batch[key] = Standing("deleted")
 
-    def final_sha(row: Located) -> str | Arrival:
+    def final_sha(row: Located) -> str | Arrival | ProvenanceFailed:
         """The content a row holds after the batch."""
         return arrivals[row.key] if row.key is not None else row.sha256
 
@@ -86,6 +104,8 @@ def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
     for sha in sorted(affected):
         located = sorted((row for row in rows if row.sha256 == sha), key=lambda row: row.id)
         canonical = next((row for row in located if row.status in CANONICAL), None)
+        # The row holding the content's outputs: its canonical asset, else a keeper (never both).
+        owner = canonical or next((row for row in located if keeps_outputs(row)), None)
         if canonical is not None and final_sha(canonical) == sha:
             chosen: Ref = canonical.id if canonical.key is None else canonical.key
             inherited = canonical
@@ -96,15 +116,33 @@ def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
             if canonical is not None:
                 plan.demote.add(canonical.id)
             if not holders:
+                if (
+                    owner is not None
+                    and owner.scored_at is not None
+                    and final_sha(owner) in (sha, ProvenanceFailed(sha))
+                ):
+                    kept.add(owner.id)  # the same bytes whose provenance failed: their outputs wait with them
+                    if owner.key is not None:
+                        plan.batch[owner.key] = Standing("failed", None, owner.scored_at, owner.analysed_at)
                 continue
-            chosen, inherited = holders[0], canonical  # type: ignore[assignment]
-            if canonical is not None:
-                plan.moves[canonical.id] = chosen
+            if owner is not None and owner.key in holders:  # a keeper whose provenance is fixed holds them again
+                holders.remove(owner.key)
+                holders.insert(0, owner.key)
+            chosen, inherited = holders[0], owner  # type: ignore[assignment]
+            if owner is not None and chosen != owner.key:
+                plan.moves[owner.id] = chosen
+            if owner is not None and owner is not canonical and owner.key is None:
+                plan.others[owner.id] = Standing("failed")  # a keeper elsewhere hands its outputs on
         final_canonical[sha] = chosen
         standing = (
             Standing("pending")
             if inherited is None
-            else Standing(inherited.status, None, inherited.scored_at, inherited.analysed_at)
+            else Standing(
+                inherited.status if inherited.status in CANONICAL else "scored",
+                None,
+                inherited.scored_at,
+                inherited.analysed_at,
+            )
         )
         if isinstance(chosen, str):
             plan.batch[chosen] = standing
@@ -127,7 +165,7 @@ def plan_batch(arrivals: dict[str, str | Arrival], rows: list[Located]) -> Plan:
     # Outputs of a content no location holds any more go (a canonical row that stays, or whose outputs
     # moved, is not among these).
     for row in rows:
-        keeps = row.sha256 in final_canonical and final_canonical[row.sha256] in (row.id, row.key)
-        if row.status in CANONICAL and row.id not in plan.moves and not keeps:
+        keeps = row.id in kept or (row.sha256 in final_canonical and final_canonical[row.sha256] in (row.id, row.key))
+        if keeps_outputs(row) and row.id not in plan.moves and not keeps:
             plan.drop.add(row.id)
     return plan

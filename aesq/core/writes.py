@@ -14,10 +14,10 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, bindparam, delete, func, select, text, update
+from sqlalchemy import Boolean, Connection, bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from aesq.core.identity import Arrival, Located, Plan, Standing, plan_batch
+from aesq.core.identity import Arrival, Located, Plan, ProvenanceFailed, Standing, plan_batch
 from aesq.core.images import ImageFacts
 from aesq.core.provenance import GeneratorRef, Provenance
 from aesq.core.tables import CANONICAL_STATUSES, Asset, Base, Critique, Defect, Embedding, Generator, ScoreRow
@@ -142,7 +142,7 @@ _LOCATED = (Asset.id, Asset.key, Asset.sha256, Asset.status, Asset.duplicate_of,
 
 
 def _settle(
-    connection: Connection, storage: str, bucket: str, arrivals: dict[str, str | Arrival]
+    connection: Connection, storage: str, bucket: str, arrivals: dict[str, str | Arrival | ProvenanceFailed]
 ) -> tuple[Plan, dict[str, int]]:
     """Lock and read what the batch touches, plan it, and apply everything but the batch's own rows' facts.
 
@@ -174,6 +174,7 @@ def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int
             "duplicate_of": resolve(standing.duplicate_of) if standing.duplicate_of is not None else None,
             "scored_at": standing.scored_at,
             "analysed_at": standing.analysed_at,
+            "failed": standing.status == "failed",
         }
         for asset_id, standing in plan.others.items()
     ] + [
@@ -183,6 +184,7 @@ def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int
             "duplicate_of": resolve(standing.duplicate_of),
             "scored_at": standing.scored_at,
             "analysed_at": standing.analysed_at,
+            "failed": False,
         }
         for key, standing in plan.batch.items()
         if isinstance(standing.duplicate_of, str)
@@ -196,7 +198,7 @@ def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int
                 duplicate_of=bindparam("duplicate_of"),
                 scored_at=bindparam("scored_at"),
                 analysed_at=bindparam("analysed_at"),
-                error=None,
+                error=case((bindparam("failed", type_=Boolean), Asset.error)),  # a failed row keeps its reason
                 updated_at=func.now(),
             ),
             changes,
@@ -237,6 +239,14 @@ _DROP_CROSS_VERSION_DUPLICATES = text(
 )
 
 
+def _arrival(record: AssetRecord) -> str | Arrival | ProvenanceFailed:
+    """What the identity plan makes of an examined object: usable bytes that failed (their provenance) may keep
+    their content's outputs."""
+    if record.error is None:
+        return record.sha256
+    return ProvenanceFailed(record.sha256) if record.facts is not None else Arrival.FAILED
+
+
 def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> list[int]:
     """Write examined objects of one storage location as assets; returns the ids that wait for scoring.
 
@@ -252,9 +262,7 @@ def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> lis
     by_key = {record.key: record for record in records}
     refs = [r.provenance.generator for r in records if r.provenance and r.provenance.generator and not r.error]
     generator_ids = upsert_generators(connection, refs)
-    plan, ids = _settle(
-        connection, storage, bucket, {key: Arrival.FAILED if r.error else r.sha256 for key, r in sorted(by_key.items())}
-    )
+    plan, ids = _settle(connection, storage, bucket, {key: _arrival(r) for key, r in sorted(by_key.items())})
     rows = [_asset_row(by_key[key], generator_ids, standing) for key, standing in sorted(plan.batch.items())]
     before = select(Asset.key, Asset.generator_id).where(Asset.id.in_(list(ids.values())))
     version_before = dict(connection.execute(before).tuples().all())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from aesq.core import scoring
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
-from aesq.core.identity import Arrival, Located, plan_batch
+from aesq.core.identity import Arrival, Located, ProvenanceFailed, plan_batch
 from aesq.core.storage import open_source, recent_objects
 from tests.helpers import (
     assert_every_content_scored_once,
@@ -211,8 +212,86 @@ def test_reingesting_the_same_bytes_keeps_scoring_time_and_daily_figures(source,
         assert connection.execute(sa.text("SELECT sum(count) FROM version_daily_stats")).scalar_one() == 3
 
 
-def _row(asset_id: int, key: str | None, sha: str, status: str, duplicate_of: int | None = None) -> Located:
-    return Located(asset_id, key, sha, status, duplicate_of, None, None)
+def _score_rows() -> list[tuple]:
+    """Every score row as written: a re-scored image would show a new row or time."""
+    with get_engine(get_settings()).connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text("SELECT id, asset_id, created_at FROM scores"))]
+
+
+def _counted() -> int:
+    """How many scores the per-version daily figures count."""
+    with get_engine(get_settings()).connect() as connection:
+        return connection.execute(sa.text("SELECT coalesce(sum(count), 0) FROM version_daily_stats")).scalar_one()
+
+
+def test_a_broken_sidecar_fails_its_image_but_keeps_its_scores_until_fixed(source, s3_client, bucket):
+    put(s3_client, bucket, KEY, A)
+    put(s3_client, bucket, f"{KEY}.json", b'{"prompt": "a fox"}')
+    run_once(source, get_settings())
+    scored, scores = _assets()[KEY], _score_rows()
+    assert scored.status == "scored" and scores and _counted() == 1
+
+    put(s3_client, bucket, f"{KEY}.json", b'{"prompt": "a fox", seed: 1}')  # a typo: the same bytes, bad provenance
+    run_once(source, get_settings())
+    broken = _assets()[KEY]
+    assert (broken.status, broken.error.startswith("sidecar JSON is malformed")) == ("failed", True)
+    assert _score_rows() == scores and broken.scored_at == scored.scored_at  # the bytes' outputs stay
+    assert _counted() == 0  # failed, it counts nowhere
+    assert_statistics_match_rows(get_settings())
+
+    put(s3_client, bucket, f"{KEY}.json", b'{"prompt": "a red fox"}')
+    run_once(source, get_settings())
+    fixed = _assets()[KEY]
+    assert (fixed.status, fixed.error, fixed.prompt, fixed.scored_at) == ("scored", None, "a red fox", scored.scored_at)
+    assert _score_rows() == scores and _counted() == 1  # back without being scored again
+    assert_every_content_scored_once(get_settings(), {KEY: A})
+    assert_statistics_match_rows(get_settings())
+
+
+def test_a_broken_sidecar_of_a_copied_image_hands_its_scores_to_the_copy(source, s3_client, bucket):
+    copy = "generated/m/1/copy.jpg"
+    _upload(s3_client, bucket, {KEY: A, copy: A})
+    put(s3_client, bucket, f"{KEY}.json", b'{"prompt": "a fox"}')
+    run_once(source, get_settings())
+    scores = _score_rows()
+    put(s3_client, bucket, f"{KEY}.json", b"[")
+    run_once(source, get_settings())
+    assert (_assets()[KEY].status, _assets()[copy].status) == ("failed", "scored")
+    assert_every_content_scored_once(get_settings(), {copy: A}, failed=[KEY])
+    put(s3_client, bucket, f"{KEY}.json", b'{"prompt": "a fox"}')
+    run_once(source, get_settings())
+    assert_every_content_scored_once(get_settings(), {KEY: A, copy: A})
+    assert sorted(row[::2] for row in _score_rows()) == sorted(row[::2] for row in scores)  # moved, not scored again
+
+
+def _row(
+    asset_id: int, key: str | None, sha: str, status: str, duplicate_of: int | None = None, scored: bool = False
+) -> Located:
+    return Located(asset_id, key, sha, status, duplicate_of, datetime(2026, 1, 1) if scored else None, None)
+
+
+def test_plan_of_a_provenance_failure_keeps_outputs_on_the_failed_row_until_the_content_is_usable_again():
+    plan = plan_batch({"k": ProvenanceFailed("A")}, [_row(1, "k", "A", "scored", scored=True)])
+    assert plan.drop == set() and plan.moves == {} and plan.waiting == []
+    assert (plan.batch["k"].status, plan.batch["k"].scored_at) == ("failed", datetime(2026, 1, 1))
+    keeper = _row(1, "k", "A", "failed", scored=True)
+    assert plan_batch({"k": ProvenanceFailed("A")}, [keeper]).batch["k"].scored_at == datetime(2026, 1, 1)
+    fixed = plan_batch({"k": "A"}, [keeper])
+    assert (fixed.batch["k"].status, fixed.batch["k"].scored_at, fixed.moves, fixed.drop) == (
+        "scored",
+        datetime(2026, 1, 1),
+        {},
+        set(),
+    )
+    elsewhere = plan_batch({"new": "A"}, [_row(1, None, "A", "failed", scored=True)])
+    assert elsewhere.moves == {1: "new"} and elsewhere.batch["new"].status == "scored"
+    assert elsewhere.others[1].status == "failed" and elsewhere.others[1].scored_at is None
+    assert plan_batch({"k": "B"}, [keeper]).drop == {1}  # other bytes there: the content is present nowhere
+
+
+def test_plan_of_a_provenance_failure_of_an_unscored_image_keeps_nothing():
+    plan = plan_batch({"k": ProvenanceFailed("A")}, [_row(1, "k", "A", "pending")])
+    assert plan.drop == {1} and plan.batch["k"].scored_at is None
 
 
 def test_plan_of_a_swap_moves_outputs_crosswise_without_rescoring():
