@@ -750,6 +750,24 @@ def bench_labels(
         console.print(f"note: {note}", highlight=False)
 
 
+@bench_app.command("forget")
+def bench_forget(
+    data: Annotated[Path, typer.Option(help="a labelled folder that an older aesq scored in production")],
+    yes: Annotated[bool, typer.Option("--yes", help="remove them (without it, only count them)")] = False,
+) -> None:
+    """Remove from production the assets of a labelled folder that `aesq bench labels` scored there before it
+    kept labelled sets in a database of their own."""
+    from aesq.core.namespaces import leaked_labels
+
+    leaked = leaked_labels(_ready_settings(), data, remove=yes)
+    found = f"{leaked.assets} assets under {leaked.location} in production ({leaked.scored} scored)"
+    if not leaked.assets:
+        message = f"no assets under {leaked.location} in production"
+    else:
+        message = f"removed {found}" if yes else f"{found}: run again with --yes to remove them"
+    console.print(message, highlight=False, soft_wrap=True)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply schema migrations (to head by default)."""

@@ -40,6 +40,9 @@ from aesq.core.storage import (
 from aesq.core.writes import mark_deleted
 
 PAGE_SIZE = 2000  # keys COPYed and checked per round trip; Python holds one page at a time
+# The sidecar ETag (with no sidecar key) of assets ingested before sidecars were recorded (migration 0013):
+# ingest never writes it, the next listing adopts the sidecar it lists.
+UNRECORDED = "(not recorded)"
 DELETIONS_PER_TRANSACTION = 1000
 
 # The session's temporary table: every key listed so far (sidecar look-ups, deletions); an image also has
@@ -55,27 +58,44 @@ _DROP = "DROP TABLE IF EXISTS pg_temp.discovery_listed, pg_temp.discovery_gone"
 # The images that became ready since the previous page (`ready_at` in (:after, :upto]; to the end once the
 # listing is over), compared with their assets: new keys, other ETags, deleted ones back, or another sidecar
 # (key or ETag) than the asset was ingested with, where the listing covered the sidecar's candidates (a poll
-# after a cursor may not have). Their sidecar is the first candidate listed. Every look-up is a LATERAL ...
-# LIMIT 1, so it stays an index probe per image whatever the planner guesses about the growing temporary table
-# (it has no statistics; a hashed subplan would read the whole table on every page).
+# after a cursor may not have). Their sidecar is the first candidate listed. An asset ingested before sidecars
+# were recorded (UNRECORDED) adopts the listed sidecar instead (`adopt`): only a later change re-ingests it.
+# Every look-up is a LATERAL ... LIMIT 1, so it stays an index probe per image whatever the planner guesses
+# about the growing temporary table (it has no statistics; a hashed subplan would read the whole table on
+# every page).
 _READY = """
-    SELECT r.key, r.etag, coalesce(f.key, s.key) AS sidecar, coalesce(f.etag, s.etag) AS sidecar_etag,
-           least(r.first COLLATE "C", r.second COLLATE "C") AS earliest
-    FROM discovery_listed r
-    LEFT JOIN LATERAL (
-        SELECT a.id, a.status, a.etag, a.sidecar_key, a.sidecar_etag FROM assets a
-        WHERE a.storage = :storage AND a.bucket = :bucket AND a.key = r.key LIMIT 1
-    ) a ON true
-    LEFT JOIN LATERAL (SELECT f.key, f.etag FROM discovery_listed f WHERE f.key = r.first LIMIT 1) f ON true
-    LEFT JOIN LATERAL (SELECT s.key, s.etag FROM discovery_listed s WHERE s.key = r.second LIMIT 1) s ON f.key IS NULL
-    WHERE r.ready_at > CAST(:after AS text) {upto}
-      AND (a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag
-           OR (CAST(:start_after AS text) IS NULL
-               OR least(r.first COLLATE "C", r.second COLLATE "C") > CAST(:start_after AS text) COLLATE "C")
-              AND (a.sidecar_key, a.sidecar_etag) IS DISTINCT FROM (coalesce(f.key, s.key), coalesce(f.etag, s.etag)))
+    SELECT * FROM (
+        SELECT r.key, r.etag, coalesce(f.key, s.key) AS sidecar, coalesce(f.etag, s.etag) AS sidecar_etag,
+               least(r.first COLLATE "C", r.second COLLATE "C") AS earliest, a.id AS asset_id,
+               a.id IS NULL OR a.status = 'deleted' OR a.etag IS DISTINCT FROM r.etag AS changed,
+               CAST(:start_after AS text) IS NULL
+                   OR least(r.first COLLATE "C", r.second COLLATE "C") > CAST(:start_after AS text) COLLATE "C"
+                   AS covered,
+               coalesce(a.sidecar_key IS NULL AND a.sidecar_etag = :unrecorded, false) AS unrecorded,
+               (a.sidecar_key, a.sidecar_etag) IS DISTINCT FROM (coalesce(f.key, s.key), coalesce(f.etag, s.etag))
+                   AS other_sidecar
+        FROM discovery_listed r
+        LEFT JOIN LATERAL (
+            SELECT a.id, a.status, a.etag, a.sidecar_key, a.sidecar_etag FROM assets a
+            WHERE a.storage = :storage AND a.bucket = :bucket AND a.key = r.key LIMIT 1
+        ) a ON true
+        LEFT JOIN LATERAL (SELECT f.key, f.etag FROM discovery_listed f WHERE f.key = r.first LIMIT 1) f ON true
+        LEFT JOIN LATERAL (SELECT s.key, s.etag FROM discovery_listed s WHERE s.key = r.second LIMIT 1) s
+            ON f.key IS NULL
+        WHERE r.ready_at > CAST(:after AS text) {upto}
+    ) ready
+    WHERE changed OR covered AND (unrecorded OR other_sidecar)
 """
 _READY_UPTO = text(_READY.format(upto="AND r.ready_at <= CAST(:upto AS text)"))
 _READY_REST = text(_READY.format(upto=""))
+# The sidecar listed with an asset ingested before sidecars were recorded, taken as the one it was ingested with.
+_ADOPT = text(
+    """
+    UPDATE assets a SET sidecar_key = u.sidecar, sidecar_etag = u.sidecar_etag
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:sidecars AS text[]), CAST(:etags AS text[])) AS u(id, sidecar, sidecar_etag)
+    WHERE a.id = u.id AND a.sidecar_key IS NULL AND a.sidecar_etag = :unrecorded
+    """
+)
 
 # The source's live assets a full listing did not list, as they stood when it began (an asset written
 # meanwhile, e.g. by a notification for an object uploaded behind the listing, waits for the next one).
@@ -158,15 +178,27 @@ def _copy_page(connection: Connection, page: list[tuple[str, str | None]]) -> No
 def _queue_ready(connection: Connection, source: Source, after: str, upto: str | None, start_after: str | None) -> int:
     """Queue the images that are new, changed (bytes or sidecar) or back and whose sidecar candidates the
     listing passed since the previous page: `ready_at` in (`after`, `upto`], `upto` being the greatest key
-    listed so far (None: the listing ended). How many were queued."""
+    listed so far (None: the listing ended); assets whose sidecar was never recorded adopt the listed one.
+    How many were queued."""
     params = {
         "after": after,
         "upto": upto,
         "start_after": start_after,
         "storage": source.storage,
         "bucket": source.bucket,
+        "unrecorded": UNRECORDED,
     }
     rows = connection.execute(_READY_REST if upto is None else _READY_UPTO, params).all()
+    if adopted := [row for row in rows if row.covered and row.unrecorded]:
+        connection.execute(
+            _ADOPT,
+            {
+                "ids": [row.asset_id for row in adopted],
+                "sidecars": [row.sidecar for row in adopted],
+                "etags": [row.sidecar_etag for row in adopted],
+                "unrecorded": UNRECORDED,
+            },
+        )
     queued = [
         Listed(
             row.key,
@@ -178,6 +210,7 @@ def _queue_ready(connection: Connection, source: Source, after: str, upto: str |
             sidecar_etag=row.sidecar_etag,
         )
         for row in rows
+        if row.changed or (row.covered and not row.unrecorded and row.other_sidecar)
     ]
     return queue_objects(connection, source.storage, source.bucket, queued)
 

@@ -21,14 +21,18 @@ one line when it is missing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from aesq.core import database
 from aesq.core.config import ConfigurationError, Settings
+from aesq.core.storage import parse_location
+from aesq.core.writes import mark_deleted
 
 Namespace = Literal["production", "labels"]
 LABELS_SUFFIX = "_labels"
@@ -112,3 +116,54 @@ def prepare_namespace(settings: Settings, namespace: Namespace) -> Settings:
     _create_labels_database(settings, labelled.database_url or "")
     database.upgrade(settings=labelled)
     return labelled
+
+
+@dataclass(frozen=True)
+class Leaked:
+    """A labelled folder's assets found in production: how many, and how many of them were scored."""
+
+    location: str
+    assets: int
+    scored: int
+
+
+# Near-duplicate findings name the asset to keep in their detail ("near-duplicate of asset 12 (...").
+_NAMING_REMOVED = text(
+    """
+    DELETE FROM defects WHERE category = 'near_duplicate'
+      AND substring(detail FROM '^near-duplicate of asset ([0-9]+) ')::bigint IN :ids
+    RETURNING asset_id
+    """
+).bindparams(bindparam("ids", expanding=True))
+
+
+def leaked_labels(settings: Settings, folder: Path, remove: bool = False) -> Leaked:
+    """The assets that versions of `aesq bench labels` before the labels namespace left in production under
+    `folder`'s location, removed when `remove`: marked deleted first, so a content production also holds elsewhere
+    keeps its scores there (as when an object is deleted), then gone with their queued objects, their listing
+    cursor and the near-duplicate findings naming them, whose assets defect analysis may examine again."""
+    location = parse_location(str(folder))
+    where = {"storage": location.storage, "bucket": location.bucket}
+    with database.connect(settings) as connection, connection.begin():
+        rows = connection.execute(
+            text("SELECT key, id, status FROM assets WHERE storage = :storage AND bucket = :bucket"), where
+        ).all()
+        leaked = Leaked(location.uri, len(rows), sum(row.status == "scored" for row in rows))
+        if not remove or not rows:
+            return leaked
+        mark_deleted(connection, location.storage, location.bucket, sorted(row.key for row in rows))
+        ids = [row.id for row in rows]
+        named = list(connection.execute(_NAMING_REMOVED, {"ids": ids}).scalars())
+        if named:
+            connection.execute(
+                text("UPDATE assets SET analysed_at = NULL WHERE id IN :named").bindparams(
+                    bindparam("named", expanding=True)
+                ),
+                {"named": named},
+            )
+        connection.execute(text("DELETE FROM ingest_queue WHERE storage = :storage AND bucket = :bucket"), where)
+        connection.execute(text("DELETE FROM source_cursors WHERE source = :source"), {"source": location.uri})
+        connection.execute(
+            text("DELETE FROM assets WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)), {"ids": ids}
+        )
+    return leaked

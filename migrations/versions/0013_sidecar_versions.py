@@ -1,8 +1,11 @@
 """The sidecar each asset was ingested with (key and ETag), so a sidecar fixed, added or removed re-ingests
 its image's provenance without the image's bytes changing.
 
-Assets ingested before this have no recorded sidecar: those that have one are re-ingested once by the next
-listing (same bytes, so their scores stay; only provenance is read again).
+Assets ingested before this get the sidecar ETag "(not recorded)" (with no sidecar key; ingest never writes
+it): the next full listing takes the sidecar it lists as the one they were ingested with
+(`aesq.core.discovery.UNRECORDED`) instead of re-ingesting them, so nothing is downloaded again and only a
+sidecar that changes after the upgrade re-ingests its image. The column gets the value as its default when
+added (no table rewrite), then loses the default.
 
 Revision ID: 0013
 Revises: 0012
@@ -19,6 +22,8 @@ down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+UNRECORDED = "(not recorded)"  # aesq.core.discovery.UNRECORDED, as it was when this migration was written
+
 
 def upgrade() -> None:
     op.add_column(
@@ -31,9 +36,11 @@ def upgrade() -> None:
             "sidecar_etag",
             sa.Text(),
             nullable=True,
+            server_default=UNRECORDED,
             comment="that sidecar's ETag: a listing that shows another re-ingests the object's provenance",
         ),
     )
+    op.alter_column("assets", "sidecar_etag", server_default=None)
 
 
 def downgrade() -> None:

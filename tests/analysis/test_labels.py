@@ -312,3 +312,31 @@ def test_a_labelled_set_is_scored_in_its_own_database_and_never_reaches_producti
     for rows, key in ((in_production, "generated/m/1/shared.png"), (in_labels, "generated/m/1/coffee.png")):
         row = next(row for row in rows if row.key == key)
         assert (row.status, row.duplicate_of) == ("scored", None)
+
+
+def test_bench_forget_counts_a_labelled_folder_left_in_production_then_removes_it_with_yes(
+    settings, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AESQ_SCORERS", "technical")
+    monkeypatch.setenv("AESQ_EMBEDDERS", "")
+    get_settings.cache_clear()
+    folder = tmp_path / "eria"
+    (folder / "images").mkdir(parents=True)
+    for level in range(2):
+        _degraded(photo("rocket"), level).save(folder / f"images/rocket-{level}.png")
+    run_once(str(folder), get_settings())  # as `aesq bench labels` ran it before the labels namespace
+    count = "SELECT count(*) FROM assets WHERE bucket = :folder"
+
+    def forget(*options: str) -> str:
+        result = CliRunner().invoke(app, ["bench", "forget", "--data", str(folder), *options], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    found = f"2 assets under {folder.resolve()} in production (2 scored)"
+    assert forget() == f"{found}: run again with --yes to remove them"
+    with get_engine(settings).connect() as connection:
+        assert connection.execute(sa.text(count), {"folder": str(folder.resolve())}).scalar_one() == 2
+    assert forget("--yes") == f"removed {found}"
+    with get_engine(settings).connect() as connection:
+        assert connection.execute(sa.text(count), {"folder": str(folder.resolve())}).scalar_one() == 0
+    assert forget("--yes") == f"no assets under {folder.resolve()} in production"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aesq.core import discovery
+from aesq.core import database, discovery
 from aesq.core.claims import claim_objects
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
@@ -369,6 +369,48 @@ def _peak_bytes(function) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def test_assets_from_before_0013_adopt_their_listed_sidecars_without_being_ingested_again(
+    settings, empty_database_url, s3_client, bucket, monkeypatch
+):
+    """A database upgraded from 0012 re-ingests no image for the sidecar it had then; a later change does."""
+    monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    settings = get_settings()
+    database.upgrade("0012", settings=settings)
+    source = f"s3://{bucket}/"
+    for seed, key in enumerate(("m/a.jpg", "m/b.jpg", "m/c.jpg", "m/d.jpg")):
+        put(s3_client, bucket, key, IMAGES[seed])
+    put(s3_client, bucket, "m/a.jpg.json", b'{"prompt": "a"}')
+    put(s3_client, bucket, "m/c.json", b'{"prompt": "c"}')
+    etags = {item.key: item.etag for item in open_source(source, settings).list()}
+    with get_engine(settings).begin() as connection:  # as 0012's ingest left them
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, etag, size_bytes, source_kind, status)"
+                " VALUES ('s3', :bucket, :key, :key, :etag, 1, 'generated', 'scored')"
+            ),
+            [{"bucket": bucket, "key": key, "etag": etags[key]} for key in ("m/a.jpg", "m/b.jpg", "m/c.jpg")],
+        )
+    database.upgrade(settings=settings)
+
+    assert discovery.discover(source, settings, page_size=2).queued == 1  # only m/d.jpg, new
+    with get_engine(settings).connect() as connection:
+        recorded = {
+            row.key: (row.sidecar_key, row.sidecar_etag)
+            for row in connection.execute(sa.text("SELECT key, sidecar_key, sidecar_etag FROM assets"))
+        }
+    assert recorded == {
+        "m/a.jpg": ("m/a.jpg.json", etags["m/a.jpg.json"]),
+        "m/b.jpg": (None, None),
+        "m/c.jpg": ("m/c.json", etags["m/c.json"]),
+    }
+    assert set(_queue(settings)) == {"m/d.jpg"}
+
+    put(s3_client, bucket, "m/c.json", b'{"prompt": "another c"}')
+    assert discovery.discover(source, settings).queued == 1
+    assert set(_queue(settings)) == {"m/c.jpg", "m/d.jpg"}
 
 
 @pytest.mark.slow

@@ -9,9 +9,19 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from aesq.analysis.aggregate import aggregate_versions
+from aesq.analysis.versions import version_statistics
 from aesq.core import database
-from aesq.core.config import ConfigurationError, Settings
-from aesq.core.namespaces import LabelsDatabaseMissing, namespace_settings, prepare_namespace, select_namespace
+from aesq.core.config import ConfigurationError, Settings, get_settings
+from aesq.core.namespaces import (
+    LabelsDatabaseMissing,
+    Leaked,
+    leaked_labels,
+    namespace_settings,
+    prepare_namespace,
+    select_namespace,
+)
+from tests.helpers import noise_image, run_once
 
 
 def _databases(admin_url: str) -> set[str]:
@@ -74,3 +84,65 @@ def test_a_role_that_may_not_create_it_is_told_what_to_create(postgres_server, e
     message = str(raised.value)
     assert "\n" not in message and f"cannot create the labels database '{name}_labels'" in message
     assert "permission denied" in message and f"CREATE DATABASE {name}_labels" in message
+
+
+def test_a_labelled_folder_scored_in_production_by_older_versions_can_be_removed_from_it(
+    settings, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AESQ_SCORERS", "technical")
+    monkeypatch.setenv("AESQ_EMBEDDERS", "")
+    get_settings.cache_clear()
+    settings = get_settings()
+    # What `aesq bench labels` did before the labels namespace: the labelled folder run in production.
+    labelled = tmp_path / "eria"
+    (labelled / "generated/held-out/1").mkdir(parents=True)
+    noise_image(1).save(labelled / "generated/held-out/1/shared.png")
+    noise_image(2).save(labelled / "generated/held-out/1/only.png")
+    (labelled / "generated/held-out/1/broken.png").write_bytes(b"not an image")
+    run_once(str(labelled), settings)
+    # Production: one image with the same bytes as a labelled one (a duplicate of it), one of its own.
+    production = tmp_path / "production"
+    (production / "generated/m/1").mkdir(parents=True)
+    noise_image(1).save(production / "generated/m/1/copy.png")
+    noise_image(3).save(production / "generated/m/1/own.png")
+    run_once(str(production), settings)
+    query = "SELECT bucket || '/' || key AS location, id, status, duplicate_of FROM assets ORDER BY key"
+    with database.get_engine(settings).begin() as connection:
+        before = {row.location: row for row in connection.execute(sa.text(query))}
+        shared = before[f"{labelled}/generated/held-out/1/shared.png"]
+        own = before[f"{production}/generated/m/1/own.png"]
+        assert before[f"{production}/generated/m/1/copy.png"].duplicate_of == shared.id
+        connection.execute(
+            sa.text(
+                "INSERT INTO defects (asset_id, category, severity, detail) VALUES (:own, 'near_duplicate', 0.9, "
+                ":detail), (:own, 'blur', 0.5, 'b')"
+            ),
+            {"own": own.id, "detail": f"near-duplicate of asset {shared.id} (cosine distance 0.0100); keep asset"},
+        )
+        connection.execute(sa.text("UPDATE assets SET analysed_at = now()"))
+    assert {row["generator"] for row in version_statistics(settings)} == {"held-out", "m"}
+
+    expected = Leaked(str(labelled), 3, 2)
+    assert leaked_labels(settings, labelled) == expected  # only counted
+    assert leaked_labels(settings, labelled, remove=True) == expected
+    aggregate_versions(settings)
+
+    with database.get_engine(settings).connect() as connection:
+        after = {row.location: row for row in connection.execute(sa.text(query))}
+        defects = connection.execute(sa.text("SELECT asset_id, category FROM defects")).all()
+        analysed = dict(connection.execute(sa.text("SELECT id, analysed_at IS NOT NULL FROM assets")).all())
+        scores = dict(connection.execute(sa.text("SELECT asset_id, count(*) FROM scores GROUP BY asset_id")).all())
+        left = connection.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM ingest_queue WHERE bucket = :b), "
+                "(SELECT count(*) FROM source_cursors WHERE source = :b)"
+            ),
+            {"b": str(labelled)},
+        ).one()
+    copy = after[f"{production}/generated/m/1/copy.png"]
+    assert set(after) == {f"{production}/generated/m/1/copy.png", f"{production}/generated/m/1/own.png"}
+    assert (copy.status, copy.duplicate_of, scores.get(copy.id)) == ("scored", None, 1)  # the scores stay with it
+    assert defects == [(own.id, "blur")] and analysed[own.id] is False  # examined again without that partner
+    assert tuple(left) == (0, 0)
+    assert {row["generator"] for row in version_statistics(settings)} == {"m"}
+    assert leaked_labels(settings, labelled, remove=True) == Leaked(str(labelled), 0, 0)
