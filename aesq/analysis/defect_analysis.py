@@ -84,6 +84,7 @@ def _comparable_nearest(settings: Settings, asset_id: int, embedder: str) -> tup
         FROM embeddings e JOIN assets a ON a.id = e.asset_id
         WHERE e.embedder = '{embedder}' AND e.asset_id <> :asset_id
           AND (CAST(:generator_id AS bigint) IS NULL OR a.generator_id IS NULL OR a.generator_id = :generator_id)
+          AND a.status IN ('pending', 'scored')  -- a failed asset keeping its outputs is no copy to keep
         ORDER BY distance
         LIMIT 1
         """

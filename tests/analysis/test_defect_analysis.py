@@ -184,6 +184,24 @@ def test_the_nearest_asset_within_the_distance_is_named_as_the_copy_to_keep(sett
         assert severity == pytest.approx(1 - measured / 0.02, abs=0.003)  # the detail rounds to 4 decimals
 
 
+def test_a_failed_asset_keeping_its_embedding_is_never_named_the_copy_to_keep(settings, s3_client, bucket):
+    """An image whose sidecar broke keeps its outputs while failed (aesq/core/identity.py), but counts nowhere."""
+    settings = settings.model_copy(update={"embedders": [EMBEDDER], "near_duplicate_distance": 0.02})
+    for name in ("a", "b"):
+        put(s3_client, bucket, f"{name}.png", png_bytes(noise_image(ord(name), 64)))
+    ingest_all(f"s3://{bucket}/", settings)
+    keys = _key_ids(settings)
+    base = np.random.default_rng(0).normal(size=1280)
+    vectors = np.stack([base, base + 0.01]) / np.linalg.norm(base)
+    with get_engine(settings).begin() as connection:
+        write_embeddings(connection, EMBEDDER, [keys["a.png"], keys["b.png"]], vectors.astype(np.float32))
+    defect_analysis.analyse_assets([keys["a.png"]], settings)
+    assert {row[0] for row in _defects(settings)["a.png"]} >= {"near_duplicate"}  # b is near
+    _execute(settings, "UPDATE assets SET status = 'failed', scored_at = now(), error = 'sidecar' WHERE key = 'b.png'")
+    defect_analysis.analyse_assets([keys["a.png"]], settings)
+    assert "near_duplicate" not in {row[0] for row in _defects(settings).get("a.png", set())}
+
+
 def test_near_duplicates_are_within_a_version_or_against_crawled_data_never_across_versions(
     settings, s3_client, bucket
 ):
