@@ -264,6 +264,28 @@ def test_a_broken_sidecar_of_a_copied_image_hands_its_scores_to_the_copy(source,
     assert sorted(row[::2] for row in _score_rows()) == sorted(row[::2] for row in scores)  # moved, not scored again
 
 
+def test_a_copy_uploaded_while_the_sidecar_is_broken_takes_the_scores_and_the_failed_image_keeps_its_reason(
+    source, s3_client, bucket
+):
+    put(s3_client, bucket, KEY, A)
+    put(s3_client, bucket, f"{KEY}.json", b'{"prompt": "a fox"}')
+    run_once(source, get_settings())
+    scores = _score_rows()
+    put(s3_client, bucket, f"{KEY}.json", b"{")
+    run_once(source, get_settings())
+    copy = "generated/m/1/copy.jpg"
+    put(s3_client, bucket, copy, A)
+    run_once(source, get_settings())
+    broken = _assets()[KEY]
+    assert (broken.status, broken.scored_at, broken.error.startswith("sidecar JSON is malformed")) == (
+        "failed",
+        None,
+        True,
+    )
+    assert_every_content_scored_once(get_settings(), {copy: A}, failed=[KEY])
+    assert sorted(row[::2] for row in _score_rows()) == sorted(row[::2] for row in scores)  # moved, not scored again
+
+
 def _row(
     asset_id: int, key: str | None, sha: str, status: str, duplicate_of: int | None = None, scored: bool = False
 ) -> Located:
