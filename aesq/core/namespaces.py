@@ -16,7 +16,8 @@ every raw query would depend on the connection's search_path being right.
 The namespace is never inferred from a database's name: production may be called anything, `..._labels` too,
 and its labels database is still its name + `_labels`. Only `aesq bench labels` creates and migrates it
 (`prepare_namespace`); a flow run in the labels namespace only selects it (`select_namespace`) and stops with
-one line when it is missing.
+one line when it is missing. What versions before this namespace left in production under a labelled
+folder is found and removed by `leaked_labels` (`aesq bench forget`).
 """
 
 from __future__ import annotations
