@@ -151,16 +151,19 @@ def aggregate_flow() -> int:
 
 
 @flow(name="aesq-run", task_runner=_RUNNER)
-def run_flow(source: str, scorers: list[str] | None = None, namespace: Namespace = "production") -> list[BatchOutcome]:
+def run_flow(
+    source: str, scorers: list[str] | None = None, namespace: Namespace = "production", listing: bool = True
+) -> list[BatchOutcome]:
     """Ingest, score and aggregate `source` once, each batch scored by the worker that ingested it, with
-    its bytes still in memory; ends when the source is done, by this run or by others. `scorers`, when
+    its bytes still in memory; ends when the source is done, by this run or by others. With `listing` off, only
+    objects already queued (by a retry, or notifications) are ingested: nothing new is listed. `scorers`, when
     given, are this run's only scorers, run here whatever the scoring pools (`Settings.for_run`), on this
     source's assets only (the rest of the database waits for the workers that run the configured models).
     `namespace` "labels" keeps the run in the labels database, apart from production (aesq/core/namespaces.py),
     which `aesq bench labels` prepares before it starts the run; this only selects it."""
     settings = get_settings() if scorers is None else get_settings().for_run(scorers)
     settings = select_namespace(settings, namespace)
-    discovery = discover_objects.submit(source, settings)
+    discovery = discover_objects.submit(source, settings) if listing else None
     ingested: list[PrefectFuture] = []
     scored: list[PrefectFuture] = []
     active: list[PrefectFuture] = []
@@ -172,7 +175,8 @@ def run_flow(source: str, scorers: list[str] | None = None, namespace: Namespace
     wait(scored)
     for ingest in ingested:
         ingest.result()  # a failed ingest's own error; its batch's score never ran, and says only that
-    discovery.result()
+    if discovery is not None:
+        discovery.result()
     outcomes = _score_claimed(scored, settings, source, within=None if scorers is None else source)
     aggregate_versions(settings)
     return outcomes

@@ -213,10 +213,12 @@ def _run_with_progress(
     verbose: bool,
     scorers: list[str] | None = None,
     namespace: Literal["production", "labels"] = "production",
+    listing: bool = True,
 ) -> None:
     """Run the spine flow on `source` (with `scorers` instead of the configured ones, when given; in the
-    `namespace`'s database, whose `settings` these are) in a worker thread; the main thread shows a bar of the
-    source's finished assets and stays free to stop at once on SIGINT/SIGTERM, marking the flow run Cancelled."""
+    `namespace`'s database, whose `settings` these are; without listing it, ingesting only what is queued under
+    it, when `listing` is off) in a worker thread; the main thread shows a bar of the source's finished assets
+    and stays free to stop at once on SIGINT/SIGTERM, marking the flow run Cancelled."""
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow as run_flow_engine
     from prefect.states import Pending
@@ -227,7 +229,7 @@ def _run_with_progress(
     from aesq.flows.spine import run_flow
 
     opened = open_source(source, settings)
-    parameters: dict[str, Any] = {"source": opened.uri, "scorers": scorers, "namespace": namespace}
+    parameters: dict[str, Any] = {"source": opened.uri, "scorers": scorers, "namespace": namespace, "listing": listing}
     with get_client(sync_client=True) as client:  # created here, so its id is known however early a signal comes
         flow_run = client.create_flow_run(
             run_flow, parameters=run_flow.serialize_parameters(parameters), state=Pending()
@@ -261,7 +263,7 @@ def _run_with_progress(
     )
     try:
         with _run_logs_off_terminal(verbose), Progress(*columns, console=console, transient=False) as progress:
-            bar = progress.add_task(f"listing {opened.uri}…", total=None, count="")
+            bar = progress.add_task(f"{'listing' if listing else 'queued under'} {opened.uri}…", total=None, count="")
             worker.start()
             while worker.is_alive():
                 worker.join(0.5)
@@ -341,13 +343,14 @@ def run(
     _print_table(_comparison_table(settings, None))
 
 
-def _run_and_summarise(settings: Settings, source: str, verbose: bool) -> None:
-    """Run the spine on `source`, then the database's counts and what this run did, with its failures only."""
+def _run_and_summarise(settings: Settings, source: str, verbose: bool, listing: bool = True) -> None:
+    """Run the spine on `source` (only on what is queued under it, with `listing` off), then the database's
+    counts and what this run did, with its failures only."""
     from aesq.core.pipeline_status import database_now
 
     started = database_now(settings)
     with _quiet_prefect(verbose), _prefect_client_retries():
-        _run_with_progress(settings, source, verbose)
+        _run_with_progress(settings, source, verbose, listing=listing)
     _print_status(settings, failures=False)
     _print_run_summary(settings, source, started)
 
@@ -408,7 +411,8 @@ def retry(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Examine failed assets again (all, or those of --source): each goes back through ingest, keeping its old
-    reason until the new outcome replaces it; then their sources are run as `aesq run` runs them."""
+    reason until the new outcome replaces it; then what is queued where they lie is ingested, without listing
+    anything, and scored."""
     from aesq.core.retry import retry_failed
     from aesq.core.scoring import check_device
     from aesq.core.storage import check_source
@@ -424,9 +428,15 @@ def retry(
         highlight=False,
     )
     if queue_only:
+        if retried.unconfigured:
+            Console(stderr=True, soft_wrap=True).print(
+                f"[yellow]aesq: warning:[/yellow] {retried.unconfigured} of them lie under no configured source"
+                " (AESQ_SOURCES), and `aesq worker` ingests only those: run `aesq retry` without --queue-only",
+                highlight=False,
+            )
         return
     for uri in retried.sources:
-        _run_and_summarise(settings, check_source(uri, settings).uri, verbose)
+        _run_and_summarise(settings, check_source(uri, settings).uri, verbose, listing=False)
 
 
 @app.command()

@@ -11,7 +11,7 @@ from aesq.core import ingest
 from aesq.core.database import get_engine
 from aesq.core.retry import Retried, retry_failed
 from aesq.core.writes import mark_failed
-from tests.helpers import ingest_all, noise_image, png_bytes, score_all
+from tests.helpers import ingest_all, noise_image, png_bytes, put, score_all
 
 
 def _assets(settings) -> dict[str, tuple]:
@@ -51,9 +51,9 @@ def test_failed_assets_go_back_through_ingest_and_keep_their_reason_until_then(s
 
     retried = retry_failed(settings)
 
-    assert retried == Retried(failed=2, queued=2, sources=[str(tmp_path)])
+    assert retried == Retried(failed=2, queued=2, sources=[str(tmp_path)], unconfigured=2)
     assert _assets(settings)["cat.png"] == ("failed", "scorer technical returned nan", None)
-    assert retry_failed(settings) == Retried(failed=2, queued=0, sources=[str(tmp_path)])
+    assert retry_failed(settings) == Retried(failed=2, queued=0, sources=[str(tmp_path)], unconfigured=2)
     assert [key for key, _ in _queued(settings)] == ["broken.png", "cat.png"]
 
     _drain(str(tmp_path), settings)
@@ -93,9 +93,29 @@ def test_a_source_retries_its_own_failures_and_leaves_claimed_objects_to_their_w
             {"bucket": str(tmp_path / "two")},
         )
 
-    assert retry_failed(settings, str(tmp_path / "one")) == Retried(1, 1, [str(tmp_path / "one")])
-    assert retry_failed(settings, str(tmp_path / "two")) == Retried(1, 0, [str(tmp_path / "two")])
+    assert retry_failed(settings, str(tmp_path / "one")) == Retried(1, 1, [str(tmp_path / "one")], 1)
+    assert retry_failed(settings, str(tmp_path / "two")) == Retried(1, 0, [str(tmp_path / "two")], 1)
     assert retry_failed(settings, str(tmp_path / "none")) == Retried(0, 0, [])
     with get_engine(settings).connect() as connection:
         queued = connection.execute(sa.text("SELECT bucket, lease_owner FROM ingest_queue ORDER BY bucket")).all()
     assert [tuple(row) for row in queued] == [(str(tmp_path / "one"), None), (str(tmp_path / "two"), "elsewhere")]
+
+
+def test_a_retry_runs_only_where_its_failures_lie_keeping_their_prefix(settings, s3_client, bucket):
+    for key in ("gen/a/broken.png", "gen/b/broken.png", "gen/b/cat.png"):
+        put(s3_client, bucket, key, png_bytes(noise_image(1, 32)) if key.endswith("cat.png") else b"")
+    ingest_all(f"s3://{bucket}/gen/", settings)
+    put(s3_client, bucket, "raw/never-ingested.png", png_bytes(noise_image(2, 32)))
+
+    retried = retry_failed(settings)
+
+    assert retried == Retried(2, 2, [f"s3://{bucket}/gen/"], unconfigured=2)
+    assert retry_failed(settings, f"s3://{bucket}/gen/b/") == Retried(1, 0, [f"s3://{bucket}/gen/b/"], 1)
+    configured = settings.model_copy(update={"sources": [f"s3://{bucket}/gen/a/bro", f"s3://{bucket}/raw/"]})
+    assert retry_failed(configured) == Retried(2, 0, [f"s3://{bucket}/gen/a/bro", f"s3://{bucket}/gen/b/"], 1)
+
+    for source in retried.sources:
+        _drain(source, settings)
+
+    assert sorted(_assets(settings)) == ["gen/a/broken.png", "gen/b/broken.png", "gen/b/cat.png"]
+    assert _queued(settings) == []
