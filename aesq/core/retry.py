@@ -61,7 +61,7 @@ class Retried:
     failed: int
     queued: int
     sources: list[str]
-    unconfigured: int = 0
+    unconfigured: int
 
 
 def _common_folder(first: str, last: str, floor: str) -> str:

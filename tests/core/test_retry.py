@@ -95,7 +95,7 @@ def test_a_source_retries_its_own_failures_and_leaves_claimed_objects_to_their_w
 
     assert retry_failed(settings, str(tmp_path / "one")) == Retried(1, 1, [str(tmp_path / "one")], 1)
     assert retry_failed(settings, str(tmp_path / "two")) == Retried(1, 0, [str(tmp_path / "two")], 1)
-    assert retry_failed(settings, str(tmp_path / "none")) == Retried(0, 0, [])
+    assert retry_failed(settings, str(tmp_path / "none")) == Retried(0, 0, [], 0)
     with get_engine(settings).connect() as connection:
         queued = connection.execute(sa.text("SELECT bucket, lease_owner FROM ingest_queue ORDER BY bucket")).all()
     assert [tuple(row) for row in queued] == [(str(tmp_path / "one"), None), (str(tmp_path / "two"), "elsewhere")]
