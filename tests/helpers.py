@@ -254,6 +254,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def web_service(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    """A loopback HTTP server that answers every request as a web service (not S3) does; yields its host:port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_PUT = do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            """Quiet: the test reads what the client makes of the answer."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def clear_prefect_api() -> None:
     """Delete every deployment, automation and flow run, so served names and triggers start fresh."""
     from prefect.client.orchestration import get_client

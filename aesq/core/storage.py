@@ -22,11 +22,12 @@ from pathlib import Path, PurePosixPath
 from stat import S_ISREG
 from typing import IO, Literal
 from urllib.parse import unquote_plus
+from xml.etree import ElementTree
 
 import certifi
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 from urllib3.exceptions import HTTPError
 
 from aesq.core.config import ConfigurationError, Settings
@@ -60,6 +61,10 @@ class ObjectStoreUnreachable(ConnectionError):
 
 class CredentialsRefused(ConfigurationError):
     """The S3 endpoint refused aesq's access key or secret: configuration, never retried."""
+
+
+class NotAnS3Endpoint(ConfigurationError):
+    """Something answers at the S3 endpoint, but not as S3 does (a console, another service): configuration."""
 
 
 # What reading one object raises when the storage (not the object's bytes) is the problem.
@@ -208,6 +213,16 @@ class S3Source(Source):
             raise ObjectStoreUnreachable(
                 f"cannot reach the object store at {self.endpoint} (AESQ_S3_ENDPOINT): is it running? "
                 f"({_connection_cause(error)})"
+            ) from error
+        except (InvalidResponseError, ElementTree.ParseError) as error:
+            answer = (
+                f"HTTP {error._code}, {error._content_type or 'no content type'}"
+                if isinstance(error, InvalidResponseError)
+                else "not S3's XML"
+            )
+            raise NotAnS3Endpoint(
+                f"{self.endpoint} (AESQ_S3_ENDPOINT) answered, but not as an S3 server ({answer}): is this the S3 "
+                "API port? MinIO's API is usually :9000, its console :9001"
             ) from error
 
     def check(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AESQ, free_port
+from tests.helpers import AESQ, free_port, web_service
 
 FAST = 10  # seconds within which an unreachable endpoint must be reported (they answer in well under one)
 
@@ -37,6 +37,16 @@ def test_an_unreachable_object_store_is_named_with_its_setting_within_seconds(se
     error, elapsed = _aesq("run", "s3://images/", env={"AESQ_S3_ENDPOINT": endpoint})
     assert error.startswith(f"cannot reach the object store at {endpoint} (AESQ_S3_ENDPOINT): is it running? (")
     assert "Connection refused" in error
+    assert elapsed < FAST
+
+
+def test_an_endpoint_that_is_not_s3_names_the_setting_and_the_api_port(settings):
+    with web_service(404, "application/json", b'{"detail":"Not Found"}') as endpoint:
+        error, elapsed = _aesq("run", "s3://images/", env={"AESQ_S3_ENDPOINT": endpoint})
+    assert error == (
+        f"{endpoint} (AESQ_S3_ENDPOINT) answered, but not as an S3 server (HTTP 404, application/json): "
+        "is this the S3 API port? MinIO's API is usually :9000, its console :9001"
+    )
     assert elapsed < FAST
 
 

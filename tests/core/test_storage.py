@@ -14,6 +14,7 @@ from aesq.core.storage import (
     CredentialsRefused,
     FolderSource,
     Location,
+    NotAnS3Endpoint,
     ObjectInfo,
     ObjectMissing,
     ObjectStoreUnreachable,
@@ -27,7 +28,7 @@ from aesq.core.storage import (
     parse_location,
     save_file,
 )
-from tests.helpers import free_port, put, sidecar_for
+from tests.helpers import free_port, put, sidecar_for, web_service
 
 
 def _md5(data: bytes) -> str:
@@ -135,6 +136,28 @@ def test_an_endpoint_that_does_not_answer_is_named_by_the_check_without_urllib3_
     assert "Connection refused" in str(raised.value)
     assert isinstance(raised.value, ConnectionError), "an outage: the tasks retry it"
     assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "answer"),
+    [
+        (404, "application/json", b'{"detail":"Not Found"}', "HTTP 404, application/json"),  # another web API
+        (200, "text/html", b"<!doctype html><html><body>MinIO Console</body></html>", "not S3's XML"),  # a console
+    ],
+)
+def test_an_endpoint_that_answers_but_not_as_s3_names_the_setting_and_the_api_port(
+    settings, status, content_type, body, answer
+):
+    with web_service(status, content_type, body) as endpoint:
+        source = open_source("s3://images/", settings.model_copy(update={"s3_endpoint": endpoint}))
+        for attempt in (source.check, lambda: list(source.list())):
+            with pytest.raises(NotAnS3Endpoint) as raised:
+                attempt()
+            assert isinstance(raised.value, ConfigurationError), "a wrong port is not retried"
+            assert str(raised.value) == (
+                f"{endpoint} (AESQ_S3_ENDPOINT) answered, but not as an S3 server ({answer}): is this the S3 API "
+                "port? MinIO's API is usually :9000, its console :9001"
+            )
 
 
 def test_refused_credentials_are_configuration_naming_the_key_settings(settings, bucket, s3_checks_credentials):
