@@ -27,6 +27,7 @@ from aesq.web.deps import web_settings
 
 TOKEN_COOKIE = "aesq_token"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+FAVICON = Path(__file__).parent / "static" / "favicon.svg"
 
 
 def _authorised(request: Request, token: str) -> bool:
@@ -158,6 +159,11 @@ def create_app() -> FastAPI:
         return FileResponse(
             PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "public, max-age=604800"}
         )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        """The dashboard's icon, also for pages that link none (a saved report) and browsers that ask this path."""
+        return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=604800"})
 
     app.add_middleware(GZipMiddleware, minimum_size=2000)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

@@ -1,6 +1,7 @@
 """The dashboard's pages: leaderboard, comparison of two versions, trends and defects, galleries, one
-asset, failures, reports. Server-rendered from the same reads as the JSON API; charts are drawn by plotly.js.
-Unknown versions, scorers, generators and assets are 404 pages, malformed parameters 400 pages."""
+asset, failures, reports, and the thumbnails they show. Server-rendered from the same reads as the JSON
+API; charts are drawn by plotly.js. Unknown versions, scorers, generators and assets are 404 pages, malformed
+parameters 400 pages."""
 
 from __future__ import annotations
 
@@ -16,15 +17,35 @@ from fastapi.templating import Jinja2Templates
 
 from aesq.analysis import nightly_report
 from aesq.analysis import versions as version_reads
+from aesq.analysis.palette import version_colours
 from aesq.core import assets as asset_reads
 from aesq.core.config import Settings
-from aesq.core.pipeline_status import failure_reasons
-from aesq.core.storage import SourceError, load_file
+from aesq.core.pipeline_status import FailureReason, failure_reasons
+from aesq.core.storage import SourceError, load_file, parse_location
+from aesq.web import thumbnails
 from aesq.web.deps import SettingsDep
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 FAILURE_EXAMPLES = 5  # examples per reason on the failures page
+
+
+def p_value(value: float | None) -> str:
+    """A p-value as `aesq compare` prints it: four decimals while they show it, else scientific (`1.6e-04`)."""
+    if value is None:
+        return "—"
+    if value == 0:  # below the smallest float: nothing more precise to show
+        return "0"
+    return f"{value:.1e}" if abs(value) < 1e-3 else f"{value:.4f}"
+
+
+def version_label(generator: str | None, version: str | None) -> str:
+    """`generator:version`, or "crawled" for an image no generator made."""
+    return f"{generator}:{version}" if generator else "crawled"
+
+
+templates.env.filters["p_value"] = p_value
+templates.env.filters["version_label"] = version_label
 
 
 def error_page(
@@ -91,9 +112,9 @@ def leaderboard(
         "since": first,
         "until": last,
     }
-    return templates.TemplateResponse(
-        request, "leaderboard.html", {"rows": rows, "options": options, "filters": filters, "page": "leaderboard"}
-    )
+    context = {"rows": rows, "colours": version_colours(options["versions"]), "options": options,
+               "filters": filters, "page": "leaderboard"}  # fmt: skip
+    return templates.TemplateResponse(request, "leaderboard.html", context)
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -145,8 +166,13 @@ def trends(
     options = asset_reads.filter_options(settings)
     scorer = _default_scorer(settings, options, _blank_is_none(scorer))
     _known(_blank_is_none(generator), options["generators"], "generator")
+    colours = version_colours(options["versions"])
     series = {
-        version: {"days": [d.isoformat() for d, _, _ in points], "means": [m for _, m, _ in points]}
+        version: {
+            "days": [d.isoformat() for d, _, _ in points],
+            "means": [m for _, m, _ in points],
+            "colour": colours.get(version),
+        }
         for version, points in version_reads.daily_means(settings, scorer, generator or None).items()
     }
     context = {"options": options, "scorer": scorer, "generator": generator or "", "series": series,
@@ -201,8 +227,40 @@ def failures(request: Request, settings: SettingsDep, source: str | None = None)
         reasons = failure_reasons(settings, source, examples=FAILURE_EXAMPLES)
     except SourceError as error:
         raise HTTPException(400, str(error)) from None
-    context = {"reasons": reasons, "source": source or "", "sources": settings.sources, "page": "failures"}
+    context = {"reasons": [(reason, _retry_sources(reason, source, settings.sources)) for reason in reasons],
+               "source": source or "", "sources": settings.sources, "page": "failures"}  # fmt: skip
     return templates.TemplateResponse(request, "failures.html", context)
+
+
+def _retry_sources(reason: FailureReason, chosen: str | None, sources: list[str]) -> list[str]:
+    """The sources to name in `aesq retry --source …` for a reason: the one shown, else the configured sources its
+    examples lie in; none when they lie in none (then `aesq retry` alone, which retries every source)."""
+    if chosen is not None:
+        return [chosen]
+    return [source for source in sources if any(_contains(source, e.location) for e in reason.examples)]
+
+
+def _contains(source: str, location: str) -> bool:
+    """Whether a failure's location (`bucket/key`, or a folder path and key) lies in the source."""
+    place = parse_location(source)
+    root = place.bucket.rstrip("/") + "/"
+    return location.startswith(root + place.prefix) if place.storage == "s3" else location.startswith(root)
+
+
+@router.get("/thumbnails/{asset_id}")
+def thumbnail(settings: SettingsDep, asset_id: int, size: int = 256) -> Response:
+    """An asset's thumbnail for the pages' images: the API's JPEG, or for an asset outside the configured storage
+    an image saying which folder to add to AESQ_SOURCES (a broken image would say nothing)."""
+    try:
+        data = thumbnails.thumbnail(settings, asset_id, size)
+    except ValueError as error:
+        raise HTTPException(400, str(error)) from None
+    except asset_reads.NotFound as error:
+        raise HTTPException(404, str(error)) from None
+    except thumbnails.OutsideStorage as outside:
+        headers = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'"}
+        return Response(thumbnails.placeholder(outside.where, size), media_type="image/svg+xml", headers=headers)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.get("/reports", response_class=HTMLResponse)

@@ -10,11 +10,14 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from aesq.cli.output import scientific
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.core.pipeline_status import failure_reasons
 from aesq.core.tables import Critique
 from aesq.web.app import create_app
+from aesq.web.pages import p_value
+from aesq.web.thumbnails import folders_outside_storage
 from tests.helpers import defect_shares_from_rows
 
 BASE, LORA, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"
@@ -134,8 +137,87 @@ def test_thumbnails_are_resized_cached_and_only_from_the_configured_storage(clie
             )
         ).scalar_one()
     refused = client.get(f"/api/assets/{outside}/thumbnail")
-    assert refused.status_code == 403 and "configured storage" in refused.json()["detail"]
+    assert refused.status_code == 403
+    assert (
+        refused.json()["detail"]
+        == f"asset {outside} is not shown: /etc is not in the configured storage (AESQ_SOURCES)"
+    )
     assert demo_settings.s3_secret_key.get_secret_value() not in client.get(f"/api/assets/{asset_id}").text
+    # The pages' images show the same JPEG, and for the outside asset a placeholder naming its folder, not /etc/passwd.
+    assert client.get(f"/thumbnails/{asset_id}", params={"size": 128}).content == response.content
+    placeholder = client.get(f"/thumbnails/{outside}", params={"size": 128})
+    assert placeholder.status_code == 200 and placeholder.headers["content-type"] == "image/svg+xml"
+    assert "<title>not shown: /etc is not in AESQ_SOURCES — add it to see thumbnails</title>" in placeholder.text
+    assert "root:" not in placeholder.text and placeholder.headers["cache-control"] == "no-store"
+    assert folders_outside_storage(demo_settings) == ["/etc"]  # what `aesq serve` names once at start
+
+
+def test_a_folder_becomes_shown_only_by_configuring_it(client, demo_settings, monkeypatch):
+    demo = str(demo_settings.data_dir / "demo")
+    asset_id = client.get("/api/assets", params={"scorer": "technical", "limit": 1}).json()["items"][0]["id"]
+    monkeypatch.setenv("AESQ_SOURCES", "s3://elsewhere")
+    monkeypatch.setenv("AESQ_DATA_DIR", str(demo_settings.data_dir.parent / "other-data"))
+    get_settings.cache_clear()
+    assert folders_outside_storage(get_settings()) == [demo]
+    assert client.get(f"/api/assets/{asset_id}/thumbnail").status_code == 403
+    assert f"not shown: {demo} is not in AESQ_SOURCES" in client.get(f"/thumbnails/{asset_id}").text
+    monkeypatch.setenv("AESQ_SOURCES", f"s3://elsewhere,{demo}")
+    get_settings.cache_clear()
+    assert folders_outside_storage(get_settings()) == []
+    shown = client.get(f"/thumbnails/{asset_id}")
+    assert shown.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(shown.content)).format == "JPEG"
+
+
+def test_favicon_is_linked_from_every_page_and_served(client):
+    for path in ("/", "/gallery", "/failures", "/no-such-page"):
+        assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in client.get(path).text
+    for path in ("/static/favicon.svg", "/favicon.ico"):
+        icon = client.get(path)
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert icon.text.startswith("<svg")
+
+
+@pytest.mark.parametrize("value", [0.5, 0.0078125, 0.001, 0.00099, 1.554e-4, 3.2e-7, 1e-300, 0.0, 1.0, None])
+def test_p_values_read_as_the_cli_prints_them(value):
+    assert p_value(value) == scientific(value)
+
+
+def test_compare_page_shows_p_values_like_the_cli(client):
+    compared = client.get("/api/compare", params={"a": BASE, "b": SFT, "scorer": "technical"}).json()
+    page = client.get("/compare", params={"a": BASE, "b": SFT, "scorer": "technical"}).text
+    assert f"<th>Mann–Whitney p</th><td>{scientific(compared['mann_whitney_p'])}</td>" in page
+    assert f"Wilcoxon p {scientific(compared['paired']['wilcoxon_p'])}," in page
+
+
+def test_crawled_images_read_crawled_and_no_page_shows_none(client, demo_settings):
+    crawled = client.get("/api/assets", params={"scorer": "technical", "source_kind": "crawled"}).json()["items"]
+    assert crawled and all(item["generator"] is None for item in crawled)
+    pages = {
+        path: client.get(path, params=params).text
+        for path, params in [
+            ("/gallery", {"show": "bottom", "scorer": "technical"}),
+            (f"/assets/{crawled[0]['id']}", {}),
+            ("/compare", {"a": BASE, "b": SFT, "scorer": "technical"}),
+            ("/failures", {}),
+            ("/", {}),
+            ("/trends", {}),
+        ]
+    }
+    assert pages["/gallery"].count("<figcaption>crawled · ") == len(crawled)
+    assert "<tr><th>version</th><td>crawled</td></tr>" in pages[f"/assets/{crawled[0]['id']}"]
+    leaks = {
+        path: page[page.find("None") - 100 : page.find("None") + 20] for path, page in pages.items() if "None" in page
+    }
+    assert leaks == {}
+
+
+def test_failures_page_suggests_retrying_each_reasons_source(client, demo_settings):
+    demo = str(demo_settings.data_dir / "demo")
+    [source] = demo_settings.sources
+    assert source == demo
+    for page in (client.get("/failures").text, client.get("/failures", params={"source": demo}).text):
+        reasons = page.count('<tr class="failure-reason"')
+        assert reasons and page.count(f"<code>aesq retry --source {demo}</code>") == reasons
 
 
 @pytest.mark.parametrize(

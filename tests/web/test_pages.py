@@ -21,8 +21,10 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from aesq.analysis.nightly_report import build_report
+from aesq.analysis.palette import version_colours
 from aesq.analysis.report import render_report
 from aesq.analysis.versions import daily_means
+from aesq.core.config import get_settings
 from aesq.core.pipeline_status import failure_reasons
 from aesq.web.app import create_app
 from tests.helpers import defect_shares_from_rows, free_port
@@ -81,6 +83,18 @@ def _versions_shown(browser) -> list[str]:
     return [row.get_attribute("data-version") for row in browser.find_elements(By.CSS_SELECTOR, "tr.version-row")]
 
 
+def _rgb(colour: str) -> str:
+    """A #rrggbb colour as the browser's computed styles write it."""
+    return f"rgb({int(colour[1:3], 16)}, {int(colour[3:5], 16)}, {int(colour[5:7], 16)})"
+
+
+def _traces(browser, chart: str) -> list[list[str]]:
+    """[name, colour] of every trace plotly drew in a chart (markers and lines take the same colour)."""
+    return browser.execute_script(
+        "return document.getElementById(arguments[0])._fullData.map(t => [t.name, t.marker.color])", chart
+    )
+
+
 def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
     browser.get(dashboard + "/")
     assert sorted(_versions_shown(browser)) == [
@@ -89,6 +103,17 @@ def test_leaderboard_filter_compare_and_thumbnails(dashboard, browser):
     _wait(
         browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#means .main-svg"))
     )  # plotly drew
+    # Each version's point in its own colour; every interval end a sixth of their span inside the plot's edges.
+    colours = version_colours(_versions_shown(browser))
+    [[_, point_colours]] = _traces(browser, "means")
+    assert point_colours == [colours[version] for version in _versions_shown(browser)]
+    ends = browser.execute_script(
+        "return JSON.parse(document.getElementById('means-data').textContent).rows"
+        ".flatMap(r => [r.mean_low ?? r.mean, r.mean_high ?? r.mean])"
+    )
+    low, high = browser.execute_script("return document.getElementById('means')._fullLayout.yaxis.range")
+    span = max(ends) - min(ends)
+    assert low <= min(ends) - span / 7 and high >= max(ends) + span / 7
 
     Select(browser.find_element(By.NAME, "generator")).select_by_visible_text("other-model")
     browser.find_element(By.CSS_SELECTOR, "#filters button").click()
@@ -134,6 +159,9 @@ def test_trends_and_reports_pages_render(dashboard, browser, demo_settings, tmp_
     # The demo scores everything on one day: the axis is that day between its neighbours, a tick per day.
     [day] = {day for points in daily_means(demo_settings, "technical").values() for day, _, _ in points}
     around = [(day + timedelta(days=offset)).isoformat() for offset in (-1, 0, 1)]
+    colours = version_colours(["demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft",
+                               "other-model:v1"])  # fmt: skip
+    assert sorted(_traces(browser, "trend")) == sorted([version, colours[version]] for version in colours)
     shown_range = browser.execute_script("return document.getElementById('trend')._fullLayout.xaxis.range")
     assert [end[:10] for end in shown_range] == [around[0], around[2]]
     assert [tick.text for tick in browser.find_elements(By.CSS_SELECTOR, "#trend .xtick text")] == around
@@ -166,6 +194,18 @@ def test_pick_two_versions_to_compare_by_keyboard_and_see_failures(dashboard, br
     _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#comparison .version-a")))
     assert browser.find_element(By.CSS_SELECTOR, "#comparison .version-a").text == "demo-diffusion:v2.0-sft"
     assert browser.find_element(By.CSS_SELECTOR, "#comparison .version-b").text == "demo-diffusion:v1.0-base"
+    # A sorts after B by name, yet its histogram takes A's badge colour and B's takes B's.
+    _wait(browser, expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#distributions .main-svg")))
+    badges = [
+        tag.value_of_css_property("background-color")
+        for tag in browser.find_elements(By.CSS_SELECTOR, "#comparison h2 .tag")
+    ]
+    traces = _traces(browser, "distributions")
+    assert [name for name, _ in traces] == ["demo-diffusion:v2.0-sft", "demo-diffusion:v1.0-base"]
+    assert [_rgb(colour) for _, colour in traces] == [
+        badge.replace("rgba", "rgb").replace(", 1)", ")") for badge in badges
+    ]
+    assert badges[0] != badges[1]
     sides = browser.find_elements(By.CSS_SELECTOR, ".pair .side")
     assert len(sides) == 16 and [side.find_element(By.CLASS_NAME, "tag").text for side in sides] == ["A", "B"] * 8
     assert all(
@@ -185,3 +225,16 @@ def test_pick_two_versions_to_compare_by_keyboard_and_see_failures(dashboard, br
     browser.find_element(By.LINK_TEXT, example.location).click()
     _wait(browser, expected_conditions.presence_of_element_located((By.ID, "asset-failure")))
     assert browser.current_url.endswith(f"/assets/{example.asset_id}") and example.error in browser.page_source
+
+
+def test_images_outside_the_configured_storage_say_which_folder_to_add(dashboard, browser, demo_settings, monkeypatch):
+    demo = str(demo_settings.data_dir / "demo")
+    monkeypatch.setenv("AESQ_SOURCES", "s3://elsewhere")  # the demo ran from a folder this dashboard is not given
+    monkeypatch.setenv("AESQ_DATA_DIR", str(demo_settings.data_dir.parent / "other-data"))
+    get_settings.cache_clear()
+    browser.get(dashboard + "/gallery?show=bottom&scorer=technical")
+    tiles = browser.find_elements(By.CSS_SELECTOR, ".tile img")
+    assert tiles
+    _wait(browser, lambda b: _loaded(b, tiles[0]) and _loaded(b, tiles[-1]))  # an image, not a broken one
+    said = browser.execute_script("return fetch(arguments[0].src).then(r => r.text())", tiles[0])
+    assert f"<title>not shown: {demo} is not in AESQ_SOURCES — add it to see thumbnails</title>" in said

@@ -4,29 +4,44 @@ const layout = (extra) => Object.assign({ margin: { t: 20, r: 20, b: 80, l: 60 }
 
 const charts = {
   means(id) {
-    const rows = chartData(id);
+    const { rows, colours } = chartData(id);
+    const names = rows.map(r => r.generator + ":" + r.version);
+    const lows = rows.map(r => r.mean_low ?? r.mean), highs = rows.map(r => r.mean_high ?? r.mean);
     Plotly.newPlot(id, [{
-      type: "scatter", mode: "markers",
-      x: rows.map(r => r.generator + ":" + r.version), y: rows.map(r => r.mean),
-      error_y: { type: "data", symmetric: false,
-        array: rows.map(r => r.mean_high === null ? 0 : r.mean_high - r.mean),
-        arrayminus: rows.map(r => r.mean_low === null ? 0 : r.mean - r.mean_low) },
-    }], layout({ xaxis: { range: [-0.5, rows.length - 0.5] }, yaxis: { title: "mean (95 % interval)" } }),
+      type: "scatter", mode: "markers", x: names, y: rows.map(r => r.mean),
+      marker: { size: 9, color: names.map(name => colours[name]) },
+      error_y: { type: "data", symmetric: false, color: "#555",
+        array: rows.map((r, i) => highs[i] - r.mean), arrayminus: rows.map((r, i) => r.mean - lows[i]) },
+    }], layout({ xaxis: { range: [-0.5, rows.length - 0.5] },
+      yaxis: { title: "mean (95 % interval)", range: paddedRange([...lows, ...highs]) } }),
     { displayModeBar: false });
   },
+  // A is drawn in the colour of its A badge and B in B's, whichever sorts first by name.
   distributions(id) {
-    const histograms = chartData(id);
-    const traces = Object.entries(histograms.counts).map(([version, counts]) => (
-      { type: "bar", name: version, x: histograms.centres, y: counts, width: histograms.width, opacity: 0.6 }));
+    const histograms = chartData(id), chart = document.getElementById(id), style = getComputedStyle(chart);
+    const sides = [[chart.dataset.a, "--colour-a"], [chart.dataset.b, "--colour-b"]];
+    const traces = sides.map(([version, colour]) => ({ type: "bar", name: version, x: histograms.centres,
+      y: histograms.counts[version], width: histograms.width, opacity: 0.6,
+      marker: { color: style.getPropertyValue(colour).trim() } }));
     Plotly.newPlot(id, traces, layout({ barmode: "overlay", xaxis: { title: "score" } }), { displayModeBar: false });
   },
   trend(id) {
     const series = chartData(id);
-    const traces = Object.entries(series).map(([version, s]) => ({ type: "scatter", mode: "lines+markers", name: version, x: s.days, y: s.means }));
+    const traces = Object.entries(series).map(([version, s]) => ({ type: "scatter", mode: "lines+markers",
+      name: version, x: s.days, y: s.means, marker: { color: s.colour }, line: { color: s.colour } }));
     Plotly.newPlot(id, traces, layout({ xaxis: dayAxis(Object.values(series).flatMap(s => s.days)),
-      yaxis: { title: "daily mean" }, showlegend: true }), { displayModeBar: false });
+      yaxis: { title: "daily mean", range: paddedRange(Object.values(series).flatMap(s => s.means)) },
+      showlegend: true }), { displayModeBar: false });
   },
 };
+
+// A value axis from the lowest to the highest value with a sixth of their span (or of the value) beyond each, so no
+// point or interval end sits on the plot's edge.
+function paddedRange(values) {
+  const low = Math.min(...values), high = Math.max(...values);
+  const margin = (high - low || Math.abs(high) || 1) / 6;
+  return [low - margin, high + margin];
+}
 
 // A date axis over whole days, padded by a day each side: one day of data shows as that day between its neighbours,
 // not as milliseconds around midnight; a few days get one tick each.
