@@ -635,8 +635,15 @@ def serve(
     import uvicorn
 
     from aesq.web.app import create_app
+    from aesq.web.thumbnails import folders_outside_storage
 
     console.print(f"dashboard on http://{host}:{port}/")
+    if outside := folders_outside_storage(settings):
+        console.print(
+            f"thumbnails not shown for images in {', '.join(outside)}: not in AESQ_SOURCES — add to see them",
+            soft_wrap=True,
+            highlight=False,
+        )
     uvicorn.run(create_app(), host=host, port=port, log_level="warning")
 
 
