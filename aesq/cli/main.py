@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from aesq.cli.output import FittedTable, notice, output_console, scientific
+from aesq.cli.output import FittedTable, Typer, notice, output_console, plural, scientific
 from aesq.core.config import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 
     from prefect.client.schemas.objects import FlowRun
 
-app = typer.Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
-db_app = typer.Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
+app = Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
+db_app = Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-bench_app = typer.Typer(help="Benchmark scorers against human labels.", no_args_is_help=True)
+bench_app = Typer(help="Benchmark scorers against human labels.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = output_console()
 
@@ -296,20 +296,30 @@ def _print_table(table: FittedTable) -> None:
     console.print(table.render(console))
 
 
-def _comparison_table(settings: Settings, scorer: str | None) -> FittedTable:
-    """The version comparison; an error naming the scorers with figures when `scorer` has none."""
+def _comparison_table(settings: Settings, scorer: str | None, source: str | None = None) -> FittedTable:
+    """The version comparison (of the versions with images in `source`, when given); an error naming the scorers
+    with figures when `scorer` has none."""
     from aesq.analysis.versions import version_statistics
+    from aesq.core.pipeline_status import source_versions
 
     headers = ("generator:version", "kind", "scorer", "n", "mean", "95% interval", "std", "median", "p10", "p90")
     table = FittedTable(
-        (*headers, "≥ threshold"), "Generator versions (best mean first per scorer)", frozenset(range(3, 11))
+        (*headers, "threshold", "≥ threshold"),
+        "Generator versions (best mean first per scorer)"
+        if source is None
+        else f"Generator versions with images in {source} (figures over all their images; best mean first)",
+        frozenset(range(3, 12)),
+        shared=frozenset({2, 10}),  # scorer, threshold
     )
     rows = version_statistics(settings, scorer)
+    if source is not None:
+        present = source_versions(settings, source)
+        rows = [row for row in rows if f"{row['generator']}:{row['version']}" in present]
     if scorer is not None and not rows:
         scored = sorted({row["scorer"] for row in version_statistics(settings, None)})
         raise CliError(f"no figures for scorer {scorer!r}; scorers with figures: {', '.join(scored) or 'none yet'}")
     for row in rows:
-        share = "—" if row["share_above"] is None else f"{row['share_above']:.0%} (≥{row['threshold']:g})"
+        share = "—" if row["share_above"] is None else f"{row['share_above']:.0%}"
         interval = "—" if row["mean_low"] is None else f"[{row['mean_low']:.2f}, {row['mean_high']:.2f}]"
         table.add_row(
             f"{row['generator']}:{row['version']}",
@@ -322,6 +332,7 @@ def _comparison_table(settings: Settings, scorer: str | None) -> FittedTable:
             f"{row['median']:.2f}",
             f"{row['p10']:.2f}",
             f"{row['p90']:.2f}",
+            "—" if row["threshold"] is None else f"{row['threshold']:g}",
             share,
         )
     return table
@@ -333,6 +344,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Ingest, score and aggregate SOURCE once, through the Prefect flows."""
+    from aesq.core.pipeline_status import source_progress
     from aesq.core.scoring import check_device
     from aesq.core.storage import check_source
 
@@ -340,7 +352,10 @@ def run(
     checked = check_source(source, get_settings())
     settings = _ready_settings()
     _run_and_summarise(settings, checked.uri, verbose)
-    _print_table(_comparison_table(settings, None))
+    if not source_progress(settings, checked.storage, checked.bucket, checked.prefix)[1]:
+        console.print(f"no images found in {checked.uri}", highlight=False, soft_wrap=True)
+    elif (table := _comparison_table(settings, None, checked.uri)).rows:
+        _print_table(table)
 
 
 def _run_and_summarise(settings: Settings, source: str, verbose: bool, listing: bool = True) -> None:
@@ -363,7 +378,7 @@ def _print_run_summary(settings: Settings, source: str, started: datetime) -> No
     summary = run_summary(settings, source, started)
     console.print(
         f"this run: {summary.new} new, {summary.scored} scored, {summary.failed} failed, "
-        f"{summary.duplicates} duplicates (bytes already held by another asset), {summary.deleted} deleted"
+        f"{plural(summary.duplicates, 'duplicate')} (bytes already held by another asset), {summary.deleted} deleted"
         + (f", {summary.waiting} still waiting for scores" if summary.waiting else ""),
         soft_wrap=True,
         highlight=False,
@@ -387,8 +402,8 @@ def _print_status(settings: Settings, failures: bool = True) -> None:
     work = work_in_progress(settings)
     if work.queued or work.scoring_claimed:
         console.print(
-            f"in progress: {work.queued} objects queued for ingest ({work.queued_claimed} claimed), "
-            f"{work.scoring_claimed} assets claimed for scoring; workers: {', '.join(work.workers) or 'none'}",
+            f"in progress: {plural(work.queued, 'object')} queued for ingest ({work.queued_claimed} claimed), "
+            f"{plural(work.scoring_claimed, 'asset')} claimed for scoring; workers: {', '.join(work.workers) or 'none'}",
             soft_wrap=True,
             highlight=False,
         )
@@ -443,7 +458,9 @@ def retry(
 def compare(
     versions: Annotated[list[str] | None, typer.Argument(help="NAME:VERSION ...; the first is the baseline")] = None,
     scorer: Annotated[str | None, typer.Option(help="only this scorer (default for A B: the first enabled)")] = None,
-    correction: Annotated[str, typer.Option(help="for 3+ versions: holm or bh")] = "holm",
+    correction: Annotated[
+        Literal["holm", "bh"], typer.Option(help="for 3+ versions: Holm-Bonferroni or Benjamini-Hochberg")
+    ] = "holm",
 ) -> None:
     """Table of generator versions side by side; with versions A B [C ...], the statistics of B (C, ...) against A."""
     settings = _ready_settings()
@@ -453,6 +470,8 @@ def compare(
     from aesq.analysis.versions import compare_versions, version_statistics
     from aesq.core.assets import NotFound
 
+    if len(versions) == 1:
+        raise typer.BadParameter("name at least two versions, the baseline first: NAME:A NAME:B", param_hint="VERSIONS")
     scorer = scorer or settings.enabled_scorers[0]
     known = {f"{row['generator']}:{row['version']}" for row in version_statistics(settings, scorer)}
     if unknown := [version for version in versions if ":" in version and version not in known]:
@@ -465,15 +484,19 @@ def compare(
     except (ValueError, NotFound) as error:
         raise CliError(str(error)) from None
     baseline = versions[0]
-    headers = ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "adjusted p", "pairs")
+    headers = ("version", "n", "mean diff", "95% interval", "Mann-Whitney p", "effect", "pairs", "paired diff")
     table = FittedTable(
-        (*headers, "paired diff", "Wilcoxon p", "B better"),
-        f"{scorer}: each version against {baseline}",
+        (*headers, "Wilcoxon p", "adjusted Wilcoxon p", "B better"),
+        f"{scorer}: each version against {baseline} (p adjusted: {correction})",
         frozenset(range(1, 11)),
     )
     for version, result in comparison.results.items():
         interval = result.difference_interval
         paired = result.paired
+        adjusted = scientific(result.adjusted_p)
+        if paired is None and result.adjusted_p is not None:  # no pairs: Mann-Whitney's p was adjusted instead
+            adjusted += " (M-W)"
+            table.notes = ["(M-W): without pairs, the Mann-Whitney p is adjusted"]
         table.add_row(
             version,
             str(result.count_b),
@@ -481,16 +504,16 @@ def compare(
             f"[{interval.low:+.3f}, {interval.high:+.3f}]" if interval else "—",
             scientific(result.mann_whitney_p),
             _number(result.effect_size),
-            scientific(result.adjusted_p),
             str(paired.pairs) if paired else str(comparison.pair_counts[version]),
             f"{paired.mean_difference:+.3f}" if paired else "—",
             scientific(paired.wilcoxon_p) if paired else "—",
+            adjusted,
             f"{paired.share_b_better:.0%}" if paired else "—",
         )
     _print_table(table)
     for version, result in comparison.results.items():
         if result.too_few:
-            console.print(f"{version}: {result.too_few}")
+            console.print(f"{version}: {result.too_few}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -508,7 +531,12 @@ def top(
     if not rows:
         raise CliError(f"no scored assets for generator {generator!r}")
     table = FittedTable(
-        ("object", "id", "version", "score", "prompt"), f"Top {n} of {generator}", frozenset({1, 3}), whole_names=False
+        ("object", "id", "version", "score", "prompt"),
+        f"Top {n} of {generator}",
+        frozenset({1, 3}),
+        whole_names=False,
+        wrap=frozenset({4}),
+        shared=frozenset({2}),  # version
     )
     for row in rows:
         table.add_row(
@@ -535,14 +563,28 @@ def similar(
     except ValueError as error:
         raise CliError(str(error)) from None
     if not nearest:
+        asset = asset_detail(settings, asset_id)
+        if asset["status"] == "failed":
+            raise CliError(f"asset {asset_id} failed, so it has no embedding: {asset['error']}")
+        if asset["status"] != "scored":
+            raise CliError(f"asset {asset_id} is {asset['status']}, so it has no embedding")
         raise CliError(f"asset {asset_id} has no {embedder or 'indexed'} embedding")
     table = FittedTable(
-        ("key", "id", "version", "distance"), f"Nearest to asset {asset_id}", frozenset({1, 3}), whole_names=False
+        ("key", "id", "generator", "version", "distance"),
+        f"Nearest to asset {asset_id}",
+        frozenset({1, 4}),
+        whole_names=False,
+        shared=frozenset({2}),  # generator
     )
     for neighbour in nearest:
         found = asset_detail(settings, neighbour["id"])
-        version = f"{found['generator']}:{found['version']}" if found["generator"] else "—"
-        table.add_row(found["key"], str(neighbour["id"]), version, f"{neighbour['distance']:.4f}")
+        table.add_row(
+            found["key"],
+            str(neighbour["id"]),
+            found["generator"] or "— (crawled)",
+            found["version"] or "—",
+            f"{neighbour['distance']:.4f}",
+        )
     _print_table(table)
 
 
@@ -606,7 +648,7 @@ def export(
     min_score: Annotated[float | None, typer.Option(help="drop assets scored under this")] = None,
     exclude_defects: Annotated[str, typer.Option(help="comma-separated defect categories that drop an asset")] = "",
     min_severity: Annotated[float, typer.Option(min=0, max=1, help="severity from which a defect drops")] = 0.0,
-    format: Annotated[str, typer.Option(help="jsonl, csv or parquet")] = "jsonl",
+    format: Annotated[Literal["jsonl", "csv", "parquet"], typer.Option(help="manifest format")] = "jsonl",
 ) -> None:
     """Write a keep/drop manifest of every asset (bucket, key, sha256, scores, defects) for training."""
     from aesq.analysis.export import export_manifest
@@ -822,7 +864,7 @@ def db_history() -> None:
 
     current = stored_revision(get_settings())
     for revision in history():
-        console.print(revision.line(current), highlight=False, markup=False, soft_wrap=True)
+        console.print(revision.line(current, console.width), highlight=False, markup=False, soft_wrap=True)
 
 
 @db_app.command("start")

@@ -48,10 +48,14 @@ class Revision:
     message: str
     is_head: bool
 
-    def line(self, current: str | None) -> str:
-        """Alembic's history line: `0010 -> 0011 (head) (current), message`."""
+    def line(self, current: str | None, width: int | None = None) -> str:
+        """Alembic's history line, `0010 -> 0011 (head) (current), message`, its message cut after a word to
+        fit `width` (one line per revision, like `git log --oneline`)."""
         marks = (" (head)" if self.is_head else "") + (" (current)" if self.revision == current else "")
-        return f"{self.down_revision or '<base>'} -> {self.revision}{marks}, {self.message}"
+        line = f"{self.down_revision or '<base>'} -> {self.revision}{marks}, {self.message}"
+        if width is None or len(line) <= width:
+            return line
+        return line[: width - 1].rsplit(" ", 1)[0].rstrip(",:;") + "…"
 
 
 def history() -> list[Revision]:

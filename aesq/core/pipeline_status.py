@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, SQLColumnExpression, case, func, literal, 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.storage import parse_location
-from aesq.core.tables import Asset, QueuedObject
+from aesq.core.tables import Asset, Generator, QueuedObject
 
 # A failure's kind, from the words its writer puts in the reason (aesq/core/images.py, provenance.py, fetch.py,
 # ingest.py, scoring.py), as Postgres regular expressions: the first that matches wins, anything else is "other".
@@ -212,3 +212,15 @@ def run_summary(settings: Settings, source: str, since: datetime) -> RunSummary:
     ).where(touched, *_within(source))
     with get_engine(settings).connect() as connection:
         return RunSummary(*connection.execute(query).one())
+
+
+def source_versions(settings: Settings, source: str) -> set[str]:
+    """The generator versions ("name:version") of the source's scored assets: what a run of it can compare."""
+    query = (
+        select(Generator.name, Generator.version)
+        .distinct()
+        .join(Asset, Asset.generator_id == Generator.id)
+        .where(Asset.status == "scored", *_within(source))
+    )
+    with get_engine(settings).connect() as connection:
+        return {f"{name}:{version}" for name, version in connection.execute(query)}

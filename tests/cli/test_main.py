@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import typer
 from PIL import ImageFilter
 from typer.testing import CliRunner
 
@@ -51,7 +52,8 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
 
     top = runner.invoke(app, ["top", "--generator", "demo-diffusion:v2.0-sft", "-n", "2"])
     rows = [line for line in top.output.splitlines() if line.startswith("│")]
-    assert top.exit_code == 0 and len(rows) == 2 and all("│ v2.0-sft" in row for row in rows), top.output
+    assert top.exit_code == 0 and len(rows) == 2, top.output
+    assert all("│ v2.0-sft" in row for row in rows) or "version: v2.0-sft" in top.output, top.output  # or said once
     status = runner.invoke(app, ["status"])
     assert "assets: failed 1, scored 25" in status.output
     with database.get_engine(settings).connect() as connection:
@@ -75,7 +77,7 @@ def test_demo_runs_the_spine_and_ranks_the_versions(settings, tmp_path):
     assert set(rows) == {"demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"}
     assert all(diff.startswith("+") for diff in rows.values()), compared.output
     lonely = runner.invoke(app, ["compare", "demo-diffusion:v1.0-base"])
-    assert lonely.exit_code != 0
+    assert lonely.exit_code == 2
 
 
 def _aesq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -302,6 +304,30 @@ def test_a_run_that_fails_says_why_in_one_line(settings):
     ], result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_ends_with_the_versions_of_its_source_or_says_it_found_no_images(settings, tmp_path):
+    def run(source: Path) -> str:
+        result = subprocess.run(
+            [AESQ, "run", str(source)], capture_output=True, text=True, env={**_harness_env(), "COLUMNS": "200"}
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    (tmp_path / "empty").mkdir()
+    nothing = run(tmp_path / "empty")
+    assert nothing.splitlines()[-1] == f"no images found in {tmp_path / 'empty'}", nothing
+    for offset, name in enumerate(("alpha", "beta")):
+        folder = tmp_path / name / "generated" / name / "v1"
+        folder.mkdir(parents=True)
+        for seed in range(2):
+            noise_image(10 * offset + seed, 96).save(folder / f"{seed}.jpg", quality=90)
+    run(tmp_path / "alpha")
+    beta = run(tmp_path / "beta")
+    assert f"Generator versions with images in {tmp_path / 'beta'}" in beta, beta
+    assert "beta:v1" in beta and "alpha:v1" not in beta, beta
+
+
 def test_status_shows_work_in_progress_and_who_holds_it(settings):
     from aesq.core import claims
 
@@ -313,6 +339,11 @@ def test_status_shows_work_in_progress_and_who_holds_it(settings):
     line = " ".join(status.output.split())
     assert "in progress: 3 objects queued for ingest (2 claimed), 0 assets claimed for scoring" in line
     assert f"workers: {claims.WORKER}" in line
+    with database.get_engine(settings).begin() as connection:
+        claims.release_worker(connection)
+        connection.execute(sa.text("DELETE FROM ingest_queue WHERE key IN ('b', 'c')"))
+    single = " ".join(CliRunner().invoke(app, ["status"], terminal_width=80).output.split())
+    assert "in progress: 1 object queued for ingest (0 claimed), 0 assets claimed for scoring" in single, single
 
 
 @pytest.mark.slow
@@ -458,12 +489,47 @@ def test_similar_prints_a_table_and_says_when_an_asset_has_no_embedding(demo_set
     similar = _aesq("similar", str(scored), "-n", "3", env={"COLUMNS": "100"})
     assert similar.returncode == 0, similar.stderr
     header = next(line for line in similar.stdout.splitlines() if line.startswith("┃"))
-    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["key", "id", "version", "distance"]
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["key", "id", "generator", "version", "distance"]
     rows = [line.split("│")[1:-1] for line in similar.stdout.splitlines() if line.startswith("│")]
-    assert len(rows) == 3 and all(re.fullmatch(r"0\.\d{4}", row[3].strip()) for row in rows), similar.stdout
-    assert all(row[2].strip().startswith(("demo-diffusion:", "other-model:")) for row in rows), similar.stdout
+    assert len(rows) == 3 and all(re.fullmatch(r"0\.\d{4}", row[4].strip()) for row in rows), similar.stdout
+    assert all(row[2].strip() in ("demo-diffusion", "other-model") for row in rows), similar.stdout
     lonely = _aesq("similar", str(failed), env={})
-    assert lonely.returncode == 1 and f"asset {failed} has no efficientnet-lite0 embedding" in lonely.stderr
+    assert lonely.returncode == 1 and lonely.stderr.startswith(
+        f"aesq: error: asset {failed} failed, so it has no embedding: truncated or corrupt image data"
+    ), lonely.stderr
+
+
+def test_similar_at_80_columns_keeps_what_tells_neighbours_apart(demo_settings):
+    with database.get_engine(demo_settings).connect() as connection:
+        motorcycle = connection.execute(
+            sa.text("SELECT min(id) FROM assets WHERE key LIKE '%/v1.0-base/stereo_motorcycle.jpg'")
+        ).scalar_one()
+    lines = _aesq("similar", str(motorcycle), "-n", "8", env={"COLUMNS": "80"}).stdout.splitlines()
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines), lines
+    keys = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert len(keys) == len(set(keys)) == 8 and all("/" in key and "…" not in key for key in keys), lines
+
+
+def test_help_reads_well_at_80_columns(settings):
+    main = _aesq("--help", env={"COLUMNS": "80"})
+    assert main.returncode == 0 and "<bool>" not in main.stdout, main.stdout
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert [name for name, command in commands.items() if "\n" in (command.help or "")] == []  # wrapped by width
+    assert "keeping its old reason" in " ".join(line.strip(" │") for line in main.stdout.splitlines())
+    run = _aesq("run", "--help", env={"COLUMNS": "80"})
+    assert re.search(r"Usage: aesq run \[OPTIONS\] SOURCE *\n", run.stdout) and "<bool>" not in run.stdout, run.stdout
+    assert "--verbose" in run.stdout
+    export = _aesq("export", "--help", env={"COLUMNS": "80"})
+    assert "<jsonl|csv|parquet>" in export.stdout, export.stdout
+
+
+def test_a_wrong_choice_or_a_lone_version_is_a_usage_error(settings):
+    wrong = _aesq("export", "--scorer", "technical", "--out", "/tmp/x.jsonl", "--format", "xml", env={})
+    said = " ".join(wrong.stderr.replace("│", " ").split())
+    assert wrong.returncode == 2 and "'xml' is not one of 'jsonl', 'csv', 'parquet'" in said, wrong.stderr
+    lone = _aesq("compare", "demo-diffusion:v1.0-base", env={})
+    assert lone.returncode == 2 and "name at least two versions" in lone.stderr, lone.stderr
+    assert "Usage: aesq compare [OPTIONS] [VERSIONS]..." in lone.stderr
 
 
 def test_db_current_and_history_read_like_alembic(settings):
@@ -475,6 +541,9 @@ def test_db_current_and_history_read_like_alembic(settings):
     assert len(history) == len(versions)
     assert history[0].startswith(f"{versions[-2].name[:4]} -> {head} (head) (current), ")
     assert history[-1].startswith("<base> -> 0001, Initial schema")
+    narrow = _aesq("db", "history", env={"COLUMNS": "80"}).stdout.splitlines()
+    assert len(narrow) == len(versions) and all(len(line) <= 80 for line in narrow), narrow
+    assert [line.split(",")[0] for line in narrow] == [line.split(",")[0] for line in history]
 
 
 @pytest.mark.slow

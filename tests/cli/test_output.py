@@ -8,7 +8,7 @@ import re
 import pytest
 from rich.console import Console
 
-from aesq.cli.output import MIN_NAME_WIDTH, FittedTable, abbreviate, scientific
+from aesq.cli.output import MIN_NAME_WIDTH, FittedTable, abbreviate, abbreviate_key, plural, scientific
 
 NAMES = ["ERNIE-Image-aesthetics-large:v2.0-sft-2026-11", "demo-diffusion:v1.0-base", "other-model:v1"]
 STUB = re.compile(r"(^|[\s│┃])\S{1,3}…($|[\s│┃])")  # a cell cut to its first characters, as rich does
@@ -70,6 +70,56 @@ def test_a_narrow_table_is_a_table_and_a_wide_one_lines_per_row():
     assert any(line.startswith("┃ generator:version") for line in narrow), narrow
     wide = _rendered(_version_table(11), 80)
     assert NAMES[1] in wide and "  figure 1: [1.25, 1.75]" in "\n".join(wide), wide
+
+
+def test_the_blocks_of_a_wide_table_break_alike_and_align():
+    table = FittedTable(("version", "n", "mean", "interval", "p"), right=frozenset({1, 2, 3, 4}))
+    table.add_row("demo:v1", "8", "9.43", "[8.79, 9.70]", "1.6e-04")
+    table.add_row("demo:v22", "12", "10.1", "—", "0.5000")
+    lines = _rendered(table, 40)
+    first, second = lines[1 : lines.index("demo:v22")], lines[lines.index("demo:v22") + 1 :]
+    assert len(first) == len(second) > 1, lines
+    for mine, theirs in zip(first, second):
+        starts = [match.start() for match in re.finditer(r"\w[\w ]*: ", mine)]
+        assert starts == [match.start() for match in re.finditer(r"\w[\w ]*: ", theirs)], lines
+
+
+def test_titles_and_notes_are_not_padded_to_the_width():
+    table = _version_table(3)
+    table.notes = ["a note"]
+    lines = _rendered(table, 120)
+    assert lines[0] == "Versions" and lines[-1] == "a note", lines
+
+
+def test_shared_columns_equal_on_every_row_are_said_once_above_a_table_that_then_fits():
+    table = FittedTable(
+        ("generator:version", "scorer", "mean", "interval"), "Versions", frozenset({2}), shared=frozenset({1})
+    )
+    for name in NAMES[1:]:
+        table.add_row(name, "technical-aesthetics-scorer", "9.43", "[8.79, 9.70]")
+    wide = _rendered(table, 120)
+    assert all(line.startswith("│") for line in wide if "technical-aesthetics-scorer" in line), wide  # a column
+    lines = _rendered(table, 60)
+    assert lines[1] == "scorer: technical-aesthetics-scorer", lines
+    assert any(line.startswith("┃ generator:version") for line in lines) and all(len(line) <= 60 for line in lines)
+    assert "demo-diffusion:v1.0-base" in "\n".join(lines), lines
+
+
+def test_object_keys_keep_their_last_component_and_lose_the_folder_they_share():
+    key = "generated/demo-diffusion/v1.0-base/stereo_motorcycle.jpg"
+    assert abbreviate_key(key, 34) == "generated/d…/stereo_motorcycle.jpg"
+    assert abbreviate_key(key, 12) == abbreviate(key, 12)  # the name alone is longer
+    table = FittedTable(("key", "id", "version"), "Nearest", frozenset({1}), whole_names=False)
+    for version in ("v1.0-base", "v2.0-sft"):
+        table.add_row(f"/data/images/generated/demo-diffusion/{version}/stereo_motorcycle.jpg", "1", version)
+    lines = _rendered(table, 60)
+    assert lines[1] == "key under /data/images/generated/demo-diffusion/", lines
+    rows = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert rows == ["v1.0-base/stereo_motorcycle.jpg", "v2.0-sft/stereo_motorcycle.jpg"], lines
+
+
+def test_plural():
+    assert [plural(count, "object") for count in (0, 1, 2)] == ["0 objects", "1 object", "2 objects"]
 
 
 def test_object_keys_are_abbreviated_at_any_width_to_stay_a_table():
