@@ -22,7 +22,7 @@ ELLIPSIS = "…"
 # laid out vertically instead; both ends of a name stay readable at this width.
 MIN_NAME_WIDTH = 20
 # Free-text columns (prompts) wrap down to this width before names are abbreviated.
-WRAP_WIDTH = 16
+WRAP_WIDTH = 20
 # From this width on names are never abbreviated: a table that does not fit is laid out vertically.
 FULL_NAMES_WIDTH = 120
 
