@@ -438,8 +438,8 @@ def retry(
     retried = retry_failed(settings, source)
     waiting = retried.failed - retried.queued
     console.print(
-        f"{retried.queued} failed assets queued for ingest again"
-        + (f" ({waiting} were waiting in the queue already)" if waiting else ""),
+        f"{plural(retried.queued, 'failed asset')} queued for ingest again"
+        + (f" ({waiting} {'was' if waiting == 1 else 'were'} waiting in the queue already)" if waiting else ""),
         highlight=False,
     )
     if queue_only:

@@ -26,6 +26,8 @@ REASON_KINDS: tuple[tuple[str, str], ...] = (
     ("^unsupported colour mode", "unsupported colour mode"),
     ("^truncated or corrupt", "truncated or corrupt"),
     ("^unreadable image header", "unreadable header"),
+    ("^cannot count its frames", "unreadable frames"),
+    ("^cannot convert to RGB", "cannot convert to RGB"),
     ("^decoding took longer", "decoder timeout"),
     ("^the decoder crashed", "decoder crash"),
     ("^cannot examine the object", "unexpected error"),

@@ -83,7 +83,7 @@ def test_a_retry_ingests_what_it_queued_and_nothing_else_of_the_bucket(settings,
 
     configured = runner.invoke(app, ["retry", "--queue-only"], catch_exceptions=False)
 
-    assert "1 failed assets queued for ingest again" in configured.output, configured.output
+    assert "1 failed asset queued for ingest again" in configured.output, configured.output
     assert "warning" not in configured.output
     monkeypatch.delenv("AESQ_SOURCES")
     get_settings.cache_clear()

@@ -3,12 +3,22 @@ reason, with examples, for one source or all."""
 
 from __future__ import annotations
 
+import ast
 import shutil
+from pathlib import Path
 
 import sqlalchemy as sa
 
+from aesq.core import images
 from aesq.core.database import get_engine
-from aesq.core.pipeline_status import RunSummary, database_now, failure_reasons, run_summary
+from aesq.core.pipeline_status import (
+    OTHER_REASON,
+    RunSummary,
+    database_now,
+    failure_reasons,
+    reason_kind,
+    run_summary,
+)
 from tests.helpers import ingest_all, noise_image, png_bytes, run_once
 
 
@@ -106,3 +116,24 @@ def test_source_progress_counts_what_discovery_queued_before_it_is_ingested(sett
     with get_engine(settings).begin() as connection:  # one known key changed, three new ones
         claims.queue_objects(connection, "file", bucket, [claims.Listed(key, "e") for key in ("0.png", "a", "b", "c")])
     assert source_progress(settings, "file", bucket, "") == (0, 5)
+
+
+def test_every_reason_the_image_checks_write_has_a_kind_of_its_own(settings):
+    """Each `_rejecting(problem)` of aesq/core/images.py is a kind on the failures page, not "other"."""
+    tree = ast.parse(Path(images.__file__).read_text())
+    problems = [
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "_rejecting"
+        and isinstance(node.args[0], ast.Constant)
+    ]
+    assert len(problems) >= 4, problems  # the checks are still written this way
+    reasons = [f"{problem}: ValueError: something" for problem in problems]
+    with get_engine(settings).connect() as connection:
+        kinds = connection.execute(
+            sa.select(reason_kind(sa.column("error"))).select_from(
+                sa.values(sa.column("error", sa.Text), name="reasons").data([(reason,) for reason in reasons])
+            )
+        ).scalars()
+        assert {reason: kind for reason, kind in zip(reasons, kinds) if kind == OTHER_REASON} == {}

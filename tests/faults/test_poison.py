@@ -28,7 +28,9 @@ def test_a_poison_tiff_among_good_images_fails_alone_and_the_run_succeeds(
     run = aesq_run(source)
     assert run.returncode == 0, run.stderr
     assert "assets: failed 1, scored 40" in run.stdout, run.stdout
-    assert f"failed: {bucket}/{poison}: " in run.stdout and "TypeError: Missing dimensions" in run.stdout, run.stdout
+    assert "this run: 41 new, 40 scored, 1 failed" in run.stdout, run.stdout
+    assert "failed (unreadable frames): 1" in run.stdout, run.stdout
+    assert f"{bucket}/{poison}: cannot count its frames: TypeError: Missing dimensions" in run.stdout, run.stdout
     assert "Traceback" not in run.stderr
     assert_every_content_scored_once(fault_settings, objects, failed=[poison])
     assert_statistics_match_rows(fault_settings)
