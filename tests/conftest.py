@@ -9,6 +9,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# pytest-xdist's workers inherit COLUMNS=80 from execnet: output is then laid out for a terminal that is not
+# there. Tests that want a width set it for the command they run.
+for variable in ("COLUMNS", "LINES"):
+    os.environ.pop(variable, None)
 
 import shutil
 import socket
