@@ -11,8 +11,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # pytest-xdist's workers inherit COLUMNS=80 from execnet: output is then laid out for a terminal that is not
 # there. Tests that want a width set it for the command they run.
-for variable in ("COLUMNS", "LINES"):
-    os.environ.pop(variable, None)
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 import shutil
 import socket
