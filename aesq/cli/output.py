@@ -42,7 +42,8 @@ def abbreviate_key(key: str, width: int) -> str:
         return key
     head, slash, name = key.rpartition("/")
     if slash and len(name) + 2 <= width:
-        return f"{head[: width - len(name) - 2]}{ELLIPSIS}/{name}"
+        kept = width - len(name) - 2
+        return f"{head[:kept] if kept >= 4 else ''}{ELLIPSIS}/{name}"  # no stub of a folder (`v2…/`)
     return abbreviate(key, width)
 
 

@@ -390,15 +390,13 @@ def test_bench_labels_scores_with_the_named_scorer_also_when_pools_are_configure
 
 # What a command that only reads results must not import: each takes seconds to load.
 HEAVY_MODULES = ("torch", "scipy", "transformers", "prefect")
+# main() ends the process itself after the exit hooks: the probe reports from one of them.
 _IMPORTS_PROBE = """
-import json, sys
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps([name for name in HEAVY if name in sys.modules]), file=sys.stderr))
 from aesq.cli.main import main
 sys.argv = ["aesq", *sys.argv[1:]]
-try:
-    main()
-except SystemExit as done:
-    code = done.code
-print(json.dumps({"code": code, "heavy": [name for name in HEAVY if name in sys.modules]}), file=sys.stderr)
+main()
 """
 
 
@@ -407,7 +405,7 @@ def _imports_of(*args: str, preload: str = "sys") -> dict:
     HEAVY_MODULES it imported."""
     probe = f"import {preload}\nHEAVY = {HEAVY_MODULES!r}\n{_IMPORTS_PROBE}"
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
-    return json.loads(result.stderr.strip().splitlines()[-1])
+    return {"code": result.returncode, "heavy": json.loads(result.stderr.strip().splitlines()[-1])}
 
 
 def test_read_only_commands_import_no_ml_or_prefect(demo_settings, tmp_path):

@@ -109,6 +109,7 @@ def test_object_keys_keep_their_last_component_and_lose_the_folder_they_share():
     key = "generated/demo-diffusion/v1.0-base/stereo_motorcycle.jpg"
     assert abbreviate_key(key, 34) == "generated/d…/stereo_motorcycle.jpg"
     assert abbreviate_key(key, 12) == abbreviate(key, 12)  # the name alone is longer
+    assert abbreviate_key(key, 25) == "…/stereo_motorcycle.jpg"  # no stub of a folder like `gen…/`
     table = FittedTable(("key", "id", "version"), "Nearest", frozenset({1}), whole_names=False)
     for version in ("v1.0-base", "v2.0-sft"):
         table.add_row(f"/data/images/generated/demo-diffusion/{version}/stereo_motorcycle.jpg", "1", version)
