@@ -826,14 +826,23 @@ def bench_forget(
 ) -> None:
     """Remove from production the assets of a labelled folder that `aesq bench labels` scored there before it
     kept labelled sets in a database of their own."""
-    from aesq.core.namespaces import leaked_labels
+    from aesq.analysis.labels import LabelError, read_labels
+    from aesq.core.namespaces import check_forgettable, leaked_labels
 
-    leaked = leaked_labels(_ready_settings(), data, remove=yes)
-    found = f"{leaked.assets} assets under {leaked.location} in production ({leaked.scored} scored)"
+    try:
+        keys = [label.image for label in read_labels(data)]  # only the images its label file names
+    except LabelError as error:
+        raise CliError(str(error)) from None
+    check_forgettable(get_settings(), data)  # before the database starts: nothing of production's is touched
+    leaked = leaked_labels(_ready_settings(), data, keys, remove=yes)
+    found = f"{leaked.assets} labelled assets under {leaked.location} in production ({leaked.scored} scored)"
     if not leaked.assets:
-        message = f"no assets under {leaked.location} in production"
+        message = f"no labelled assets under {leaked.location} in production"
+    elif yes:
+        message = f"removed {found}"
     else:
-        message = f"removed {found}" if yes else f"{found}: run again with --yes to remove them"
+        more = f", … {leaked.assets - len(leaked.sample)} more" if leaked.assets > len(leaked.sample) else ""
+        message = f"{found}: {', '.join(leaked.sample)}{more}; run again with --yes to remove them"
     console.print(message, highlight=False, soft_wrap=True)
 
 

@@ -16,12 +16,14 @@ every raw query would depend on the connection's search_path being right.
 The namespace is never inferred from a database's name: production may be called anything, `..._labels` too,
 and its labels database is still its name + `_labels`. Only `aesq bench labels` creates and migrates it
 (`prepare_namespace`); a flow run in the labels namespace only selects it (`select_namespace`) and stops with
-one line when it is missing. What versions before this namespace left in production under a labelled
-folder is found and removed by `leaked_labels` (`aesq bench forget`).
+one line when it is missing. What versions before this namespace left in production of a labelled set (the
+images its label file names, nothing else of the folder) is found and removed by `leaked_labels` (`aesq bench
+forget`), which refuses a folder of production's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -121,12 +123,15 @@ def prepare_namespace(settings: Settings, namespace: Namespace) -> Settings:
 
 @dataclass(frozen=True)
 class Leaked:
-    """A labelled folder's assets found in production: how many, and how many of them were scored."""
+    """A labelled folder's assets found in production: how many, how many of them were scored, and a few keys."""
 
     location: str
     assets: int
     scored: int
+    sample: tuple[str, ...] = ()
 
+
+SAMPLE_KEYS = 5
 
 # Near-duplicate findings name the asset to keep in their detail ("near-duplicate of asset 12 (...").
 _NAMING_REMOVED = text(
@@ -138,21 +143,53 @@ _NAMING_REMOVED = text(
 ).bindparams(bindparam("ids", expanding=True))
 
 
-def leaked_labels(settings: Settings, folder: Path, remove: bool = False) -> Leaked:
-    """The assets that versions of `aesq bench labels` before the labels namespace left in production under
-    `folder`'s location, removed when `remove`: marked deleted first, so a content production also holds elsewhere
-    keeps its scores there (as when an object is deleted), then gone with their queued objects, their listing
-    cursor and the near-duplicate findings naming them, whose assets defect analysis may examine again."""
+def _overlaps(folder: Path, other: Path) -> bool:
+    """Whether one folder lies in the other (or they are the same)."""
+    return folder.is_relative_to(other) or other.is_relative_to(folder)
+
+
+def check_forgettable(settings: Settings, folder: Path) -> None:
+    """ConfigurationError unless `folder` is apart from production's folders: not a configured source, not in or
+    over one, and not in or over the data folder (its database, reports and models)."""
+    location = Path(parse_location(str(folder)).bucket)
+    for source in settings.sources:
+        configured = parse_location(source)
+        if configured.storage == "file" and _overlaps(location, Path(configured.bucket)):
+            raise ConfigurationError(
+                f"{location} is or overlaps the configured source {configured.uri} (AESQ_SOURCES): `aesq bench "
+                "forget` removes only a labelled folder that is not production's; nothing was removed"
+            )
+    data_dir = settings.data_dir.expanduser().resolve()
+    if _overlaps(location, data_dir):
+        raise ConfigurationError(
+            f"{location} lies in or over the data folder {data_dir} (AESQ_DATA_DIR): `aesq bench forget` removes "
+            "only a labelled folder apart from it; nothing was removed"
+        )
+
+
+def leaked_labels(settings: Settings, folder: Path, keys: Sequence[str], remove: bool = False) -> Leaked:
+    """The assets of the labelled images `keys` (their paths below `folder`, from its label file) that versions
+    of `aesq bench labels` before the labels namespace left in production, removed when `remove`: marked deleted
+    first, so a content production also holds elsewhere keeps its scores there (as when an object is deleted),
+    then gone with their queued objects and the near-duplicate findings naming them, whose assets defect analysis
+    may examine again. Only those keys: any other asset, queued object or listing cursor of the folder stays;
+    ConfigurationError (nothing read) when `folder` is production's (check_forgettable)."""
+    check_forgettable(settings, folder)
     location = parse_location(str(folder))
-    where = {"storage": location.storage, "bucket": location.bucket}
+    where = {"storage": location.storage, "bucket": location.bucket, "keys": sorted(set(keys))}
+    in_keys = "storage = :storage AND bucket = :bucket AND key IN :keys"
     with database.connect(settings) as connection, connection.begin():
         rows = connection.execute(
-            text("SELECT key, id, status FROM assets WHERE storage = :storage AND bucket = :bucket"), where
+            text(f"SELECT key, id, status FROM assets WHERE {in_keys} ORDER BY key").bindparams(
+                bindparam("keys", expanding=True)
+            ),
+            where,
         ).all()
-        leaked = Leaked(location.uri, len(rows), sum(row.status == "scored" for row in rows))
+        sample = tuple(row.key for row in rows[:SAMPLE_KEYS])
+        leaked = Leaked(location.uri, len(rows), sum(row.status == "scored" for row in rows), sample)
         if not remove or not rows:
             return leaked
-        mark_deleted(connection, location.storage, location.bucket, sorted(row.key for row in rows))
+        mark_deleted(connection, location.storage, location.bucket, [row.key for row in rows])
         ids = [row.id for row in rows]
         named = list(connection.execute(_NAMING_REMOVED, {"ids": ids}).scalars())
         if named:
@@ -162,9 +199,15 @@ def leaked_labels(settings: Settings, folder: Path, remove: bool = False) -> Lea
                 ),
                 {"named": named},
             )
-        connection.execute(text("DELETE FROM ingest_queue WHERE storage = :storage AND bucket = :bucket"), where)
-        connection.execute(text("DELETE FROM source_cursors WHERE source = :source"), {"source": location.uri})
+        connection.execute(
+            text(f"DELETE FROM ingest_queue WHERE {in_keys}").bindparams(bindparam("keys", expanding=True)), where
+        )
         connection.execute(
             text("DELETE FROM assets WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)), {"ids": ids}
         )
+        remaining = connection.execute(
+            text("SELECT 1 FROM assets WHERE storage = :storage AND bucket = :bucket LIMIT 1"), where
+        ).first()
+        if remaining is None:  # the whole folder gone: its next listing starts from the beginning
+            connection.execute(text("DELETE FROM source_cursors WHERE source = :source"), {"source": location.uri})
     return leaked

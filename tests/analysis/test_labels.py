@@ -16,12 +16,12 @@ from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 from aesq.analysis.labels import Label, LabelError, Pair, label_report, read_labels
-from aesq.cli.main import app
+from aesq.cli.main import _one_line, app
 from aesq.core import database
-from aesq.core.config import get_settings
+from aesq.core.config import ConfigurationError, get_settings
 from aesq.core.database import get_engine
 from aesq.core.namespaces import namespace_settings
-from tests.helpers import photo, run_once
+from tests.helpers import noise_image, photo, run_once
 
 
 def _pairs(predicted, human, categories=None) -> list[Pair]:
@@ -314,29 +314,46 @@ def test_a_labelled_set_is_scored_in_its_own_database_and_never_reaches_producti
         assert (row.status, row.duplicate_of) == ("scored", None)
 
 
-def test_bench_forget_counts_a_labelled_folder_left_in_production_then_removes_it_with_yes(
+def test_bench_forget_removes_only_the_images_its_label_file_names_and_never_a_configured_source(
     settings, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("AESQ_SCORERS", "technical")
     monkeypatch.setenv("AESQ_EMBEDDERS", "")
-    get_settings.cache_clear()
-    folder = tmp_path / "eria"
+    # A production folder where someone labelled some images in place: six labelled, one not.
+    folder = tmp_path / "production"
     (folder / "images").mkdir(parents=True)
-    for level in range(2):
-        _degraded(photo("rocket"), level).save(folder / f"images/rocket-{level}.png")
-    run_once(str(folder), get_settings())  # as `aesq bench labels` ran it before the labels namespace
-    count = "SELECT count(*) FROM assets WHERE bucket = :folder"
+    for level in range(7):
+        noise_image(level).save(folder / f"images/rocket-{level}.png")
+    labelled = [f"images/rocket-{level}.png" for level in range(6)]
+    (folder / "test.json").write_text(json.dumps([{"image": key, "gt_score": 5} for key in labelled]))
+    get_settings.cache_clear()
+    run_once(str(folder), get_settings())  # as `aesq bench labels` (or production) ran it before the labels namespace
+    keys = "SELECT key FROM assets WHERE bucket = :folder ORDER BY key"
+
+    def in_production() -> list[str]:
+        with get_engine(settings).connect() as connection:
+            return connection.execute(sa.text(keys), {"folder": str(folder.resolve())}).scalars().all()
 
     def forget(*options: str) -> str:
         result = CliRunner().invoke(app, ["bench", "forget", "--data", str(folder), *options], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         return " ".join(result.output.split())
 
-    found = f"2 assets under {folder.resolve()} in production (2 scored)"
-    assert forget() == f"{found}: run again with --yes to remove them"
-    with get_engine(settings).connect() as connection:
-        assert connection.execute(sa.text(count), {"folder": str(folder.resolve())}).scalar_one() == 2
+    monkeypatch.setenv("AESQ_SOURCES", str(folder))
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["bench", "forget", "--data", str(folder), "--yes"])
+    refused = _one_line(result.exception)  # what `aesq` prints, with exit status 1
+    assert result.exit_code == 1 and isinstance(result.exception, ConfigurationError), result.output
+    assert f"is or overlaps the configured source {folder.resolve()} (AESQ_SOURCES)" in refused, refused
+    assert "nothing was removed" in refused and len(in_production()) == 7
+    monkeypatch.delenv("AESQ_SOURCES")
+    get_settings.cache_clear()
+
+    found = f"6 labelled assets under {folder.resolve()} in production (6 scored)"
+    sample = ", ".join(labelled[:5])
+    assert forget() == f"{found}: {sample}, … 1 more; run again with --yes to remove them"
+    assert len(in_production()) == 7
     assert forget("--yes") == f"removed {found}"
-    with get_engine(settings).connect() as connection:
-        assert connection.execute(sa.text(count), {"folder": str(folder.resolve())}).scalar_one() == 0
-    assert forget("--yes") == f"no assets under {folder.resolve()} in production"
+    assert in_production() == ["images/rocket-6.png"]  # not in the label file: still production's
+    assert forget("--yes") == f"no labelled assets under {folder.resolve()} in production"
+    assert in_production() == ["images/rocket-6.png"]

@@ -99,7 +99,9 @@ def test_a_labelled_folder_scored_in_production_by_older_versions_can_be_removed
     noise_image(1).save(labelled / "generated/held-out/1/shared.png")
     noise_image(2).save(labelled / "generated/held-out/1/only.png")
     (labelled / "generated/held-out/1/broken.png").write_bytes(b"not an image")
+    noise_image(4).save(labelled / "generated/held-out/1/unlabelled.png")  # in the folder, not in its label file
     run_once(str(labelled), settings)
+    keys = [f"generated/held-out/1/{name}.png" for name in ("shared", "only", "broken", "never-ingested")]
     # Production: one image with the same bytes as a labelled one (a duplicate of it), one of its own.
     production = tmp_path / "production"
     (production / "generated/m/1").mkdir(parents=True)
@@ -120,11 +122,24 @@ def test_a_labelled_folder_scored_in_production_by_older_versions_can_be_removed
             {"own": own.id, "detail": f"near-duplicate of asset {shared.id} (cosine distance 0.0100); keep asset"},
         )
         connection.execute(sa.text("UPDATE assets SET analysed_at = now()"))
+        connection.execute(
+            sa.text(
+                "INSERT INTO ingest_queue (storage, bucket, key) VALUES ('file', :b, :labelled), ('file', :b, :new)"
+            ),
+            {"b": str(labelled), "labelled": "generated/held-out/1/only.png", "new": "generated/held-out/1/new.png"},
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO source_cursors (source, after_key) VALUES (:b, 'generated/held-out/1/unlabelled.png')"
+            ),
+            {"b": str(labelled)},
+        )
     assert {row["generator"] for row in version_statistics(settings)} == {"held-out", "m"}
 
-    expected = Leaked(str(labelled), 3, 2)
-    assert leaked_labels(settings, labelled) == expected  # only counted
-    assert leaked_labels(settings, labelled, remove=True) == expected
+    sample = tuple(f"generated/held-out/1/{name}.png" for name in ("broken", "only", "shared"))
+    expected = Leaked(str(labelled), 3, 2, sample)
+    assert leaked_labels(settings, labelled, keys) == expected  # only counted
+    assert leaked_labels(settings, labelled, keys, remove=True) == expected
     aggregate_versions(settings)
 
     with database.get_engine(settings).connect() as connection:
@@ -132,17 +147,37 @@ def test_a_labelled_folder_scored_in_production_by_older_versions_can_be_removed
         defects = connection.execute(sa.text("SELECT asset_id, category FROM defects")).all()
         analysed = dict(connection.execute(sa.text("SELECT id, analysed_at IS NOT NULL FROM assets")).all())
         scores = dict(connection.execute(sa.text("SELECT asset_id, count(*) FROM scores GROUP BY asset_id")).all())
-        left = connection.execute(
-            sa.text(
-                "SELECT (SELECT count(*) FROM ingest_queue WHERE bucket = :b), "
-                "(SELECT count(*) FROM source_cursors WHERE source = :b)"
-            ),
-            {"b": str(labelled)},
-        ).one()
+        queued = connection.execute(sa.text("SELECT key FROM ingest_queue WHERE bucket = :b"), {"b": str(labelled)})
+        left = (queued.scalars().all(), connection.execute(sa.text("SELECT count(*) FROM source_cursors")).scalar())
     copy = after[f"{production}/generated/m/1/copy.png"]
-    assert set(after) == {f"{production}/generated/m/1/copy.png", f"{production}/generated/m/1/own.png"}
+    unlabelled = f"{labelled}/generated/held-out/1/unlabelled.png"
+    assert set(after) == {f"{production}/generated/m/1/copy.png", f"{production}/generated/m/1/own.png", unlabelled}
+    assert after[unlabelled] == before[unlabelled]  # not named by the label file: untouched
     assert (copy.status, copy.duplicate_of, scores.get(copy.id)) == ("scored", None, 1)  # the scores stay with it
     assert defects == [(own.id, "blur")] and analysed[own.id] is False  # examined again without that partner
-    assert tuple(left) == (0, 0)
-    assert {row["generator"] for row in version_statistics(settings)} == {"m"}
-    assert leaked_labels(settings, labelled, remove=True) == Leaked(str(labelled), 0, 0)
+    assert left == (["generated/held-out/1/new.png"], 1)  # the other key's queue entry and the cursor stay
+    assert {row["generator"] for row in version_statistics(settings)} == {"held-out", "m"}  # unlabelled.png's
+    assert leaked_labels(settings, labelled, keys, remove=True) == Leaked(str(labelled), 0, 0)
+
+
+@pytest.mark.parametrize("where", ["source", "inside a source", "over a source", "data folder", "inside it"])
+def test_a_folder_of_production_is_refused_before_anything_is_read(settings, tmp_path, monkeypatch, where):
+    source = tmp_path / "production"
+    (source / "generated/m/1").mkdir(parents=True)
+    noise_image(1).save(source / "generated/m/1/a.png")
+    monkeypatch.setenv("AESQ_SOURCES", str(source))
+    get_settings.cache_clear()
+    settings = get_settings()
+    run_once(str(source), settings)
+    folder = {
+        "source": source,
+        "inside a source": source / "generated",
+        "over a source": tmp_path,
+        "data folder": settings.data_dir,
+        "inside it": settings.data_dir / "labelled",
+    }[where]
+    with pytest.raises(ConfigurationError, match="nothing was removed") as raised:
+        leaked_labels(settings, folder, ["generated/m/1/a.png", "m/1/a.png"], remove=True)
+    assert "\n" not in str(raised.value)
+    with database.get_engine(settings).connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM assets WHERE status = 'scored'")).scalar() == 1
