@@ -41,7 +41,7 @@ from aesq.core.writes import mark_deleted
 
 PAGE_SIZE = 2000  # keys COPYed and checked per round trip; Python holds one page at a time
 # The sidecar ETag (with no sidecar key) of assets ingested before sidecars were recorded (migration 0013):
-# ingest never writes it, the next listing adopts the sidecar it lists.
+# ingest never writes it; the next listing adopts the sidecar it lists or re-ingests the asset (`_READY`).
 UNRECORDED = "(not recorded)"
 DELETIONS_PER_TRANSACTION = 1000
 
@@ -58,8 +58,13 @@ _DROP = "DROP TABLE IF EXISTS pg_temp.discovery_listed, pg_temp.discovery_gone"
 # The images that became ready since the previous page (`ready_at` in (:after, :upto]; to the end once the
 # listing is over), compared with their assets: new keys, other ETags, deleted ones back, or another sidecar
 # (key or ETag) than the asset was ingested with, where the listing covered the sidecar's candidates (a poll
-# after a cursor may not have). Their sidecar is the first candidate listed. An asset ingested before sidecars
-# were recorded (UNRECORDED) adopts the listed sidecar instead (`adopt`): only a later change re-ingests it.
+# after a cursor may not have). Their sidecar is the first candidate listed.
+# An asset ingested before sidecars were recorded (UNRECORDED) adopts the listed sidecar as the one it was
+# ingested with (`adopt`, nothing downloaded again) only where its row shows it was ingested with provenance
+# or none is listed: not failed, and no sidecar listed or stored as generated. The others are ingested again:
+# a failed asset (its reason may be a sidecar since fixed) and a crawled one with a sidecar listed (what an
+# image ingested before its sidecar was uploaded looks like, unless its key layout names a generator). Only
+# those rows are read again, so a sidecar that arrived late does not stay unread for good.
 # Every look-up is a LATERAL ... LIMIT 1, so it stays an index probe per image whatever the planner guesses
 # about the growing temporary table (it has no statistics; a hashed subplan would read the whole table on
 # every page).
@@ -71,12 +76,16 @@ _READY = """
                CAST(:start_after AS text) IS NULL
                    OR least(r.first COLLATE "C", r.second COLLATE "C") > CAST(:start_after AS text) COLLATE "C"
                    AS covered,
-               coalesce(a.sidecar_key IS NULL AND a.sidecar_etag = :unrecorded, false) AS unrecorded,
+               coalesce(
+                   a.sidecar_key IS NULL AND a.sidecar_etag = :unrecorded AND a.status <> 'failed'
+                       AND (coalesce(f.key, s.key) IS NULL OR a.source_kind = 'generated'),
+                   false
+               ) AS adopt,
                (a.sidecar_key, a.sidecar_etag) IS DISTINCT FROM (coalesce(f.key, s.key), coalesce(f.etag, s.etag))
                    AS other_sidecar
         FROM discovery_listed r
         LEFT JOIN LATERAL (
-            SELECT a.id, a.status, a.etag, a.sidecar_key, a.sidecar_etag FROM assets a
+            SELECT a.id, a.status, a.etag, a.source_kind, a.sidecar_key, a.sidecar_etag FROM assets a
             WHERE a.storage = :storage AND a.bucket = :bucket AND a.key = r.key LIMIT 1
         ) a ON true
         LEFT JOIN LATERAL (SELECT f.key, f.etag FROM discovery_listed f WHERE f.key = r.first LIMIT 1) f ON true
@@ -84,11 +93,12 @@ _READY = """
             ON f.key IS NULL
         WHERE r.ready_at > CAST(:after AS text) {upto}
     ) ready
-    WHERE changed OR covered AND (unrecorded OR other_sidecar)
+    WHERE changed OR covered AND other_sidecar
 """
 _READY_UPTO = text(_READY.format(upto="AND r.ready_at <= CAST(:upto AS text)"))
 _READY_REST = text(_READY.format(upto=""))
-# The sidecar listed with an asset ingested before sidecars were recorded, taken as the one it was ingested with.
+# The sidecar listed with an asset ingested before sidecars were recorded, taken as the one it was ingested with
+# (only where `_READY` says it may be).
 _ADOPT = text(
     """
     UPDATE assets a SET sidecar_key = u.sidecar, sidecar_etag = u.sidecar_etag
@@ -178,8 +188,8 @@ def _copy_page(connection: Connection, page: list[tuple[str, str | None]]) -> No
 def _queue_ready(connection: Connection, source: Source, after: str, upto: str | None, start_after: str | None) -> int:
     """Queue the images that are new, changed (bytes or sidecar) or back and whose sidecar candidates the
     listing passed since the previous page: `ready_at` in (`after`, `upto`], `upto` being the greatest key
-    listed so far (None: the listing ended); assets whose sidecar was never recorded adopt the listed one.
-    How many were queued."""
+    listed so far (None: the listing ended); assets whose sidecar was never recorded adopt the listed one
+    or are queued again, as `_READY` decides. How many were queued."""
     params = {
         "after": after,
         "upto": upto,
@@ -189,7 +199,7 @@ def _queue_ready(connection: Connection, source: Source, after: str, upto: str |
         "unrecorded": UNRECORDED,
     }
     rows = connection.execute(_READY_REST if upto is None else _READY_UPTO, params).all()
-    if adopted := [row for row in rows if row.covered and row.unrecorded]:
+    if adopted := [row for row in rows if row.covered and row.adopt and not row.changed]:
         connection.execute(
             _ADOPT,
             {
@@ -210,7 +220,7 @@ def _queue_ready(connection: Connection, source: Source, after: str, upto: str |
             sidecar_etag=row.sidecar_etag,
         )
         for row in rows
-        if row.changed or (row.covered and not row.unrecorded and row.other_sidecar)
+        if row.changed or (row.covered and not row.adopt and row.other_sidecar)
     ]
     return queue_objects(connection, source.storage, source.bucket, queued)
 

@@ -3,9 +3,10 @@ its image's provenance without the image's bytes changing.
 
 Assets ingested before this get the sidecar ETag "(not recorded)" (with no sidecar key; ingest never writes
 it): the next full listing takes the sidecar it lists as the one they were ingested with
-(`aesq.core.discovery.UNRECORDED`) instead of re-ingesting them, so nothing is downloaded again and only a
-sidecar that changes after the upgrade re-ingests its image. The column gets the value as its default when
-added (no table rewrite), then loses the default.
+(`aesq.core.discovery.UNRECORDED`) where the row shows it was ingested with provenance or none is listed, and
+re-ingests the rest (failed assets, crawled ones with a sidecar listed), so most are not downloaded again and
+a sidecar uploaded after its image is still read. The column gets the value as its default when added (no
+table rewrite), then loses the default.
 
 Revision ID: 0013
 Revises: 0012

@@ -5,6 +5,7 @@ memory that does not grow with the source."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import random
 import tracemalloc
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from aesq.core import database, discovery
+from aesq.core import database, discovery, ingest
 from aesq.core.claims import claim_objects
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
@@ -411,6 +412,79 @@ def test_assets_from_before_0013_adopt_their_listed_sidecars_without_being_inges
     put(s3_client, bucket, "m/c.json", b'{"prompt": "another c"}')
     assert discovery.discover(source, settings).queued == 1
     assert set(_queue(settings)) == {"m/c.jpg", "m/d.jpg"}
+
+
+def test_assets_from_before_0013_whose_listed_sidecar_may_be_missing_from_their_provenance_are_ingested_again(
+    settings, empty_database_url, s3_client, bucket, monkeypatch
+):
+    """After an upgrade from 0012, an image stored crawled while a sidecar is listed (ingested before its
+    sidecar arrived) and a failed one are ingested again, taking the sidecar's provenance; a crawled one
+    with no sidecar listed and a generated one with its sidecar adopt what is listed."""
+    monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)
+    get_settings.cache_clear()
+    settings = get_settings()
+    database.upgrade("0012", settings=settings)
+    source = f"s3://{bucket}/"
+    images = {"m/late.jpg": IMAGES[0], "m/failed.jpg": IMAGES[1], "m/plain.jpg": IMAGES[2], "m/gen.jpg": IMAGES[3]}
+    for key, data in images.items():
+        put(s3_client, bucket, key, data)
+    put(s3_client, bucket, "m/late.jpg.json", b'{"generator": "sdxl", "generator_version": "1.0", "prompt": "late"}')
+    put(s3_client, bucket, "m/failed.json", b'{"generator": "sdxl", "generator_version": "1.0", "seed": 7}')
+    put(s3_client, bucket, "m/gen.jpg.json", b'{"generator": "sdxl", "generator_version": "1.0", "prompt": "gen"}')
+    etags = {item.key: item.etag for item in open_source(source, settings).list()}
+    stored = {  # as 0012's ingest left them: status, source kind, error
+        "m/late.jpg": ("scored", "crawled", None),  # ingested from a notification before its sidecar was uploaded
+        "m/failed.jpg": ("failed", "crawled", "seed must be an integer, got 'seven'"),  # its sidecar since fixed
+        "m/plain.jpg": ("scored", "crawled", None),
+        "m/gen.jpg": ("scored", "generated", None),
+    }
+    with get_engine(settings).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, etag, size_bytes, source_kind, status, error)"
+                " VALUES ('s3', :bucket, :key, :sha256, :etag, :size, :kind, :status, :error)"
+            ),
+            [
+                {
+                    "bucket": bucket,
+                    "key": key,
+                    "sha256": hashlib.sha256(images[key]).hexdigest(),
+                    "etag": etags[key],
+                    "size": len(images[key]),
+                    "kind": kind,
+                    "status": status,
+                    "error": error,
+                }
+                for key, (status, kind, error) in stored.items()
+            ],
+        )
+    database.upgrade(settings=settings)
+
+    assert discovery.discover(source, settings, page_size=2).queued == 2
+    assert set(_queue(settings)) == {"m/late.jpg", "m/failed.jpg"}
+    while claimed := ingest.claim_batch(source, settings):
+        ingest.ingest(source, claimed, settings)
+    with get_engine(settings).connect() as connection:
+        assets = {
+            row.key: row
+            for row in connection.execute(
+                sa.text("SELECT key, status, source_kind, prompt, seed, sidecar_key, sidecar_etag FROM assets")
+            )
+        }
+    assert {key: (row.source_kind, row.prompt, row.seed) for key, row in assets.items()} == {
+        "m/late.jpg": ("generated", "late", None),
+        "m/failed.jpg": ("generated", None, 7),
+        "m/plain.jpg": ("crawled", None, None),
+        "m/gen.jpg": ("generated", None, None),  # adopted as it stood: nothing read again
+    }
+    assert assets["m/failed.jpg"].status != "failed"
+    assert {key: (row.sidecar_key, row.sidecar_etag) for key, row in assets.items()} == {
+        "m/late.jpg": ("m/late.jpg.json", etags["m/late.jpg.json"]),
+        "m/failed.jpg": ("m/failed.json", etags["m/failed.json"]),
+        "m/plain.jpg": (None, None),
+        "m/gen.jpg": ("m/gen.jpg.json", etags["m/gen.jpg.json"]),
+    }
+    assert discovery.discover(source, settings).queued == 0
 
 
 @pytest.mark.slow
