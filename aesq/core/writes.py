@@ -117,6 +117,21 @@ def _asset_row(record: AssetRecord, generator_ids: dict[tuple[str, str], int], s
     }
 
 
+# A location whose provenance failed keeps the provenance it had: it is unknown now, not crawled.
+_PROVENANCE_COLUMNS = ("source_kind", "generator_id", "prompt", "seed", "extra")
+
+
+def _write_asset_rows(connection: Connection, rows: list[dict], keep_provenance: bool) -> dict[str, int]:
+    """Insert or update the batch's asset rows (keeping existing rows' provenance if asked); their ids by key."""
+    statement = insert(Asset).values(rows)
+    kept = ("storage", "bucket", "key", *(_PROVENANCE_COLUMNS if keep_provenance else ()))
+    statement = statement.on_conflict_do_update(
+        index_elements=[Asset.storage, Asset.bucket, Asset.key],
+        set_={name: statement.excluded[name] for name in [*rows[0], "updated_at"] if name not in kept},
+    )
+    return {key: asset_id for asset_id, key in connection.execute(statement.returning(Asset.id, Asset.key))}
+
+
 def _lock(connection: Connection, space: int, names: Iterable[str]) -> None:
     """Transaction-scoped advisory locks on `names`, taken in one fixed order so writers never deadlock.
 
@@ -141,13 +156,21 @@ def lock_contents(connection: Connection, shas: Iterable[str]) -> None:
 _LOCATED = (Asset.id, Asset.key, Asset.sha256, Asset.status, Asset.duplicate_of, Asset.scored_at, Asset.analysed_at)
 
 
+@dataclass(frozen=True)
+class _Settled:
+    """A batch's plan, the ids of its existing rows, and the generator versions whose outputs the plan moves."""
+
+    plan: Plan
+    ids: dict[str, int]
+    moved_versions: dict[int, int | None]  # move source → its generator before the batch
+
+
 def _settle(
     connection: Connection, storage: str, bucket: str, arrivals: dict[str, str | Arrival | ProvenanceFailed]
-) -> tuple[Plan, dict[str, int]]:
+) -> _Settled:
     """Lock and read what the batch touches, plan it, and apply everything but the batch's own rows' facts.
 
-    Returns the plan and the ids of the batch's existing rows; the caller writes the batch rows, then
-    calls `_finish`.
+    The caller writes the batch rows, then calls `_finish`.
     """
     _lock(connection, OBJECT_LOCKS, (f"{storage}\0{bucket}\0{key}" for key in arrivals))
     at_keys = (Asset.storage == storage) & (Asset.bucket == bucket) & Asset.key.in_(list(arrivals))
@@ -157,16 +180,25 @@ def _settle(
     rows = connection.execute(select(*_LOCATED, at_keys.label("here")).where(at_keys | Asset.sha256.in_(shas))).all()
     located = [Located(row.id, row.key if row.here else None, *row[2:7]) for row in rows]
     plan = plan_batch(arrivals, located)
+    moved_versions = dict(
+        connection.execute(select(Asset.id, Asset.generator_id).where(Asset.id.in_(list(plan.moves)))).tuples().all()
+    )
     if plan.demote:
         connection.execute(update(Asset).where(Asset.id.in_(plan.demote)).values(status="duplicate"))
-    return plan, {row.key: row.id for row in rows if row.here}
+    return _Settled(plan, {row.key: row.id for row in rows if row.here}, moved_versions)
 
 
-def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int]:
+def _finish(connection: Connection, settled: _Settled, ids: dict[str, int]) -> list[int]:
     """Move outputs to their content's new canonical asset, promote and re-point rows elsewhere; the
-    ids of the canonical assets left waiting for scores."""
+    ids of the canonical assets left waiting for scores.
+
+    Outputs that land on an asset of another generator version are analysed again there, without their
+    near-duplicate findings across versions (as for bytes whose sidecar names another version).
+    """
+    plan = settled.plan
     resolve = lambda ref: ids[ref] if isinstance(ref, str) else ref  # noqa: E731
-    _move_outputs(connection, {source: resolve(target) for source, target in plan.moves.items()}, plan.drop)
+    moves = {source: resolve(target) for source, target in plan.moves.items()}
+    _move_outputs(connection, moves, plan.drop)
     changes = [
         {
             "row_id": asset_id,
@@ -203,6 +235,15 @@ def _finish(connection: Connection, plan: Plan, ids: dict[str, int]) -> list[int
             ),
             changes,
         )
+    versions = dict(
+        connection.execute(select(Asset.id, Asset.generator_id).where(Asset.id.in_(set(moves.values())))).tuples().all()
+    )
+    changed_version = sorted(
+        {target for source, target in moves.items() if versions[target] != settled.moved_versions[source]}
+    )
+    if changed_version:
+        connection.execute(update(Asset).where(Asset.id.in_(changed_version)).values(analysed_at=None))
+        connection.execute(_DROP_CROSS_VERSION_DUPLICATES, {"ids": changed_version})
     return [resolve(ref) for ref in plan.waiting]
 
 
@@ -221,8 +262,9 @@ def _move_outputs(connection: Connection, moves: dict[int, int], drop: set[int])
 
 
 # Near-duplicate findings that now pair two generator versions because some of `ids` changed version (their
-# sidecar said another): deleted, and both assets left due for analysis. The partner is the asset the finding's
-# detail names first ("near-duplicate of asset N (…)", aesq/analysis/defect_analysis.py).
+# sidecar said another, or their content's outputs moved there from another version's asset): deleted, and
+# both assets left due for analysis. The partner is the asset the finding's detail names first
+# ("near-duplicate of asset N (…)", aesq/analysis/defect_analysis.py).
 _DROP_CROSS_VERSION_DUPLICATES = text(
     """
     WITH stale AS (
@@ -262,26 +304,28 @@ def upsert_assets(connection: Connection, records: Sequence[AssetRecord]) -> lis
     by_key = {record.key: record for record in records}
     refs = [r.provenance.generator for r in records if r.provenance and r.provenance.generator and not r.error]
     generator_ids = upsert_generators(connection, refs)
-    plan, ids = _settle(connection, storage, bucket, {key: _arrival(r) for key, r in sorted(by_key.items())})
-    rows = [_asset_row(by_key[key], generator_ids, standing) for key, standing in sorted(plan.batch.items())]
+    settled = _settle(connection, storage, bucket, {key: _arrival(r) for key, r in sorted(by_key.items())})
+    ids = dict(settled.ids)
+    rows = [_asset_row(by_key[key], generator_ids, standing) for key, standing in sorted(settled.plan.batch.items())]
     before = select(Asset.key, Asset.generator_id).where(Asset.id.in_(list(ids.values())))
     version_before = dict(connection.execute(before).tuples().all())
+    unknown_provenance = {key for key, record in by_key.items() if isinstance(_arrival(record), ProvenanceFailed)}
     new_version = [
-        row for row in rows if row["key"] in version_before and version_before[row["key"]] != row["generator_id"]
+        row
+        for row in rows
+        if row["key"] in version_before
+        and row["key"] not in unknown_provenance
+        and version_before[row["key"]] != row["generator_id"]
     ]
     for row in new_version:
         row["analysed_at"] = None  # near-duplicates are sought within its version: analyse it again
-    statement = insert(Asset).values(rows)
-    statement = statement.on_conflict_do_update(
-        index_elements=[Asset.storage, Asset.bucket, Asset.key],
-        set_={
-            name: statement.excluded[name]
-            for name in [*rows[0], "updated_at"]
-            if name not in ("storage", "bucket", "key")
-        },
-    )
-    ids.update({key: asset_id for asset_id, key in connection.execute(statement.returning(Asset.id, Asset.key))})
-    waiting = _finish(connection, plan, ids)
+    for group in (  # failed rows first: they only ever give up a canonical place
+        [row for row in rows if row["key"] in unknown_provenance],
+        [row for row in rows if row["key"] not in unknown_provenance],
+    ):
+        if group:
+            ids.update(_write_asset_rows(connection, group, keep_provenance=group[0]["key"] in unknown_provenance))
+    waiting = _finish(connection, settled, ids)
     if new_version:
         connection.execute(_DROP_CROSS_VERSION_DUPLICATES, {"ids": [ids[row["key"]] for row in new_version]})
     return waiting
@@ -291,13 +335,13 @@ def mark_deleted(connection: Connection, storage: str, bucket: str, keys: Sequen
     """Objects gone from their source become `deleted`; a content still present elsewhere keeps its scores there."""
     if not keys:
         return
-    plan, ids = _settle(connection, storage, bucket, dict.fromkeys(sorted(keys), Arrival.GONE))
+    settled = _settle(connection, storage, bucket, dict.fromkeys(sorted(keys), Arrival.GONE))
     connection.execute(
         update(Asset)
-        .where(Asset.id.in_([ids[key] for key in keys]))
+        .where(Asset.id.in_([settled.ids[key] for key in keys]))
         .values(status="deleted", duplicate_of=None, retry_after=None, updated_at=func.now())
     )
-    _finish(connection, plan, ids)
+    _finish(connection, settled, settled.ids)
 
 
 def _copy_then_insert(
