@@ -170,12 +170,12 @@ def labelled_pairs(
     pairs, excluded = [], []
     for label in labels:
         row = rows.get(label.image)
-        if row is not None and row.value is not None:
-            pairs.append(Pair(float(row.value), label.gt_score, label.category))
-        elif row is None:
+        if row is None:
             excluded.append(Failure(label.image, "not ingested"))
-        elif row.status == "failed":
+        elif row.status == "failed":  # before its score: a failed keeper still holds its content's scores
             excluded.append(Failure(label.image, row.error or "failed"))
+        elif row.value is not None:
+            pairs.append(Pair(float(row.value), label.gt_score, label.category))
         elif row.status == "pending":
             excluded.append(Failure(label.image, "not scored yet"))
         else:

@@ -15,12 +15,17 @@ import sqlalchemy as sa
 from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
-from aesq.analysis.labels import Label, LabelError, Pair, label_report, read_labels
+from aesq.analysis.labels import Label, LabelError, Pair, label_report, labelled_pairs, read_labels
 from aesq.cli.main import _one_line, app
 from aesq.core import database
 from aesq.core.config import ConfigurationError, get_settings
 from aesq.core.database import get_engine
-from aesq.core.namespaces import namespace_settings
+from aesq.core.images import ImageFacts
+from aesq.core.namespaces import namespace_settings, prepare_namespace
+from aesq.core.pipeline_status import Failure
+from aesq.core.provenance import Provenance
+from aesq.core.tables import Asset
+from aesq.core.writes import AssetRecord, ScoreValue, upsert_assets, write_scores
 from tests.helpers import noise_image, photo, run_once
 
 
@@ -357,3 +362,28 @@ def test_bench_forget_removes_only_the_images_its_label_file_names_and_never_a_c
     assert in_production() == ["images/rocket-6.png"]  # not in the label file: still production's
     assert forget("--yes") == f"no labelled assets under {folder.resolve()} in production"
     assert in_production() == ["images/rocket-6.png"]
+
+
+def test_a_failed_labelled_image_is_excluded_even_while_it_keeps_its_score(settings, empty_database_url, tmp_path):
+    """An image scored, then failed (its sidecar broke), still holds its content's score: it is excluded with its
+    reason, never a pair."""
+    production = settings.model_copy(update={"database_url": empty_database_url})
+    folder = tmp_path / "set"
+    facts = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
+    crawled = Provenance("crawled", None, None, None, {})
+    records = [
+        AssetRecord("file", str(folder.resolve()), key, f"sha-{key}", None, 10, facts, crawled, None)
+        for key in ("good.png", "broken.png")
+    ]
+    with get_engine(prepare_namespace(production, "labels")).begin() as connection:
+        ids = upsert_assets(connection, records)
+        write_scores(connection, [ScoreValue(asset_id, "technical", "1", 5.0, {}) for asset_id in ids])
+        connection.execute(sa.update(Asset).values(status="scored", scored_at=sa.func.now()))
+        connection.execute(
+            sa.update(Asset).where(Asset.key == "broken.png").values(status="failed", error="sidecar: not JSON")
+        )
+
+    labels = [Label("good.png", 7.0, None), Label("broken.png", 3.0, None)]
+    pairs, excluded = labelled_pairs(production, folder, labels, "technical")
+    assert pairs == [Pair(5.0, 7.0, None)]
+    assert excluded == [Failure("broken.png", "sidecar: not JSON")]
