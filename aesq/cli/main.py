@@ -958,13 +958,16 @@ def main() -> None:
 
 
 def _leave(status: int) -> NoReturn:
-    """End the process once its work is done, as a normal exit would (threads that are not daemons finish, the exit
-    hooks run: Prefect sends its pending logs and events, logging flushes) but without Python's teardown of every
-    loaded module, which takes 0.6 s after a flow run here: a short command ends when its work does."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # private, but what the interpreter itself runs at exit
+    """End the process once its work is done as the interpreter would, in its order: the threads' exit hooks
+    (Prefect drains its event worker there), then threads that are not daemons finish, then the exit hooks
+    (logging flushes, Prefect's log worker drains); but without Python's teardown of every loaded module, which
+    takes 0.6 s after a flow run here. A signal meanwhile ends the process by that signal, as it would elsewhere."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # private: what the interpreter runs first at exit
+        atexit._run_exitfuncs()  # private: what it runs next
+    except Stopped as stopped:
+        Console(stderr=True, soft_wrap=True).print(f"[red]aesq:[/red] {stopped}", highlight=False)
+        _exit_by_signal(stopped.signum)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -200,4 +200,6 @@ def test_cli_export(settings, assets, tmp_path):
         env=os.environ,
         timeout=120,
     )
-    assert bad.returncode == 1 and "unknown format 'xml'" in bad.stderr
+    # A usage error, as Click reports one: exit status 2, the choices named.
+    said = " ".join(bad.stderr.replace("│", " ").split())  # Typer's error box wraps at the terminal's width
+    assert bad.returncode == 2 and "'xml' is not one of 'jsonl', 'csv', 'parquet'" in said, bad.stderr

@@ -89,6 +89,23 @@ def _flow_runs(server: LocalServer) -> list[tuple[str, str]]:
         return sorted((names[run.flow_id], run.state.type.value) for run in client.read_flow_runs() if run.state)
 
 
+def _task_runs(server: LocalServer) -> list[tuple[str, str]]:
+    """(task name, state) of every task run the server holds: Prefect 3 sends task runs' states as events, which
+    a command sends on its way out, and the server records a moment later (polled for up to 30 s)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}), get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 30
+        while True:
+            runs = sorted(
+                (run.name.rsplit("-", 1)[0], run.state.type.value) for run in client.read_task_runs() if run.state
+            )
+            if (runs and all(state == "COMPLETED" for _, state in runs)) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
+
+
 def test_commands_share_one_server_that_replaces_a_stale_record(settings, data_dir):
     unrelated = subprocess.Popen(["sleep", "300"])  # a living pid a dead server's could have been reused for
     try:
@@ -115,6 +132,10 @@ def test_commands_share_one_server_that_replaces_a_stale_record(settings, data_d
             ("aesq-defects", "COMPLETED"),
             ("aesq-report", "COMPLETED"),
         ]
+        # Every task run reached the server in its final state: aesq's fast exit still sends Prefect's events.
+        task_runs = _task_runs(server)
+        assert {state for _, state in task_runs} == {"COMPLETED"}, task_runs
+        assert {"aggregate-versions", "publish-report"} <= {name for name, _ in task_runs}, task_runs
     finally:
         unrelated.kill()
         unrelated.wait()
