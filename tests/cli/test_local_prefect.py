@@ -209,6 +209,10 @@ def slow_server(tmp_path, monkeypatch) -> Iterator[tuple[Path, LocalServer]]:
     monkeypatch.setattr(local_prefect, "BUSY_SECONDS", 1.0)
     data, port = tmp_path / "data", free_port()
     process = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, "prefect", str(port), "3"], start_new_session=True)
+    # Until the child has exec'd, /proc shows the forking parent's command line: not yet a "prefect" process.
+    deadline = time.monotonic() + 10
+    while b"prefect" not in Path(f"/proc/{process.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     server_dir(data).mkdir(parents=True)
     (server_dir(data) / "server.json").write_text(json.dumps({"pid": process.pid, "port": port}))
     try:
