@@ -26,12 +26,13 @@ from PIL import Image
 from skimage import data as skdata
 
 if TYPE_CHECKING:
+    from http.server import HTTPServer
+
     import torch
     from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
     from aesq.analysis.report import ReportData, Thumbnail
     from aesq.core.config import Settings
-    from aesq.servers.bridge import BridgeServer
 
 
 def photo(name: str) -> Image.Image:
@@ -272,13 +273,8 @@ def web_service(status: int, content_type: str, body: bytes) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             """Quiet: the test reads what the client makes of the answer."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Answer)) as url:
+        yield url.removeprefix("http://").rstrip("/")
 
 
 def clear_prefect_api() -> None:
@@ -386,8 +382,8 @@ def post(url: str, body: bytes, token: str | None = None) -> tuple[int, str]:
 
 
 @contextmanager
-def serving(server: BridgeServer) -> Iterator[str]:
-    """Serve the bridge in a thread; yields its URL."""
+def serving(server: HTTPServer) -> Iterator[str]:
+    """Serve an HTTP server (the bridge, a stand-in) on loopback in a thread; yields its URL."""
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"

@@ -587,12 +587,11 @@ def similar(
         shared=frozenset({2}),  # generator
     )
     for neighbour in nearest:
-        found = asset_detail(settings, neighbour["id"])
         table.add_row(
-            found["key"],
+            neighbour["key"] or "—",
             str(neighbour["id"]),
-            found["generator"] or "— (crawled)",
-            found["version"] or "—",
+            neighbour["generator"] or "— (crawled)",
+            neighbour["version"] or "—",
             f"{neighbour['distance']:.4f}",
         )
     _print_table(table)

@@ -172,7 +172,8 @@ def asset_detail(settings: Settings, asset_id: int) -> dict:
 
 
 def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, limit: int = 8) -> list[dict]:
-    """The nearest assets by embedding (the asset's first indexed embedder by default), with keys and distance."""
+    """The nearest assets by embedding (the asset's first indexed embedder by default), with keys, versions and
+    distance, in one read of the assets."""
     with get_engine(settings).connect() as connection:
         embedders = connection.execute(
             text(
@@ -189,13 +190,26 @@ def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, l
     if not nearest:
         return []
     with get_engine(settings).connect() as connection:
-        keys: dict[int, str] = dict(
-            connection.execute(
-                text("SELECT id, key FROM assets WHERE id = ANY(:ids)"), {"ids": [i for i, _ in nearest]}
-            ).all()
-        )
+        found = {
+            row.id: row
+            for row in connection.execute(
+                text(
+                    "SELECT a.id, a.key, g.name AS generator, g.version FROM assets a"
+                    " LEFT JOIN generators g ON g.id = a.generator_id WHERE a.id = ANY(:ids)"
+                ),
+                {"ids": [i for i, _ in nearest]},
+            )
+        }
     return [
-        {"id": other, "key": keys.get(other), "distance": distance, "embedder": embedder} for other, distance in nearest
+        {
+            "id": other,
+            "key": found[other].key if other in found else None,
+            "generator": found[other].generator if other in found else None,
+            "version": found[other].version if other in found else None,
+            "distance": distance,
+            "embedder": embedder,
+        }
+        for other, distance in nearest
     ]
 
 
