@@ -4,80 +4,18 @@ HTML pages for the dashboard, JSON for /api/."""
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import plotly
-import psycopg
-from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from starlette.exceptions import HTTPException
 
-from aesq.core.config import Settings
-from aesq.core.database import DatabaseError
-from aesq.web import api, pages
-from aesq.web.deps import web_settings
+from aesq.web import api, errors, pages, security
 
-TOKEN_COOKIE = "aesq_token"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FAVICON = Path(__file__).parent / "static" / "favicon.svg"
-
-
-def _authorised(request: Request, token: str) -> bool:
-    """True when the request carries the token as a bearer header or the login cookie."""
-    offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.cookies.get(
-        TOKEN_COOKIE, ""
-    )
-    return hmac.compare_digest(offered.encode(), token.encode())
-
-
-def _is_api(request: Request) -> bool:
-    """True for the JSON API's paths, which answer errors as JSON; everything else is a page for people."""
-    return request.url.path == "/api" or request.url.path.startswith("/api/")
-
-
-# SQLSTATEs of a server that is going down or not yet up: no request can use it, like a refused connection.
-SERVER_NOT_ACCEPTING = {"57P01", "57P02", "57P03"}
-
-
-def _connection_failed(error: Exception) -> bool:
-    """Whether no connection to the database could be made or kept: the driver's error carries no SQLSTATE (the
-    server never answered), a connection-exception one (class 08) or a shutdown's; not a query the running server
-    cancelled, timed out or aborted on a deadlock."""
-    if isinstance(error, DatabaseError):
-        return True
-    if getattr(error, "connection_invalidated", False):  # SQLAlchemy saw the connection drop mid-request
-        return True
-    sqlstate = getattr(getattr(error, "orig", error), "sqlstate", None)
-    return sqlstate is None or sqlstate.startswith("08") or sqlstate in SERVER_NOT_ACCEPTING
-
-
-def _driver_cause(settings: Settings, error: Exception) -> str:
-    """The first line of the driver's message, without the password."""
-    text = str(getattr(error, "orig", None) or error).strip()
-    cause = text.splitlines()[0] if text else ""
-    secret = make_url(settings.database_url).password if settings.database_url else None
-    return cause.replace(secret, "***") if secret else cause
-
-
-def _database_down(settings: Settings, error: Exception) -> tuple[str, str]:
-    """What to tell a person when the database cannot be reached, and the driver's cause; neither shows a password."""
-    if settings.database_url is None:
-        headline = f"the embedded database in {settings.data_dir} is not running or cannot start — `aesq db start`"
-    else:
-        url = make_url(settings.database_url)
-        headline = (
-            f"the database at {url.host or 'localhost'}:{url.port or 5432} is unreachable — is Postgres running?"
-            " (`aesq db start` starts the embedded one)"
-        )
-    return headline, _driver_cause(settings, error)
 
 
 def create_app() -> FastAPI:
@@ -85,73 +23,6 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="aesq", summary="Aesthetic data quality: versions, scores, defects", docs_url=None, redoc_url=None
     )
-
-    @app.middleware("http")
-    async def require_token(request: Request, call_next):
-        """With AESQ_API_TOKEN set, every request but /login needs the token."""
-        token = web_settings().api_token
-        if token is None or request.url.path == "/login" or _authorised(request, token.get_secret_value()):
-            return await call_next(request)
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": "missing or wrong token (Authorization: Bearer …)"}, status_code=401)
-        return Response("missing or wrong token: open /login?token=… once", status_code=401, media_type="text/plain")
-
-    @app.get("/login", include_in_schema=False)
-    def login(token: str) -> Response:
-        """Keep the token in a cookie so the browser can use the dashboard."""
-        configured = web_settings().api_token
-        if configured is None or not hmac.compare_digest(token.encode(), configured.get_secret_value().encode()):
-            return Response("wrong token", status_code=401, media_type="text/plain")
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        return response
-
-    @app.exception_handler(DataError)
-    async def bad_value(request: Request, error: DataError) -> Response:
-        """A parameter the database cannot take (such as a NUL character) is the caller's error."""
-        if _is_api(request):
-            return JSONResponse({"detail": f"invalid parameter: {error.orig}"}, status_code=422)
-        return pages.error_page(request, 400, f"invalid parameter: {error.orig}")
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> Response:
-        """4xx answers of pages (and unknown paths) as a readable page; the API's stay JSON."""
-        if _is_api(request) or error.status_code < 400:
-            return await http_exception_handler(request, error)
-        return pages.error_page(request, error.status_code, str(error.detail), error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_parameters(request: Request, error: RequestValidationError) -> Response:
-        """A page's parameter of the wrong kind is a 400 page naming it; the API keeps FastAPI's 422 JSON."""
-        if _is_api(request):
-            return await request_validation_exception_handler(request, error)
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'][1:])}: {problem['msg']}" for problem in error.errors()
-        )
-        return pages.error_page(request, 400, f"invalid parameter — {problems}")
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(psycopg.OperationalError)
-    @app.exception_handler(DatabaseError)
-    @app.exception_handler(PoolTimeout)
-    async def database_failed(request: Request, error: Exception) -> Response:
-        """A stopped or unreachable database is a 503 that says where it was looked for and what to do, as is a
-        pool whose connections all stay busy; a query the running database cancelled or aborted (statement
-        timeout, cancel, deadlock) is a 500 with the server's reason."""
-        settings = web_settings()
-        if isinstance(error, PoolTimeout):
-            status, headline, cause = 503, str(error), ""
-        elif _connection_failed(error):
-            status, (headline, cause) = 503, _database_down(settings, error)
-        else:
-            status, cause = 500, _driver_cause(settings, error)
-            headline = (
-                "the database could not complete this request — try again; if it keeps happening, check the"
-                " database's load and its statement_timeout"
-            )
-        if _is_api(request):
-            return JSONResponse({"detail": headline, "cause": cause}, status_code=status)
-        return pages.error_page(request, status, headline, cause=cause)
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly_js() -> Response:
@@ -165,6 +36,8 @@ def create_app() -> FastAPI:
         """The dashboard's icon, also for pages that link none (a saved report) and browsers that ask this path."""
         return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=604800"})
 
+    security.install(app)
+    errors.install(app)
     app.add_middleware(GZipMiddleware, minimum_size=2000)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(api.router)
