@@ -19,6 +19,7 @@ REASON_KINDS: tuple[tuple[str, str], ...] = (
     ("^sidecar JSON", "sidecar"),
     ("must look like name:version|^seed must be|^generator kind must be|^source kind must be", "provenance"),
     ("^a crawled image cannot name a generator", "provenance"),
+    ("^generator name .* contains", "provenance"),
     ("^empty object", "empty"),
     ("^not an image", "not an image"),
     ("^image has no pixels", "no pixels"),

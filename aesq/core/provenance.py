@@ -7,6 +7,10 @@ Later sources override earlier ones:
 3. a sidecar JSON next to the image (`img.png.json` or `img.json`) with the same fields
    (`generator` may also be an object `{name, version, kind, parent, …}`).
 Any other metadata or sidecar field is kept in the asset's `extra`.
+
+A version is labelled `name:version` everywhere (dashboard, API, `aesq compare`, SQL views), split at its first
+colon; so a generator name may not contain `:` (SEPARATOR), wherever it comes from, while a version may. An image
+naming one fails with that reason; the `name:version` forms above split at the first colon, so they never do.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ _KNOWN_FIELDS = {
     "source_kind",
 }
 _DEFAULT_VERSION = "unversioned"
+SEPARATOR = ":"  # between a generator's name and its version in a label
 
 
 class ProvenanceError(ValueError):
@@ -84,8 +89,8 @@ def _normalise(fields: dict[str, Any]) -> dict[str, Any]:
                 out[f"generator_{sub}"] = generator.pop(sub)
         if generator:
             out["generator_metadata"] = generator
-    elif isinstance(generator, str) and ":" in generator and "generator_version" not in out:
-        out["generator"], out["generator_version"] = generator.split(":", 1)
+    elif isinstance(generator, str) and SEPARATOR in generator and "generator_version" not in out:
+        out["generator"], out["generator_version"] = generator.split(SEPARATOR, 1)
     return out
 
 
@@ -101,11 +106,21 @@ def _parse_sidecar(sidecar: bytes) -> dict[str, Any]:
 
 
 def _name_version(value: Any, what: str) -> tuple[str, str]:
-    """Split `name:version`."""
-    if not isinstance(value, str) or ":" not in value:
+    """Split `name:version` at its first colon."""
+    name, colon, version = value.partition(SEPARATOR) if isinstance(value, str) else ("", "", "")
+    if not colon or not name.strip() or not version.strip():
         raise ProvenanceError(f"{what} must look like name:version, got {value!r}")
-    name, version = value.split(":", 1)
     return name.strip(), version.strip()
+
+
+def _checked_name(name: str) -> str:
+    """A generator name that cannot be confused with another version's label, or the reason it is refused."""
+    if SEPARATOR in name:
+        raise ProvenanceError(
+            f"generator name {name!r} contains {SEPARATOR!r}, which separates name from version in labels:"
+            f" rename the generator (its version may contain {SEPARATOR!r})"
+        )
+    return name
 
 
 def _seed(value: Any) -> int | None:
@@ -137,7 +152,7 @@ def read_provenance(key: str, metadata: dict[str, str], sidecar: bytes | None) -
             raise ProvenanceError(f"generator kind must be one of {', '.join(GENERATOR_KINDS)}, got {kind!r}")
         parent = fields.get("generator_parent")
         generator = GeneratorRef(
-            name=str(fields["generator"]).strip(),
+            name=_checked_name(str(fields["generator"]).strip()),
             version=str(fields.get("generator_version") or _DEFAULT_VERSION).strip(),
             kind=kind,
             parent=_name_version(parent, "generator parent") if parent else None,

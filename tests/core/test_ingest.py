@@ -216,3 +216,33 @@ def test_a_changed_sidecar_reingests_its_image_in_a_bucket(settings, s3_client, 
         put(s3_client, bucket, key, payload) if payload is not None else s3_client.remove_object(bucket, key)
 
     _sidecar_changes_reingest_provenance_only(settings, f"s3://{bucket}/", write)
+
+
+def test_a_generator_name_with_the_separator_fails_its_image_alone(settings, s3_client, bucket):
+    """`col:x` version `v` would share the label `col:x:v` with `col` version `x:v`: the first fails with the
+    reason, kind "provenance"; the second and the rest of the batch are ingested."""
+    from aesq.core.pipeline_status import failure_reasons
+
+    metadata = {"generator": "col:x", "generator-version": "v"}
+    put(s3_client, bucket, "a/ambiguous.png", png_bytes(noise_image(1, 16)), metadata)
+    put(s3_client, bucket, "generated/col/x:v/fine.png", png_bytes(noise_image(2, 16)))
+    put(s3_client, bucket, "a/plain.png", png_bytes(noise_image(3, 16)), {"generator": "col:x:v"})
+
+    ingest_all(f"s3://{bucket}/", settings)
+
+    assets = _assets(settings)
+    ambiguous = assets["a/ambiguous.png"]
+    assert (ambiguous.status, ambiguous.generator) == ("failed", None)
+    assert ambiguous.error.startswith("generator name 'col:x' contains ':'")
+    assert [(a.status, a.generator) for key, a in sorted(assets.items()) if key != "a/ambiguous.png"] == [
+        ("pending", "col:x:v"),
+        ("pending", "col:x:v"),
+    ]
+    with get_engine(settings).connect() as connection:
+        assert connection.execute(sa.text("SELECT name, version FROM generators")).all() == [("col", "x:v")]
+    [reason] = failure_reasons(settings)
+    assert (reason.reason, reason.count, [e.location for e in reason.examples]) == (
+        "provenance",
+        1,
+        [f"{bucket}/a/ambiguous.png"],
+    )

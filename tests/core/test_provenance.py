@@ -172,3 +172,42 @@ def test_naming_another_generator_drops_what_was_said_of_the_previous_one():
 
 def test_blank_generator_name_means_no_generator():
     assert read_provenance("photos/a.png", {"generator": "  "}, None).generator is None
+
+
+@pytest.mark.parametrize(
+    ("key", "metadata", "sidecar"),
+    [
+        ("generated/col:x/v/a.png", {}, None),
+        ("a.png", {"generator": "col:x", "generator-version": "v"}, None),
+        ("a.png", {}, _sidecar(generator="col:x", generator_version="v")),
+        ("a.png", {}, _sidecar(generator={"name": "col:x", "version": "v"})),
+        ("generated/sdxl/1.0/a.png", {}, _sidecar(generator={"name": "col:x"})),
+    ],
+    ids=["key-layout", "metadata", "sidecar", "sidecar-generator-object", "object-without-version"],
+)
+def test_a_generator_name_with_the_separator_is_refused_wherever_it_comes_from(key, metadata, sidecar):
+    """`col:x` version `v` would read `col:x:v`, the label of generator `col` version `x:v`."""
+    with pytest.raises(ProvenanceError, match=r"generator name 'col:x' contains ':'.*rename the generator"):
+        read_provenance(key, metadata, sidecar)
+
+
+@pytest.mark.parametrize(
+    ("key", "metadata", "sidecar"),
+    [
+        ("generated/col/x:v/a.png", {}, None),
+        ("a.png", {"generator": "col:x:v"}, None),
+        ("a.png", {"generator": "col", "generator-version": "x:v"}, None),
+        ("a.png", {}, _sidecar(generator={"name": "col", "version": "x:v"})),
+    ],
+    ids=["key-layout", "metadata-label", "metadata-fields", "sidecar-generator-object"],
+)
+def test_a_version_may_contain_the_separator(key, metadata, sidecar):
+    assert _name_version(read_provenance(key, metadata, sidecar)) == ("col", "x:v")
+
+
+def test_a_parent_label_splits_at_its_first_colon_and_needs_both_parts():
+    parent = read_provenance("a.png", {"generator": "sdxl:2", "generator-parent": "col:x:v"}, None).generator
+    assert parent is not None and parent.parent == ("col", "x:v")
+    for label in (":v", "col:", " : "):
+        with pytest.raises(ProvenanceError, match="generator parent must look like name:version"):
+            read_provenance("a.png", {"generator": "sdxl:2", "generator-parent": label}, None)
