@@ -143,10 +143,21 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr | None = Field(
         default=None,
-        description="Token `aesq serve` requires (bearer header or /login cookie); needed beyond loopback.",
+        description="Token `aesq serve` requires (bearer header, or the session cookie of the /login form); needed "
+        "beyond loopback.",
     )
     bridge_token: SecretStr | None = Field(
         default=None, description="Bearer token `aesq bridge` requires (MinIO webhook auth_token)."
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the dashboard answers besides the loopback ones and `aesq serve --host` (a guard "
+        "against DNS rebinding): names, `*.example.com`, or `*` for any.",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Addresses of reverse proxies whose X-Forwarded-Proto and X-Forwarded-For `aesq serve` believes "
+        "(HTTPS at the proxy makes the login cookie Secure; the client's address counts its failed logins); `*` any.",
     )
     pool_wait_seconds: float = Field(
         default=3600, gt=0, description="How long a flow waits for the scoring pools to score one batch."
@@ -196,7 +207,16 @@ class Settings(BaseSettings):
         """An empty token (e.g. an unset compose variable) means no token, never an empty password."""
         return None if value == "" else value
 
-    @field_validator("sources", "ordered_sources", "scorers", "embedders", "critique_aspects", mode="before")
+    @field_validator(
+        "sources",
+        "ordered_sources",
+        "scorers",
+        "embedders",
+        "critique_aspects",
+        "allowed_hosts",
+        "forwarded_allow_ips",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """Accept `a,b` as well as a JSON list in environment variables."""
