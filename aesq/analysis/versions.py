@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import date
 
@@ -191,9 +192,42 @@ class VersionComparison:
 
 
 WIDEST_PAIRS_KEPT = 12
-_COMPARISONS: OrderedDict[tuple, VersionComparison] = OrderedDict()  # recent ones, keyed by a hash of what they read
-_COMPARISONS_KEPT = 64
+# Comparisons kept, keyed by what their versions' change markers read: a few KB each (histograms, a dozen pairs).
+_COMPARISONS_KEPT = 1024
+# Comparisons computed at once per process: each holds its versions' scores and bootstrap batches, so memory and the
+# cores taken stay bounded however many requests arrive; the others wait their turn.
+COMPARISONS_AT_ONCE = 2
+_COMPARISONS: OrderedDict[tuple, VersionComparison] = OrderedDict()
+_IN_FLIGHT: dict[tuple, Future[VersionComparison]] = {}
 _comparisons_lock = threading.Lock()
+_computing = threading.BoundedSemaphore(COMPARISONS_AT_ONCE)
+
+# What changes whenever a comparison's inputs may have: per version, its generator row (a database emptied and filled
+# again gives it another transaction id), its stored statistics under the scorer (the aggregate deletes and inserts
+# them, so their id and transaction change), the queue of changes the aggregate has not taken yet (triggers add a row,
+# never reuse an id, with any change to its scores or its assets' status, version or scoring time; a row only leaves
+# when the aggregate rewrites the statistics) and its assets' latest upsert (a prompt or seed rewritten by a sidecar
+# queues nothing). Index probes only: no score is read.
+_CHANGE_MARKERS = text(
+    """
+    SELECT v.label, g.xmin::text AS generator_xid, vs.id AS stats_id, vs.xmin::text AS stats_xid,
+           (SELECT count(*) FROM stale_versions sv WHERE sv.generator_id = g.id) AS queued,
+           (SELECT max(sv.id) FROM stale_versions sv WHERE sv.generator_id = g.id) AS last_queued,
+           (SELECT max(a.updated_at) FROM assets a WHERE a.generator_id = g.id) AS last_upsert
+    FROM unnest(CAST(:versions AS text[])) AS v (label)
+    LEFT JOIN generators g ON g.name || ':' || g.version = v.label
+    LEFT JOIN version_stats vs ON vs.generator_id = g.id AND vs.scorer = :scorer
+    """
+)
+
+
+def comparison_key(settings: Settings, versions: list[str], scorer: str, correction: str) -> tuple:
+    """What a kept comparison is found by: the database, the question, and its versions' change markers."""
+    with get_engine(settings).connect() as connection:
+        markers = tuple(
+            tuple(row) for row in connection.execute(_CHANGE_MARKERS, {"versions": versions, "scorer": scorer})
+        )
+    return (database_url(settings), tuple(versions), scorer, correction, markers)
 
 
 def score_histograms(scores: dict[str, list[float]], bins: int = 40) -> dict:
@@ -222,24 +256,50 @@ def compare_versions(
     """Each later version against the first under `scorer` (paired on prompt + seed where both have them),
     corrected across the family.
 
-    The bootstrap intervals take a while on large versions, so results are kept for as long as the scores
-    (and their prompts) read back are the same.
+    Results are kept until a version's change markers move (`comparison_key`: no score is read to find one), at most
+    COMPARISONS_AT_ONCE are computed at a time, and concurrent requests for the same comparison share one computation.
     Raises ValueError for fewer than two versions or a malformed name, NotFound for a version without scores.
     """
     if len(versions) < 2:
         raise ValueError("name at least two versions: NAME:A NAME:B")
     for label in versions:
         split_version(label)
-    found = version_scores(settings, versions, scorer)
-    for version, scores in found.items():
-        if not scores.values:
-            raise NotFound(f"no {scorer} scores for version {version!r}")
-    seen = hash(tuple((version, tuple(s.values), tuple(s.by_prompt.items())) for version, s in found.items()))
-    key = (database_url(settings), tuple(versions), scorer, correction, seen)
+    key = comparison_key(settings, versions, scorer, correction)
     with _comparisons_lock:
         if key in _COMPARISONS:
             _COMPARISONS.move_to_end(key)
             return _COMPARISONS[key]
+        running = _IN_FLIGHT.get(key)
+        if running is None:
+            running = _IN_FLIGHT[key] = Future()
+            computing_here = True
+        else:
+            computing_here = False
+    if not computing_here:
+        return running.result()
+    try:
+        with _computing:
+            answer = _compute_comparison(settings, versions, scorer, correction)
+    except BaseException as error:
+        running.set_exception(error)
+        with _comparisons_lock:
+            del _IN_FLIGHT[key]
+        raise
+    with _comparisons_lock:
+        _COMPARISONS[key] = answer
+        while len(_COMPARISONS) > _COMPARISONS_KEPT:
+            _COMPARISONS.popitem(last=False)
+        del _IN_FLIGHT[key]
+    running.set_result(answer)
+    return answer
+
+
+def _compute_comparison(settings: Settings, versions: list[str], scorer: str, correction: str) -> VersionComparison:
+    """The comparison itself, from the versions' scores as they are now."""
+    found = version_scores(settings, versions, scorer)
+    for version, scores in found.items():
+        if not scores.values:
+            raise NotFound(f"no {scorer} scores for version {version!r}")
     baseline, others = found[versions[0]], versions[1:]
     pairs = {
         other: [
@@ -249,17 +309,12 @@ def compare_versions(
         ]
         for other in others
     }
-    answer = VersionComparison(
+    return VersionComparison(
         results=compare_family(baseline.values, {v: found[v].values for v in others}, pairs, method=correction),
         pair_counts={other: len(matched) for other, matched in pairs.items()},
         histograms=score_histograms({version: s.values for version, s in found.items()}),
         widest_pairs={other: _widest_pairs(baseline, found[other], WIDEST_PAIRS_KEPT) for other in others},
     )
-    with _comparisons_lock:
-        _COMPARISONS[key] = answer
-        while len(_COMPARISONS) > _COMPARISONS_KEPT:
-            _COMPARISONS.popitem(last=False)
-    return answer
 
 
 def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_KEPT) -> list[dict]:

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import sqlalchemy as sa
 
-from aesq.analysis import versions
+from aesq.analysis import aggregate, versions
+from aesq.analysis.statistics import compare_family
 from aesq.core.database import get_engine
 
-BASE, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v2.0-sft"
+BASE, LORA, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"
+
+
+def _change(settings, statement: str, **params) -> None:
+    """Run one write in its own transaction, as the pipeline's writers do."""
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text(statement), params)
+
+
+def _key(settings) -> tuple:
+    """The kept-comparison key of BASE against SFT under the technical scorer."""
+    return versions.comparison_key(settings, [BASE, SFT], "technical", "holm")
+
+
+_SFT_ASSET = """(SELECT min(a.id) FROM assets a JOIN generators g ON g.id = a.generator_id
+                  WHERE a.status = 'scored' AND g.name || ':' || g.version = 'demo-diffusion:v2.0-sft')"""
 
 
 def test_a_kept_comparison_is_recomputed_once_a_score_is_rewritten_in_place(demo_settings):
@@ -46,3 +66,104 @@ def test_paired_assets_share_prompt_and_seed_and_come_widest_difference_first(de
     assert all(made_from[pair["a_id"]] == made_from[pair["b_id"]] == (pair["prompt"], pair["seed"]) for pair in pairs)
     with pytest.raises(ValueError, match="NAME:VERSION"):
         versions.paired_assets(demo_settings, "no-colon", SFT, "technical")
+
+
+def test_the_key_moves_with_every_change_a_comparison_reads_and_only_then(demo_settings):
+    seen = [_key(demo_settings)]
+    assert _key(demo_settings) == seen[-1]  # nothing changed, nothing moves
+    changes = [
+        # a new score (a newer scorer version's) of one asset
+        f"""INSERT INTO scores (asset_id, scorer, scorer_version, value) SELECT {_SFT_ASSET}, 'technical', 'next', 1""",
+        # a rescore in place
+        f"UPDATE scores SET value = value + 1 WHERE scorer = 'technical' AND asset_id = {_SFT_ASSET}",
+        # the aggregate taking the queue and rewriting the statistics
+        None,
+        # an asset moved to another version
+        f"UPDATE assets SET generator_id = (SELECT id FROM generators WHERE version = 'v1.1-lora') WHERE id = {_SFT_ASSET}",
+        # a prompt rewritten by the ingest's upsert (which stamps updated_at), queueing nothing
+        f"UPDATE assets SET prompt = prompt || ' again', updated_at = clock_timestamp() WHERE id = {_SFT_ASSET}",
+    ]
+    for change in changes:
+        if change is None:
+            assert aggregate.aggregate_versions(demo_settings) > 0
+        else:
+            _change(demo_settings, change)
+        seen.append(_key(demo_settings))
+        assert seen[-1] not in seen[:-1], change
+
+
+def test_a_comparison_is_right_without_stored_statistics_and_after_each_change(demo_settings):
+    def fresh() -> float:
+        """The mean difference computed from the scores as they are now, bypassing every kept comparison."""
+        found = versions.version_scores(demo_settings, [BASE, SFT], "technical")
+        result = compare_family(found[BASE].values, {SFT: found[SFT].values})[SFT]
+        return result.mean_difference
+
+    versions.compare_versions(demo_settings, [BASE, SFT], "technical")
+    _change(demo_settings, "DELETE FROM version_stats")
+    _change(demo_settings, "DELETE FROM stale_versions")  # as if the statistics had never been computed
+    assert versions.compare_versions(demo_settings, [BASE, SFT], "technical").results[SFT].mean_difference == (
+        pytest.approx(fresh())
+    )
+    _change(demo_settings, f"UPDATE scores SET value = value - 2 WHERE asset_id = {_SFT_ASSET}")
+    assert versions.compare_versions(demo_settings, [BASE, SFT], "technical").results[SFT].mean_difference == (
+        pytest.approx(fresh())
+    )
+    _change(demo_settings, f"UPDATE assets SET status = 'deleted' WHERE id = {_SFT_ASSET}")
+    after = versions.compare_versions(demo_settings, [BASE, SFT], "technical").results[SFT]
+    assert after.count_b == 7 and after.mean_difference == pytest.approx(fresh())
+
+
+def test_concurrent_requests_for_one_comparison_compute_it_once(demo_settings, monkeypatch):
+    computed = []
+    compute = versions._compute_comparison
+
+    def counted(*args):
+        computed.append(args)
+        time.sleep(0.3)  # long enough that every request arrives while the first computes
+        return compute(*args)
+
+    monkeypatch.setattr(versions, "_compute_comparison", counted)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: versions.compare_versions(demo_settings, [SFT, BASE], "technical"), range(8)))
+    assert len(computed) == 1
+    assert all(answer is answers[0] for answer in answers)
+
+
+def test_at_most_two_comparisons_are_computed_at_once_and_a_failure_reaches_every_waiter(demo_settings, monkeypatch):
+    running, most = [0], [0]
+    lock = threading.Lock()
+    compute = versions._compute_comparison
+
+    def tracked(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.2)
+        try:
+            return compute(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(versions, "_compute_comparison", tracked)
+    questions = [
+        (a, b, correction)
+        for a in (BASE, LORA, SFT)
+        for b in (BASE, LORA, SFT)
+        if a != b
+        for correction in ("holm", "bh")
+    ]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        answers = list(
+            pool.map(lambda q: versions.compare_versions(demo_settings, [q[0], q[1]], "technical", q[2]), questions)
+        )
+    assert len(answers) == 12 and most[0] == versions.COMPARISONS_AT_ONCE
+    with ThreadPoolExecutor(4) as pool:
+        failures = [
+            pool.submit(versions.compare_versions, demo_settings, [BASE, SFT], "no-such-scorer") for _ in range(4)
+        ]
+        for failure in failures:
+            with pytest.raises(versions.NotFound, match="no no-such-scorer scores"):
+                failure.result()
+    assert not versions._IN_FLIGHT
