@@ -685,17 +685,34 @@ def serve(
         raise CliError("listening beyond loopback needs AESQ_API_TOKEN (clients send it as Authorization: Bearer)")
     import uvicorn
 
+    from aesq.web import security
     from aesq.web.app import create_app
     from aesq.web.thumbnails import folders_outside_storage
 
-    console.print(f"dashboard on http://{host}:{port}/")
+    application = create_app()
+    security.listen_on(application, host)
+    console.print(f"dashboard on http://{security.host_name(host)}:{port}/")
+    if not application.state.listen_host and not settings.allowed_hosts:
+        console.print(
+            f"listening on every address of this host: browsers reach it by a name only once AESQ_ALLOWED_HOSTS "
+            f"lists it (now only {', '.join(sorted(security.LOOPBACK_HOSTS))})",
+            soft_wrap=True,
+            highlight=False,
+        )
     if outside := folders_outside_storage(settings):
         console.print(
             f"thumbnails not shown for images in {', '.join(outside)}: not in AESQ_SOURCES — add to see them",
             soft_wrap=True,
             highlight=False,
         )
-    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+    uvicorn.run(  # a TLS-terminating proxy in AESQ_FORWARDED_ALLOW_IPS makes requests count as HTTPS
+        application,
+        host=host,
+        port=port,
+        log_level="warning",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 @app.command()
