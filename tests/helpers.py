@@ -708,21 +708,21 @@ def sample_report() -> ReportData:
     )
 
 
-def add_scored_assets(settings, version: str, values: list[float], offset: int = 0) -> list[int]:
-    """Scored assets of generator m:`version` with these technical scores, written in this order; their ids."""
+def add_scored_assets(settings, version: str, values: list[float], offset: int = 0, name: str = "m") -> list[int]:
+    """Scored assets of generator `name`:`version` with these technical scores, written in this order; their ids."""
     from aesq.core.database import get_engine
     from aesq.core.images import ImageFacts
     from aesq.core.provenance import GeneratorRef, Provenance
     from aesq.core.writes import AssetRecord, ScoreValue, mark_scored, upsert_assets, upsert_generators, write_scores
 
     facts = ImageFacts(width=8, height=8, format="PNG", mode="RGB", frames=1)
-    generator = GeneratorRef("m", version)
+    generator = GeneratorRef(name, version)
     records = [
         AssetRecord(
             "s3",
             "bkt",
-            f"{version}/{offset + i}.png",
-            f"{version}-{offset + i}",
+            f"{name}/{version}/{offset + i}.png",
+            f"{name}-{version}-{offset + i}",
             None,
             10,
             facts,

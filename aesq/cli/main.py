@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from aesq.cli.output import FittedTable, Typer, notice, output_console, plural, scientific
+from aesq.cli.output import FittedTable, Typer, notice, output_console, plural, print_problem, scientific
 from aesq.core.config import ConfigurationError, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -959,7 +959,7 @@ def main() -> None:
     try:
         app()  # usage errors as Click shows them: the usage line, the problem, "Try … --help"; exit status 2
     except Stopped as stopped:
-        Console(stderr=True, soft_wrap=True).print(f"[red]aesq:[/red] {stopped}", highlight=False)
+        print_problem("", str(stopped))
         _exit_by_signal(stopped.signum)
     except (typer.Exit, SystemExit) as done:
         code = getattr(done, "exit_code", getattr(done, "code", 0))
@@ -969,7 +969,7 @@ def main() -> None:
     except Exception as error:
         if os.environ.get("AESQ_DEBUG"):
             raise
-        Console(stderr=True, soft_wrap=True).print(f"[red]aesq: error:[/red] {_one_line(error)}", highlight=False)
+        print_problem("error:", _one_line(error))
         _leave(1)
 
 
@@ -982,7 +982,7 @@ def _leave(status: int) -> NoReturn:
         threading._shutdown()  # type: ignore[attr-defined]  # private: what the interpreter runs first at exit
         atexit._run_exitfuncs()  # private: what it runs next
     except Stopped as stopped:
-        Console(stderr=True, soft_wrap=True).print(f"[red]aesq:[/red] {stopped}", highlight=False)
+        print_problem("", str(stopped))
         _exit_by_signal(stopped.signum)
     sys.stdout.flush()
     sys.stderr.flush()

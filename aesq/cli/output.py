@@ -114,7 +114,7 @@ class FittedTable:
         table = Table()
         for index in columns:
             table.add_column(
-                self.headers[index],
+                Text(self.headers[index]),
                 justify="right" if index in self.right else "left",
                 no_wrap=index not in self.wrap,
                 min_width=WRAP_WIDTH if index in self.wrap else None,
@@ -122,8 +122,8 @@ class FittedTable:
         for row in self.rows:
             name = row[0].removeprefix(folder)
             table.add_row(
-                name if name_width is None else self._abbreviated(name, name_width),
-                *(row[index] for index in columns[1:]),
+                Text(name if name_width is None else self._abbreviated(name, name_width)),
+                *(Text(row[index]) for index in columns[1:]),
             )
         return table
 
@@ -190,14 +190,22 @@ class FittedTable:
 
 def output_console() -> Console:
     """The console of command output: the terminal's width (COLUMNS where set); piped, 160 columns, so tables
-    stay readable in logs and CI."""
+    stay readable in logs and CI. What it prints is literal: names and reasons come from users' data, where
+    `[red]` is no markup and `:x:` no emoji."""
     wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(width=160 if wide else None)
+    return Console(width=160 if wide else None, markup=False, emoji=False, highlight=False)
 
 
 def notice(message: str) -> None:
     """Tell the user on stderr what aesq is doing before a wait (starting a server, migrating)."""
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"aesq: {message}", style="dim", markup=False)
+
+
+def print_problem(label: str, message: str, colour: str = "red") -> None:
+    """One line on stderr, `aesq: <label> <message>` with the prefix in colour and the message literal: it may
+    name a version such as `col:x:v` or `[red]`."""
+    line = Text.assemble((f"aesq: {label}" if label else "aesq:", colour), " ", message)
+    Console(stderr=True, soft_wrap=True, emoji=False, highlight=False).print(line)
 
 
 def _one_paragraph_per_line(text: str | None) -> str | None:

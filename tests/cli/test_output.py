@@ -130,3 +130,43 @@ def test_object_keys_are_abbreviated_at_any_width_to_stay_a_table():
     lines = _rendered(table, 160)
     row = next(line for line in lines if line.startswith("│"))
     assert len(row) <= 160 and "│ 19 │" in row and "/data/generated/" in row and "/astronaut.jpg" in row, lines
+
+
+def test_cells_are_literal_whatever_the_console():
+    """Rich would read `[red]` as markup and `:smile:` as an emoji in a plain string cell."""
+    table = FittedTable(["generator:version", "n"], "Versions", frozenset({1}))
+    table.add_row("[red]g::smile:[/red]", "[bold]1")
+    assert "│ [red]g::smile:[/red] │ [bold]1 │" in _rendered(table, 80)
+
+
+def test_the_command_prints_names_literally_at_80_columns(settings):
+    """Versions named with markup and emoji codes, through the installed `aesq` in an 80-column terminal: tables,
+    titles and error lines show them as they are stored."""
+    import os
+    import subprocess
+
+    from aesq.analysis.aggregate import aggregate_versions
+    from tests.helpers import AESQ, add_scored_assets
+
+    add_scored_assets(settings, ":x:1.0+lora", [4.0, 5.0, 6.0], name="[red]g")
+    add_scored_assets(settings, ":smile:[/red]", [6.0, 7.0, 8.0], name="[red]g")
+    aggregate_versions(settings)
+
+    def aesq(*args: str) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "COLUMNS": "80"}
+        return subprocess.run([AESQ, *args], capture_output=True, text=True, env=environment, timeout=120)
+
+    table = aesq("compare")
+    assert table.returncode == 0, table.stderr
+    assert "[red]g::x:1.0+lora" in table.stdout and "[red]g::smile:[/red]" in table.stdout, table.stdout
+    assert all(len(line) <= 80 for line in table.stdout.splitlines()), table.stdout
+    against = aesq("compare", "[red]g::x:1.0+lora", "[red]g::smile:[/red]")
+    assert against.returncode == 0, against.stderr
+    assert "each version against [red]g::x:1.0+lora" in " ".join(against.stdout.split()), against.stdout
+    assert "[red]g::smile:[/red]" in against.stdout, against.stdout
+    top = aesq("top", "-g", "[red]g::smile:[/red]")
+    assert top.returncode == 0 and "Top 10 of [red]g::smile:[/red]" in top.stdout, top.stdout + top.stderr
+    assert "object under bkt/[red]g/:smile:[/red]/   version: :smile:[/red]" in top.stdout, top.stdout
+    unknown = aesq("compare", "[red]g::x:1.0+lora", "[bold]g::smile:")
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert unknown.stderr.startswith("aesq: error: no technical scores for version '[bold]g::smile:'"), unknown.stderr
