@@ -259,3 +259,45 @@ def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url)
             assert connection.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         pooled.dispose()
+
+
+def test_migration_0014_renames_generators_whose_name_holds_the_separator(empty_database_url):
+    """`col:x` version `v` and `col` version `x:v` both read `col:x:v`: the first is renamed `col/x` (or, that being
+    taken, `col/x/renamed`), keeping its assets; downgrading gives the names back."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade("0013", settings=settings)
+    with database.engine(empty_database_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO generators (name, version) VALUES"
+                " ('col:x', 'v'), ('col', 'x:v'), ('col/x', 'w'), ('col:x', 'w'), ('a:b:c', '1')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, generator_id)"
+                " SELECT 's3', 'b', 'k', 'aa', 1, 'generated', id FROM generators WHERE name = 'col:x' AND version = 'v'"
+            )
+        )
+
+    def generators() -> list[tuple]:
+        with database.engine(empty_database_url).connect() as connection:
+            query = "SELECT id, name, version, metadata FROM generators ORDER BY id"
+            return [tuple(row) for row in connection.execute(sa.text(query))]
+
+    before = generators()
+    database.upgrade("0014", settings=settings)
+    assert [(name, version, metadata) for _, name, version, metadata in generators()] == [
+        ("col/x", "v", {"aesq_renamed_from": "col:x"}),
+        ("col", "x:v", {}),
+        ("col/x", "w", {}),
+        ("col/x/renamed", "w", {"aesq_renamed_from": "col:x"}),
+        ("a/b/c", "1", {"aesq_renamed_from": "a:b:c"}),
+    ]
+    with database.engine(empty_database_url).connect() as connection:
+        kept = connection.execute(
+            sa.text("SELECT g.name || ':' || g.version FROM assets a JOIN generators g ON g.id = a.generator_id")
+        ).scalar_one()
+    assert kept == "col/x:v"
+    database.downgrade("0013", settings=settings)
+    assert generators() == before
