@@ -392,6 +392,29 @@ def serving(server: HTTPServer) -> Iterator[str]:
         server.server_close()
 
 
+@contextmanager
+def serving_bridge(settings: Settings, api_url: str | None = None) -> Iterator[str]:
+    """Serve the bridge on a free loopback port in a thread (its events to `api_url`, by default the test's
+    Prefect API); yields its URL. Leaving stops it as a signal would: the events still due are sent."""
+    from prefect.settings import PREFECT_API_URL
+
+    from aesq.servers.bridge import bridge_server
+
+    port = free_port()
+    server = bridge_server("127.0.0.1", port, settings, api_url or str(PREFECT_API_URL.value()))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the bridge did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
 def bridge_settings(settings: Settings, bucket: str, prefix: str = "", **changes: object) -> Settings:
     """The test settings with the bucket as the only source."""
     return settings.model_copy(update={"sources": [f"s3://{bucket}/{prefix}"], **changes})

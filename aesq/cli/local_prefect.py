@@ -104,6 +104,12 @@ def ensure_server(data_dir: Path, announce: Callable[[str], None], notice: Calla
         return server
 
 
+def running_server(data_dir: Path) -> LocalServer | None:
+    """The recorded local server if it runs and answers now; never starts one (for `aesq bridge`)."""
+    recorded = _read_state(data_dir)
+    return recorded if recorded is not None and _is_ours(recorded) and _healthy(recorded) else None
+
+
 def _answers_while_running(server: LocalServer, data_dir: Path, notice: Callable[[str], None]) -> bool:
     """Wait for the recorded server to answer: True once it does, False once its process ended (then it may be
     replaced). A busy or starting one is waited for with a notice, and after BUSY_SECONDS an error says how to

@@ -720,8 +720,10 @@ def bridge(
     listen: Annotated[str, typer.Option(help="host:port to take bucket notifications on")] = "127.0.0.1:8787",
 ) -> None:
     """Queue the objects of bucket notifications POSTed here (MinIO webhook target) for the s3:// sources, and
-    start one ingest per burst (AESQ_NOTIFICATION_WINDOW_SECONDS) with a Prefect event."""
-    from aesq.servers.bridge import bridge_server, s3_sources
+    start one ingest per burst (AESQ_NOTIFICATION_WINDOW_SECONDS) with a Prefect event. Needs a Prefect API that
+    answers: PREFECT_API_URL, or aesq's local server already running (the bridge starts none)."""
+    from aesq.cli.local_prefect import configured_api_url, running_server
+    from aesq.servers.bridge import api_answers, bridge_server, s3_sources
 
     settings = get_settings()
     host, _, port = listen.rpartition(":")
@@ -731,17 +733,19 @@ def bridge(
         raise CliError("listening beyond loopback needs AESQ_BRIDGE_TOKEN (MinIO sends it as the webhook auth_token)")
     if not s3_sources(settings.sources):
         raise CliError("no s3:// source configured: set AESQ_SOURCES (the bridge queues objects of those only)")
+    if api_url := configured_api_url():
+        if not api_answers(api_url):
+            raise CliError(f"the Prefect API at {api_url} (PREFECT_API_URL) does not answer: start it, or fix the URL")
+    elif local := running_server(settings.data_dir):
+        api_url = local.api_url
+    else:
+        raise CliError(
+            "no Prefect API to send events to: set PREFECT_API_URL, or start aesq's local Prefect server first "
+            "(`aesq worker` starts it)"
+        )
     settings = _ready_settings()
-    with _prefect_api():  # the bridge keeps this context for the threads that emit its events
-        server = bridge_server(host or "127.0.0.1", int(port), settings)
-        console.print(f"bridge listening on http://{listen}")
-        try:
-            server.serve_forever()
-        finally:
-            from prefect.events.worker import EventsWorker
-
-            server.server_close()  # emits the events still due, and waits for them to be sent: a signal ends
-            EventsWorker.drain_all(timeout=30)  # the process without the atexit hooks that would send them
+    console.print(f"bridge listening on http://{listen}, sending events to {api_url}")
+    bridge_server(host or "127.0.0.1", int(port), settings, api_url).run()  # stopping sends the events still due
 
 
 @app.command()

@@ -20,7 +20,6 @@ from pydantic import SecretStr
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
-from aesq.servers.bridge import bridge_server
 from tests.helpers import (
     AESQ,
     bridge_settings,
@@ -32,7 +31,7 @@ from tests.helpers import (
     noise_image,
     post,
     put,
-    serving,
+    serving_bridge,
     subscribe,
 )
 
@@ -72,10 +71,7 @@ def test_notifications_are_queued_and_coalesced_into_one_event_per_window(
     burst = receive(len(keys) + 2)
     etags = {key: s3_client.stat_object(bucket, key).etag.strip('"') for key in keys}
 
-    server = bridge_server(
-        "127.0.0.1", free_port(), bridge_settings(settings, bucket, "gen/", notification_window_seconds=1.5)
-    )
-    with serving(server) as url:
+    with serving_bridge(bridge_settings(settings, bucket, "gen/", notification_window_seconds=1.5)) as url:
         assert post(url, json.dumps(known).encode()) == (200, '{"objects": 0, "ignored": 1}')
         answers = [post(url, json.dumps(body).encode()) for body in burst]
         assert sorted(answers) == sorted(
@@ -99,22 +95,19 @@ def test_notifications_are_queued_and_coalesced_into_one_event_per_window(
 def test_shutdown_emits_the_events_still_due(prefect_harness, settings, s3_endpoint, s3_client, bucket):
     receive = subscribe(s3_endpoint, bucket)
     put(s3_client, bucket, "a.jpg", jpeg_bytes(noise_image(1, 64)))
-    server = bridge_server(
-        "127.0.0.1", free_port(), bridge_settings(settings, bucket, notification_window_seconds=3600)
-    )
-    with serving(server) as url:
+    with serving_bridge(bridge_settings(settings, bucket, notification_window_seconds=3600)) as url:
         assert post(url, json.dumps(receive(1)[0]).encode())[0] == 200
     wait_for(lambda: bucket_events(bucket) == [{"objects": 1}], "the event flushed at shutdown")
 
 
-def test_a_database_that_cannot_take_the_objects_answers_503(settings, s3_endpoint, s3_client, bucket):
+def test_a_database_that_cannot_take_the_objects_answers_503(prefect_harness, settings, s3_endpoint, s3_client, bucket):
     receive = subscribe(s3_endpoint, bucket)
     put(s3_client, bucket, "a.jpg", jpeg_bytes(noise_image(1, 64)))
     notification = json.dumps(receive(1)[0]).encode()
     down = bridge_settings(settings, bucket, database_url=f"postgresql://aesq@127.0.0.1:{free_port()}/aesq")
-    with serving(bridge_server("127.0.0.1", free_port(), down)) as url:
+    with serving_bridge(down) as url:
         assert post(url, notification)[0] == 503  # MinIO keeps the event and retries
-    with serving(bridge_server("127.0.0.1", free_port(), bridge_settings(settings, bucket))) as url:
+    with serving_bridge(bridge_settings(settings, bucket)) as url:
         assert post(url, notification) == (200, '{"objects": 1, "ignored": 0}')
     assert set(queued(settings, bucket)) == {"a.jpg"}
 
@@ -124,10 +117,7 @@ def test_new_object_notification_starts_ingest_and_scoring(settings, serve_chain
     put(s3_client, bucket, "generated/sdxl/1.0/new image.jpg", jpeg_bytes(noise_image(1, 96)))
     [notification] = receive(1)
     chain = serve_chain(AESQ_SOURCES=f"s3://{bucket}/", AESQ_POLL_INTERVAL_SECONDS="86400")
-    server = bridge_server(
-        "127.0.0.1", free_port(), bridge_settings(settings, bucket, bridge_token=SecretStr("secret"))
-    )
-    with serving(server) as url:
+    with serving_bridge(bridge_settings(settings, bucket, bridge_token=SecretStr("secret"))) as url:
         assert post(url, json.dumps(notification).encode())[0] == 401  # no token
         assert post(url, json.dumps(notification).encode(), "wrong")[0] == 401
         head = urllib.request.Request(url, method="HEAD", headers={"Authorization": "Bearer secret"})
@@ -185,6 +175,6 @@ def test_aesq_bridge_queues_and_emits_what_is_due_when_interrupted(
 
 def _listening(url: str) -> bool:
     try:
-        return post(url, b"{}") == (200, '{"objects": 0, "ignored": 0}')
+        return post(url, b'{"Records": []}') == (200, '{"objects": 0, "ignored": 0}')
     except OSError:
         return False

@@ -13,16 +13,14 @@ import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 
 from aesq.core.database import get_engine
-from aesq.servers.bridge import bridge_server
 from tests.helpers import (
     bridge_settings,
     bucket_events,
-    free_port,
     jpeg_bytes,
     noise_image,
     post,
     put,
-    serving,
+    serving_bridge,
     subscribe,
 )
 
@@ -58,8 +56,7 @@ def test_a_burst_of_uploads_starts_one_ingest_run_that_ingests_every_object(
     keys = {f"generated/burst/1.0/{index:02d}.jpg" for index in range(UPLOADS)}
     images = {key: jpeg_bytes(noise_image(index, 64)) for index, key in enumerate(sorted(keys))}
     window = settings.notification_window_seconds
-    server = bridge_server("127.0.0.1", free_port(), bridge_settings(settings, bucket))
-    with serving(server) as url, ThreadPoolExecutor(8) as posters:
+    with serving_bridge(bridge_settings(settings, bucket)) as url, ThreadPoolExecutor(8) as posters:
         # uploads in one thread; each notification is POSTed as soon as the S3 server sends it, several at once
         uploader = threading.Thread(target=lambda: [put(s3_client, bucket, key, data) for key, data in images.items()])
         started = time.monotonic()
