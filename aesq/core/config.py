@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         description="Addresses of reverse proxies whose X-Forwarded-Proto and X-Forwarded-For `aesq serve` believes "
         "(HTTPS at the proxy makes the login cookie Secure; the client's address counts its failed logins); `*` any.",
     )
+    failed_token_limit: int = Field(
+        default=5,
+        ge=1,
+        description="Wrong tokens one client address may send `aesq serve` within a minute; beyond them it is "
+        "refused (429) until the minute has passed, right token or not.",
+    )
     pool_wait_seconds: float = Field(
         default=3600, gt=0, description="How long a flow waits for the scoring pools to score one batch."
     )
