@@ -162,6 +162,7 @@ def settings(
     monkeypatch.setenv("AESQ_S3_SECRET_KEY", S3_SECRET_KEY)
     monkeypatch.setenv("AESQ_S3_REGION", "us-east-1")
     monkeypatch.setenv("AESQ_BATCH_SIZE", "4")
+    monkeypatch.setenv("AESQ_ALLOWED_HOSTS", "testserver")  # the Host TestClient sends
     get_settings.cache_clear()
     with database.engine(migrated_database_url).begin() as connection:
         connection.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
@@ -212,3 +213,28 @@ def serve_chain(prefect_harness, settings, tmp_path) -> Iterator[Callable[..., S
         process.terminate()
         process.wait(30)
     clear_prefect_api()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    """Headless Chromium driven by Selenium (Debian `chromium` + `chromium-driver`); skips where they are missing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("Debian packages chromium and chromium-driver are not installed")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(argument)
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    chrome.set_page_load_timeout(60)
+    yield chrome
+    chrome.quit()

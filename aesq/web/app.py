@@ -36,7 +36,7 @@ def create_app() -> FastAPI:
         """The dashboard's icon, also for pages that link none (a saved report) and browsers that ask this path."""
         return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=604800"})
 
-    security.install(app)
+    security.install(app, PLOTLY_JS)
     errors.install(app)
     app.add_middleware(GZipMiddleware, minimum_size=2000)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

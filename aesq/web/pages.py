@@ -271,10 +271,18 @@ def reports(request: Request, settings: SettingsDep) -> Response:
     )
 
 
+# A saved report is one self-contained file: its own inline styles and data: images, and no script at all.
+SAVED_REPORT_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
 @router.get("/reports/{report_id}", response_class=HTMLResponse)
 def report(settings: SettingsDep, report_id: int) -> Response:
     """One saved report, read back from where it was saved."""
     try:
-        return HTMLResponse(load_file(nightly_report.report_location(settings, report_id), settings))
+        html = load_file(nightly_report.report_location(settings, report_id), settings)
+        return HTMLResponse(html, headers={"Content-Security-Policy": SAVED_REPORT_POLICY})
     except asset_reads.NotFound as error:
         raise HTTPException(404, str(error)) from None

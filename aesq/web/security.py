@@ -1,45 +1,326 @@
-"""Who may use the dashboard and the API: the AESQ_API_TOKEN check on every request but /login, and the login that
-keeps the token in a cookie for browsers."""
+"""Who may use the dashboard and the API, and what every answer tells the browser: a Host allow-list (so a page on
+another site cannot reach a loopback dashboard by DNS rebinding), the AESQ_API_TOKEN check (bearer header, or the
+session cookie the /login form sets), a limit on wrong tokens per client, and the security headers (a CSP without
+inline script, nosniff, no framing, no referrer) on every response."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
+import inspect
+import ipaddress
+import math
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aesq.core.config import Settings
+from aesq.web import pages
 from aesq.web.deps import web_settings
 
-TOKEN_COOKIE = "aesq_token"
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "[::]"})
+SESSION_COOKIE = "aesq_session"
+# The cookie holds this label's HMAC keyed by the token: never the token, and a new token ends every session.
+SESSION_LABEL = b"aesq dashboard session"
+FAILED_LOGIN_LIMIT = 5
+FAILED_LOGIN_WINDOW_SECONDS = 60.0
+LOGIN_BODY_LIMIT = 4096
+# Paths anyone may read: the login form and the files it needs, all shipped with aesq.
+PUBLIC_PATHS = ("/login", "/favicon.ico")
+PUBLIC_PREFIXES = ("/static/",)
+# The inline styles plotly.js inserts itself: its rule sheet, created empty (rules then go through the CSSOM, which
+# CSP does not govern), and the stylesheet its bundled maplibre adds as text when it loads.
+PLOTLY_STYLE_TEXT = re.compile(r"""createElement\("style"\);[^;]{0,200}?\.textContent='([^'\\]*)'""")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
-def _authorised(request: Request, token: str) -> bool:
-    """True when the request carries the token as a bearer header or the login cookie."""
-    offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip() or request.cookies.get(
-        TOKEN_COOKIE, ""
+@lru_cache
+def content_security_policy(plotly_js: Path) -> str:
+    """Scripts and styles only from aesq's own files (the charts' data is in JSON blocks, which never run), plus the
+    inline styles of this plotly.js by hash; images also as data: URIs; no plugins, no <base>, no framing, forms
+    only to aesq."""
+    styles = ["", *PLOTLY_STYLE_TEXT.findall(plotly_js.read_text())]
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()}'" for style in styles
     )
-    return hmac.compare_digest(offered.encode(), token.encode())
+    return (
+        f"default-src 'self'; script-src 'self'; style-src 'self' {hashes}; img-src 'self' data:; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
 
 
-def install(app: FastAPI) -> None:
-    """Add the token check and the login route to `app`."""
+def host_name(value: str) -> str:
+    """The name of a Host header or an address, lower-case, without its port or a final dot; IPv6 in brackets."""
+    value = value.strip().lower()
+    try:
+        address = ipaddress.ip_address(value[1:-1] if value.startswith("[") and value.endswith("]") else value)
+    except ValueError:
+        name, colon, port = value.rpartition(":")
+        if colon and port.isdigit() and not name.startswith("[") and ":" not in name:
+            value = name
+        elif value.startswith("[") and "]" in value:  # [v6]:port
+            return value[: value.index("]") + 1]
+        return value.rstrip(".")
+    return f"[{address}]" if address.version == 6 else str(address)
 
-    @app.middleware("http")
-    async def require_token(request: Request, call_next):
-        """With AESQ_API_TOKEN set, every request but /login needs the token."""
-        token = web_settings().api_token
-        if token is None or request.url.path == "/login" or _authorised(request, token.get_secret_value()):
-            return await call_next(request)
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": "missing or wrong token (Authorization: Bearer …)"}, status_code=401)
-        return Response("missing or wrong token: open /login?token=… once", status_code=401, media_type="text/plain")
+
+def host_allowed(host: str, allowed: Collection[str]) -> bool:
+    """Whether a request's Host names the loopback, or a name allowed (exactly, by `*.domain`, or `*`)."""
+    name = host_name(host)
+    patterns = {host_name(pattern) for pattern in allowed if pattern}
+    return bool(name) and (
+        "*" in patterns
+        or name in LOOPBACK_HOSTS
+        or name in patterns
+        or any(pattern.startswith("*.") and name.endswith(pattern[1:]) for pattern in patterns)
+    )
+
+
+def session_value(token: str) -> str:
+    """What the login cookie holds for this token: a keyed hash, so the cookie never discloses the token."""
+    return hmac.new(token.encode(), SESSION_LABEL, hashlib.sha256).hexdigest()
+
+
+def bearer_token(authorization: str) -> bytes | None:
+    """The credentials of a `Bearer` (any case) Authorization header as sent, or None for another scheme."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip().encode("latin-1")  # Starlette decodes headers as latin-1: these are the bytes sent
+
+
+def token_matches(offered: bytes, token: str) -> bool:
+    """The token as UTF-8 bytes against what a client sent, in constant time (any Unicode token works)."""
+    return hmac.compare_digest(offered, token.encode())
+
+
+class FailedLogins:
+    """Wrong tokens per client address within a sliding window, in memory; at most `max_clients` addresses are
+    kept (the quietest forgotten first)."""
+
+    def __init__(
+        self,
+        limit: int = FAILED_LOGIN_LIMIT,
+        window_seconds: float = FAILED_LOGIN_WINDOW_SECONDS,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window_seconds, self.max_clients, self.clock = limit, window_seconds, max_clients, clock
+        self.failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until `client` may try again, or None when it may now."""
+        times = self.failures.get(client)
+        if times is None:
+            return None
+        now = self.clock()
+        while times and times[0] <= now - self.window_seconds:
+            times.popleft()
+        if not times:
+            del self.failures[client]
+            return None
+        return max(1, math.ceil(times[0] + self.window_seconds - now)) if len(times) >= self.limit else None
+
+    def record(self, client: str) -> None:
+        """Count a wrong token from `client`."""
+        self.failures.setdefault(client, deque(maxlen=self.limit)).append(self.clock())
+        self.failures.move_to_end(client)
+        while len(self.failures) > self.max_clients:
+            self.failures.popitem(last=False)
+
+    def forget(self, client: str) -> None:
+        """A right token clears the client's count."""
+        self.failures.pop(client, None)
+
+
+def _is_api(path: str) -> bool:
+    """The JSON API's paths answer errors as JSON; the rest are pages for people."""
+    return path == "/api" or path.startswith("/api/")
+
+
+def _client(request: Request) -> str:
+    """The client's address (a trusted proxy's X-Forwarded-For already applied by uvicorn)."""
+    return request.client.host if request.client else "unknown"
+
+
+def _login_page(request: Request, status: int, message: str = "", headers: dict[str, str] | None = None) -> Response:
+    """The sign-in form, with what went wrong, if anything."""
+    context = {"message": message, "page": "login"}
+    return pages.templates.TemplateResponse(request, "login.html", context, status_code=status, headers=headers)
+
+
+def _too_many(request: Request, seconds: int) -> Response:
+    """429 for a client that sent too many wrong tokens, saying when to try again."""
+    message = f"too many wrong tokens from {_client(request)}: try again in {seconds} s"
+    headers = {"Retry-After": str(seconds)}
+    if _is_api(request.url.path):
+        return JSONResponse({"detail": message}, status_code=429, headers=headers)
+    return _login_page(request, 429, message, headers)
+
+
+class Guard:
+    """ASGI middleware in front of the application: the security headers on every answer (refusals and errors too),
+    then the Host allow-list, then the token check."""
+
+    def __init__(self, app: ASGIApp, failed_logins: FailedLogins, policy: str) -> None:
+        self.app, self.failed_logins = app, failed_logins
+        self.headers = {"Content-Security-Policy": policy, **SECURITY_HEADERS}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            """Add the security headers a response does not set itself (a route may set a stricter CSP)."""
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        request = Request(scope, receive)
+        refusal = self.refusal(request, web_settings())
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as error:
+            if not started:  # answered here, so the headers are on it too; raised on for the server's log
+                await (await self.server_error(request, error))(scope, receive, send_with_headers)
+            raise
+
+    def refusal(self, request: Request, settings: Settings) -> Response | None:
+        """The answer for a request that may not go on: an unknown Host, or no right token; None to go on."""
+        path = request.url.path
+        listen_host = getattr(request.app.state, "listen_host", "")
+        if not host_allowed(request.headers.get("host", ""), [*settings.allowed_hosts, listen_host]):
+            message = (
+                f"this dashboard does not answer to the host name {request.headers.get('host', '')!r}: add it to "
+                "AESQ_ALLOWED_HOSTS (comma-separated; * for any) and restart aesq serve"
+            )
+            return (
+                JSONResponse({"detail": message}, status_code=400)
+                if _is_api(path)
+                else pages.error_page(request, 400, message)
+            )
+        if settings.api_token is None or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return None
+        token = settings.api_token.get_secret_value()
+        offered = bearer_token(request.headers.get("authorization", ""))
+        if offered is not None:
+            if (seconds := self.failed_logins.retry_after(_client(request))) is not None:
+                return _too_many(request, seconds)
+            if token_matches(offered, token):
+                return None
+            self.failed_logins.record(_client(request))
+        elif token_matches(request.cookies.get(SESSION_COOKIE, "").encode(), session_value(token)):
+            return None
+        if _is_api(path):
+            return JSONResponse(
+                {"detail": "missing or wrong token: send the header Authorization: Bearer <AESQ_API_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return _login_page(request, 401, "this dashboard needs its token: sign in here (or at /login) to go on")
+
+    async def server_error(self, request: Request, error: Exception) -> Response:
+        """A request that failed unexpectedly: the application's own 500 handler's answer, or a one-line 500."""
+        handler = request.app.exception_handlers.get(Exception) or request.app.exception_handlers.get(500)
+        if handler is not None:
+            if inspect.iscoroutinefunction(handler):
+                return await handler(request, error)
+            return await run_in_threadpool(handler, request, error)
+        message = "internal error: the aesq serve log has its traceback"
+        if _is_api(request.url.path):
+            return JSONResponse({"detail": message}, status_code=500)
+        return pages.error_page(request, 500, message)
+
+
+def listen_on(app: FastAPI, host: str) -> None:
+    """Let browsers name the address `aesq serve --host` listens on, beside the loopback names (a wildcard address
+    such as 0.0.0.0 names nothing a browser sends: those names go in AESQ_ALLOWED_HOSTS)."""
+    name = host_name(host)
+    app.state.listen_host = "" if name in WILDCARD_ADDRESSES else name
+
+
+async def _login_form(request: Request) -> dict[str, list[str]] | Response:
+    """The fields of a small urlencoded form (the login's one field needs no multipart parser), or the 4xx page."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return _login_page(request, 415, "send the token as the form below does (application/x-www-form-urlencoded)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > LOGIN_BODY_LIMIT:
+            return _login_page(request, 413, f"the login form is at most {LOGIN_BODY_LIMIT} bytes")
+    try:
+        return parse_qs(body.decode(), keep_blank_values=True, max_num_fields=10, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return _login_page(request, 400, "the login form was not valid UTF-8 form data: send it from the form below")
+
+
+def install(app: FastAPI, plotly_js: Path) -> None:
+    """Add the guard (headers, Host allow-list, token check) and the /login form to `app`, whose pages load
+    `plotly_js`."""
+    failed_logins = FailedLogins(limit=web_settings().failed_token_limit)
+    app.add_middleware(Guard, failed_logins=failed_logins, policy=content_security_policy(plotly_js))
+    app.state.listen_host = ""
 
     @app.get("/login", include_in_schema=False)
-    def login(token: str) -> Response:
-        """Keep the token in a cookie so the browser can use the dashboard."""
+    def login_form(request: Request) -> Response:
+        """The sign-in form; a token in the address is refused (it would stay in history and server logs)."""
+        if web_settings().api_token is None:
+            return RedirectResponse("/", status_code=303)
+        if "token" in request.query_params:
+            message = "the token is not taken from the address (it stays in history and logs): type it below"
+            return _login_page(request, 400, message)
+        return _login_page(request, 200)
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """Check the form's token; a right one sets the session cookie and goes to the leaderboard."""
         configured = web_settings().api_token
-        if configured is None or not hmac.compare_digest(token.encode(), configured.get_secret_value().encode()):
-            return Response("wrong token", status_code=401, media_type="text/plain")
+        if configured is None:
+            return RedirectResponse("/", status_code=303)
+        client = _client(request)
+        if (seconds := failed_logins.retry_after(client)) is not None:
+            return _too_many(request, seconds)
+        form = await _login_form(request)
+        if isinstance(form, Response):
+            return form
+        offered = form.get("token", [""])[0]
+        if not offered:
+            return _login_page(request, 400, "enter the token (AESQ_API_TOKEN of this aesq serve)")
+        if not token_matches(offered.encode(), configured.get_secret_value()):
+            failed_logins.record(client)
+            return _login_page(request, 401, "wrong token")
+        failed_logins.forget(client)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(
+            SESSION_COOKIE,
+            session_value(configured.get_secret_value()),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response

@@ -285,8 +285,8 @@ def test_a_configured_token_is_required(demo_settings, monkeypatch):
     assert client.get("/").status_code == 401
     assert client.get("/api/versions", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/versions", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert client.get("/login", params={"token": "nope"}).status_code == 401
-    assert client.get("/login", params={"token": "s3cret"}).status_code == 200  # redirected to the leaderboard
+    assert client.post("/login", data={"token": "nope"}).status_code == 401
+    assert client.post("/login", data={"token": "s3cret"}).status_code == 200  # redirected to the leaderboard
     assert client.get("/api/versions").status_code == 200  # the cookie now carries it
 
 

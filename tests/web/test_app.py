@@ -32,6 +32,7 @@ def closed_port(tmp_path, monkeypatch) -> int:
     monkeypatch.setenv("AESQ_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("AESQ_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("AESQ_DATABASE_URL", f"postgresql+psycopg://aesq:{PASSWORD}@127.0.0.1:{port}/aesq")
+    monkeypatch.setenv("AESQ_ALLOWED_HOSTS", "testserver")  # the Host TestClient sends
     get_settings.cache_clear()
     yield port
     get_settings.cache_clear()

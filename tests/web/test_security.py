@@ -1,0 +1,332 @@
+"""The dashboard's guard on real servers: signing in by the /login form with a Unicode token (the cookie holds a
+derived value, Secure behind an HTTPS proxy aesq serve is told of), the bearer scheme in any case, the limit on
+wrong tokens, the Host allow-list, the security headers on every kind of answer, and the sign-in and chart pages in
+headless Chromium with no Content-Security-Policy violation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.cookies import SimpleCookie
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from aesq.analysis.aggregate import aggregate_versions
+from aesq.analysis.nightly_report import publish_report, recorded_reports
+from aesq.core.config import get_settings
+from aesq.web import security
+from aesq.web.app import PLOTLY_JS, create_app
+from tests.helpers import AESQ, add_scored_assets, free_port
+
+# Not ASCII, with a space; only characters of the Basic Multilingual Plane, which ChromeDriver can type.
+TOKEN = "pässwörd ✓ 密钥"
+HEADERS = {
+    "content-security-policy": security.content_security_policy(PLOTLY_JS),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+
+
+@contextmanager
+def _served(app: FastAPI) -> Iterator[str]:
+    """`app` on a loopback port by uvicorn (trusting a loopback proxy's X-Forwarded-*, as aesq serve does by
+    default), in a thread of this process; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _use_token(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    monkeypatch.setenv("AESQ_API_TOKEN", token)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def guarded(settings, monkeypatch) -> Iterator[str]:
+    """The dashboard on a real uvicorn with AESQ_API_TOKEN set to TOKEN; yields its base URL."""
+    _use_token(monkeypatch, TOKEN)
+    with _served(create_app()) as url:
+        yield url
+
+
+def _session_cookie(answer: httpx.Response) -> SimpleCookie:
+    """The Set-Cookie of a sign-in, parsed."""
+    cookie: SimpleCookie = SimpleCookie()
+    cookie.load(answer.headers["set-cookie"])
+    return cookie
+
+
+def test_a_unicode_token_signs_in_by_the_form_and_the_cookie_holds_no_token(guarded):
+    with httpx.Client(base_url=guarded) as client:
+        assert client.get("/api/versions").status_code == 401
+        form = client.get("/login")
+        assert form.status_code == 200 and '<form id="login-form" method="post" action="/login">' in form.text
+        answer = client.post("/login", data={"token": TOKEN})
+        assert (answer.status_code, answer.headers["location"]) == (303, "/")
+        morsel = _session_cookie(answer)[security.SESSION_COOKIE]
+        assert morsel["httponly"] and morsel["samesite"].lower() == "strict" and not morsel["secure"]  # plain HTTP
+        assert TOKEN not in morsel.value and TOKEN.encode().hex() not in morsel.value
+        assert client.get("/api/versions").status_code == 200  # the cookie now signs every request
+        assert client.get("/").status_code == 200
+    raw = httpx.get(f"{guarded}/api/versions", cookies={security.SESSION_COOKIE: TOKEN.encode().hex()})
+    assert raw.status_code == 401  # a cookie is only a session value, never the token itself
+
+
+def test_changing_the_token_ends_every_session(guarded, monkeypatch):
+    with httpx.Client(base_url=guarded) as client:
+        assert client.post("/login", data={"token": TOKEN}).status_code == 303
+        assert client.get("/api/versions").status_code == 200
+        _use_token(monkeypatch, "a new token")
+        assert client.get("/api/versions").status_code == 401
+
+
+def test_a_token_in_the_address_does_not_sign_in(guarded):
+    with httpx.Client(base_url=guarded) as client:
+        answer = client.get("/login", params={"token": TOKEN})
+        assert answer.status_code == 400 and "set-cookie" not in answer.headers
+        assert "not taken from the address" in answer.text and 'action="/login"' in answer.text
+        assert client.get("/api/versions").status_code == 401
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_compared_as_utf8(guarded, scheme):
+    header = f"{scheme} ".encode() + TOKEN.encode()  # HTTP carries the token's UTF-8 bytes
+    assert httpx.get(f"{guarded}/api/versions", headers={"Authorization": header}).status_code == 200
+
+
+def test_a_wrong_or_missing_token_is_a_one_line_401(guarded):
+    for authorization in ("Bearer wrong", "Basic " + TOKEN.encode().hex(), ""):
+        answer = httpx.get(f"{guarded}/api/versions", headers={"Authorization": authorization} if authorization else {})
+        assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+        assert list(answer.json()) == ["detail"] and "Authorization: Bearer" in answer.json()["detail"]
+    page = httpx.get(f"{guarded}/compare")
+    assert page.status_code == 401 and "text/html" in page.headers["content-type"]
+    assert "sign in" in page.text and '<form id="login-form" method="post" action="/login">' in page.text
+
+
+def test_wrong_tokens_are_limited_per_client_address(guarded):
+    with httpx.Client(base_url=guarded) as client:
+        for _ in range(security.FAILED_LOGIN_LIMIT):
+            assert client.post("/login", data={"token": "guess"}).status_code == 401
+        limited = client.post("/login", data={"token": TOKEN})  # even the right token waits
+        assert limited.status_code == 429 and "set-cookie" not in limited.headers
+        assert 1 <= int(limited.headers["retry-after"]) <= security.FAILED_LOGIN_WINDOW_SECONDS
+        assert "try again in" in limited.text
+        bearer = client.get("/api/versions", headers={"Authorization": b"Bearer " + TOKEN.encode()})
+        assert bearer.status_code == 429 and "try again in" in bearer.json()["detail"]
+        # Another client behind the same (trusted, loopback) proxy is not held up.
+        other = client.post("/login", data={"token": TOKEN}, headers={"X-Forwarded-For": "203.0.113.7"})
+        assert other.status_code == 303
+
+
+def test_the_failure_window_slides_and_forgets_the_quietest_clients():
+    now = [0.0]
+    failures = security.FailedLogins(limit=3, window_seconds=60, max_clients=2, clock=lambda: now[0])
+    for second in (0, 10, 20):
+        now[0] = second
+        failures.record("a")
+    now[0] = 30
+    assert failures.retry_after("a") == 30  # until the failure at 0 leaves the window
+    now[0] = 60
+    assert failures.retry_after("a") is None  # two left in the window
+    failures.record("a")
+    failures.record("b")
+    failures.record("c")
+    assert list(failures.failures) == ["b", "c"]  # "a" was the quietest
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "answers"),
+    [
+        ("", "localhost:8000", True),
+        ("", "127.0.0.1", True),
+        ("", "[::1]:8000", True),
+        ("", "LocalHost.", True),
+        ("", "evil.example", False),
+        ("", "localhost.evil.example:8000", False),
+        ("", "127.0.0.1.nip.io", False),
+        ("dash.example.com,*.corp.example", "dash.example.com:443", True),
+        ("dash.example.com,*.corp.example", "aesq.corp.example", True),
+        ("dash.example.com,*.corp.example", "corp.example", False),
+        ("*", "anything.example", True),
+    ],
+)
+def test_the_host_allow_list(settings, monkeypatch, allowed, host, answers):
+    monkeypatch.setenv("AESQ_ALLOWED_HOSTS", allowed)
+    get_settings.cache_clear()
+    client = TestClient(create_app())
+    api = client.get("/api/versions", headers={"Host": host})
+    page = client.get("/", headers={"Host": host})
+    if answers:
+        assert (api.status_code, page.status_code) == (200, 200)
+        return
+    assert (api.status_code, page.status_code) == (400, 400)
+    assert "AESQ_ALLOWED_HOSTS" in api.json()["detail"] and list(api.json()) == ["detail"]
+    assert "AESQ_ALLOWED_HOSTS" in page.text and "text/html" in page.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "answers"), [("10.1.2.3", "10.1.2.3:8000", True), ("0.0.0.0", "0.0.0.0", False)]
+)
+def test_the_address_aesq_serve_listens_on_is_allowed(settings, monkeypatch, listen, host, answers):
+    monkeypatch.setenv("AESQ_ALLOWED_HOSTS", "")
+    get_settings.cache_clear()
+    app = create_app()
+    security.listen_on(app, listen)
+    assert (TestClient(app).get("/static/aesq.css", headers={"Host": host}).status_code == 200) is answers
+
+
+def test_every_kind_of_answer_carries_the_security_headers(settings, monkeypatch):
+    _use_token(monkeypatch, TOKEN)
+    client = TestClient(create_app())
+    bearer = {"Authorization": b"Bearer " + TOKEN.encode()}
+    answers = [
+        client.get("/", headers=bearer),  # a page
+        client.get("/api/versions", headers=bearer),  # the API
+        client.get("/static/aesq.css"),  # static files, with no token
+        client.get("/static/plotly.min.js"),
+        client.get("/favicon.ico"),
+        client.get("/login"),
+        client.get("/no-such-page", headers=bearer),  # 404 page
+        client.get("/api/assets/99", headers=bearer),  # 404 JSON
+        client.get("/api/assets/x", headers=bearer),  # 422
+        client.get("/api/versions"),  # 401 JSON
+        client.get("/trends"),  # 401 page
+        client.get("/api/versions", headers={**bearer, "Host": "evil.example"}),  # 400
+    ]
+    answers += [client.post("/login", data={"token": "guess"}) for _ in range(security.FAILED_LOGIN_LIMIT + 1)]
+    assert [answer.status_code for answer in answers] == [200] * 6 + [404, 404, 422, 401, 401, 400] + [401] * 5 + [429]
+    for answer in answers:
+        assert {name: answer.headers.get(name) for name in HEADERS} == HEADERS, answer.request.url
+
+
+def test_an_unexpected_error_still_carries_the_security_headers(settings, empty_database_url, monkeypatch):
+    monkeypatch.setenv("AESQ_DATABASE_URL", empty_database_url)  # no tables: every query fails
+    get_settings.cache_clear()
+    client = TestClient(create_app(), raise_server_exceptions=False)
+    api, page = client.get("/api/versions"), client.get("/")
+    assert (api.status_code, page.status_code) == (500, 500)
+    assert list(api.json()) == ["detail"] and "text/html" in page.headers["content-type"]
+    for answer in (api, page):
+        assert {name: answer.headers.get(name) for name in HEADERS} == HEADERS
+
+
+@contextmanager
+def _aesq_serve(host: str, **variables: str) -> Iterator[str]:
+    """`aesq serve --host HOST` in a process of its own with these AESQ_* variables; yields its base URL."""
+    port = free_port()
+    command = [AESQ, "serve", "--host", host, "--port", str(port)]
+    process = subprocess.Popen(
+        command, env={**os.environ, **variables}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[0].decode()
+            try:
+                httpx.get(f"{url}/favicon.ico", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.parametrize(("proxies", "secure"), [("127.0.0.0/8", True), ("192.0.2.1", False)])
+def test_aesq_serve_makes_the_cookie_secure_behind_an_https_proxy_it_trusts(settings, proxies, secure):
+    with _aesq_serve("127.0.0.2", AESQ_API_TOKEN=TOKEN, AESQ_FORWARDED_ALLOW_IPS=proxies) as url:
+        # 127.0.0.2 is neither a loopback name nor in AESQ_ALLOWED_HOSTS: the --host address is what lets it in.
+        answer = httpx.post(f"{url}/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"})
+        assert answer.status_code == 303
+        assert bool(_session_cookie(answer)[security.SESSION_COOKIE]["secure"]) is secure
+        refused = httpx.get(f"{url}/api/versions", headers={"Host": "evil.example"})
+        assert refused.status_code == 400 and "AESQ_ALLOWED_HOSTS" in refused.json()["detail"]
+
+
+def _record_violations(browser) -> None:
+    """Collect every Content-Security-Policy violation of the pages the browser opens next, in window.violations
+    (a script the browser runs before each page's own, exempt from the page's policy)."""
+    source = (
+        "window.violations = []; document.addEventListener('securitypolicyviolation',"
+        " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI + ' ' + e.sample + ' ' + e.sourceFile + ':' + e.lineNumber));"
+    )
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+
+
+def test_signing_in_with_the_form_in_chromium(guarded, browser):
+    _record_violations(browser)
+    browser.get(guarded + "/trends")
+    assert "sign in" in browser.find_element(By.ID, "login-message").text
+    field = browser.find_element(By.NAME, "token")
+    field.send_keys(TOKEN)
+    field.submit()
+    WebDriverWait(browser, 30).until(expected_conditions.url_to_be(guarded + "/"))
+    assert browser.find_element(By.CSS_SELECTOR, "nav a.current").text == "leaderboard"
+    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script can read the session
+    assert browser.execute_script("return window.violations") == []
+
+
+def test_chart_pages_draw_with_no_content_security_policy_violation(settings, browser):
+    for version, values in (("v1", [3.0, 4.5, 5.5, 6.0]), ("v2", [4.0, 5.0, 6.5, 7.5])):
+        add_scored_assets(settings, version, values)
+    aggregate_versions(settings)
+    _record_violations(browser)
+    with _served(create_app()) as url:
+        for path, chart in (
+            ("/", "means"),
+            ("/compare?a=m:v1&b=m:v2&scorer=technical", "distributions"),
+            ("/trends", "trend"),
+        ):
+            browser.get(url + path)
+            WebDriverWait(browser, 30).until(
+                expected_conditions.presence_of_element_located((By.CSS_SELECTOR, f"#{chart} .main-svg"))
+            )
+            assert browser.execute_script("return window.violations") == [], path
+        # The policy is enforced and the recorder sees it: an inline script is refused and reported.
+        browser.execute_script(
+            "const s = document.createElement('script'); s.textContent = 'window.ran = true'; document.body.append(s)"
+        )
+        WebDriverWait(browser, 10).until(lambda b: b.execute_script("return window.violations.length") > 0)
+        assert browser.execute_script("return window.ran") is None
+
+
+def test_a_saved_report_keeps_its_inline_styles_and_runs_no_script(settings, s3_client, browser):
+    if not s3_client.bucket_exists("bkt"):
+        s3_client.make_bucket("bkt")  # where the assets lie (their images absent: the report goes without them)
+    add_scored_assets(settings, "v1", [3.0, 4.5, 5.5, 6.0])
+    aggregate_versions(settings)
+    publish_report(settings)
+    saved = recorded_reports(settings)[0]  # the latest
+    _record_violations(browser)
+    with _served(create_app()) as url:
+        answer = httpx.get(f"{url}/reports/{saved['id']}")
+        assert answer.headers["content-security-policy"].startswith("default-src 'none'; style-src 'unsafe-inline'")
+        assert "script-src" not in answer.headers["content-security-policy"]  # default-src 'none': no script runs
+        browser.get(f"{url}/reports/{saved['id']}")
+        h2 = browser.find_element(By.TAG_NAME, "h2")
+        assert browser.execute_script("return getComputedStyle(arguments[0]).borderBottomStyle", h2) == "solid"
+        assert browser.execute_script("return window.violations") == []
