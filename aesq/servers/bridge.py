@@ -61,6 +61,7 @@ HEALTH_TIMEOUT_SECONDS = 2.0
 RETRY_AFTER_SECONDS = 5  # what a 503 asks the sender to wait
 SEND_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # between tries of an event the API did not take
 SHUTDOWN_SEND_SECONDS = 20.0  # how long stopping waits for the events still due
+MALFORMED = "check its Content-Length (one, a number) or Transfer-Encoding, and the size of its headers"
 logger = logging.getLogger(__name__)
 
 
@@ -382,6 +383,15 @@ class DeadlineH11Protocol(H11Protocol):
             self._disarm()
         elif self._header_deadline is None and self.conn.trailing_data[0]:
             self._arm()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (e.g. `Content-Length: -1`, two lengths, oversized headers) is answered in
+        the bridge's error shape, then the connection is closed."""
+        body = json.dumps({"detail": f"malformed HTTP/1.1 request: {MALFORMED}"}, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """No deadline outlives its connection."""
