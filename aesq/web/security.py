@@ -34,7 +34,6 @@ WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "[::]"})
 SESSION_COOKIE = "aesq_session"
 # The cookie holds this label's HMAC keyed by the token: never the token, and a new token ends every session.
 SESSION_LABEL = b"aesq dashboard session"
-FAILED_LOGIN_LIMIT = 5
 FAILED_LOGIN_WINDOW_SECONDS = 60.0
 LOGIN_BODY_LIMIT = 4096
 # Paths anyone may read: the login form and the files it needs, all shipped with aesq.
@@ -112,20 +111,20 @@ def token_matches(offered: bytes, token: str) -> bool:
 
 class FailedLogins:
     """Wrong tokens per client address within a sliding window, in memory; at most `max_clients` addresses are
-    kept (the quietest forgotten first)."""
+    kept (the quietest forgotten first). A limited client is refused before its token is checked, so no address
+    keeps more than `limit` times."""
 
     def __init__(
         self,
-        limit: int = FAILED_LOGIN_LIMIT,
         window_seconds: float = FAILED_LOGIN_WINDOW_SECONDS,
         max_clients: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.limit, self.window_seconds, self.max_clients, self.clock = limit, window_seconds, max_clients, clock
+        self.window_seconds, self.max_clients, self.clock = window_seconds, max_clients, clock
         self.failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def retry_after(self, client: str) -> int | None:
-        """Seconds until `client` may try again, or None when it may now."""
+    def retry_after(self, client: str, limit: int) -> int | None:
+        """Seconds until `client`, which may send `limit` wrong tokens in the window, may try again; None: now."""
         times = self.failures.get(client)
         if times is None:
             return None
@@ -135,11 +134,11 @@ class FailedLogins:
         if not times:
             del self.failures[client]
             return None
-        return max(1, math.ceil(times[0] + self.window_seconds - now)) if len(times) >= self.limit else None
+        return max(1, math.ceil(times[0] + self.window_seconds - now)) if len(times) >= limit else None
 
     def record(self, client: str) -> None:
         """Count a wrong token from `client`."""
-        self.failures.setdefault(client, deque(maxlen=self.limit)).append(self.clock())
+        self.failures.setdefault(client, deque()).append(self.clock())
         self.failures.move_to_end(client)
         while len(self.failures) > self.max_clients:
             self.failures.popitem(last=False)
@@ -229,7 +228,7 @@ class Guard:
         token = settings.api_token.get_secret_value()
         offered = bearer_token(request.headers.get("authorization", ""))
         if offered is not None:
-            if (seconds := self.failed_logins.retry_after(_client(request))) is not None:
+            if (seconds := self.failed_logins.retry_after(_client(request), settings.failed_token_limit)) is not None:
                 return _too_many(request, seconds)
             if token_matches(offered, token):
                 return None
@@ -282,7 +281,7 @@ async def _login_form(request: Request) -> dict[str, list[str]] | Response:
 def install(app: FastAPI, plotly_js: Path) -> None:
     """Add the guard (headers, Host allow-list, token check) and the /login form to `app`, whose pages load
     `plotly_js`."""
-    failed_logins = FailedLogins(limit=web_settings().failed_token_limit)
+    failed_logins = FailedLogins()
     app.add_middleware(Guard, failed_logins=failed_logins, policy=content_security_policy(plotly_js))
     app.state.listen_host = ""
 
@@ -299,11 +298,12 @@ def install(app: FastAPI, plotly_js: Path) -> None:
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         """Check the form's token; a right one sets the session cookie and goes to the leaderboard."""
-        configured = web_settings().api_token
+        settings = web_settings()
+        configured = settings.api_token
         if configured is None:
             return RedirectResponse("/", status_code=303)
         client = _client(request)
-        if (seconds := failed_logins.retry_after(client)) is not None:
+        if (seconds := failed_logins.retry_after(client, settings.failed_token_limit)) is not None:
             return _too_many(request, seconds)
         form = await _login_form(request)
         if isinstance(form, Response):
