@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import httpx
 import pytest
@@ -238,18 +239,18 @@ def test_an_unexpected_error_still_carries_the_security_headers(settings, empty_
 
 
 @contextmanager
-def _aesq_serve(host: str, **variables: str) -> Iterator[str]:
-    """`aesq serve --host HOST` in a process of its own with these AESQ_* variables; yields its base URL."""
+def _aesq_serve(host: str, log: Path, **variables: str) -> Iterator[str]:
+    """`aesq serve --host HOST` in a process of its own with these AESQ_* variables, its output in `log`; yields its
+    base URL (on 127.0.0.1 for the wildcard address)."""
     port = free_port()
     command = [AESQ, "serve", "--host", host, "--port", str(port)]
-    process = subprocess.Popen(
-        command, env={**os.environ, **variables}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://{host}:{port}"
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env={**os.environ, **variables}, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()[0].decode()
+            assert process.poll() is None, log.read_text()
             try:
                 httpx.get(f"{url}/favicon.ico", timeout=1)
                 break
@@ -262,14 +263,24 @@ def _aesq_serve(host: str, **variables: str) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("proxies", "secure"), [("127.0.0.0/8", True), ("192.0.2.1", False)])
-def test_aesq_serve_makes_the_cookie_secure_behind_an_https_proxy_it_trusts(settings, proxies, secure):
-    with _aesq_serve("127.0.0.2", AESQ_API_TOKEN=TOKEN, AESQ_FORWARDED_ALLOW_IPS=proxies) as url:
+def test_aesq_serve_makes_the_cookie_secure_behind_an_https_proxy_it_trusts(settings, tmp_path, proxies, secure):
+    log = tmp_path / "serve.log"
+    with _aesq_serve("127.0.0.2", log, AESQ_API_TOKEN=TOKEN, AESQ_FORWARDED_ALLOW_IPS=proxies) as url:
         # 127.0.0.2 is neither a loopback name nor in AESQ_ALLOWED_HOSTS: the --host address is what lets it in.
         answer = httpx.post(f"{url}/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"})
         assert answer.status_code == 303
         assert bool(_session_cookie(answer)[security.SESSION_COOKIE]["secure"]) is secure
         refused = httpx.get(f"{url}/api/versions", headers={"Host": "evil.example"})
         assert refused.status_code == 400 and "AESQ_ALLOWED_HOSTS" in refused.json()["detail"]
+
+
+def test_aesq_serve_on_every_address_answers_to_loopback_names_and_says_which_setting_adds_more(settings, tmp_path):
+    log = tmp_path / "serve.log"
+    with _aesq_serve("0.0.0.0", log, AESQ_API_TOKEN=TOKEN, AESQ_ALLOWED_HOSTS="") as url:
+        assert httpx.get(f"{url}/login").status_code == 200
+        for host in ("0.0.0.0", "aesq.example"):
+            assert httpx.get(f"{url}/login", headers={"Host": host}).status_code == 400
+    assert "browsers reach it by a name only once AESQ_ALLOWED_HOSTS lists it" in log.read_text()
 
 
 def _record_violations(browser) -> None:
