@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from sqlalchemy import text
 
@@ -17,6 +18,9 @@ ASSET_ORDERS = {
     "score_asc": "value ASC NULLS LAST, a.id",
     "newest": "a.id DESC",
 }
+
+
+UNREADABLE = "unreadable"  # shown in place of a stored value that is not in the shape aesq writes
 
 
 class NotFound(LookupError):
@@ -162,13 +166,58 @@ def asset_detail(settings: Settings, asset_id: int) -> dict:
             .scalars()
             .all()
         )
-    return {
-        **dict(asset._mapping),
-        "scores": [dict(row._mapping) for row in scores],
-        "defects": [dict(row._mapping) for row in defects],
-        "critique": None if critique is None else dict(critique._mapping),
-        "embedders": [name for name in embedders if name in EMBEDDING_DIMENSIONS],
-    }
+    return _readable(
+        {
+            **dict(asset._mapping),
+            "scores": [dict(row._mapping) for row in scores],
+            "defects": [dict(row._mapping) for row in defects],
+            "critique": None if critique is None else dict(critique._mapping),
+            "embedders": [name for name in embedders if name in EMBEDDING_DIMENSIONS],
+        }
+    )
+
+
+def _encodable(value: Any) -> bool:
+    """Whether a stored JSON value can be sent as UTF-8: a JSON (not JSONB) column keeps an escaped lone surrogate,
+    which decodes to a string no page or answer can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(key) and _encodable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_encodable(item) for item in value)
+    return True
+
+
+def _readable(detail: dict) -> dict:
+    """An asset's detail whose stored JSON values that are not in the shape aesq writes (a row edited by hand, or
+    written by another tool) are replaced by empty ones or UNREADABLE, and named in `unreadable`, instead of
+    failing the page or the answer that shows them."""
+    unreadable: list[str] = []
+    if not isinstance(detail["extra"], dict) or not _encodable(detail["extra"]):
+        detail["extra"] = {}
+        unreadable.append("extra")
+    for score in detail["scores"]:
+        if not isinstance(score["raw"], dict) or not _encodable(score["raw"]):
+            score["raw"] = {}
+            unreadable.append(f"scores.{score['scorer']}.raw")
+    critique = detail["critique"]
+    if critique is not None:
+        aspects = critique["aspects"]
+        if not isinstance(aspects, dict) or not _encodable(list(aspects)):
+            critique["aspects"] = {}
+            unreadable.append("critique.aspects")
+        elif not all(isinstance(text, str) and _encodable(text) for text in aspects.values()):
+            critique["aspects"] = {
+                aspect: text if isinstance(text, str) and _encodable(text) else UNREADABLE
+                for aspect, text in aspects.items()
+            }
+            unreadable.append("critique.aspects")
+    return {**detail, "unreadable": unreadable}
 
 
 def neighbours(settings: Settings, asset_id: int, embedder: str | None = None, limit: int = 8) -> list[dict]:

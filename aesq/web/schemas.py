@@ -130,6 +130,10 @@ class AssetDetail(BaseModel):
     defects: list[DefectOut]
     critique: CritiqueOut | None
     embedders: list[str]
+    unreadable: list[str] = Field(
+        description="stored values not in the shape aesq writes (`extra`, `scores.<scorer>.raw`, `critique.aspects`):"
+        " each is given empty, and an aspect's answer as 'unreadable'"
+    )
 
 
 class Neighbour(BaseModel):

@@ -4,13 +4,17 @@ asset page, failures, and the charts (trends and the report's) with the demo's o
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
+import sqlalchemy as sa
 import uvicorn
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -25,15 +29,22 @@ from aesq.analysis.palette import version_colours
 from aesq.analysis.report import render_report
 from aesq.analysis.versions import daily_means
 from aesq.core.config import get_settings
+from aesq.core.database import get_engine
 from aesq.core.pipeline_status import failure_reasons
 from aesq.web.app import create_app
-from tests.helpers import defect_shares_from_rows, free_port
+from tests.helpers import add_scored_assets, defect_shares_from_rows, free_port
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def dashboard(demo_settings) -> Iterator[str]:
+def dashboard(demo_settings, live_app) -> str:
+    """The live application on the scored demo data; its base URL."""
+    return live_app
+
+
+@pytest.fixture
+def live_app(settings) -> Iterator[str]:
     """`aesq serve`'s application on a loopback port, in this process; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
@@ -238,3 +249,113 @@ def test_images_outside_the_configured_storage_say_which_folder_to_add(dashboard
     _wait(browser, lambda b: _loaded(b, tiles[0]) and _loaded(b, tiles[-1]))  # an image, not a broken one
     said = browser.execute_script("return fetch(arguments[0].src).then(r => r.text())", tiles[0])
     assert f"<title>not shown: {demo} is not in AESQ_SOURCES — add it to see thumbnails</title>" in said
+
+
+def _links(page: str, pattern: str) -> list[str]:
+    """The hrefs of a page that match `pattern`, as a browser reads them (entities decoded)."""
+    return [
+        html.unescape(href) for href in re.findall(r'href="([^"]*)"', page) if re.match(pattern, html.unescape(href))
+    ]
+
+
+def _asset_ids(page: str) -> set[int]:
+    """The assets a gallery page shows."""
+    return {int(asset_id) for asset_id in re.findall(r'href="/assets/(\d+)"', page)}
+
+
+def test_every_link_opens_the_version_it_names(live_app, settings):
+    """Versions whose labels hold URL syntax (`+`, `#`, `&`, `=`, `:`) or share a prefix: each leaderboard, trends,
+    asset, gallery "next" and compare link, followed on the live server, shows that version's assets only."""
+    from aesq.analysis.aggregate import aggregate_versions
+
+    ids = {
+        "m:1.0+lora": add_scored_assets(settings, "1.0+lora", [1.0, 2.0]),
+        "m:2.0#rc1": add_scored_assets(settings, "2.0#rc1", [float(i % 10) for i in range(50)]),
+        "m:a&b=c": add_scored_assets(settings, "a&b=c", [3.0, 4.0, 5.0]),
+        "col:x:v": add_scored_assets(settings, "x:v", [6.0, 7.0, 8.0, 9.0], name="col"),
+        "col:x": add_scored_assets(settings, "x", [5.0], name="col"),
+        "col/x:v": add_scored_assets(settings, "v", [2.0, 3.0, 4.0, 5.0, 6.0], name="col/x"),  # renamed by 0014
+    }
+    aggregate_versions(settings)
+    with get_engine(settings).begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO defects (asset_id, category, severity) VALUES (:id, 'blur', 0.5)"),
+            {"id": ids["m:a&b=c"][0]},
+        )
+
+    with httpx.Client(base_url=live_app, timeout=60) as client:
+
+        def gallery(href: str) -> str:
+            page = client.get(href)
+            assert page.status_code == 200, (href, page.text)
+            return page.text
+
+        leaderboard = client.get("/", params={"scorer": "technical"}).text
+        links = _links(leaderboard, r"/gallery\?")
+        assert len(links) == len(ids)
+        for href in links:
+            version = dict(httpx.URL(href).params)["version"]
+            shown = gallery(href)
+            expected = ids[version][:48]  # the 2.0#rc1 gallery shows 48, best first
+            assert _asset_ids(shown) <= set(ids[version]) and len(_asset_ids(shown)) == len(expected), (href, version)
+            assert f"top assets of {html.escape(version)} under technical" in shown
+        [next_page] = _links(gallery("/gallery?" + str(httpx.QueryParams(version="m:2.0#rc1"))), r"/gallery\?")
+        assert _asset_ids(gallery(next_page)) == set(ids["m:2.0#rc1"]) - _asset_ids(
+            gallery("/gallery?" + str(httpx.QueryParams(version="m:2.0#rc1")))
+        )
+        assert len(_asset_ids(gallery(next_page))) == 2
+
+        [defective] = _links(client.get("/trends").text, r"/gallery\?show=defective")
+        assert _asset_ids(gallery(defective)) == {ids["m:a&b=c"][0]}
+
+        for version in ("col:x:v", "col/x:v", "m:a&b=c"):
+            asset_page = client.get(f"/assets/{ids[version][0]}").text
+            [own] = _links(asset_page, r"/gallery\?")
+            assert _asset_ids(gallery(own)) == set(ids[version])
+
+        compared = client.get("/compare", params={"a": "col:x:v", "b": "col/x:v", "scorer": "technical"}).text
+        assert re.search(r"<th>n \(A, B\)</th><td>4, 5</td>", compared), compared
+        [swap] = _links(compared, r"/compare\?")
+        assert re.search(r"<th>n \(A, B\)</th><td>5, 4</td>", gallery(swap))
+        api = client.get("/api/compare", params={"a": "col:x:v", "b": "m:a&b=c", "scorer": "technical"}).json()
+        assert (api["count_a"], api["count_b"]) == (4, 3)
+        listed = client.get("/api/assets", params={"scorer": "technical", "generator": "col", "version": "x:v"})
+        assert {item["id"] for item in listed.json()["items"]} == set(ids["col:x:v"])
+
+
+def test_a_malformed_stored_row_reads_as_unreadable(live_app, settings):
+    """JSON written by hand or another tool in a shape aesq never writes: the asset's page and its API answer
+    show it as unreadable, and everything else about the asset."""
+    [odd, mixed] = add_scored_assets(settings, "1", [4.0, 5.0])
+    with get_engine(settings).begin() as connection:
+        connection.execute(sa.text("UPDATE assets SET extra = '[1, 2]' WHERE id = :id"), {"id": odd})
+        connection.execute(sa.text("UPDATE assets SET extra = '{\"rating\": 5}' WHERE id = :id"), {"id": mixed})
+        connection.execute(sa.text("UPDATE scores SET raw = '\"text\"' WHERE asset_id = :id"), {"id": odd})
+        connection.execute(
+            sa.text(
+                "INSERT INTO critiques (asset_id, critic, critic_score, aspects) VALUES"
+                " (:odd, 'ernie-aes', 40, '[\"not\", \"aspects\"]'),"
+                ' (:mixed, \'ernie-aes\', 50, \'{"Light": "soft", "Composition": 3, "Colour": "\\ud800"}\')'
+            ),
+            {"odd": odd, "mixed": mixed},
+        )
+
+    with httpx.Client(base_url=live_app, timeout=60) as client:
+        answer = client.get(f"/api/assets/{odd}")
+        assert answer.status_code == 200, answer.text
+        detail = answer.json()
+        assert detail["unreadable"] == ["extra", "scores.technical.raw", "critique.aspects"]
+        assert (detail["extra"], detail["scores"][0]["raw"], detail["critique"]["aspects"]) == ({}, {}, {})
+        assert (detail["scores"][0]["value"], detail["critique"]["score"]) == (4.0, 40.0)
+        page = client.get(f"/assets/{odd}")
+        assert page.status_code == 200, page.text
+        assert "shown as unreadable: extra, scores.technical.raw, critique.aspects" in page.text
+        assert '<td id="asset-extra">unreadable</td>' in page.text
+        assert '<p class="empty" id="critique">unreadable</p>' in page.text
+
+        detail = client.get(f"/api/assets/{mixed}").json()
+        assert (detail["unreadable"], detail["extra"]) == (["critique.aspects"], {"rating": 5})
+        assert detail["critique"]["aspects"] == {"Light": "soft", "Composition": "unreadable", "Colour": "unreadable"}
+        page = client.get(f"/assets/{mixed}").text
+        assert "<dt>Light</dt><dd>soft</dd><dt>Composition</dt><dd>unreadable</dd>" in page
+        assert '<td id="asset-extra">rating: 5</td>' in page
