@@ -198,7 +198,9 @@ def output_console() -> Console:
 
 def notice(message: str) -> None:
     """Tell the user on stderr what aesq is doing before a wait (starting a server, migrating)."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"aesq: {message}", style="dim", markup=False)
+    Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(
+        f"aesq: {message}", style="dim", markup=False
+    )
 
 
 def print_problem(label: str, message: str, colour: str = "red") -> None:

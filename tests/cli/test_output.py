@@ -8,7 +8,16 @@ import re
 import pytest
 from rich.console import Console
 
-from aesq.cli.output import MIN_NAME_WIDTH, FittedTable, abbreviate, abbreviate_key, plural, scientific
+from aesq.cli.output import (
+    MIN_NAME_WIDTH,
+    FittedTable,
+    abbreviate,
+    abbreviate_key,
+    notice,
+    plural,
+    print_problem,
+    scientific,
+)
 
 NAMES = ["ERNIE-Image-aesthetics-large:v2.0-sft-2026-11", "demo-diffusion:v1.0-base", "other-model:v1"]
 STUB = re.compile(r"(^|[\s│┃])\S{1,3}…($|[\s│┃])")  # a cell cut to its first characters, as rich does
@@ -170,3 +179,9 @@ def test_the_command_prints_names_literally_at_80_columns(settings):
     unknown = aesq("compare", "[red]g::x:1.0+lora", "[bold]g::smile:")
     assert unknown.returncode == 1 and unknown.stdout == ""
     assert unknown.stderr.startswith("aesq: error: no technical scores for version '[bold]g::smile:'"), unknown.stderr
+
+
+def test_notices_and_problems_print_paths_and_names_as_they_are(capsys):
+    notice("migrating /data/:smile:/[red]x")
+    print_problem("error:", "no version 'm::x:[/red]'")
+    assert capsys.readouterr().err == "aesq: migrating /data/:smile:/[red]x\naesq: error: no version 'm::x:[/red]'\n"
