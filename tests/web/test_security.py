@@ -110,6 +110,34 @@ def test_a_token_in_the_address_does_not_sign_in(guarded):
         assert client.get("/api/versions").status_code == 401
 
 
+def test_without_a_token_the_dashboard_is_open_and_login_leads_to_it(settings):
+    client = TestClient(create_app())
+    assert client.get("/api/versions").status_code == 200
+    for answer in (client.get("/login", follow_redirects=False), client.post("/login", follow_redirects=False)):
+        assert (answer.status_code, answer.headers["location"]) == (303, "/")
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "message"),
+    [
+        ("application/json", b'{"token": "x"}', 415, "application/x-www-form-urlencoded"),
+        (FORM, b"token=" + b"x" * 5000, 413, "at most 4096 bytes"),
+        (FORM, b"token=%ff%fe", 400, "not valid UTF-8"),
+        (FORM, b"token=", 400, "enter the token"),
+        (FORM, b"other=1", 400, "enter the token"),
+    ],
+)
+def test_a_malformed_login_form_is_a_4xx_saying_what_to_send(
+    settings, monkeypatch, content_type, body, status, message
+):
+    _use_token(monkeypatch, TOKEN)
+    answer = TestClient(create_app()).post("/login", content=body, headers={"Content-Type": content_type})
+    assert answer.status_code == status and message in answer.text and "set-cookie" not in answer.headers
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_the_bearer_scheme_is_case_insensitive_and_the_token_compared_as_utf8(guarded, scheme):
     header = f"{scheme} ".encode() + TOKEN.encode()  # HTTP carries the token's UTF-8 bytes
