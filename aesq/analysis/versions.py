@@ -198,6 +198,10 @@ _COMPARISONS_KEPT = 1024
 # cores taken stay bounded however many requests arrive; the others wait their turn.
 COMPARISONS_AT_ONCE = 2
 _COMPARISONS: OrderedDict[tuple, VersionComparison] = OrderedDict()
+# Scores kept per version for the comparisons still to come (about 0.4 KB each with its prompt): 20 versions can be
+# compared in 380 ordered pairs, and reading a version costs more than its statistics. A larger version is not kept.
+_SCORES_KEPT = 250_000
+_VERSION_SCORES: OrderedDict[tuple, VersionScores] = OrderedDict()
 _IN_FLIGHT: dict[tuple, Future[VersionComparison]] = {}
 _comparisons_lock = threading.Lock()
 _computing = threading.BoundedSemaphore(COMPARISONS_AT_ONCE)
@@ -279,7 +283,7 @@ def compare_versions(
         return running.result()
     try:
         with _computing:
-            answer = _compute_comparison(settings, versions, scorer, correction)
+            answer = _compute_comparison(settings, versions, scorer, correction, key[-1])
     except BaseException as error:
         running.set_exception(error)
         with _comparisons_lock:
@@ -294,9 +298,33 @@ def compare_versions(
     return answer
 
 
-def _compute_comparison(settings: Settings, versions: list[str], scorer: str, correction: str) -> VersionComparison:
+def _kept_version_scores(
+    settings: Settings, versions: list[str], scorer: str, markers: tuple[tuple, ...]
+) -> dict[str, VersionScores]:
+    """`version_scores`, reading only the versions not kept under their change markers (`comparison_key`'s)."""
+    keys = {marker[0]: (database_url(settings), scorer, marker) for marker in markers}
+    with _comparisons_lock:
+        found = {label: _VERSION_SCORES[keys[label]] for label in versions if keys[label] in _VERSION_SCORES}
+        for label in found:
+            _VERSION_SCORES.move_to_end(keys[label])
+    missing = [label for label in dict.fromkeys(versions) if label not in found]
+    if missing:
+        read = version_scores(settings, missing, scorer)
+        found.update(read)
+        with _comparisons_lock:
+            for label, scores in read.items():
+                if len(scores.values) <= _SCORES_KEPT:
+                    _VERSION_SCORES[keys[label]] = scores
+            while sum(len(kept.values) for kept in _VERSION_SCORES.values()) > _SCORES_KEPT:
+                _VERSION_SCORES.popitem(last=False)
+    return {label: found[label] for label in versions}
+
+
+def _compute_comparison(
+    settings: Settings, versions: list[str], scorer: str, correction: str, markers: tuple[tuple, ...]
+) -> VersionComparison:
     """The comparison itself, from the versions' scores as they are now."""
-    found = version_scores(settings, versions, scorer)
+    found = _kept_version_scores(settings, versions, scorer, markers)
     for version, scores in found.items():
         if not scores.values:
             raise NotFound(f"no {scorer} scores for version {version!r}")
