@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -29,6 +32,10 @@ BCA_MAX_SAMPLE = 2000
 # n (see subsampled_mean_interval), so an interval costs the same at any version size. At or below it the interval is
 # scipy's full bootstrap, unchanged.
 BOOTSTRAP_MAX_SAMPLE = BCA_MAX_SAMPLE
+# Resampled deviations kept for samples above BOOTSTRAP_MAX_SAMPLE (N_RESAMPLES floats each, 16 KB): 1,024 is 16 MB.
+DEVIATIONS_KEPT = 1024
+_DEVIATIONS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_deviations_lock = threading.Lock()
 # Relative spread below which a sample counts as constant: far under any score's precision, far over
 # float64 rounding (x + 1 - x differs from 1 by about 1e-16).
 CONSTANT_SPREAD = 1e-9
@@ -130,19 +137,38 @@ def subsampled_mean_interval(samples: tuple[np.ndarray, ...], seed: int) -> Inte
     standard errors at each end for exponential scores at m = 2,000), well under the Monte-Carlo error of
     N_RESAMPLES. Cost and memory are O(N_RESAMPLES x m), whatever n is.
     """
-    rng = np.random.default_rng(seed)
     deviations = np.zeros(N_RESAMPLES)
-    for sign, sample in zip((1.0,) if len(samples) == 1 else (-1.0, 1.0), samples, strict=True):
-        size, drawn = sample.size, min(sample.size, BOOTSTRAP_MAX_SAMPLE)
-        centre = float(np.mean(sample))
-        for start in range(0, N_RESAMPLES, BOOTSTRAP_BATCH):
-            stop = min(start + BOOTSTRAP_BATCH, N_RESAMPLES)
-            means = sample[rng.integers(0, size, (stop - start, drawn))].mean(axis=1)
-            deviations[start:stop] += sign * (means - centre) * (drawn / size) ** 0.5
+    for position, (sign, sample) in enumerate(zip((1.0,) if len(samples) == 1 else (-1.0, 1.0), samples, strict=True)):
+        deviations += sign * _mean_deviations(sample, seed, position)
     estimate = float(np.mean(samples[0])) if len(samples) == 1 else float(np.mean(samples[1]) - np.mean(samples[0]))
     tail = (1 - CONFIDENCE_LEVEL) / 2
     low, high = np.quantile(deviations, [tail, 1 - tail])
     return Interval(estimate + float(low), estimate + float(high))
+
+
+def _mean_deviations(sample: np.ndarray, seed: int, position: int) -> np.ndarray:
+    """The N_RESAMPLES rescaled deviations of one sample's m-out-of-n resample means, drawn from a stream of their own
+    (seed, position in the samples), so the two samples stay independent and a sample's draws depend on it alone:
+    a version compared with many others is resampled once (kept by its bytes, 16 KB each, DEVIATIONS_KEPT of them)."""
+    key = (hashlib.blake2b(sample.tobytes(), digest_size=16).digest(), sample.size, seed, position)
+    with _deviations_lock:
+        if key in _DEVIATIONS:
+            _DEVIATIONS.move_to_end(key)
+            return _DEVIATIONS[key]
+    rng = np.random.default_rng([seed, position])
+    size, drawn = sample.size, min(sample.size, BOOTSTRAP_MAX_SAMPLE)
+    centre = float(np.mean(sample))
+    deviations = np.empty(N_RESAMPLES)
+    for start in range(0, N_RESAMPLES, BOOTSTRAP_BATCH):
+        stop = min(start + BOOTSTRAP_BATCH, N_RESAMPLES)
+        means = sample[rng.integers(0, size, (stop - start, drawn))].mean(axis=1)
+        deviations[start:stop] = (means - centre) * (drawn / size) ** 0.5
+    deviations.flags.writeable = False
+    with _deviations_lock:
+        _DEVIATIONS[key] = deviations
+        while len(_DEVIATIONS) > DEVIATIONS_KEPT:
+            _DEVIATIONS.popitem(last=False)
+    return deviations
 
 
 def _interval_of_means(samples: tuple[np.ndarray, ...], seed: int) -> Interval:

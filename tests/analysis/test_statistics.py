@@ -272,3 +272,18 @@ def test_results_are_reproducible_with_the_same_seed():
     assert mean_interval(a, seed=3) == mean_interval(a, seed=3)
     assert compare(a, b, pairs, seed=3).difference_interval != compare(a, b, pairs, seed=4).difference_interval
     assert compare_family(a, {"b": b}, seed=3) == compare_family(a, {"b": b}, seed=3)
+
+
+def test_kept_resamples_give_the_same_intervals_and_keep_the_two_samples_independent():
+    from aesq.analysis import statistics
+
+    a = np.random.default_rng(50).normal(5, 1, 2 * BOOTSTRAP_MAX_SAMPLE)
+    b = np.random.default_rng(51).normal(5, 1, 3 * BOOTSTRAP_MAX_SAMPLE)
+    statistics._DEVIATIONS.clear()
+    cold = compare(a, b, seed=2).difference_interval
+    assert compare(a, b, seed=2).difference_interval == cold  # from the kept resamples
+    statistics._DEVIATIONS.clear()
+    assert compare(a, b, seed=2).difference_interval == cold
+    # A version against itself is still two independent samples: the interval has the width of their difference.
+    itself = compare(a, a, seed=2).difference_interval
+    assert itself.high - itself.low == pytest.approx(2 * 1.96 * np.sqrt(2 / a.size), rel=0.1)
