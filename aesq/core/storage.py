@@ -103,7 +103,11 @@ def parse_location(uri: str) -> Location:
         return Location("s3", bucket, prefix)
     if "://" in uri:
         raise SourceError(f"{uri!r}: a source is s3://bucket/prefix or a local folder")
-    return Location("file", str(Path(uri).expanduser().resolve()))
+    try:
+        folder = Path(uri).expanduser()
+    except RuntimeError:  # `~name` of no known user stays a literal folder name, as in a shell
+        folder = Path(uri)
+    return Location("file", str(folder.resolve()))
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,119 @@
 """The JSON API behind the dashboard (read-only): versions, statistics, comparisons, assets, neighbours,
-thumbnails and reports. Invalid parameters are answered 4xx with a message; its OpenAPI description is
-at /openapi.json."""
+thumbnails and reports. Invalid parameters are answered 4xx with a message; its OpenAPI description at
+/openapi.json is its contract (every status, one error shape, enums and bounds), checked by schemathesis."""
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import asdict
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Response
+from pydantic import BeforeValidator
 
 from aesq.analysis import nightly_report
 from aesq.analysis import versions as version_reads
 from aesq.core import assets as asset_reads
 from aesq.core.pipeline_status import failure_reasons
 from aesq.core.storage import SourceError
+from aesq.core.tables import EMBEDDING_DIMENSIONS
 from aesq.web import thumbnails
-from aesq.web.deps import SettingsDep
+from aesq.web.deps import SettingsDep, web_settings
 from aesq.web.schemas import (
     AssetDetail,
     AssetPage,
     ComparisonOut,
     DailyPoint,
+    ErrorOut,
     FailureReasonOut,
     Neighbour,
     ReportOut,
     VersionRow,
 )
 
-router = APIRouter(prefix="/api", tags=["api"])
-Version = Annotated[str, Query(pattern=r"^[^:]+:.+$", description="NAME:VERSION")]
+Responses = dict[int | str, dict[str, Any]]
+
+
+def _error(description: str) -> dict[str, Any]:
+    """An error answer as the OpenAPI description lists it: the one error shape, and when it comes."""
+    return {"model": ErrorOut, "description": description}
+
+
+# Answers any route can give: the token check's, a parameter's, and the database's.
+ANY_ROUTE: Responses = {
+    400: _error("the Host header names no host this dashboard answers to (AESQ_ALLOWED_HOSTS)"),
+    401: _error("AESQ_API_TOKEN is set and the request does not carry it (Authorization: Bearer …)"),
+    422: _error("a parameter is missing, of the wrong kind or out of bounds; the message names it"),
+    500: _error("the database could not complete the request (statement timeout, cancelled, deadlock)"),
+    429: _error("too many wrong tokens from this client within a minute; Retry-After says when to try again"),
+    503: _error("the database cannot be reached, or every pooled connection stays busy"),
+}
+NOT_FOUND: Responses = {404: _error("no such asset or version (or it has no scores under the scorer)")}
+BEARER = "bearer"
+
+router = APIRouter(prefix="/api", tags=["api"], responses=ANY_ROUTE)
+
+
+def _iso_date(value: object) -> object:
+    """Only YYYY-MM-DD is a date here: pydantic alone reads `0` or `1700000000` as a Unix time."""
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("a date is written YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+# Postgres text holds no NUL character, so no name has one; a source is what storage.parse_location reads: s3://
+# with a bucket of 3 or more characters, or a folder (any text without "://").
+TEXT = r"^[^\x00]*$"
+FOLDER = r"(?:[^:\x00]|:+(?:/:+)*/?[^:/\x00])*(?::+(?:/:+)*/?)?"
+SOURCE = rf"^(?:s3://[^/\x00]{{3,}}(?:/[^\x00]*)?|{FOLDER})$"
+Name = Annotated[str | None, Query(pattern=TEXT)]
+Version = Annotated[str, Query(pattern=r"^[^:\x00]+:[^\x00]+$", description="NAME:VERSION")]
+Scorer = Annotated[str, Query(min_length=1, pattern=TEXT, description="a scorer's name (GET /api/options lists them)")]
+AssetId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Embedder = Annotated[
+    str | None,
+    Query(
+        pattern=f"^(?:{'|'.join(map(re.escape, EMBEDDING_DIMENSIONS))})$",
+        description="an embedder with a vector index",
+        json_schema_extra={"enum": list(EMBEDDING_DIMENSIONS)},
+    ),
+]
+
+
+def document(app: FastAPI) -> None:
+    """Make `app`'s OpenAPI description declare the bearer scheme, and require it while a token is configured (the
+    token is read per request, so the description follows the configuration as the check does)."""
+    generated = app.openapi
+
+    def described() -> dict[str, Any]:
+        """The generated description with the security scheme, and the requirement when a token is set."""
+        document = copy.deepcopy(generated())
+        schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[BEARER] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "AESQ_API_TOKEN; required only while one is configured",
+        }
+        if web_settings().api_token is not None:
+            document["security"] = [{BEARER: []}]
+        return document
+
+    app.openapi = described  # type: ignore[method-assign]
 
 
 def asset_filter(
-    scorer: str,
-    generator: str | None = None,
-    version: str | None = None,
+    scorer: Scorer,
+    generator: Name = None,
+    version: Name = None,
     source_kind: Literal["generated", "crawled"] | None = None,
-    since: date | None = None,
-    until: date | None = None,
+    since: IsoDate | None = None,
+    until: IsoDate | None = None,
     min_score: float | None = None,
     max_score: float | None = None,
-    defect: Annotated[str | None, Query(description="a defect category, or * for any")] = None,
+    defect: Annotated[str | None, Query(pattern=TEXT, description="a defect category, or * for any")] = None,
 ) -> asset_reads.AssetFilter:
     """The filters shared by asset listings."""
     return asset_reads.AssetFilter(scorer, generator, version, source_kind, since, until, min_score, max_score, defect)
@@ -50,15 +122,14 @@ def asset_filter(
 @router.get("/versions", response_model=list[VersionRow])
 def versions(
     settings: SettingsDep,
-    scorer: str | None = None,
-    generator: str | None = None,
+    scorer: Name = None,
+    generator: Name = None,
     source_kind: Literal["generated", "crawled"] | None = None,
-    since: date | None = None,
-    until: date | None = None,
+    since: IsoDate | None = None,
+    until: IsoDate | None = None,
 ) -> list[dict]:
-    """The leaderboard: every version under every (or one) scorer, best mean first, with a 95 % interval."""
-    if since and until and since > until:
-        raise HTTPException(422, "since is after until")
+    """The leaderboard: every version under every (or one) scorer, best mean first, with a 95 % interval (none for a
+    date range that is empty, as every filter that matches nothing)."""
     return version_reads.leaderboard(settings, scorer, generator, source_kind, since, until)
 
 
@@ -69,7 +140,7 @@ def options(settings: SettingsDep) -> dict[str, list[str]]:
 
 
 @router.get("/trends", response_model=dict[str, list[DailyPoint]])
-def trends(settings: SettingsDep, scorer: str, generator: str | None = None) -> dict[str, list[dict]]:
+def trends(settings: SettingsDep, scorer: Scorer, generator: Name = None) -> dict[str, list[dict]]:
     """Daily mean per version under one scorer."""
     series = version_reads.daily_means(settings, scorer, generator)
     return {version: [{"day": d, "mean": m, "count": c} for d, m, c in points] for version, points in series.items()}
@@ -81,8 +152,8 @@ def defects(settings: SettingsDep) -> list[dict]:
     return version_reads.defect_shares(settings)
 
 
-@router.get("/compare", response_model=ComparisonOut)
-def compare(settings: SettingsDep, a: Version, b: Version, scorer: str) -> dict:
+@router.get("/compare", response_model=ComparisonOut, responses=NOT_FOUND)
+def compare(settings: SettingsDep, a: Version, b: Version, scorer: Scorer) -> dict:
     """B against A under one scorer: unpaired, and paired on matching prompt + seed."""
     try:
         results = version_reads.compare_versions(settings, [a, b], scorer).results
@@ -95,7 +166,7 @@ def compare(settings: SettingsDep, a: Version, b: Version, scorer: str) -> dict:
 
 @router.get("/pairs")
 def pairs(
-    settings: SettingsDep, a: Version, b: Version, scorer: str, limit: Annotated[int, Query(ge=1, le=100)] = 12
+    settings: SettingsDep, a: Version, b: Version, scorer: Scorer, limit: Annotated[int, Query(ge=1, le=100)] = 12
 ) -> list[dict]:
     """Assets of A and B made from the same prompt and seed, largest score difference first."""
     return version_reads.paired_assets(settings, a, b, scorer, limit)
@@ -114,8 +185,8 @@ def assets(
     return {"total": total, "limit": limit, "offset": offset, "items": items}
 
 
-@router.get("/assets/{asset_id}", response_model=AssetDetail)
-def asset(settings: SettingsDep, asset_id: int) -> dict:
+@router.get("/assets/{asset_id}", response_model=AssetDetail, responses=NOT_FOUND)
+def asset(settings: SettingsDep, asset_id: AssetId) -> dict:
     """One asset: provenance, every scorer's score, defects, critique and the embedders it has."""
     try:
         return asset_reads.asset_detail(settings, asset_id)
@@ -123,9 +194,9 @@ def asset(settings: SettingsDep, asset_id: int) -> dict:
         raise HTTPException(404, str(error)) from None
 
 
-@router.get("/assets/{asset_id}/neighbours", response_model=list[Neighbour])
+@router.get("/assets/{asset_id}/neighbours", response_model=list[Neighbour], responses=NOT_FOUND)
 def asset_neighbours(
-    settings: SettingsDep, asset_id: int, embedder: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 8
+    settings: SettingsDep, asset_id: AssetId, embedder: Embedder = None, limit: Annotated[int, Query(ge=1, le=100)] = 8
 ) -> list[dict]:
     """The nearest assets by embedding (pgvector cosine distance)."""
     try:
@@ -136,8 +207,20 @@ def asset_neighbours(
         raise HTTPException(422, str(error)) from None
 
 
-@router.get("/assets/{asset_id}/thumbnail", responses={200: {"content": {"image/jpeg": {}}}})
-def asset_thumbnail(settings: SettingsDep, asset_id: int, size: int = 256) -> Response:
+@router.get(
+    "/assets/{asset_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "JPEG"},
+        403: _error("the asset lies outside the configured storage (AESQ_SOURCES), so it is not read"),
+        **NOT_FOUND,
+    },
+)
+def asset_thumbnail(
+    settings: SettingsDep,
+    asset_id: AssetId,
+    size: Annotated[int, Query(json_schema_extra={"enum": list(thumbnails.SIZES)})] = 256,
+) -> Response:
     """A JPEG thumbnail (size 128, 256 or 512), read through aesq's own storage access and cached."""
     try:
         data = thumbnails.thumbnail(settings, asset_id, size)
@@ -153,7 +236,9 @@ def asset_thumbnail(settings: SettingsDep, asset_id: int, size: int = 256) -> Re
 @router.get("/failures", response_model=list[FailureReasonOut])
 def failures(
     settings: SettingsDep,
-    source: Annotated[str | None, Query(description="s3://bucket/prefix or a folder; every source when unset")] = None,
+    source: Annotated[
+        str | None, Query(pattern=SOURCE, description="s3://bucket/prefix or a folder; every source when unset")
+    ] = None,
     examples: Annotated[int, Query(ge=0, le=50)] = 3,
 ) -> list[dict]:
     """Failed assets grouped by reason, most frequent first, with the latest few of each."""

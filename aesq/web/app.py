@@ -41,5 +41,6 @@ def create_app() -> FastAPI:
     app.add_middleware(GZipMiddleware, minimum_size=2000)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.include_router(api.router)
+    api.document(app)
     app.include_router(pages.router)
     return app

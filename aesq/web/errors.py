@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import psycopg
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.engine import make_url
@@ -61,6 +61,11 @@ def _database_down(settings: Settings, error: Exception) -> tuple[str, str]:
     return headline, _driver_cause(settings, error)
 
 
+def _one_line(message: str) -> str:
+    """`message` on one line, as every API error's detail is (a driver's or validator's may span several)."""
+    return " ".join(message.split())
+
+
 def install(app: FastAPI) -> None:
     """Add the error handlers to `app`."""
 
@@ -68,7 +73,7 @@ def install(app: FastAPI) -> None:
     async def bad_value(request: Request, error: DataError) -> Response:
         """A parameter the database cannot take (such as a NUL character) is the caller's error."""
         if _is_api(request):
-            return JSONResponse({"detail": f"invalid parameter: {error.orig}"}, status_code=422)
+            return JSONResponse({"detail": _one_line(f"invalid parameter: {error.orig}")}, status_code=422)
         return pages.error_page(request, 400, f"invalid parameter: {error.orig}")
 
     @app.exception_handler(HTTPException)
@@ -80,12 +85,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameters(request: Request, error: RequestValidationError) -> Response:
-        """A page's parameter of the wrong kind is a 400 page naming it; the API keeps FastAPI's 422 JSON."""
-        if _is_api(request):
-            return await request_validation_exception_handler(request, error)
+        """A parameter of the wrong kind is named in one line: a 400 page for people, a 422 for the API."""
         problems = "; ".join(
             f"{'.'.join(str(part) for part in problem['loc'][1:])}: {problem['msg']}" for problem in error.errors()
         )
+        if _is_api(request):
+            return JSONResponse({"detail": _one_line(f"invalid parameter — {problems}")}, status_code=422)
         return pages.error_page(request, 400, f"invalid parameter — {problems}")
 
     @app.exception_handler(OperationalError)

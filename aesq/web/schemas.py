@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorOut(BaseModel):
+    """Every error of the API: one line with the cause and what to do, and maybe more string fields."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+
+    detail: str = Field(description="one line: what went wrong and what to do")
+    cause: str = Field("", description="the underlying error's first line, where there is one")
 
 
 class VersionRow(BaseModel):

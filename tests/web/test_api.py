@@ -14,7 +14,7 @@ from aesq.cli.output import scientific
 from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.core.pipeline_status import failure_reasons
-from aesq.core.tables import Critique
+from aesq.core.tables import EMBEDDING_DIMENSIONS, Critique
 from aesq.web.app import create_app
 from aesq.web.pages import p_value
 from aesq.web.thumbnails import folders_outside_storage
@@ -229,7 +229,8 @@ def test_failures_page_suggests_retrying_each_reasons_source(client, demo_settin
         ("/api/assets", {"scorer": "technical", "order": "random"}, 422, "score_desc"),
         ("/api/assets", {"scorer": "technical", "generator": "a\x00b"}, 422, "invalid parameter"),
         ("/api/versions", {"since": "2026-02-30"}, 422, "date"),
-        ("/api/versions", {"since": "2026-03-02", "until": "2026-03-01"}, 422, "since is after until"),
+        ("/api/versions", {"since": "0"}, 422, "since: Value error, a date is written YYYY-MM-DD"),  # not 1970
+        ("/api/assets", {"scorer": "technical", "until": "1700000000"}, 422, "until: Value error, a date is written"),
         ("/api/compare", {"a": "nocolon", "b": BASE, "scorer": "technical"}, 422, "pattern"),
         (
             "/api/compare",
@@ -240,7 +241,9 @@ def test_failures_page_suggests_retrying_each_reasons_source(client, demo_settin
         ("/api/assets/999999", {}, 404, "no asset 999999"),
         ("/api/assets/abc", {}, 422, "valid integer"),
         ("/api/assets/1/thumbnail", {"size": 100}, 422, "128, 256, 512"),
-        ("/api/assets/1/neighbours", {"embedder": "nope"}, 422, "no vector index"),
+        ("/api/assets/1/neighbours", {"embedder": "nope"}, 422, "embedder: String should match pattern"),
+        ("/api/assets/1/neighbours", {"embedder": ""}, 422, "embedder: String should match pattern"),
+        ("/api/failures", {"source": "ftp://host/x"}, 422, "source: String should match pattern"),
         ("/api/assets/999999/neighbours", {"embedder": "efficientnet-lite0"}, 404, "no asset 999999"),
     ],
 )
@@ -326,7 +329,71 @@ def test_pages_answer_bad_parameters_with_an_html_error_page(client, path, statu
 def test_the_api_answers_errors_as_json(client, path):
     response = client.get(path)
     assert response.status_code in (404, 422) and response.headers["content-type"] == "application/json"
-    assert response.json()["detail"]
+    assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+def test_a_validation_error_is_one_line_naming_each_parameter(client):
+    response = client.get("/api/assets", params={"scorer": "", "limit": 0, "order": "random"})
+    assert response.status_code == 422 and list(response.json()) == ["detail"]
+    assert response.json()["detail"] == (
+        "invalid parameter — scorer: String should have at least 1 character; order: Input should be 'score_desc',"
+        " 'score_asc' or 'newest'; limit: Input should be greater than or equal to 1"
+    )
+    page = client.get("/gallery", params={"offset": -1})  # pages keep their own 400 page
+    assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
+
+
+def test_an_empty_date_range_has_no_versions_as_it_has_no_assets(client):
+    empty = {"since": "2026-03-02", "until": "2026-03-01"}
+    assert client.get("/api/versions", params=empty).json() == []
+    assert client.get("/api/assets", params={"scorer": "technical", **empty}).json()["total"] == 0
+
+
+def test_openapi_documents_every_answer_in_one_error_shape_and_the_parameters_bounds(client):
+    document = client.get("/openapi.json").json()
+    operations = {path: item["get"] for path, item in document["paths"].items() if path.startswith("/api/")}
+    assert len(operations) == 12
+    for path, operation in operations.items():
+        errors = {status for status, answer in operation["responses"].items() if status >= "400"}
+        assert {"400", "401", "422", "429", "500", "503"} <= errors, path
+        for status in errors:
+            schema = operation["responses"][status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, status)
+    assert "HTTPValidationError" not in document["components"]["schemas"]  # FastAPI's list-shaped 422 is gone
+    error = document["components"]["schemas"]["ErrorOut"]
+    assert error["required"] == ["detail"] and error["additionalProperties"] == {"type": "string"}
+    for path in ("/api/compare", "/api/assets/{asset_id}", "/api/assets/{asset_id}/neighbours"):
+        assert "404" in operations[path]["responses"], path
+    thumbnail = operations["/api/assets/{asset_id}/thumbnail"]
+    assert {"403", "404"} <= set(thumbnail["responses"]) and list(thumbnail["responses"]["200"]["content"]) == [
+        "image/jpeg"
+    ]
+    parameters = {
+        (path, parameter["name"]): parameter["schema"]
+        for path, operation in operations.items()
+        for parameter in operation.get("parameters", [])
+    }
+    assert parameters[("/api/assets/{asset_id}/thumbnail", "size")]["enum"] == [128, 256, 512]
+    assert parameters[("/api/assets/{asset_id}/neighbours", "embedder")]["enum"] == list(EMBEDDING_DIMENSIONS)
+    assert (parameters[("/api/assets", "limit")]["minimum"], parameters[("/api/assets", "limit")]["maximum"]) == (
+        1,
+        200,
+    )
+    assert parameters[("/api/assets", "offset")]["minimum"] == 0
+    assert parameters[("/api/versions", "since")]["anyOf"][0] == {"type": "string", "format": "date"}
+    assert parameters[("/api/assets/{asset_id}", "asset_id")]["minimum"] == 1
+    bearer = document["components"]["securitySchemes"]["bearer"]
+    assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")
+    assert "security" not in document  # no token configured: nothing to send
+
+
+def test_with_a_token_openapi_requires_the_bearer_scheme(demo_settings, monkeypatch):
+    monkeypatch.setenv("AESQ_API_TOKEN", "s3cret")
+    get_settings.cache_clear()
+    client = TestClient(create_app())
+    assert client.get("/openapi.json").status_code == 401
+    document = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+    assert document["security"] == [{"bearer": []}]
 
 
 def test_comparisons_are_kept_until_the_scores_change_and_pages_past_the_end_keep_the_total(client, demo_settings):
