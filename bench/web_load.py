@@ -97,16 +97,22 @@ def resident_kib(pid: int, field: str) -> int:
     return 0
 
 
-async def load(port: int, clients: int, seconds: float) -> dict[str, list[tuple[float, str | None]]]:
-    """Each client asks for a random page, waits for the whole answer, and asks again until the time is up."""
+async def load(port: int, clients: int, seconds: float) -> tuple[dict[str, list[tuple[float, str | None]]], list]:
+    """Each client asks for a random page, waits for the whole answer, and asks again until the time is up; the
+    timings per page, and the slowest requests with when they started (seconds into the run)."""
     import httpx
 
     timings: dict[str, list[tuple[float, str | None]]] = {page: [] for page in PAGES}
-    stop_at = time.perf_counter() + seconds
+    slowest: list[tuple[float, float, str]] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT_SECONDS, limits=limits
     ) as client:
+        warm_up = random.Random(-1)
+        for path_for in PAGES.values():  # one of each first: the server's first compare imports scipy (seconds)
+            (await client.get(path_for(warm_up))).raise_for_status()
+        began = time.perf_counter()
+        stop_at = began + seconds
 
         async def one_client(number: int) -> None:
             rng = random.Random(number)
@@ -119,9 +125,10 @@ async def load(port: int, clients: int, seconds: float) -> dict[str, list[tuple[
                 except httpx.HTTPError as failure:
                     error = type(failure).__name__
                 timings[page].append((time.perf_counter() - start, error))
+                slowest.append((time.perf_counter() - start, start - began, page))
 
         await asyncio.gather(*(one_client(number) for number in range(clients)))
-    return timings
+    return timings, sorted(slowest, reverse=True)[:10]
 
 
 def figures(timings: list[tuple[float, str | None]]) -> dict:
@@ -157,7 +164,7 @@ def measure(tree: Path, environment: dict[str, str], clients: int, seconds: floa
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        timings = asyncio.run(load(port, clients, seconds))
+        timings, slowest = asyncio.run(load(port, clients, seconds))
         high_water = resident_kib(server.pid, "VmHWM")
     finally:
         sampling.set()
@@ -168,6 +175,10 @@ def measure(tree: Path, environment: dict[str, str], clients: int, seconds: floa
         "pages": {page: figures(page_timings) for page, page_timings in timings.items()},
         "all": figures(everything),
         "server_peak_rss_mib": round(max(peak[0], high_water) / 1024, 1),
+        "slowest": [
+            {"page": page, "started_s": round(started, 1), "ms": round(took * 1000, 1)}
+            for took, started, page in slowest
+        ],
     }
 
 
