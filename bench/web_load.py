@@ -104,7 +104,8 @@ async def load(port: int, clients: int, seconds: float) -> tuple[dict[str, list[
 
     timings: dict[str, list[tuple[float, str | None]]] = {page: [] for page in PAGES}
     slowest: list[tuple[float, float, str]] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive ends them, so none is reused as the server closes it.
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=4)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", timeout=REQUEST_TIMEOUT_SECONDS, limits=limits
     ) as client:
