@@ -77,6 +77,15 @@ class Generator(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class GeneratorRename(Base):
+    """A generator migration 0014 renamed (its name held ':'), with the name its downgrade gives back."""
+
+    __tablename__ = "generator_renames"
+
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id", ondelete="CASCADE"), primary_key=True)
+    name_before: Mapped[str] = mapped_column(Text)
+
+
 class Asset(Base):
     """One stored image (or object that failed to be one), with its provenance and status."""
 

@@ -13,11 +13,14 @@ import sqlalchemy as sa
 
 from aesq.core import database
 from aesq.core.config import Settings
+from aesq.core.provenance import GeneratorRef
 from aesq.core.tables import Base
+from aesq.core.writes import upsert_generators
 from tests.helpers import end_other_sessions, free_port
 
 EXPECTED_TABLES = {
     "generators",
+    "generator_renames",
     "assets",
     "scores",
     "embeddings",
@@ -263,14 +266,17 @@ def test_pooled_connections_the_server_ended_are_replaced(migrated_database_url)
 
 def test_migration_0014_renames_generators_whose_name_holds_the_separator(empty_database_url):
     """`col:x` version `v` and `col` version `x:v` both read `col:x:v`: the first is renamed `col/x` (or, that being
-    taken, `col/x/renamed`), keeping its assets; downgrading gives the names back."""
+    taken, `col/x/renamed`), keeping its assets and metadata; downgrading gives back the names it changed and only
+    those, whatever a generator's metadata says (ingest writes it from sidecars)."""
     settings = Settings(database_url=empty_database_url)
     database.upgrade("0013", settings=settings)
     with database.engine(empty_database_url).begin() as connection:
         connection.execute(
             sa.text(
-                "INSERT INTO generators (name, version) VALUES"
-                " ('col:x', 'v'), ('col', 'x:v'), ('col/x', 'w'), ('col:x', 'w'), ('a:b:c', '1')"
+                "INSERT INTO generators (name, version, metadata) VALUES"
+                " ('col:x', 'v', '{\"aesq_renamed_from\": \"forged\"}'), ('col', 'x:v', '{}'),"
+                " ('col/x', 'w', '{}'), ('col:x', 'w', '[1, 2]'), ('a:b:c', '1', '\"a note\"'),"
+                " ('victim', 'v', '{\"aesq_renamed_from\": \"col:x\"}')"
             )
         )
         connection.execute(
@@ -288,16 +294,31 @@ def test_migration_0014_renames_generators_whose_name_holds_the_separator(empty_
     before = generators()
     database.upgrade("0014", settings=settings)
     assert [(name, version, metadata) for _, name, version, metadata in generators()] == [
-        ("col/x", "v", {"aesq_renamed_from": "col:x"}),
+        ("col/x", "v", {"aesq_renamed_from": "forged"}),
         ("col", "x:v", {}),
         ("col/x", "w", {}),
-        ("col/x/renamed", "w", {"aesq_renamed_from": "col:x"}),
-        ("a/b/c", "1", {"aesq_renamed_from": "a:b:c"}),
+        ("col/x/renamed", "w", [1, 2]),
+        ("a/b/c", "1", "a note"),
+        ("victim", "v", {"aesq_renamed_from": "col:x"}),
     ]
-    with database.engine(empty_database_url).connect() as connection:
+    with database.engine(empty_database_url).begin() as connection:
         kept = connection.execute(
             sa.text("SELECT g.name || ':' || g.version FROM assets a JOIN generators g ON g.id = a.generator_id")
         ).scalar_one()
+        # a sidecar's generator object read after the upgrade, claiming a rename for an existing and a new generator
+        forged = {"aesq_renamed_from": "a:b:c"}
+        upsert_generators(
+            connection,
+            [
+                GeneratorRef(name="col", version="x:v", metadata=forged),
+                GeneratorRef(name="new", version="1", metadata=forged),
+            ],
+        )
     assert kept == "col/x:v"
     database.downgrade("0013", settings=settings)
-    assert generators() == before
+    after = generators()
+    assert after[:-1] == [
+        (generator_id, name, version, forged if (name, version) == ("col", "x:v") else metadata)
+        for generator_id, name, version, metadata in before
+    ]
+    assert after[-1][1:] == ("new", "1", forged)
