@@ -36,18 +36,26 @@ from aesq.web.schemas import (
 Responses = dict[int | str, dict[str, Any]]
 
 
-def _error(description: str) -> dict[str, Any]:
-    """An error answer as the OpenAPI description lists it: the one error shape, and when it comes."""
-    return {"model": ErrorOut, "description": description}
+def _error(description: str, **headers: str) -> dict[str, Any]:
+    """An error answer as the OpenAPI description lists it: the one error shape, when it comes, and the headers it
+    always carries (name: what it says)."""
+    described = {name: {"description": meaning, "schema": {"type": "string"}} for name, meaning in headers.items()}
+    return {"model": ErrorOut, "description": description, **({"headers": described} if headers else {})}
 
 
 # Answers any route can give: the token check's, a parameter's, and the database's.
 ANY_ROUTE: Responses = {
     400: _error("the Host header names no host this dashboard answers to (AESQ_ALLOWED_HOSTS)"),
-    401: _error("AESQ_API_TOKEN is set and the request does not carry it (Authorization: Bearer …)"),
+    401: _error(
+        "AESQ_API_TOKEN is set and the request does not carry it (Authorization: Bearer …)",
+        **{"WWW-Authenticate": "the scheme to use: Bearer"},
+    ),
     422: _error("a parameter is missing, of the wrong kind or out of bounds; the message names it"),
     500: _error("the database could not complete the request (statement timeout, cancelled, deadlock)"),
-    429: _error("too many wrong tokens from this client within a minute; Retry-After says when to try again"),
+    429: _error(
+        "too many wrong tokens from this client within a minute (AESQ_FAILED_TOKEN_LIMIT)",
+        **{"Retry-After": "seconds until this client may try again"},
+    ),
     503: _error("the database cannot be reached, or every pooled connection stays busy"),
 }
 NOT_FOUND: Responses = {404: _error("no such asset or version (or it has no scores under the scorer)")}

@@ -396,6 +396,20 @@ def test_with_a_token_openapi_requires_the_bearer_scheme(demo_settings, monkeypa
     assert document["security"] == [{"bearer": []}]
 
 
+def test_the_token_checks_answers_carry_the_documented_headers_and_shape(demo_settings, monkeypatch):
+    monkeypatch.setenv("AESQ_API_TOKEN", "s3cret")
+    monkeypatch.setenv("AESQ_FAILED_TOKEN_LIMIT", "1")
+    get_settings.cache_clear()
+    client = TestClient(create_app())
+    document = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+    responses = document["paths"]["/api/versions"]["get"]["responses"]
+    refused = client.get("/api/versions", headers={"Authorization": "Bearer wrong"})
+    limited = client.get("/api/versions", headers={"Authorization": "Bearer s3cret"})
+    for answer, status in ((refused, "401"), (limited, "429")):
+        assert str(answer.status_code) == status and isinstance(answer.json()["detail"], str)
+        assert {name.lower() for name in responses[status]["headers"]} <= set(answer.headers), status
+
+
 def test_comparisons_are_kept_until_the_scores_change_and_pages_past_the_end_keep_the_total(client, demo_settings):
     params = {"a": BASE, "b": SFT, "scorer": "technical"}
     first = client.get("/api/compare", params=params).json()
