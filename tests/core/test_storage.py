@@ -52,6 +52,8 @@ def test_parse_folder_expands_home_and_makes_it_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert parse_location("~/pics/../pics") == Location("file", str(tmp_path / "pics"))
     assert parse_location("pics") == Location("file", str(tmp_path / "pics"))
+    # `~name` of a user nobody has is a folder of that name, as a shell leaves it (it raised RuntimeError: a 500)
+    assert parse_location("~nobody-such-user/pics") == Location("file", str(tmp_path / "~nobody-such-user" / "pics"))
 
 
 @pytest.mark.parametrize(
