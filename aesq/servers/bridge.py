@@ -25,7 +25,6 @@ what uvicorn lacks added here: a deadline for a request's headers and for its bo
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import json
 import logging
@@ -52,6 +51,7 @@ from aesq.core.claims import Listed, queue_objects
 from aesq.core.config import Settings
 from aesq.core.database import DatabaseError, get_engine
 from aesq.core.storage import is_sidecar, parse_location
+from aesq.core.tokens import bearer_token, token_matches
 from aesq.flows.events import OBJECT_CREATED, bucket_resource
 
 STORAGE = "s3"
@@ -311,15 +311,15 @@ async def read_body(request: Request, max_bytes: int, seconds: float) -> bytes:
 def bridge_app(settings: Settings, api_url: str) -> Starlette:
     """The ASGI application taking notifications by POST (with `Authorization: Bearer <AESQ_BRIDGE_TOKEN>` when
     that is set) for the `s3://` sources of `settings`, sending its events to the Prefect API at `api_url`."""
-    token = settings.bridge_token.get_secret_value().encode() if settings.bridge_token else None
+    token = settings.bridge_token.get_secret_value() if settings.bridge_token else None
     bridge = Bridge(settings, api_url)
 
     def authorised(request: Request) -> bool:
         """True when no token is set or the request carries it (scheme in any case)."""
         if token is None:
             return True
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token)
+        offered = bearer_token(request.headers.get("authorization", ""))
+        return offered is not None and token_matches(offered, token)
 
     async def notify(request: Request) -> Response:
         """Queue the notification in the body; 400 for a body that is not one, 401 without the token, 408 for a

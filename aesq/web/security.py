@@ -26,6 +26,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aesq.core.config import Settings
+from aesq.core.tokens import bearer_token, token_matches
 from aesq.web import pages
 from aesq.web.deps import web_settings
 
@@ -94,19 +95,6 @@ def host_allowed(host: str, allowed: Collection[str]) -> bool:
 def session_value(token: str) -> str:
     """What the login cookie holds for this token: a keyed hash, so the cookie never discloses the token."""
     return hmac.new(token.encode(), SESSION_LABEL, hashlib.sha256).hexdigest()
-
-
-def bearer_token(authorization: str) -> bytes | None:
-    """The credentials of a `Bearer` (any case) Authorization header as sent, or None for another scheme."""
-    scheme, _, credentials = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return credentials.strip().encode("latin-1")  # Starlette decodes headers as latin-1: these are the bytes sent
-
-
-def token_matches(offered: bytes, token: str) -> bool:
-    """The token as UTF-8 bytes against what a client sent, in constant time (any Unicode token works)."""
-    return hmac.compare_digest(offered, token.encode())
 
 
 class FailedLogins:
@@ -302,15 +290,16 @@ def install(app: FastAPI, plotly_js: Path) -> None:
         configured = settings.api_token
         if configured is None:
             return RedirectResponse("/", status_code=303)
-        client = _client(request)
-        if (seconds := failed_logins.retry_after(client, settings.failed_token_limit)) is not None:
-            return _too_many(request, seconds)
         form = await _login_form(request)
         if isinstance(form, Response):
             return form
         offered = form.get("token", [""])[0]
         if not offered:
             return _login_page(request, 400, "enter the token (AESQ_API_TOKEN of this aesq serve)")
+        # Checked and counted with nothing awaited between, after the body: sign-ins sent together count one by one.
+        client = _client(request)
+        if (seconds := failed_logins.retry_after(client, settings.failed_token_limit)) is not None:
+            return _too_many(request, seconds)
         if not token_matches(offered.encode(), configured.get_secret_value()):
             failed_logins.record(client)
             return _login_page(request, 401, "wrong token")
