@@ -710,7 +710,7 @@ def serve(
         host=host,
         port=port,
         log_level="warning",
-        proxy_headers=True,
+        proxy_headers=bool(settings.forwarded_allow_ips),  # none listed: every X-Forwarded-* is ignored
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 

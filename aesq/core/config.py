@@ -155,9 +155,10 @@ class Settings(BaseSettings):
         "against DNS rebinding): names, `*.example.com`, or `*` for any.",
     )
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.1", "::1"],
+        default_factory=list,
         description="Addresses of reverse proxies whose X-Forwarded-Proto and X-Forwarded-For `aesq serve` believes "
-        "(HTTPS at the proxy makes the login cookie Secure; the client's address counts its failed logins); `*` any.",
+        "(HTTPS at the proxy makes the login cookie Secure; the client's address counts its failed logins); `*` any. "
+        "Empty: none, so no client can name its own address to escape the failed-login limit.",
     )
     failed_token_limit: int = Field(
         default=5,

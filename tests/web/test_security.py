@@ -6,13 +6,15 @@ headless Chromium with no Content-Security-Policy violation."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from http.cookies import SimpleCookie
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -31,7 +33,7 @@ from aesq.web.app import PLOTLY_JS, create_app
 from tests.helpers import AESQ, add_scored_assets, free_port
 
 # Not ASCII, with a space; only characters of the Basic Multilingual Plane, which ChromeDriver can type.
-TOKEN = "pässwörd ✓ 密钥"
+TOKEN = "pässwörd ✓ 密钥 voilà"  # its last UTF-8 byte, 0xa0, is whitespace to str.strip() when read as latin-1
 HEADERS = {
     "content-security-policy": security.content_security_policy(PLOTLY_JS),
     "x-content-type-options": "nosniff",
@@ -42,10 +44,10 @@ HEADERS = {
 
 @contextmanager
 def _served(app: FastAPI) -> Iterator[str]:
-    """`app` on a loopback port by uvicorn (trusting a loopback proxy's X-Forwarded-*, as aesq serve does by
-    default), in a thread of this process; yields its base URL."""
+    """`app` on a loopback port by uvicorn (believing no X-Forwarded-*, as aesq serve does by default), in a thread
+    of this process; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -164,12 +166,33 @@ def test_wrong_tokens_are_limited_per_client_address(guarded, monkeypatch):
         assert "try again in" in limited.text
         bearer = client.get("/api/versions", headers={"Authorization": b"Bearer " + TOKEN.encode()})
         assert bearer.status_code == 429 and "try again in" in bearer.json()["detail"]
-        # Another client behind the same (trusted, loopback) proxy is not held up.
+        # A client naming another address is not believed (no proxy is configured).
         other = client.post("/login", data={"token": TOKEN}, headers={"X-Forwarded-For": "203.0.113.7"})
-        assert other.status_code == 303
+        assert other.status_code == 429
         monkeypatch.setenv("AESQ_FAILED_TOKEN_LIMIT", "6")  # read per request: the limited client may try once more
         get_settings.cache_clear()
         assert client.post("/login", data={"token": TOKEN}).status_code == 303
+
+
+def test_sign_ins_sent_at_once_are_limited_one_by_one(guarded):
+    body = b"token=wrong"
+    head = (
+        b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    address = urlsplit(guarded)
+    with ExitStack() as stack:
+        connections = [
+            stack.enter_context(socket.create_connection((address.hostname, address.port), timeout=30))
+            for _ in range(12)
+        ]
+        for connection in connections:
+            connection.sendall(head)
+        time.sleep(1)  # every request is in the application, waiting for its body
+        for connection in connections:
+            connection.sendall(body)
+        statuses = [connection.makefile("rb").readline().split()[1] for connection in connections]
+    assert sorted(statuses) == [b"401"] * 5 + [b"429"] * 7  # AESQ_FAILED_TOKEN_LIMIT's default
 
 
 def test_the_failure_window_slides_and_forgets_the_quietest_clients():
@@ -290,16 +313,29 @@ def _aesq_serve(host: str, log: Path, **variables: str) -> Iterator[str]:
         process.wait(30)
 
 
-@pytest.mark.parametrize(("proxies", "secure"), [("127.0.0.0/8", True), ("192.0.2.1", False)])
-def test_aesq_serve_makes_the_cookie_secure_behind_an_https_proxy_it_trusts(settings, tmp_path, proxies, secure):
+@pytest.mark.parametrize(("proxies", "trusted"), [("127.0.0.0/8", True), ("192.0.2.1", False), (None, False)])
+def test_aesq_serve_believes_forwarded_headers_only_from_a_proxy_it_is_told_of(settings, tmp_path, proxies, trusted):
     log = tmp_path / "serve.log"
-    with _aesq_serve("127.0.0.2", log, AESQ_API_TOKEN=TOKEN, AESQ_FORWARDED_ALLOW_IPS=proxies) as url:
+    variables = {"AESQ_API_TOKEN": TOKEN} | ({"AESQ_FORWARDED_ALLOW_IPS": proxies} if proxies else {})
+    with _aesq_serve("127.0.0.2", log, **variables) as url:
         # 127.0.0.2 is neither a loopback name nor in AESQ_ALLOWED_HOSTS: the --host address is what lets it in.
         answer = httpx.post(f"{url}/login", data={"token": TOKEN}, headers={"X-Forwarded-Proto": "https"})
         assert answer.status_code == 303
-        assert bool(_session_cookie(answer)[security.SESSION_COOKIE]["secure"]) is secure
+        assert bool(_session_cookie(answer)[security.SESSION_COOKIE]["secure"]) is trusted
         refused = httpx.get(f"{url}/api/versions", headers={"Host": "evil.example"})
         assert refused.status_code == 400 and "AESQ_ALLOWED_HOSTS" in refused.json()["detail"]
+        # Wrong tokens, each naming another client: counted apart only when a trusted proxy names them.
+        statuses = [
+            httpx.get(
+                f"{url}/api/versions", headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"192.0.2.{i}"}
+            )
+            for i in range(6)
+        ] + [
+            httpx.post(f"{url}/login", data={"token": "wrong"}, headers={"X-Forwarded-For": f"198.51.100.{i}"})
+            for i in range(6)
+        ]
+        expected = [401] * 12 if trusted else [401] * 5 + [429] * 7
+        assert [answer.status_code for answer in statuses] == expected
 
 
 def test_aesq_serve_on_every_address_answers_to_loopback_names_and_says_which_setting_adds_more(settings, tmp_path):
