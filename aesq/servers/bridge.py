@@ -19,18 +19,23 @@ is forgotten before it is sent, so an object queued after the run started (or wh
 another event and another run. The interval runs list the bucket anyway.
 
 It runs on uvicorn (h11, as strict as HTTP/1.1 framing gets: `Content-Length: -1` or two lengths are a 400) with
-what uvicorn lacks added here: a deadline for a request's headers and for its body, and a hard connection cap.
+what uvicorn lacks added here: a deadline for a request's headers and for its body, a hard connection cap (answered
+503), and a connection closed after any answer that left its request's body unread (404, 405, HEAD, errors), so no
+trickled body holds it. Memory is bounded by the cap × the body limit plus PARSES_AT_ONCE parsed bodies.
+A notification must say `Content-Type: application/json` (as MinIO's does), so a web page cannot send one as a
+"simple" cross-site request; without a token the bridge answers only requests to a loopback Host (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -42,9 +47,11 @@ import httpx
 import sqlalchemy as sa
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aesq.core.claims import Listed, queue_objects
@@ -58,10 +65,13 @@ STORAGE = "s3"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
 HEALTH_CACHE_SECONDS = 1.5  # how long one answer of the Prefect API's health check stands
 HEALTH_TIMEOUT_SECONDS = 2.0
+PARSES_AT_ONCE = 1  # bodies parsed at once: a body of tiny JSON values parses to ~25 times its size
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 RETRY_AFTER_SECONDS = 5  # what a 503 asks the sender to wait
 SEND_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # between tries of an event the API did not take
 SHUTDOWN_SEND_SECONDS = 20.0  # how long stopping waits for the events still due
 MALFORMED = "check its Content-Length (one, a number) or Transfer-Encoding, and the size of its headers"
+OVER_CAP_CLOSE_SECONDS = 1.0  # how long a connection beyond the cap may read its 503 before it is closed
 logger = logging.getLogger(__name__)
 
 
@@ -88,9 +98,21 @@ def s3_sources(sources: Iterable[str]) -> list[tuple[str, str]]:
     return [(location.bucket, location.prefix) for location in locations if location.storage == "s3"]
 
 
-def parse_notification(body: bytes, max_records: int) -> list[Created]:
+def parse_notification(body: bytes | bytearray, max_records: int) -> list[Created]:
     """Every object-created record of the body, checked whole before anything is queued: NotANotification for
-    a body that is not one (or has a record that is not), TooLarge for more than `max_records` records."""
+    a body that is not one (or has a record that is not), TooLarge for more than `max_records` records.
+
+    The error raised holds no traceback into the parse, so the parsed body (~25 times its size for tiny values)
+    is freed before the next body is parsed, not when the event loop gets to the answer."""
+    try:
+        return _parse(body, max_records)
+    except (NotANotification, TooLarge) as problem:
+        refusal = type(problem)(str(problem))
+    raise refusal
+
+
+def _parse(body: bytes | bytearray, max_records: int) -> list[Created]:
+    """parse_notification's work; its errors reference the parsed body through their traceback."""
     try:
         notification = json.loads(body)
     except RecursionError:
@@ -145,6 +167,7 @@ class Bridge:
         self._waiting: dict[str, asyncio.Task[None]] = {}  # bucket → its event, not yet sent
         self._sending: set[asyncio.Task[None]] = set()  # events being sent (or retried)
         self.database_limiter = anyio.CapacityLimiter(settings.database_pool_size)
+        self.parse_limiter = anyio.CapacityLimiter(PARSES_AT_ONCE)
         self._health: tuple[float, bool] = (0.0, False)  # (checked at, answered)
         self._health_lock = asyncio.Lock()
 
@@ -283,9 +306,16 @@ def api_answers(api_url: str) -> bool:
         return False
 
 
-def _refuse(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _refuse(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """An error answer that also closes the connection (the rest of an unread body is not waited for)."""
     return JSONResponse({"detail": detail}, status, headers={"Connection": "close", **(headers or {})})
+
+
+async def _not_here(request: Request, problem: Exception) -> Response:
+    """404 and 405 in the bridge's error shape: it takes notifications by POST / only."""
+    assert isinstance(problem, HTTPException)
+    detail = f"{request.method} {request.url.path}: {problem.detail}; the bridge takes notifications by POST /"
+    return _refuse(problem.status_code, detail, problem.headers)
 
 
 def _unavailable(detail: str) -> JSONResponse:
@@ -293,9 +323,9 @@ def _unavailable(detail: str) -> JSONResponse:
     return _refuse(503, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def read_body(request: Request, max_bytes: int, seconds: float) -> bytes:
+async def read_body(request: Request, max_bytes: int, seconds: float) -> bytearray:
     """The whole body, at most `max_bytes` (TooLarge beyond, from Content-Length before reading and while reading
-    a chunked one) within `seconds` (TimeoutError)."""
+    a chunked one) within `seconds` (TimeoutError); one buffer, never copied."""
     declared = request.headers.get("content-length")
     if declared is not None and int(declared) > max_bytes:
         raise TooLarge(f"a body of {declared} bytes: at most {max_bytes} (AESQ_BRIDGE_MAX_BODY_BYTES)")
@@ -305,7 +335,50 @@ async def read_body(request: Request, max_bytes: int, seconds: float) -> bytes:
             body += chunk
             if len(body) > max_bytes:
                 raise TooLarge(f"a body over {max_bytes} bytes (AESQ_BRIDGE_MAX_BODY_BYTES)")
-    return bytes(body)
+    return body
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a Host header names the loopback (`localhost`, 127.0.0.0/8 or [::1], any port)."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rpartition(":")[0] or host
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def json_content(request: Request) -> bool:
+    """Whether the request says its body is JSON (a browser sends no such body cross-site without asking first)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media_type == "application/json"
+
+
+def close_unless_drained(app: ASGIApp) -> ASGIApp:
+    """Answer `Connection: close` whenever the request's body was not read to its end (404, 405, HEAD, errors), so
+    uvicorn closes the connection instead of waiting, deadline-free, for the rest of a trickled body."""
+
+    async def closing(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        drained = False
+
+        async def receive_noting_end() -> Message:
+            nonlocal drained
+            message = await receive()
+            drained = drained or (message["type"] == "http.request" and not message.get("more_body", False))
+            return message
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and not drained:
+                headers = [(name, value) for name, value in message.get("headers", []) if name.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive_noting_end, send_closing)
+
+    return closing
 
 
 def bridge_app(settings: Settings, api_url: str) -> Starlette:
@@ -327,15 +400,20 @@ def bridge_app(settings: Settings, api_url: str) -> Starlette:
         take it (the sender keeps it and retries)."""
         if not authorised(request):
             return _refuse(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        if token is None and not loopback_host(request.headers.get("host", "")):
+            return _refuse(400, "without AESQ_BRIDGE_TOKEN the bridge answers only requests to a loopback Host")
         if request.method == "HEAD":
             return Response()  # MinIO checks that a webhook target is up with HEAD
+        if not json_content(request):
+            return _refuse(415, "a notification is sent with Content-Type: application/json")
         if not await bridge.prefect_answers():
             return _unavailable(f"the Prefect API at {bridge.api_url} does not answer: try again later")
         try:
             body = await read_body(request, settings.bridge_max_body_bytes, settings.bridge_read_timeout_seconds)
             created = await anyio.to_thread.run_sync(
-                partial(parse_notification, body, settings.bridge_max_records), limiter=bridge.database_limiter
+                partial(parse_notification, body, settings.bridge_max_records), limiter=bridge.parse_limiter
             )
+            del body  # the buffer goes before the database work
             counts = await bridge.accept(created)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
@@ -356,28 +434,35 @@ def bridge_app(settings: Settings, api_url: str) -> Starlette:
         yield
         await bridge.flush()
 
-    return Starlette(routes=[Route("/", notify, methods=["POST", "HEAD"])], lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/", notify, methods=["POST", "HEAD"])],
+        exception_handlers={404: _not_here, 405: _not_here},
+        lifespan=lifespan,
+    )
 
 
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with what it lacks: a connection whose request headers have not all arrived
-    within `header_seconds` is closed, and connections beyond `max_connections` are closed at once."""
+    within `header_seconds` is closed, and connections beyond `max_connections` are answered 503 and closed."""
 
     header_seconds: float = 5.0
     max_connections: int = 64
     _header_deadline: asyncio.TimerHandle | None = None
+    _over_cap = False  # answered 503 when it came: whatever it sends is discarded
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Start the connection's header deadline, or close it when the cap is reached."""
+        """Start the connection's header deadline, or answer 503 and close it when the cap is reached."""
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             self.connections.discard(self)
-            transport.abort()
+            self._refuse_over_cap(transport)
             return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         """Keep the deadline while a request's headers are incomplete; drop it once they are in."""
+        if self._over_cap:
+            return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm()
@@ -392,6 +477,21 @@ class DeadlineH11Protocol(H11Protocol):
         for event in (h11.Response(status_code=400, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+
+    def _refuse_over_cap(self, transport: asyncio.Transport) -> None:
+        """Answer 503 with Retry-After before any request is read, end the sending side, and close the connection
+        a moment later, discarding what the client sends meanwhile (closing with its request unread would reset
+        the connection, and the client could lose the 503)."""
+        detail = f"the bridge holds {self.max_connections} connections (AESQ_BRIDGE_MAX_CONNECTIONS): try again later"
+        body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
+        self._over_cap = True
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"retry-after: %d\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (RETRY_AFTER_SECONDS, len(body), body)
+        )
+        transport.write_eof()
+        self.loop.call_later(OVER_CAP_CLOSE_SECONDS, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """No deadline outlives its connection."""
@@ -421,7 +521,7 @@ def bridge_server(host: str, port: int, settings: Settings, api_url: str) -> uvi
         {"header_seconds": settings.bridge_read_timeout_seconds, "max_connections": settings.bridge_max_connections},
     )
     config = uvicorn.Config(
-        bridge_app(settings, api_url),
+        close_unless_drained(bridge_app(settings, api_url)),
         host=host,
         port=port,
         http=protocol,

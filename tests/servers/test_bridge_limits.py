@@ -1,7 +1,8 @@
-"""The bridge on its real server bounds what a client can hold (slow requests dropped, connections capped, bodies
-and record counts limited), checks a whole body before queueing any of it, queues a retried body once, answers 503
-while the Prefect API is away and sends the events due once it is back, and `aesq bridge` refuses to start without
-a Prefect API that answers."""
+"""The bridge on its real server bounds what a client can hold (slow requests dropped, trickled bodies after an
+answer too, connections capped with a 503, bodies and record counts limited, memory bounded), refuses what a web
+page could send it, checks a whole body before queueing any of it, queues a retried body once, answers 503 while
+the Prefect API is away and sends the events due once it is back, and `aesq bridge` refuses to start without a
+Prefect API that answers."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
+import httpx
 import psutil
 import pytest
 import sqlalchemy as sa
 from prefect.settings import PREFECT_API_URL
+from pydantic import SecretStr
 
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
@@ -72,11 +75,39 @@ def answer(connection: socket.socket) -> bytes:
     return received
 
 
+JSON_HEAD = "Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
 def raw_post(url: str, head: str, body: bytes = b"") -> bytes:
-    """Send a hand-made request (its head's lines, then `body`) and return the server's whole answer."""
+    """Send a hand-made JSON request (its head's lines, then `body`) and return the server's whole answer."""
     with connect(url) as connection:
-        connection.sendall(f"POST / HTTP/1.1\r\nHost: bridge\r\n{head}\r\n".encode() + body)
+        connection.sendall(f"POST / HTTP/1.1\r\n{JSON_HEAD}{head}\r\n".encode() + body)
         return answer(connection)
+
+
+def closed_while_trickling(connection: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """Read the answer to a request whose body is still due, then send that body a byte at a time for up to
+    `seconds`; (the answer, whether the server closed the connection meanwhile)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += connection.recv(65536)
+    connection.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return received, True
+            received += chunk
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            return received, True
+        try:
+            connection.sendall(b"x")
+        except ConnectionError:
+            return received, True
+    return received, False
 
 
 @pytest.fixture
@@ -97,7 +128,7 @@ def test_slow_headers_and_bodies_are_dropped(prefect_harness, limited, bucket):
     with serving_bridge(limited) as url:
         with connect(url) as silent, connect(url) as half_head, connect(url) as half_body:
             half_head.sendall(b"POST / HTTP/1.1\r\nHost: bridge\r\nContent-Le")
-            half_body.sendall(b'POST / HTTP/1.1\r\nHost: bridge\r\nContent-Length: 100\r\n\r\n{"Records"')
+            half_body.sendall(f'POST / HTTP/1.1\r\n{JSON_HEAD}Content-Length: 100\r\n\r\n{{"Records"'.encode())
             # each read ends with the server closing the connection, long before the 30 s socket timeout
             assert answer(silent) == b""
             assert answer(half_head) == b""
@@ -117,10 +148,57 @@ def test_connections_are_capped_without_a_thread_each(prefect_harness, limited, 
             held = [c for c in this.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED"]
             assert len(held) <= limited.bridge_max_connections
             assert this.num_threads() - threads < 10
-            assert all(answer(connection) == b"" for connection in idle)  # every one dropped in the end
+            answers = [answer(connection) for connection in idle]  # every one closed in the end
+            refused = [received for received in answers if received]
+            assert refused
+            assert all(received == refused[0] for received in refused)
+            assert (
+                refused[0].startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and b"retry-after: 5\r\n" in refused[0]
+            )
+            assert refused[0].endswith(
+                b'"the bridge holds 20 connections (AESQ_BRIDGE_MAX_CONNECTIONS): try again later"}'
+            )
+            assert answers.count(b"") >= limited.bridge_max_connections
         held = [c for c in this.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED"]
         assert held == []
         assert post(url, json.dumps(notification(bucket, "a.jpg")).encode()) == (200, '{"objects": 1, "ignored": 0}')
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [("POST /other", b"404 Not Found"), ("GET /", b"405 Method Not Allowed"), ("HEAD /", b"200 OK")],
+)
+def test_a_body_trickled_after_an_answer_does_not_hold_the_connection(
+    prefect_harness, limited, bucket, request_line, status
+):
+    with serving_bridge(limited) as url, connect(url) as connection:
+        connection.sendall(f"{request_line} HTTP/1.1\r\n{JSON_HEAD}Content-Length: 100000\r\n\r\n".encode())
+        received, closed = closed_while_trickling(connection, seconds=8)  # the read deadline is 1 s
+        assert received.startswith(b"HTTP/1.1 " + status) and b"connection: close\r\n" in received
+        assert closed
+        if request_line != "HEAD /":
+            assert b'{"detail":"' + request_line.encode() + b": " in received
+
+
+def test_connections_beyond_the_cap_are_answered_503_and_the_cap_holds_after_answers(prefect_harness, limited, bucket):
+    body = json.dumps(notification(bucket, "a.jpg")).encode()
+    trickle = f"POST /x HTTP/1.1\r\n{JSON_HEAD}Content-Length: 100000\r\n\r\n".encode()
+    with serving_bridge(limited) as url, ExitStack() as stack:
+        trickling = [stack.enter_context(connect(url)) for _ in range(limited.bridge_max_connections)]
+        for connection in trickling:
+            connection.sendall(trickle)
+        time.sleep(0.5)
+        # each 404 closed its connection: a real notification finds room
+        assert post(url, body) == (200, '{"objects": 1, "ignored": 0}')
+        idle = [stack.enter_context(connect(url)) for _ in range(limited.bridge_max_connections)]
+        time.sleep(0.2)
+        with connect(url) as late:
+            late.sendall(f"POST / HTTP/1.1\r\n{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            refused = answer(late)  # the whole 503, then the server closes without a reset
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 5\r\n" in refused
+        assert b"AESQ_BRIDGE_MAX_CONNECTIONS" in refused
+        assert all(answer(connection) == b"" for connection in idle)  # dropped by the header deadline
+        assert post(url, body) == (200, '{"objects": 0, "ignored": 1}')
 
 
 def test_framing_and_limits_are_refused_without_reading_the_body(prefect_harness, limited, bucket):
@@ -269,3 +347,68 @@ def test_aesq_bridge_refuses_to_start_without_a_prefect_api_that_answers(setting
         [line] = refused.stderr.strip().splitlines()  # one line, no traceback
         assert line.startswith(f"aesq: error: {expected}"), line
     assert not (settings.data_dir / "prefect" / "server.json").exists()  # no local server started
+
+
+def test_a_body_from_a_web_page_is_refused(prefect_harness, settings, bucket):
+    body = json.dumps(notification(bucket, "a.jpg")).encode()
+    with serving_bridge(bridge_settings(settings, bucket)) as url:
+        port = urllib.parse.urlsplit(url).port
+        # a cross-site "simple" request cannot set Content-Type: application/json
+        simple = httpx.post(url, content=body, headers={"Content-Type": "text/plain"})
+        assert (simple.status_code, simple.json()) == (
+            415,
+            {"detail": "a notification is sent with Content-Type: application/json"},
+        )
+        # DNS rebinding: the page's own host name resolved to loopback
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.attacker.example"):
+            rebound = httpx.post(url, content=body, headers={"Content-Type": "application/json", "Host": host})
+            assert (rebound.status_code, rebound.json()) == (
+                400,
+                {"detail": "without AESQ_BRIDGE_TOKEN the bridge answers only requests to a loopback Host"},
+            ), host
+        assert queue_rows(settings, bucket) == []
+        for host in (f"localhost:{port}", f"LOCALHOST.:{port}", f"[::1]:{port}", f"127.0.0.2:{port}"):
+            sent = httpx.post(
+                url, content=body, headers={"Content-Type": "application/json; charset=utf-8", "Host": host}
+            )
+            assert sent.status_code == 200, (host, sent.text)
+    with serving_bridge(bridge_settings(settings, bucket, bridge_token=SecretStr("secret"))) as url:
+        # with a token the sender may name the bridge as it likes (MinIO on another machine)
+        named = {"Content-Type": "application/json", "Host": "bridge.internal:8787", "Authorization": "Bearer secret"}
+        assert httpx.post(url, content=body, headers=named).status_code == 200
+    assert queue_rows(settings, bucket) == [("a.jpg", "e1")]
+
+
+def test_memory_stays_bounded_under_bodies_that_parse_large(prefect_harness, settings, bucket):
+    """Bodies of the largest size the defaults allow, of tiny JSON values (~25 times their size parsed), all at
+    once: the server's memory grows by a fraction of what parsing them together would take."""
+    this = psutil.Process()  # the bridge serves in this process
+    bridged = bridge_settings(settings, bucket)
+    values = (bridged.bridge_max_body_bytes - len('{"x":[]}')) // 3
+    body = ("{" + '"x":[' + "{}," * (values - 1) + "{}]}").encode()
+    assert len(body) <= bridged.bridge_max_body_bytes
+    senders = 24
+    with serving_bridge(bridged) as url:
+        assert post(url, body)[0] == 400  # warmed up: one parse's garbage is reusable
+        start = this.memory_info().rss
+        peak = [start]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], this.memory_info().rss)
+                time.sleep(0.01)
+
+        answers: list[tuple[int, str]] = []
+        watcher = threading.Thread(target=watch)
+        threads = [threading.Thread(target=lambda: answers.append(post(url, body))) for _ in range(senders)]
+        watcher.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done.set()
+        watcher.join()
+    assert answers == [(400, '{"detail":"not an S3 event notification: no Records list"}')] * senders
+    parsed_all_at_once = senders * 25 * len(body)
+    assert peak[0] - start < parsed_all_at_once / 4, (peak[0] - start) >> 20
