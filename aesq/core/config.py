@@ -191,10 +191,12 @@ class Settings(BaseSettings):
         description="`aesq bridge` starts one ingest for all the objects notified within this window.",
     )
     bridge_max_body_bytes: int = Field(
-        default=16 * 1024 * 1024, gt=0, description="Largest notification body `aesq bridge` takes (413 beyond)."
+        default=1024 * 1024,
+        gt=0,
+        description="Largest notification body `aesq bridge` takes (413 beyond); MinIO sends one record per body.",
     )
     bridge_max_records: int = Field(
-        default=10_000, gt=0, description="Most records one notification to `aesq bridge` may hold (413 beyond)."
+        default=1_000, gt=0, description="Most records one notification to `aesq bridge` may hold (413 beyond)."
     )
     bridge_read_timeout_seconds: float = Field(
         default=5.0,
@@ -202,7 +204,7 @@ class Settings(BaseSettings):
         description="`aesq bridge` drops a connection whose request headers, or body, take longer than this.",
     )
     bridge_max_connections: int = Field(
-        default=64, gt=0, description="Connections `aesq bridge` holds at once; more are closed at once."
+        default=64, gt=0, description="Connections `aesq bridge` holds at once; more are answered 503 and closed."
     )
     database_pool_size: int = Field(
         default=10, gt=0, description="Database connections one process keeps (plus as many again at peaks)."
