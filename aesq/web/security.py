@@ -98,9 +98,9 @@ def session_value(token: str) -> str:
 
 
 class FailedLogins:
-    """Wrong tokens per client address within a sliding window, in memory; at most `max_clients` addresses are
-    kept (the quietest forgotten first). A limited client is refused before its token is checked, so no address
-    keeps more than `limit` times."""
+    """Wrong tokens per client (an address, or an IPv6 /64: `client_key`) within a sliding window, in memory; at
+    most `max_clients` clients are kept (the quietest forgotten first). A limited client is refused before its token
+    is checked, so no client guesses more than `limit` times."""
 
     def __init__(
         self,
@@ -141,9 +141,23 @@ def _is_api(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+def client_key(address: str) -> str:
+    """Whom the wrong-token limit counts for an address: an IPv4 address alone, but an IPv6 client by its /64 (one
+    network usually gets a whole /64, so counting single addresses would give it 2^64 times the limit)."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:  # ::ffff:192.0.2.1, an IPv4 client of a dual-stack socket
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
 def _client(request: Request) -> str:
-    """The client's address (a trusted proxy's X-Forwarded-For already applied by uvicorn)."""
-    return request.client.host if request.client else "unknown"
+    """The client the wrong-token limit counts (a trusted proxy's X-Forwarded-For already applied by uvicorn)."""
+    return client_key(request.client.host) if request.client else "unknown"
 
 
 def _login_page(request: Request, status: int, message: str = "", headers: dict[str, str] | None = None) -> Response:
@@ -229,7 +243,7 @@ class Guard:
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        return _login_page(request, 401, "this dashboard needs its token: sign in here (or at /login) to go on")
+        return _login_page(request, 401)  # the form's own text says the dashboard needs its token
 
     async def server_error(self, request: Request, error: Exception) -> Response:
         """A request that failed unexpectedly: the application's own 500 handler's answer, or a one-line 500."""

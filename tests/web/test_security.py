@@ -43,11 +43,19 @@ HEADERS = {
 
 
 @contextmanager
-def _served(app: FastAPI) -> Iterator[str]:
-    """`app` on a loopback port by uvicorn (believing no X-Forwarded-*, as aesq serve does by default), in a thread
-    of this process; yields its base URL."""
+def _served(app: FastAPI, proxy: str | None = None) -> Iterator[str]:
+    """`app` on a loopback port by uvicorn (believing X-Forwarded-* only from `proxy`; by default, as aesq serve,
+    from nobody), in a thread of this process; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", proxy_headers=False))
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        proxy_headers=proxy is not None,
+        forwarded_allow_ips=proxy,
+    )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -154,6 +162,7 @@ def test_a_wrong_or_missing_token_is_a_one_line_401(guarded):
     page = httpx.get(f"{guarded}/compare")
     assert page.status_code == 401 and "text/html" in page.headers["content-type"]
     assert "sign in" in page.text and '<form id="login-form" method="post" action="/login">' in page.text
+    assert page.text.count("needs its token") == 1 and 'id="login-message"' not in page.text  # said once, no error
 
 
 def test_wrong_tokens_are_limited_per_client_address(guarded, monkeypatch):
@@ -172,6 +181,28 @@ def test_wrong_tokens_are_limited_per_client_address(guarded, monkeypatch):
         monkeypatch.setenv("AESQ_FAILED_TOKEN_LIMIT", "6")  # read per request: the limited client may try once more
         get_settings.cache_clear()
         assert client.post("/login", data={"token": TOKEN}).status_code == 303
+
+
+def test_wrong_tokens_are_counted_per_ipv4_address_and_per_ipv6_64(settings, monkeypatch):
+    _use_token(monkeypatch, TOKEN)
+    with _served(create_app(), proxy="127.0.0.1") as url:
+
+        def status(client: str, token: str) -> httpx.Response:
+            """An API request with `token`, sent by the proxy on behalf of `client`."""
+            headers = {"Authorization": b"Bearer " + token.encode(), "X-Forwarded-For": client}
+            return httpx.get(f"{url}/api/versions", headers=headers)
+
+        for i in range(1, 6):  # AESQ_FAILED_TOKEN_LIMIT's default, each guess from another address of one /64
+            assert status(f"2001:db8:0:1::{i:x}", "guess").status_code == 401
+        limited = status("2001:db8:0:1:ffff:ffff:ffff:ffff", TOKEN)
+        assert limited.status_code == 429 and "from 2001:db8:0:1::/64:" in limited.json()["detail"]
+        assert status("2001:db8:0:2::1", TOKEN).status_code == 200  # the next /64 is another client
+        for i in range(1, 6):
+            assert status(f"192.0.2.{i}", "guess").status_code == 401
+        assert status("192.0.2.6", TOKEN).status_code == 200  # IPv4 addresses are counted one by one
+        for _ in range(4):  # an IPv4 client reaching a dual-stack socket is still its IPv4 address
+            assert status("::ffff:192.0.2.5", "guess").status_code == 401
+        assert status("192.0.2.5", TOKEN).status_code == 429
 
 
 def test_sign_ins_sent_at_once_are_limited_one_by_one(guarded):
@@ -360,7 +391,12 @@ def _record_violations(browser) -> None:
 def test_signing_in_with_the_form_in_chromium(guarded, browser):
     _record_violations(browser)
     browser.get(guarded + "/trends")
-    assert "sign in" in browser.find_element(By.ID, "login-message").text
+    assert "needs its token" in browser.find_element(By.ID, "login").text
+    field = browser.find_element(By.NAME, "token")
+    field.send_keys("wrong")
+    field.submit()
+    WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, "login-message")))
+    assert browser.find_element(By.ID, "login-message").text == "wrong token"
     field = browser.find_element(By.NAME, "token")
     field.send_keys(TOKEN)
     field.submit()
