@@ -740,11 +740,13 @@ def bridge(
         api_url = local.api_url
     else:
         raise CliError(
-            "no Prefect API to send events to: set PREFECT_API_URL, or start aesq's local Prefect server first "
-            "(`aesq worker` starts it)"
+            "no Prefect API to send events to: set PREFECT_API_URL to the Prefect API your `aesq worker` uses, or run "
+            "`aesq worker` on this host first, in another terminal (it starts aesq's local Prefect server)"
         )
     settings = _ready_settings()
-    console.print(f"bridge listening on http://{listen}, sending events to {api_url}")
+    # Two lines on purpose, each unwrapped: a narrow terminal then never breaks them mid-sentence or mid-URL.
+    console.print(f"bridge listening on http://{listen}", soft_wrap=True)
+    console.print(f"sending events to {api_url}", soft_wrap=True)
     bridge_server(host or "127.0.0.1", int(port), settings, api_url).run()  # stopping sends the events still due
 
 

@@ -333,7 +333,7 @@ def test_aesq_bridge_refuses_to_start_without_a_prefect_api_that_answers(setting
     down = f"http://127.0.0.1:{free_port()}/api"
     for extra, expected in [
         ({"PREFECT_API_URL": down}, f"the Prefect API at {down} (PREFECT_API_URL) does not answer"),
-        ({}, "no Prefect API to send events to: set PREFECT_API_URL, or start aesq's local Prefect server"),
+        ({}, "no Prefect API to send events to: set PREFECT_API_URL to the Prefect API your `aesq worker` uses"),
     ]:
         refused = subprocess.run(
             [AESQ, "bridge", "--listen", f"127.0.0.1:{free_port()}"],
