@@ -101,7 +101,8 @@ class Asset(Base):
         ),
         Index("ix_assets_status", "status"),
         Index("ix_assets_sha256", "sha256"),
-        Index("ix_assets_generator_id", "generator_id"),
+        # A version's assets, and its latest upsert for a comparison's change markers (migration 0015).
+        Index("ix_assets_generator_id_updated_at", "generator_id", "updated_at"),
         # Claims (aesq/core/claims.py): pending assets in id order, and live leases.
         Index("ix_assets_pending", "id", postgresql_where=text("status = 'pending'")),
         Index("ix_assets_lease_until", "lease_until", postgresql_where=text("lease_until IS NOT NULL")),
@@ -310,6 +311,8 @@ class StaleVersion(Base):
     same transaction as any change to its scores or assets, consumed by the aggregate."""
 
     __tablename__ = "stale_versions"
+    # A version's queue rows: counted and their latest id read by a comparison's change markers (migration 0015).
+    __table_args__ = (Index("ix_stale_versions_generator_id_id", "generator_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id", ondelete="CASCADE"))

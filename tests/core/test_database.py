@@ -322,3 +322,18 @@ def test_migration_0014_renames_generators_whose_name_holds_the_separator(empty_
         for generator_id, name, version, metadata in before
     ]
     assert after[-1][1:] == ("new", "1", forged)
+
+
+def test_migration_0015_queues_every_version_for_its_intervals_to_be_recomputed(empty_database_url):
+    """Intervals stored by the full bootstrap above 2,000 scores are rewritten by the next aggregate."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade("0014", settings=settings)
+    with database.engine(empty_database_url).begin() as connection:
+        connection.execute(sa.text("INSERT INTO generators (name, version) VALUES ('gen', 'v1'), ('gen', 'v2')"))
+        connection.execute(sa.text("DELETE FROM stale_versions"))  # as after an aggregate
+    database.upgrade("head", settings=settings)
+    with database.engine(empty_database_url).connect() as connection:
+        queued = connection.execute(sa.text("SELECT DISTINCT generator_id FROM stale_versions")).scalars().all()
+        generators = connection.execute(sa.text("SELECT id FROM generators")).scalars().all()
+    assert sorted(queued) == sorted(generators) and len(generators) == 2
+    database.downgrade("0014", settings=settings)
