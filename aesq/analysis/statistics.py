@@ -219,7 +219,11 @@ def _compare_pairs(pairs: Sequence[tuple[float, float]], seed: int) -> PairedCom
 
 
 def compare(
-    a: Sequence[float], b: Sequence[float], pairs: Sequence[tuple[float, float]] = (), *, seed: int = 0
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    pairs: Sequence[tuple[float, float]] = (),
+    *,
+    seed: int = 0,
 ) -> Comparison:
     """Compare version B's scores with version A's.
 
@@ -293,8 +297,8 @@ def _tested_p(comparison: Comparison) -> float | None:
 
 
 def compare_family(
-    baseline: Sequence[float],
-    others: Mapping[str, Sequence[float]],
+    baseline: Sequence[float] | np.ndarray,
+    others: Mapping[str, Sequence[float] | np.ndarray],
     pairs: Mapping[str, Sequence[tuple[float, float]]] | None = None,
     *,
     method: str = "holm",

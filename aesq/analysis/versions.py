@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from array import array
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -147,38 +148,55 @@ def defect_shares(settings: Settings) -> list[dict]:
 
 @dataclass(frozen=True)
 class VersionScores:
-    """One version's latest scores under one scorer, and the first asset of each prompt + seed for pairing."""
+    """One version's latest scores under one scorer, and the first asset of each prompt + seed for pairing.
 
-    values: list[float]
-    by_prompt: dict[tuple[str, int | None], tuple[int, float]]  # (prompt, seed) -> (asset id, score)
+    The prompt itself never leaves Postgres: pairing needs only its 16-byte digest, so the memory a version takes
+    (about BYTES_PER_SCORE a score) does not grow with the length of its prompts.
+    """
+
+    values: np.ndarray
+    by_prompt: dict[bytes, tuple[int, float]]  # md5 of (seed, prompt) -> (asset id, score)
+
+    def estimated_bytes(self) -> int:
+        """What keeping it costs, as `_kept_version_scores` counts it."""
+        return BYTES_PER_SCORE * max(self.values.size, len(self.by_prompt))
+
+
+# Measured with tracemalloc on a 100,000-score version read by `version_scores`: 8 bytes of float64, a dict entry,
+# a 16-byte digest, an (id, score) tuple.
+BYTES_PER_SCORE = 240
+# Rows fetched at a time from a server-side cursor: a version is never held twice, as rows and as VersionScores.
+_ROWS_AT_A_TIME = 10_000
 
 
 def version_scores(settings: Settings, versions: list[str], scorer: str) -> dict[str, VersionScores]:
     """Latest scores of each "name:version" under `scorer`, in asset order, with what pairing needs."""
     # The members' ids reach inside the view as one array (an index probe per asset): joined plainly, the view would
-    # find the latest score of every asset under the scorer first.
+    # find the latest score of every asset under the scorer first. The seed comes first in the digest (its text has
+    # no ':'), so no two (seed, prompt) share one.
     query = text(
         """
         WITH members AS MATERIALIZED (
-            SELECT g.name || ':' || g.version AS version, a.id, a.prompt, a.seed
+            SELECT g.name || ':' || g.version AS version, a.id,
+                   CASE WHEN a.prompt <> '' THEN decode(md5(coalesce(a.seed::text, 'none') || ':' || a.prompt), 'hex')
+                   END AS pairing
             FROM generators g JOIN assets a ON a.generator_id = g.id AND a.status = 'scored'
             WHERE g.name || ':' || g.version = ANY(:versions)
         )
-        SELECT m.version, m.id, m.prompt, m.seed, ls.value
+        SELECT m.version, m.id, m.pairing, ls.value
         FROM members m JOIN latest_scores ls ON ls.asset_id = m.id AND ls.scorer = :scorer
         WHERE ls.asset_id = ANY(ARRAY(SELECT id FROM members))
         ORDER BY m.id
         """
-    )
-    found = {version: VersionScores([], {}) for version in versions}
+    ).execution_options(yield_per=_ROWS_AT_A_TIME)
+    values: dict[str, array[float]] = {version: array("d") for version in versions}
+    by_prompt: dict[str, dict[bytes, tuple[int, float]]] = {version: {} for version in versions}
     with get_engine(settings).connect() as connection:
-        for version, asset_id, prompt, seed, value in connection.execute(
-            query, {"scorer": scorer, "versions": versions}
-        ):
-            found[version].values.append(value)
-            if prompt:
-                found[version].by_prompt.setdefault((prompt, seed), (asset_id, value))
-    return found
+        for version, asset_id, pairing, value in connection.execute(query, {"scorer": scorer, "versions": versions}):
+            values[version].append(value)
+            if pairing is not None:
+                by_prompt[version].setdefault(bytes(pairing), (asset_id, value))
+    return {version: VersionScores(np.frombuffer(values[version]), by_prompt[version]) for version in versions}
 
 
 @dataclass(frozen=True)
@@ -188,19 +206,33 @@ class VersionComparison:
     results: dict[str, Comparison]
     pair_counts: dict[str, int]
     histograms: dict
-    widest_pairs: dict[str, list[dict]]
+    pairs_by_difference: dict[str, list[dict]]  # up to PAIRS_KEPT, what /api/pairs serves
+
+    @property
+    def widest_pairs(self) -> dict[str, list[dict]]:
+        """The pairs a compare page shows."""
+        return {other: pairs[:WIDEST_PAIRS_SHOWN] for other, pairs in self.pairs_by_difference.items()}
+
+    def estimated_bytes(self) -> int:
+        """What keeping it costs: a few KB of figures and the kept pairs' prompts."""
+        prompts = sum(len(pair["prompt"]) for pairs in self.pairs_by_difference.values() for pair in pairs)
+        return _BYTES_PER_COMPARISON + 4 * prompts
 
 
-WIDEST_PAIRS_KEPT = 12
-# Comparisons kept, keyed by what their versions' change markers read: a few KB each (histograms, a dozen pairs).
-_COMPARISONS_KEPT = 1024
-# Comparisons computed at once per process: each holds its versions' scores and bootstrap batches, so memory and the
-# cores taken stay bounded however many requests arrive; the others wait their turn.
+WIDEST_PAIRS_SHOWN = 12
+# The most pairs /api/pairs answers: each kept comparison holds this many, so the route is served from it.
+PAIRS_KEPT = 100
+_BYTES_PER_COMPARISON = 40_000
+# Comparisons kept, keyed by what their versions' change markers read: figures, histograms and PAIRS_KEPT pairs with
+# their prompts, counted by `VersionComparison.estimated_bytes` (a prompt has no length limit).
+_COMPARISON_BYTES_KEPT = 64 * 2**20
+# Comparisons computed at once per process: each holds its versions' scores (BYTES_PER_SCORE a score) and bootstrap
+# batches, so memory and the cores taken stay bounded however many requests arrive; the others wait their turn.
 COMPARISONS_AT_ONCE = 2
 _COMPARISONS: OrderedDict[tuple, VersionComparison] = OrderedDict()
-# Scores kept per version for the comparisons still to come (about 0.4 KB each with its prompt): 20 versions can be
+# Scores kept for the comparisons still to come, counted by `VersionScores.estimated_bytes`: 20 versions can be
 # compared in 380 ordered pairs, and reading a version costs more than its statistics. A larger version is not kept.
-_SCORES_KEPT = 250_000
+_SCORE_BYTES_KEPT = 64 * 2**20
 _VERSION_SCORES: OrderedDict[tuple, VersionScores] = OrderedDict()
 _IN_FLIGHT: dict[tuple, Future[VersionComparison]] = {}
 _comparisons_lock = threading.Lock()
@@ -211,16 +243,18 @@ _computing = threading.BoundedSemaphore(COMPARISONS_AT_ONCE)
 # them, so their id and transaction change), the queue of changes the aggregate has not taken yet (triggers add a row,
 # never reuse an id, with any change to its scores or its assets' status, version or scoring time; a row only leaves
 # when the aggregate rewrites the statistics) and its assets' latest upsert (a prompt or seed rewritten by a sidecar
-# queues nothing). Index probes only: no score is read.
+# queues nothing). Index probes only (migration 0015's indexes): no score and no asset row is read. Rows come in the
+# order of the versions asked for, whatever plan Postgres picks.
 _CHANGE_MARKERS = text(
     """
     SELECT v.label, g.xmin::text AS generator_xid, vs.id AS stats_id, vs.xmin::text AS stats_xid,
            (SELECT count(*) FROM stale_versions sv WHERE sv.generator_id = g.id) AS queued,
            (SELECT max(sv.id) FROM stale_versions sv WHERE sv.generator_id = g.id) AS last_queued,
            (SELECT max(a.updated_at) FROM assets a WHERE a.generator_id = g.id) AS last_upsert
-    FROM unnest(CAST(:versions AS text[])) AS v (label)
+    FROM unnest(CAST(:versions AS text[])) WITH ORDINALITY AS v (label, position)
     LEFT JOIN generators g ON g.name || ':' || g.version = v.label
     LEFT JOIN version_stats vs ON vs.generator_id = g.id AND vs.scorer = :scorer
+    ORDER BY v.position
     """
 )
 
@@ -234,7 +268,7 @@ def comparison_key(settings: Settings, versions: list[str], scorer: str, correct
     return (database_url(settings), tuple(versions), scorer, correction, markers)
 
 
-def score_histograms(scores: dict[str, list[float]], bins: int = 40) -> dict:
+def score_histograms(scores: dict[str, np.ndarray], bins: int = 40) -> dict:
     """Counts of each version's scores on shared bins (what a chart needs, not every score)."""
     edges = np.histogram_bin_edges(np.concatenate([np.asarray(v, dtype=float) for v in scores.values()]), bins=bins)
     return {
@@ -244,14 +278,30 @@ def score_histograms(scores: dict[str, list[float]], bins: int = 40) -> dict:
     }
 
 
-def _widest_pairs(a: VersionScores, b: VersionScores, limit: int) -> list[dict]:
-    """Assets of A and B from the same prompt and seed, largest score difference first."""
-    matched = ((key, a.by_prompt[key], found) for key, found in b.by_prompt.items() if key in a.by_prompt)
-    widest = heapq.nsmallest(limit, matched, key=lambda pair: (-abs(pair[2][1] - pair[1][1]), pair[1][0]))
-    return [
-        {"prompt": prompt, "seed": seed, "a_id": a_id, "a_value": a_value, "b_id": b_id, "b_value": b_value}
-        for (prompt, seed), (a_id, a_value), (b_id, b_value) in widest
-    ]
+def _pairs_by_difference(a: VersionScores, b: VersionScores, limit: int) -> list[tuple]:
+    """(A's asset id, its score, B's asset id, its score) on the same prompt and seed, largest difference first."""
+    matched = (a.by_prompt[key] + found for key, found in b.by_prompt.items() if key in a.by_prompt)
+    return heapq.nsmallest(limit, matched, key=lambda pair: (-abs(pair[3] - pair[1]), pair[0]))
+
+
+def _with_prompts(settings: Settings, pairs: dict[str, list[tuple]]) -> dict[str, list[dict]]:
+    """The pairs with their prompt and seed, read for those assets only."""
+    ids = [pair[0] for found in pairs.values() for pair in found]
+    with get_engine(settings).connect() as connection:
+        prompts = {
+            asset_id: (prompt, seed)
+            for asset_id, prompt, seed in connection.execute(
+                text("SELECT id, prompt, seed FROM assets WHERE id = ANY(:ids)"), {"ids": ids}
+            )
+        }
+    return {
+        other: [
+            dict(zip(("prompt", "seed"), prompts.get(a_id, ("", None)), strict=True))
+            | {"a_id": a_id, "a_value": a_value, "b_id": b_id, "b_value": b_value}
+            for a_id, a_value, b_id, b_value in found
+        ]
+        for other, found in pairs.items()
+    }
 
 
 def compare_versions(
@@ -291,7 +341,7 @@ def compare_versions(
         raise
     with _comparisons_lock:
         _COMPARISONS[key] = answer
-        while len(_COMPARISONS) > _COMPARISONS_KEPT:
+        while sum(kept.estimated_bytes() for kept in _COMPARISONS.values()) > _COMPARISON_BYTES_KEPT:
             _COMPARISONS.popitem(last=False)
         del _IN_FLIGHT[key]
     running.set_result(answer)
@@ -313,9 +363,9 @@ def _kept_version_scores(
         found.update(read)
         with _comparisons_lock:
             for label, scores in read.items():
-                if len(scores.values) <= _SCORES_KEPT:
+                if scores.estimated_bytes() <= _SCORE_BYTES_KEPT:
                     _VERSION_SCORES[keys[label]] = scores
-            while sum(len(kept.values) for kept in _VERSION_SCORES.values()) > _SCORES_KEPT:
+            while sum(kept.estimated_bytes() for kept in _VERSION_SCORES.values()) > _SCORE_BYTES_KEPT:
                 _VERSION_SCORES.popitem(last=False)
     return {label: found[label] for label in versions}
 
@@ -326,7 +376,7 @@ def _compute_comparison(
     """The comparison itself, from the versions' scores as they are now."""
     found = _kept_version_scores(settings, versions, scorer, markers)
     for version, scores in found.items():
-        if not scores.values:
+        if not scores.values.size:
             raise NotFound(f"no {scorer} scores for version {version!r}")
     baseline, others = found[versions[0]], versions[1:]
     pairs = {
@@ -341,13 +391,19 @@ def _compute_comparison(
         results=compare_family(baseline.values, {v: found[v].values for v in others}, pairs, method=correction),
         pair_counts={other: len(matched) for other, matched in pairs.items()},
         histograms=score_histograms({version: s.values for version, s in found.items()}),
-        widest_pairs={other: _widest_pairs(baseline, found[other], WIDEST_PAIRS_KEPT) for other in others},
+        pairs_by_difference=_with_prompts(
+            settings, {other: _pairs_by_difference(baseline, found[other], PAIRS_KEPT) for other in others}
+        ),
     )
 
 
-def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_KEPT) -> list[dict]:
-    """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first."""
-    for label in (a, b):
-        split_version(label)
-    found = version_scores(settings, [a, b], scorer)
-    return _widest_pairs(found[a], found[b], limit)
+def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_SHOWN) -> list[dict]:
+    """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first (at most
+    PAIRS_KEPT), served from the kept comparison of B against A; none where either version has no scores."""
+    if not 1 <= limit <= PAIRS_KEPT:
+        raise ValueError(f"ask for 1 to {PAIRS_KEPT} pairs, not {limit}")
+    try:
+        comparison = compare_versions(settings, [a, b], scorer)
+    except NotFound:
+        return []
+    return comparison.pairs_by_difference[b][:limit]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -56,7 +57,7 @@ def test_paired_assets_share_prompt_and_seed_and_come_widest_difference_first(de
     assert len(pairs) == comparison.pair_counts[SFT] == 8
     gaps = [abs(pair["b_value"] - pair["a_value"]) for pair in pairs]
     assert gaps == sorted(gaps, reverse=True)
-    assert comparison.widest_pairs[SFT] == pairs[: versions.WIDEST_PAIRS_KEPT]
+    assert comparison.widest_pairs[SFT] == pairs[: versions.WIDEST_PAIRS_SHOWN]
     with get_engine(demo_settings).connect() as connection:
         rows = connection.execute(
             sa.text("SELECT id, prompt, seed FROM assets WHERE id = ANY(:ids)"),
@@ -159,11 +160,84 @@ def test_at_most_two_comparisons_are_computed_at_once_and_a_failure_reaches_ever
             pool.map(lambda q: versions.compare_versions(demo_settings, [q[0], q[1]], "technical", q[2]), questions)
         )
     assert len(answers) == 12 and most[0] == versions.COMPARISONS_AT_ONCE
+    failed = []
+
+    def failing(*args):
+        failed.append(args)
+        time.sleep(0.3)  # every other request arrives while this one computes, and waits for it
+        raise versions.NotFound("no no-such-scorer scores, as the computation found")
+
+    monkeypatch.setattr(versions, "_compute_comparison", failing)
     with ThreadPoolExecutor(4) as pool:
         failures = [
             pool.submit(versions.compare_versions, demo_settings, [BASE, SFT], "no-such-scorer") for _ in range(4)
         ]
         for failure in failures:
-            with pytest.raises(versions.NotFound, match="no no-such-scorer scores"):
+            with pytest.raises(versions.NotFound, match="as the computation found"):
                 failure.result()
+    assert len(failed) == 1  # three waiters were given the one computation's failure
     assert not versions._IN_FLIGHT
+
+
+def test_pairs_are_served_from_the_kept_comparison_computed_once(demo_settings, monkeypatch):
+    computed = []
+    compute = versions._compute_comparison
+
+    def counted(*args):
+        computed.append(args)
+        time.sleep(0.3)  # every request arrives while the first computes
+        return compute(*args)
+
+    monkeypatch.setattr(versions, "_compute_comparison", counted)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda n: versions.paired_assets(demo_settings, LORA, SFT, "technical", n), range(1, 9))
+        )
+    assert versions.paired_assets(demo_settings, LORA, SFT, "technical", versions.PAIRS_KEPT) == answers[-1]
+    assert versions.compare_versions(demo_settings, [LORA, SFT], "technical").widest_pairs[SFT] == answers[-1]
+    assert len(computed) == 1
+    assert [len(answer) for answer in answers] == list(range(1, 9))
+    assert all(answer == answers[-1][: len(answer)] for answer in answers)
+    assert versions.paired_assets(demo_settings, LORA, SFT, "no-such-scorer") == []
+
+
+def test_change_markers_come_in_the_order_asked_whatever_order_the_rows_lie_in(demo_settings):
+    for rewritten in (BASE, SFT, BASE, LORA, SFT):
+        # An updated row moves to the end of the heap, as a rewrite by the ingest's upsert does.
+        _change(demo_settings, "UPDATE generators SET kind = kind WHERE name || ':' || version = :v", v=rewritten)
+        _change(demo_settings, "ANALYZE generators")
+        for asked in ([BASE, SFT, LORA], [SFT, LORA, BASE], [LORA, BASE, SFT]):
+            markers = versions.comparison_key(demo_settings, asked, "technical", "holm")[-1]
+            assert [marker[0] for marker in markers] == asked
+
+
+def test_change_markers_read_indexes_only_not_every_asset_or_queue_row(demo_settings):
+    with get_engine(demo_settings).connect() as connection:
+        connection.execute(sa.text("SET enable_seqscan = off"))  # the demo's tables are small enough to scan
+        plan = "\n".join(
+            connection.execute(
+                sa.text("EXPLAIN " + versions._CHANGE_MARKERS.text),
+                {"versions": [BASE, SFT], "scorer": "technical"},
+            ).scalars()
+        )
+    assert "ix_assets_generator_id_updated_at" in plan and "ix_stale_versions_generator_id_id" in plan, plan
+    assert "Seq Scan on assets" not in plan and "Seq Scan on stale_versions" not in plan, plan
+
+
+def test_a_version_s_scores_take_no_more_memory_for_longer_prompts(demo_settings):
+    def peak() -> int:
+        """The most memory `version_scores` held at once while reading BASE and SFT."""
+        versions.version_scores(demo_settings, [BASE, SFT], "technical")  # compiled statement, pooled connection
+        tracemalloc.start()
+        try:
+            found = versions.version_scores(demo_settings, [BASE, SFT], "technical")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert all(len(key) == 16 for scores in found.values() for key in scores.by_prompt)
+
+    short = peak()
+    _change(demo_settings, "UPDATE assets SET prompt = prompt || repeat('x', 200000)")  # 16 prompts: 3.2 MB in all
+    assert peak() < short + 200_000
+    pairs = versions.paired_assets(demo_settings, BASE, SFT, "technical", versions.PAIRS_KEPT)
+    assert len(pairs) == 8 and all(len(pair["prompt"]) > 200_000 for pair in pairs)  # still paired, prompts named
