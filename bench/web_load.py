@@ -3,8 +3,8 @@
 Seeds the database `bench/pages.py` seeds (20 versions of 5,000 scored assets, embeddings, defects, the aggregate's
 statistics) once, then for each source tree given (default: this checkout) serves its `aesq serve` application with
 uvicorn in a process of its own and lets the clients loop over a mix of pages: the leaderboard, compare pages of
-random ordered pairs of versions (all 380 possible, each cold the first time it is asked for) and asset pages with
-their neighbours. Records per page p50/p95/max, the errors (any status but 200, or no answer within 60 s) and the
+random ordered pairs of versions (all 380 possible, each cold the first time it is asked for), asset pages with
+their neighbours and `/api/pairs` of random pairs (served from the same kept comparisons). Records per page p50/p95/max, the errors (any status but 200, or no answer within 60 s) and the
 server process's peak resident memory.
 
     .venv/bin/python bench/web_load.py --clients 50 --seconds 60 --tree after=/tmp/head --tree before=/tmp/base
@@ -41,6 +41,9 @@ PAGES = {
         *rng.choice(PAIRS)
     ),
     "asset page (+ neighbours)": lambda rng: f"/assets/{rng.randint(1, 1000)}",
+    "pairs API (random pair)": lambda rng: (
+        "/api/pairs?a=bench-model:v{}&b=bench-model:v{}&scorer=technical&limit=100".format(*rng.choice(PAIRS))
+    ),
 }
 REQUEST_TIMEOUT_SECONDS = 60
 
