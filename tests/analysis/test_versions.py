@@ -193,6 +193,7 @@ def test_pairs_are_served_from_the_kept_comparison_computed_once(demo_settings, 
         answers = list(
             pool.map(lambda n: versions.paired_assets(demo_settings, LORA, SFT, "technical", n), range(1, 9))
         )
+    assert len(computed) == 1  # eight requests, one computation (a cold read of both versions) shared by all
     assert versions.paired_assets(demo_settings, LORA, SFT, "technical", versions.PAIRS_KEPT) == answers[-1]
     assert versions.compare_versions(demo_settings, [LORA, SFT], "technical").widest_pairs[SFT] == answers[-1]
     assert len(computed) == 1
@@ -230,11 +231,10 @@ def test_a_version_s_scores_take_no_more_memory_for_longer_prompts(demo_settings
         versions.version_scores(demo_settings, [BASE, SFT], "technical")  # compiled statement, pooled connection
         tracemalloc.start()
         try:
-            found = versions.version_scores(demo_settings, [BASE, SFT], "technical")
+            versions.version_scores(demo_settings, [BASE, SFT], "technical")
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-            assert all(len(key) == 16 for scores in found.values() for key in scores.by_prompt)
 
     short = peak()
     _change(demo_settings, "UPDATE assets SET prompt = prompt || repeat('x', 200000)")  # 16 prompts: 3.2 MB in all
