@@ -58,7 +58,12 @@ ANY_ROUTE: Responses = {
     ),
     503: _error("the database cannot be reached, or every pooled connection stays busy"),
 }
-NOT_FOUND: Responses = {404: _error("no such asset or version (or it has no scores under the scorer)")}
+NOT_FOUND: Responses = {
+    404: _error(
+        "no such asset, scorer, generator or version (or the version has no scores under the scorer); the message"
+        " names the known values"
+    )
+}
 BEARER = "bearer"
 
 router = APIRouter(prefix="/api", tags=["api"], responses=ANY_ROUTE)
@@ -77,14 +82,40 @@ IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 TEXT = r"^[^\x00]*$"
 FOLDER = r"(?:[^:\x00]|:+(?:/:+)*/?[^:/\x00])*(?::+(?:/:+)*/?)?"
 SOURCE = rf"^(?:s3://[^/\x00]{{3,}}(?:/[^\x00]*)?|{FOLDER})$"
-Name = Annotated[str | None, Query(pattern=TEXT)]
-Version = Annotated[str, Query(pattern=r"^[^:\x00]+:[^\x00]+$", description="NAME:VERSION")]
-Scorer = Annotated[str, Query(min_length=1, pattern=TEXT, description="a scorer's name (GET /api/options lists them)")]
+LABEL = r"^[^:\x00]+:[^\x00]+$"
+EMBEDDER = f"^(?:{'|'.join(map(re.escape, EMBEDDING_DIMENSIONS))})$"
+# What each pattern asks for, in words: a 422 says this instead of quoting the regex.
+PATTERN_MEANINGS = {
+    TEXT: "text without a NUL character",
+    LABEL: "NAME:VERSION, e.g. demo-diffusion:v1.0-base (GET /api/options lists the versions)",
+    SOURCE: "s3://bucket/prefix (a bucket of 3 or more characters) or a folder, without a NUL character",
+    EMBEDDER: f"one of {', '.join(EMBEDDING_DIMENSIONS)}",
+}
+Generator = Annotated[
+    str | None, Query(pattern=TEXT, description="a generator's NAME (GET /api/options lists them); unknown is 404")
+]
+Version = Annotated[str, Query(pattern=LABEL, description="NAME:VERSION (GET /api/options lists them)")]
+VersionFilter = Annotated[
+    str | None,
+    Query(
+        pattern=TEXT,
+        description="the NAME:VERSION label (split at the first colon), or VERSION alone: of `generator` when that is"
+        " given (taken whole, colons included), else of any generator; unknown is 404",
+    ),
+]
+Scorer = Annotated[
+    str,
+    Query(min_length=1, pattern=TEXT, description="a scorer's name (GET /api/options lists them); unknown is 404"),
+]
+OptionalScorer = Annotated[
+    str | None,
+    Query(pattern=TEXT, description="a scorer's name (GET /api/options lists them); every scorer when unset"),
+]
 AssetId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Embedder = Annotated[
     str | None,
     Query(
-        pattern=f"^(?:{'|'.join(map(re.escape, EMBEDDING_DIMENSIONS))})$",
+        pattern=EMBEDDER,
         description="an embedder with a vector index",
         json_schema_extra={"enum": list(EMBEDDING_DIMENSIONS)},
     ),
@@ -112,10 +143,52 @@ def document(app: FastAPI) -> None:
     app.openapi = described  # type: ignore[method-assign]
 
 
+# How many known values a 404 names before it says how many more there are.
+KNOWN_SHOWN = 12
+
+
+def _unknown(value: str, known: list[str], what: str) -> HTTPException:
+    """A 404 naming the known values, for a filter naming a scorer, generator or version the database does not have:
+    an empty, successful answer would read as "nothing matches"."""
+    shown = ", ".join(known[:KNOWN_SHOWN]) + (
+        f" and {len(known) - KNOWN_SHOWN} more" if len(known) > KNOWN_SHOWN else ""
+    )
+    return HTTPException(404, f"no {what} {value!r} (known: {shown or 'none yet'}; GET /api/options lists them)")
+
+
+def known_filters(
+    settings: SettingsDep, scorer: str | None, generator: str | None, version: str | None
+) -> tuple[str | None, str | None]:
+    """(generator, version) once the filters name what the database has (else a 404); a NAME:VERSION label given
+    as `version` without `generator` is split at its first colon, as the pages and the CLI read it."""
+    label = version if version is not None and generator is None and ":" in version else None
+    if label is not None:
+        try:
+            generator, version = asset_reads.split_version(label)
+        except ValueError as error:
+            raise HTTPException(422, f"invalid parameter — version: {error}") from None
+    if scorer is None and generator is None and version is None:
+        return None, None
+    options = asset_reads.filter_options(settings)
+    versions = options["versions"]
+    if scorer is not None and scorer not in options["scorers"]:
+        raise _unknown(scorer, options["scorers"], "scorer")
+    if label is not None and label not in versions:
+        raise _unknown(label, versions, "version")
+    if generator is not None and generator not in options["generators"]:
+        raise _unknown(generator, options["generators"], "generator")
+    if version is not None and generator is not None and f"{generator}:{version}" not in versions:
+        raise _unknown(f"{generator}:{version}", versions, "version")
+    if version is not None and generator is None and all(label.partition(":")[2] != version for label in versions):
+        raise _unknown(version, versions, "version")
+    return generator, version
+
+
 def asset_filter(
+    settings: SettingsDep,
     scorer: Scorer,
-    generator: Name = None,
-    version: Name = None,
+    generator: Generator = None,
+    version: VersionFilter = None,
     source_kind: Literal["generated", "crawled"] | None = None,
     since: IsoDate | None = None,
     until: IsoDate | None = None,
@@ -124,20 +197,22 @@ def asset_filter(
     defect: Annotated[str | None, Query(pattern=TEXT, description="a defect category, or * for any")] = None,
 ) -> asset_reads.AssetFilter:
     """The filters shared by asset listings."""
+    generator, version = known_filters(settings, scorer, generator, version)
     return asset_reads.AssetFilter(scorer, generator, version, source_kind, since, until, min_score, max_score, defect)
 
 
-@router.get("/versions", response_model=list[VersionRow])
+@router.get("/versions", response_model=list[VersionRow], responses=NOT_FOUND)
 def versions(
     settings: SettingsDep,
-    scorer: Name = None,
-    generator: Name = None,
+    scorer: OptionalScorer = None,
+    generator: Generator = None,
     source_kind: Literal["generated", "crawled"] | None = None,
     since: IsoDate | None = None,
     until: IsoDate | None = None,
 ) -> list[dict]:
     """The leaderboard: every version under every (or one) scorer, best mean first, with a 95 % interval (none for a
     date range that is empty, as every filter that matches nothing)."""
+    known_filters(settings, scorer, generator, None)
     return version_reads.leaderboard(settings, scorer, generator, source_kind, since, until)
 
 
@@ -147,9 +222,10 @@ def options(settings: SettingsDep) -> dict[str, list[str]]:
     return asset_reads.filter_options(settings)
 
 
-@router.get("/trends", response_model=dict[str, list[DailyPoint]])
-def trends(settings: SettingsDep, scorer: Scorer, generator: Name = None) -> dict[str, list[dict]]:
+@router.get("/trends", response_model=dict[str, list[DailyPoint]], responses=NOT_FOUND)
+def trends(settings: SettingsDep, scorer: Scorer, generator: Generator = None) -> dict[str, list[dict]]:
     """Daily mean per version under one scorer."""
+    known_filters(settings, scorer, generator, None)
     series = version_reads.daily_means(settings, scorer, generator)
     return {version: [{"day": d, "mean": m, "count": c} for d, m, c in points] for version, points in series.items()}
 
@@ -180,7 +256,7 @@ def pairs(
     return version_reads.paired_assets(settings, a, b, scorer, limit)
 
 
-@router.get("/assets", response_model=AssetPage)
+@router.get("/assets", response_model=AssetPage, responses=NOT_FOUND)
 def assets(
     settings: SettingsDep,
     filters: Annotated[asset_reads.AssetFilter, Depends(asset_filter)],

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from aesq.core.config import Settings
 from aesq.core.database import DatabaseError
 from aesq.web import pages
+from aesq.web.api import PATTERN_MEANINGS
 from aesq.web.deps import web_settings
 
 
@@ -66,6 +67,12 @@ def _one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+def _problem(problem: dict) -> str:
+    """What a validator found wrong, in words: a pattern the API knows is said as what it asks for, not as a regex."""
+    meaning = PATTERN_MEANINGS.get(problem.get("ctx", {}).get("pattern", ""))
+    return f"must be {meaning}" if problem["type"] == "string_pattern_mismatch" and meaning else problem["msg"]
+
+
 def install(app: FastAPI) -> None:
     """Add the error handlers to `app`."""
 
@@ -87,7 +94,7 @@ def install(app: FastAPI) -> None:
     async def invalid_parameters(request: Request, error: RequestValidationError) -> Response:
         """A parameter of the wrong kind is named in one line: a 400 page for people, a 422 for the API."""
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'][1:])}: {problem['msg']}" for problem in error.errors()
+            f"{'.'.join(str(part) for part in problem['loc'][1:])}: {_problem(problem)}" for problem in error.errors()
         )
         if _is_api(request):
             return JSONResponse({"detail": _one_line(f"invalid parameter — {problems}")}, status_code=422)

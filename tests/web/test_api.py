@@ -231,7 +231,7 @@ def test_failures_page_suggests_retrying_each_reasons_source(client, demo_settin
         ("/api/versions", {"since": "2026-02-30"}, 422, "date"),
         ("/api/versions", {"since": "0"}, 422, "since: Value error, a date is written YYYY-MM-DD"),  # not 1970
         ("/api/assets", {"scorer": "technical", "until": "1700000000"}, 422, "until: Value error, a date is written"),
-        ("/api/compare", {"a": "nocolon", "b": BASE, "scorer": "technical"}, 422, "pattern"),
+        ("/api/compare", {"a": "nocolon", "b": BASE, "scorer": "technical"}, 422, "a: must be NAME:VERSION, e.g."),
         (
             "/api/compare",
             {"a": "nobody:1", "b": BASE, "scorer": "technical"},
@@ -241,9 +241,9 @@ def test_failures_page_suggests_retrying_each_reasons_source(client, demo_settin
         ("/api/assets/999999", {}, 404, "no asset 999999"),
         ("/api/assets/abc", {}, 422, "valid integer"),
         ("/api/assets/1/thumbnail", {"size": 100}, 422, "128, 256, 512"),
-        ("/api/assets/1/neighbours", {"embedder": "nope"}, 422, "embedder: String should match pattern"),
-        ("/api/assets/1/neighbours", {"embedder": ""}, 422, "embedder: String should match pattern"),
-        ("/api/failures", {"source": "ftp://host/x"}, 422, "source: String should match pattern"),
+        ("/api/assets/1/neighbours", {"embedder": "nope"}, 422, "embedder: must be one of efficientnet-lite0"),
+        ("/api/assets/1/neighbours", {"embedder": ""}, 422, "embedder: must be one of efficientnet-lite0"),
+        ("/api/failures", {"source": "ftp://host/x"}, 422, "source: must be s3://bucket/prefix"),
         ("/api/assets/999999/neighbours", {"embedder": "efficientnet-lite0"}, 404, "no asset 999999"),
     ],
 )
@@ -251,6 +251,63 @@ def test_invalid_parameters_get_a_4xx_with_a_message(client, path, params, statu
     response = client.get(path, params=params)
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_a_version_label_filters_assets_as_its_generator_and_version_do(client):
+    label = {"scorer": "technical", "version": BASE, "limit": 200}
+    split = {"scorer": "technical", "generator": "demo-diffusion", "version": "v1.0-base", "limit": 200}
+    by_label, by_parts = client.get("/api/assets", params=label).json(), client.get("/api/assets", params=split).json()
+    assert by_label["total"] == 8 and by_label == by_parts
+    assert {(item["generator"], item["version"]) for item in by_label["items"]} == {("demo-diffusion", "v1.0-base")}
+    described = client.get("/openapi.json").json()["paths"]["/api/assets"]["get"]["parameters"]
+    meanings = {parameter["name"]: parameter.get("description", "") for parameter in described}
+    assert "NAME:VERSION" in meanings["version"] and "first colon" in meanings["version"]
+    assert "NAME" in meanings["generator"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "message"),
+    [
+        ("/api/versions", {"scorer": "nope"}, "no scorer 'nope' (known: "),
+        ("/api/versions", {"generator": "nope"}, "no generator 'nope' (known: demo-diffusion, other-model;"),
+        ("/api/trends", {"scorer": "nope"}, "no scorer 'nope' (known: "),
+        ("/api/trends", {"scorer": "technical", "generator": "nope"}, "no generator 'nope'"),
+        ("/api/assets", {"scorer": "nope"}, "no scorer 'nope' (known: "),
+        ("/api/assets", {"scorer": "technical", "generator": "nope"}, "no generator 'nope'"),
+        ("/api/assets", {"scorer": "technical", "version": "nope:x"}, "no version 'nope:x' (known: "),
+        ("/api/assets", {"scorer": "technical", "version": "demo-diffusion:v9"}, "no version 'demo-diffusion:v9'"),
+        ("/api/assets", {"scorer": "technical", "version": "v9"}, "no version 'v9' (known: "),
+        (
+            "/api/assets",
+            {"scorer": "technical", "generator": "demo-diffusion", "version": "v1:x"},
+            "no version 'demo-diffusion:v1:x'",
+        ),
+    ],
+)
+def test_an_unknown_scorer_generator_or_version_is_a_404_naming_the_known_ones(client, path, params, message):
+    response = client.get(path, params=params)
+    assert response.status_code == 404 and list(response.json()) == ["detail"], response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(message) and detail.endswith("; GET /api/options lists them)")
+    if "scorer" in message:
+        assert "technical" in detail
+    if "version" in message:
+        assert BASE in detail
+
+
+def test_a_pattern_failure_says_what_the_parameter_must_be_not_the_regex(client):
+    compared = client.get("/api/compare", params={"a": "x", "b": "y", "scorer": "technical"})
+    label = "must be NAME:VERSION, e.g. demo-diffusion:v1.0-base (GET /api/options lists the versions)"
+    assert compared.status_code == 422
+    assert compared.json() == {"detail": f"invalid parameter — a: {label}; b: {label}"}
+    for params in ({"source": "\x00"}, {"source": "s3://ab/x"}):
+        failures = client.get("/api/failures", params=params)
+        assert failures.status_code == 422 and failures.json() == {
+            "detail": "invalid parameter — source: must be s3://bucket/prefix (a bucket of 3 or more characters) or a"
+            " folder, without a NUL character"
+        }
+    named = client.get("/api/assets", params={"scorer": "a\x00b"}).json()["detail"]
+    assert named == "invalid parameter — scorer: must be text without a NUL character"
 
 
 def test_failures_by_reason_with_examples(client, demo_settings):
