@@ -171,8 +171,9 @@ def known_filters(
         return None, None
     options = asset_reads.filter_options(settings)
     versions = options["versions"]
-    if scorer is not None and scorer not in options["scorers"]:
-        raise _unknown(scorer, options["scorers"], "scorer")
+    scorers = sorted({*options["scorers"], *settings.enabled_scorers})  # as the pages: enabled ones before aggregation
+    if scorer is not None and scorer not in scorers:
+        raise _unknown(scorer, scorers, "scorer")
     if label is not None and label not in versions:
         raise _unknown(label, versions, "version")
     if generator is not None and generator not in options["generators"]:

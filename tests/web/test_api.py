@@ -295,6 +295,16 @@ def test_an_unknown_scorer_generator_or_version_is_a_404_naming_the_known_ones(c
         assert BASE in detail
 
 
+def test_an_enabled_scorer_without_statistics_yet_lists_assets_instead_of_a_404(demo_settings, monkeypatch):
+    """A scorer that runs but has not been aggregated yet is known, as on the pages (its scores may be on their way)."""
+    monkeypatch.setenv("AESQ_SCORERS", "technical,laion-aes-v2")
+    get_settings.cache_clear()
+    response = TestClient(create_app()).get("/api/assets", params={"scorer": "laion-aes-v2"})
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert page["total"] > 0 and {item["value"] for item in page["items"]} == {None}
+
+
 def test_a_pattern_failure_says_what_the_parameter_must_be_not_the_regex(client):
     compared = client.get("/api/compare", params={"a": "x", "b": "y", "scorer": "technical"})
     label = "must be NAME:VERSION, e.g. demo-diffusion:v1.0-base (GET /api/options lists the versions)"
