@@ -192,6 +192,9 @@ def version_scores(settings: Settings, versions: list[str], scorer: str) -> dict
     values: dict[str, array[float]] = {version: array("d") for version in versions}
     by_prompt: dict[str, dict[bytes, tuple[int, float]]] = {version: {} for version in versions}
     with get_engine(settings).connect() as connection:
+        # A cursor's plan is chosen for its first tenth of rows by default: here a probe of the view per asset, 50x
+        # slower for all of them (5.7 s against 0.1 s at 5,000 scores a version). Every row is read, so plan for all.
+        connection.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
         for version, asset_id, pairing, value in connection.execute(query, {"scorer": scorer, "versions": versions}):
             values[version].append(value)
             if pairing is not None:
