@@ -9,6 +9,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import date
 
@@ -402,11 +403,21 @@ def _compute_comparison(
 
 def paired_assets(settings: Settings, a: str, b: str, scorer: str, limit: int = WIDEST_PAIRS_SHOWN) -> list[dict]:
     """Assets of versions `a` and `b` made from the same prompt and seed, largest score difference first (at most
-    PAIRS_KEPT), served from the kept comparison of B against A; none where either version has no scores."""
+    PAIRS_KEPT); none where either version has no scores. From the kept comparison of B against A where there is one,
+    else paired from the kept scores without the comparison's bootstraps (a version not kept is read, two at a time)."""
     if not 1 <= limit <= PAIRS_KEPT:
         raise ValueError(f"ask for 1 to {PAIRS_KEPT} pairs, not {limit}")
-    try:
-        comparison = compare_versions(settings, [a, b], scorer)
-    except NotFound:
+    for label in (a, b):
+        split_version(label)
+    key = comparison_key(settings, [a, b], scorer, "holm")
+    markers = key[-1]
+    with _comparisons_lock:
+        kept = _COMPARISONS.get(key)
+        all_kept = all((database_url(settings), scorer, marker) in _VERSION_SCORES for marker in markers)
+    if kept is not None:
+        return kept.pairs_by_difference[b][:limit]
+    with nullcontext() if all_kept else _computing:
+        found = _kept_version_scores(settings, [a, b], scorer, markers)
+    if not (found[a].values.size and found[b].values.size):
         return []
-    return comparison.pairs_by_difference[b][:limit]
+    return _with_prompts(settings, {b: _pairs_by_difference(found[a], found[b], limit)})[b]

@@ -179,13 +179,13 @@ def test_at_most_two_comparisons_are_computed_at_once_and_a_failure_reaches_ever
     assert not versions._IN_FLIGHT
 
 
-def test_pairs_are_served_from_the_kept_comparison_computed_once(demo_settings, monkeypatch):
+def test_pairs_need_no_comparison_and_agree_with_the_kept_one(demo_settings, monkeypatch):
+    """/api/pairs pairs the kept scores without the comparison's bootstraps, and answers what the comparison keeps."""
     computed = []
     compute = versions._compute_comparison
 
     def counted(*args):
         computed.append(args)
-        time.sleep(0.3)  # every request arrives while the first computes
         return compute(*args)
 
     monkeypatch.setattr(versions, "_compute_comparison", counted)
@@ -193,12 +193,13 @@ def test_pairs_are_served_from_the_kept_comparison_computed_once(demo_settings, 
         answers = list(
             pool.map(lambda n: versions.paired_assets(demo_settings, LORA, SFT, "technical", n), range(1, 9))
         )
-    assert len(computed) == 1  # eight requests, one computation (a cold read of both versions) shared by all
-    assert versions.paired_assets(demo_settings, LORA, SFT, "technical", versions.PAIRS_KEPT) == answers[-1]
-    assert versions.compare_versions(demo_settings, [LORA, SFT], "technical").widest_pairs[SFT] == answers[-1]
-    assert len(computed) == 1
+    assert computed == []  # paired from the versions' scores: no comparison computed for them
     assert [len(answer) for answer in answers] == list(range(1, 9))
     assert all(answer == answers[-1][: len(answer)] for answer in answers)
+    assert versions.compare_versions(demo_settings, [LORA, SFT], "technical").widest_pairs[SFT] == answers[-1]
+    assert len(computed) == 1
+    kept = versions.paired_assets(demo_settings, LORA, SFT, "technical", versions.PAIRS_KEPT)
+    assert len(computed) == 1 and kept[: len(answers[-1])] == answers[-1]  # from the kept comparison
     assert versions.paired_assets(demo_settings, LORA, SFT, "no-such-scorer") == []
 
 
