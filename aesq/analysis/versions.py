@@ -7,7 +7,7 @@ from __future__ import annotations
 import heapq
 import threading
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -240,7 +240,35 @@ _SCORE_BYTES_KEPT = 64 * 2**20
 _VERSION_SCORES: OrderedDict[tuple, VersionScores] = OrderedDict()
 _IN_FLIGHT: dict[tuple, Future[VersionComparison]] = {}
 _comparisons_lock = threading.Lock()
-_computing = threading.BoundedSemaphore(COMPARISONS_AT_ONCE)
+
+
+class _TurnsInOrder:
+    """At most `slots` holders at once, admitted in the order they asked: `threading.Semaphore` lets a newcomer take a
+    freed slot before the waiter it woke, so under load one request can wait behind many later ones (the tail)."""
+
+    def __init__(self, slots: int) -> None:
+        self._lock = threading.Lock()
+        self._free = slots
+        self._waiting: deque[threading.Event] = deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # the slot is handed over by the holder leaving
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._free += 1
+
+
+_computing = _TurnsInOrder(COMPARISONS_AT_ONCE)
 
 # What changes whenever a comparison's inputs may have: per version, its generator row (a database emptied and filled
 # again gives it another transaction id), its stored statistics under the scorer (the aggregate deletes and inserts

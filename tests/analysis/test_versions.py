@@ -242,3 +242,27 @@ def test_a_version_s_scores_take_no_more_memory_for_longer_prompts(demo_settings
     assert peak() < short + 200_000
     pairs = versions.paired_assets(demo_settings, BASE, SFT, "technical", versions.PAIRS_KEPT)
     assert len(pairs) == 8 and all(len(pair["prompt"]) > 200_000 for pair in pairs)  # still paired, prompts named
+
+
+def test_comparisons_waiting_for_a_slot_get_it_in_the_order_they_asked():
+    """A freed slot goes to the longest waiter, never to a newcomer (a plain semaphore lets newcomers overtake)."""
+    turns = versions._TurnsInOrder(1)
+    admitted: list[int] = []
+
+    def wait_for_turn(number: int) -> None:
+        with turns:
+            admitted.append(number)
+
+    turns.__enter__()
+    waiters = []
+    for number in range(5):
+        waiter = threading.Thread(target=wait_for_turn, args=(number,))
+        waiter.start()
+        waiters.append(waiter)
+        while len(turns._waiting) < number + 1:
+            time.sleep(0.001)
+    turns.__exit__(None, None, None)
+    wait_for_turn(99)  # a newcomer as the slot is handed on: it must queue behind the five
+    for waiter in waiters:
+        waiter.join(5)
+    assert admitted == [0, 1, 2, 3, 4, 99]
