@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import uvicorn
 import yaml
 from minio import Minio
 from PIL import Image
@@ -393,6 +394,22 @@ def serving(server: HTTPServer) -> Iterator[str]:
 
 
 @contextmanager
+def serving_in_thread(server: uvicorn.Server, join_seconds: float = 10) -> Iterator[str]:
+    """A uvicorn server (the dashboard's or the bridge's) run in a thread of this process; yields its base URL."""
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://{server.config.host}:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(join_seconds)
+
+
+@contextmanager
 def serving_bridge(settings: Settings, api_url: str | None = None) -> Iterator[str]:
     """Serve the bridge on a free loopback port in a thread (its events to `api_url`, by default the test's
     Prefect API); yields its URL. Leaving stops it as a signal would: the events still due are sent."""
@@ -402,17 +419,8 @@ def serving_bridge(settings: Settings, api_url: str | None = None) -> Iterator[s
 
     port = free_port()
     server = bridge_server("127.0.0.1", port, settings, api_url or str(PREFECT_API_URL.value()))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the bridge did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    with serving_in_thread(server, join_seconds=60) as base:
+        yield base + "/"
 
 
 def bridge_settings(settings: Settings, bucket: str, prefix: str = "", **changes: object) -> Settings:

@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +22,7 @@ from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.core.tables import Critique
 from aesq.web.app import create_app
-from tests.helpers import free_port
+from tests.helpers import free_port, serving_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -63,18 +61,9 @@ def seeded(demo_settings) -> None:
 @contextmanager
 def serving() -> Iterator[str]:
     """The dashboard's application on a loopback port in this process; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=free_port(), log_level="warning"))
+    with serving_in_thread(server) as base:
+        yield base
 
 
 def run_schemathesis(base: str, tmp_path: Path, *headers: str) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -16,9 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
@@ -32,7 +27,7 @@ from aesq.core.config import get_settings
 from aesq.core.database import get_engine
 from aesq.core.pipeline_status import failure_reasons
 from aesq.web.app import create_app
-from tests.helpers import add_scored_assets, defect_shares_from_rows, free_port
+from tests.helpers import add_scored_assets, defect_shares_from_rows, free_port, serving_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -46,37 +41,9 @@ def dashboard(demo_settings, live_app) -> str:
 @pytest.fixture
 def live_app(settings) -> Iterator[str]:
     """`aesq serve`'s application on a loopback port, in this process; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-
-
-@pytest.fixture
-def browser(tmp_path) -> Iterator[webdriver.Chrome]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.skip("Debian packages chromium and chromium-driver are not installed")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(argument)
-    browser = webdriver.Chrome(service=Service(driver), options=options)
-    browser.set_page_load_timeout(60)
-    yield browser
-    browser.quit()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=free_port(), log_level="warning"))
+    with serving_in_thread(server) as base:
+        yield base
 
 
 def _wait(browser, condition, seconds: float = 30):

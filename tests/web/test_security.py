@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -30,7 +29,7 @@ from aesq.analysis.nightly_report import publish_report, recorded_reports
 from aesq.core.config import get_settings
 from aesq.web import security
 from aesq.web.app import PLOTLY_JS, create_app
-from tests.helpers import AESQ, add_scored_assets, free_port
+from tests.helpers import AESQ, add_scored_assets, free_port, serving_in_thread
 
 # Not ASCII, with a space; only characters of the Basic Multilingual Plane, which ChromeDriver can type.
 TOKEN = "pässwörd ✓ 密钥 voilà"  # its last UTF-8 byte, 0xa0, is whitespace to str.strip() when read as latin-1
@@ -55,17 +54,8 @@ def _served(app: FastAPI, proxy: str | None = None) -> Iterator[str]:
         proxy_headers=proxy is not None,
         forwarded_allow_ips=proxy,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving_in_thread(uvicorn.Server(config)) as base:
+        yield base
 
 
 def _use_token(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
