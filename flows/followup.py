@@ -11,6 +11,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from aesq.core.config import get_settings
 from aesq.tasks.aggregate import aggregate_versions
+from aesq.tasks.vectors import rebuild_vector_indexes
 
 
 @flow(name="aesq-defects", task_runner=cast(TaskRunner[PrefectFuture[Any]], ThreadPoolTaskRunner(max_workers=2)))
@@ -41,6 +42,9 @@ def report_flow(days: int | None = None) -> str:
 
 @flow(name="aesq-after-scoring")
 def after_scoring_flow() -> int:
-    """Refresh the per-version statistics, then analyse new low scorers; returns defect rows written."""
-    aggregate_versions(get_settings())
+    """Refresh the per-version statistics and the vector indexes, then analyse new low scorers; returns defect
+    rows written."""
+    settings = get_settings()
+    aggregate_versions(settings)
+    rebuild_vector_indexes(settings)
     return defects_flow()

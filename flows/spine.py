@@ -30,6 +30,7 @@ from aesq.tasks.ingest import (
     others_ingesting,
 )
 from aesq.tasks.score import claim_assets, claim_backfill, others_scoring, release_assets, score_assets
+from aesq.tasks.vectors import rebuild_vector_indexes
 
 # A few batches in flight: downloads and decoding of one overlap the models working on another. A run
 # claims no more than that ahead, so other workers on the same source get their share.
@@ -179,4 +180,5 @@ def run_flow(
         discovery.result()
     outcomes = _score_claimed(scored, settings, source, within=None if scorers is None else source)
     aggregate_versions(settings)
+    rebuild_vector_indexes(settings)
     return outcomes

@@ -8,6 +8,7 @@ from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from aesq.analysis.defects import Finding, detect_defects
+from aesq.core import vectors
 from aesq.core.batches import in_batches
 from aesq.core.config import ConfigurationError, Settings
 from aesq.core.database import get_engine
@@ -51,7 +52,7 @@ _PGVECTOR_VERSION = text("SELECT extversion FROM pg_extension WHERE extname = 'v
 
 
 def check_iterative_scan(pgvector_version: str) -> None:
-    """Near-duplicates are sought with HNSW iterative scans, which pgvector has since 0.8 (older ones miss or fail)."""
+    """Near-duplicates are sought with iterative index scans, which pgvector has since 0.8 (older ones miss or fail)."""
     major, minor = (int(part) for part in pgvector_version.split(".")[:2])
     if (major, minor) < (0, 8):
         raise ConfigurationError(
@@ -65,38 +66,35 @@ def _comparable_nearest(settings: Settings, asset_id: int, embedder: str) -> tup
     when either of the two has no version (crawled data). Other versions are never candidates: versions of the
     same prompt and seed are paired generations, expected to look alike, not copies.
 
-    The filter runs inside the embedder's HNSW index scan (pgvector 0.8's iterative scan, in strict order), so
-    closer assets of other versions do not hide the nearest comparable one, unless the scan ends first: after
-    `hnsw.max_scan_tuples` index entries (20,000 by default) or `hnsw.scan_mem_multiplier` × `work_mem` of
-    memory, server settings; then none is found.
+    The filter runs inside the embedder's index scan (aesq.core.vectors: pgvector 0.8's iterative scan reads more
+    lists until a comparable asset is found), so closer assets of other versions do not hide the nearest
+    comparable one.
     """
-    vector = f"e.vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"  # inlined to match the partial index
     own = text(
         f"""
-        SELECT {vector} AS vector, a.generator_id
+        SELECT e.vector, a.generator_id
         FROM embeddings e JOIN assets a ON a.id = e.asset_id
         WHERE e.asset_id = :asset_id AND e.embedder = '{embedder}'
         """
     )
-    nearest = text(
-        f"""
-        SELECT e.asset_id, {vector} <=> :query AS distance
-        FROM embeddings e JOIN assets a ON a.id = e.asset_id
-        WHERE e.embedder = '{embedder}' AND e.asset_id <> :asset_id
-          AND (CAST(:generator_id AS bigint) IS NULL OR a.generator_id IS NULL OR a.generator_id = :generator_id)
-          AND a.status IN ('pending', 'scored')  -- a failed asset keeping its outputs is no copy to keep
-        ORDER BY distance
-        LIMIT 1
-        """
-    )
+    conditions = [
+        "e.asset_id <> :asset_id",
+        "(CAST(:generator_id AS bigint) IS NULL OR a.generator_id IS NULL OR a.generator_id = :generator_id)",
+        "a.status IN ('pending', 'scored')",  # a failed asset keeping its outputs is no copy to keep
+    ]
     with get_engine(settings).begin() as connection:
         query = connection.execute(own, {"asset_id": asset_id}).first()
         if query is None:
             return None
-        connection.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
-        params = {"query": query.vector, "asset_id": asset_id, "generator_id": query.generator_id}
-        row = connection.execute(nearest, params).first()
-    return None if row is None else (int(row.asset_id), float(row.distance))
+        found = vectors.nearest(
+            connection,
+            embedder,
+            query.vector,
+            1,
+            conditions,
+            {"asset_id": asset_id, "generator_id": query.generator_id},
+        )
+    return found[0] if found else None
 
 
 def _near_duplicate(settings: Settings, asset_id: int, embedder: str, max_distance: float) -> Finding | None:

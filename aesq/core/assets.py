@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from aesq.core import vectors
 from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.tables import EMBEDDING_DIMENSIONS, SOURCE_KINDS
@@ -281,29 +282,23 @@ def top_assets(settings: Settings, generator: str, version: str | None, scorer: 
 
 
 def nearest_assets(settings: Settings, asset_id: int, embedder: str, limit: int = 10) -> list[tuple[int, float]]:
-    """Assets closest to `asset_id` by cosine distance, through the embedder's HNSW index ([] if it has none).
+    """Assets closest to `asset_id` by cosine distance, through the embedder's vector index ([] if it has none).
 
     Only canonical assets are neighbours: a failed one keeping its content's outputs is no image to show. The
-    status filter runs inside the index scan (pgvector 0.8's iterative scan) so failed neighbours hide none.
+    status filter runs inside the index scan (aesq.core.vectors) so failed neighbours hide none.
     """
     if embedder not in EMBEDDING_DIMENSIONS:
         raise ValueError(f"no vector index for embedder {embedder!r}")
-    # The embedder name is inlined (it is one of ours) so the planner can match the partial index.
-    vector = f"e.vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"
-    own = text(f"SELECT {vector} FROM embeddings e WHERE e.asset_id = :asset_id AND e.embedder = '{embedder}'")
-    nearest = text(
-        f"""
-        SELECT e.asset_id, {vector} <=> :query AS distance
-        FROM embeddings e JOIN assets a ON a.id = e.asset_id
-        WHERE e.embedder = '{embedder}' AND e.asset_id <> :asset_id AND a.status IN ('pending', 'scored')
-        ORDER BY distance
-        LIMIT :limit
-        """
-    )
+    own = text(f"SELECT e.vector FROM embeddings e WHERE e.asset_id = :asset_id AND e.embedder = '{embedder}'")
     with get_engine(settings).begin() as connection:
         query_vector = connection.execute(own, {"asset_id": asset_id}).scalar_one_or_none()
         if query_vector is None:
             return []
-        connection.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
-        rows = connection.execute(nearest, {"query": query_vector, "asset_id": asset_id, "limit": limit}).all()
-    return [(int(row.asset_id), float(row.distance)) for row in rows]
+        return vectors.nearest(
+            connection,
+            embedder,
+            query_vector,
+            limit,
+            ["e.asset_id <> :asset_id", "a.status IN ('pending', 'scored')"],
+            {"asset_id": asset_id},
+        )

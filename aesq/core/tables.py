@@ -40,7 +40,8 @@ ASSET_STATUSES = ("pending", "scored", "failed", "duplicate", "deleted")
 # The statuses of the one asset that holds a content's scores (unique per SHA-256).
 CANONICAL_STATUSES = ("pending", "scored")
 
-# Each embedder gets a partial HNSW index over its own fixed dimension (a halfvec column holds any).
+# Each embedder gets a partial IVFFlat index over its own fixed dimension (a halfvec column holds any);
+# aesq/core/vectors.py builds and searches it.
 EMBEDDING_DIMENSIONS = {"efficientnet-lite0": 1280, "clip-vit-l-14": 768}
 
 
@@ -223,11 +224,13 @@ class Embedding(Base):
     """One embedder's vector for one asset, for near-duplicate and similarity search."""
 
     __tablename__ = "embeddings"
+    # Built with one list; rebuilt with more as rows grow (aesq.core.vectors.rebuild_grown_indexes).
     __table_args__ = tuple(
         Index(
-            f"ix_embeddings_hnsw_{name.replace('-', '_')}",
+            f"ix_embeddings_ivf_{name.replace('-', '_')}",
             text(f"(vector::halfvec({dim})) halfvec_cosine_ops"),
-            postgresql_using="hnsw",
+            postgresql_using="ivfflat",
+            postgresql_with={"lists": 1},
             postgresql_where=text(f"embedder = '{name}'"),
         )
         for name, dim in EMBEDDING_DIMENSIONS.items()

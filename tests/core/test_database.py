@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -15,7 +16,7 @@ from aesq.core import database
 from aesq.core.config import Settings
 from aesq.core.provenance import GeneratorRef
 from aesq.core.tables import Base
-from aesq.core.writes import upsert_generators
+from aesq.core.writes import upsert_generators, write_embeddings
 from tests.helpers import end_other_sessions, free_port
 
 EXPECTED_TABLES = {
@@ -55,7 +56,7 @@ def test_upgrade_creates_schema_and_downgrade_removes_it(empty_database_url):
         indexes = connection.execute(
             sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = 'embeddings'")
         ).scalars()
-        assert any("hnsw" in index and "halfvec_cosine_ops" in index for index in indexes)
+        assert any("ivfflat" in index and "halfvec_cosine_ops" in index for index in indexes)
         column = connection.execute(
             sa.text(
                 "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -337,3 +338,55 @@ def test_migration_0015_queues_every_version_for_its_intervals_to_be_recomputed(
         generators = connection.execute(sa.text("SELECT id FROM generators")).scalars().all()
     assert sorted(queued) == sorted(generators) and len(generators) == 2
     database.downgrade("0014", settings=settings)
+
+
+def test_migration_0016_keeps_every_vector_and_moves_the_index_both_ways(empty_database_url):
+    """HNSW indexes become IVFFlat ones trained for the rows present, and back; every vector stays as it was."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade("0015", settings=settings)
+    engine = database.engine(empty_database_url)
+    rows = 12_000  # enough for the upgrade to train 12 lists
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, status)"
+                " SELECT 's3', 'b', 'k' || n, 'sha' || n, 1, 'crawled', 'scored' FROM generate_series(1, :n) n"
+            ),
+            {"n": rows},
+        )
+        ids = connection.execute(sa.text("SELECT id FROM assets ORDER BY id")).scalars().all()
+        vectors = np.random.default_rng(16).standard_normal((rows, 1280)).astype(np.float32)
+        write_embeddings(connection, "efficientnet-lite0", ids, vectors)
+        write_embeddings(connection, "clip-vit-l-14", ids[:10], vectors[:10, :768])
+
+    def stored() -> tuple[int, str]:
+        with engine.connect() as connection:
+            return connection.execute(
+                sa.text(
+                    "SELECT count(*), md5(string_agg(vector::text, ',' ORDER BY asset_id, embedder)) FROM embeddings"
+                )
+            ).one()
+
+    def index_methods() -> dict[str, str]:
+        with engine.connect() as connection:
+            return dict(
+                connection.execute(
+                    sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'embeddings'")
+                ).all()
+            )
+
+    before = stored()
+    assert before[0] == rows + 10
+    database.upgrade("0016", settings=settings)
+    assert stored() == before
+    indexes = index_methods()
+    assert "USING ivfflat" in indexes["ix_embeddings_ivf_efficientnet_lite0"]
+    assert "lists='12'" in indexes["ix_embeddings_ivf_efficientnet_lite0"]
+    assert "lists='1'" in indexes["ix_embeddings_ivf_clip_vit_l_14"]
+    assert not any("hnsw" in definition for definition in indexes.values())
+    database.downgrade("0015", settings=settings)
+    assert stored() == before
+    indexes = index_methods()
+    assert "USING hnsw" in indexes["ix_embeddings_hnsw_efficientnet_lite0"]
+    assert "USING hnsw" in indexes["ix_embeddings_hnsw_clip_vit_l_14"]
+    assert not any("ivfflat" in definition for definition in indexes.values())

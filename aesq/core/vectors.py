@@ -1,0 +1,178 @@
+"""Vector search: one IVFFlat index per embedder, trained on the vectors it holds, and the one nearest-neighbour
+query every vector read goes through (`aesq similar`, the API, the asset page, near-duplicate detection).
+
+Why IVFFlat and not HNSW (measured side by side, BENCHMARKS.md "Vectors"): inserting into a 1280-d HNSW graph costs
+3-5 ms of a core per row (about 200 rows/s here), an IVFFlat insert compares the row with the lists' centres only.
+IVFFlat must be trained on data: an embedder's index starts with one list (an exact scan) and is rebuilt with more
+lists, concurrently with reads and writes, each time the embedder's rows have doubled since it was built
+(`rebuild_grown_indexes`, run after scoring).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, text
+
+from aesq.core.config import Settings
+from aesq.core.database import get_engine
+from aesq.core.tables import EMBEDDING_DIMENSIONS
+
+ROWS_PER_LIST = 1_000  # pgvector's advice for up to a million rows: rows / 1000 lists
+FIRST_TRAINING_ROWS = 10_000  # below this one list (an exact scan) is as fast as any
+PROBED_SHARE = 0.008  # lists read per query (8 of 1,000); BENCHMARKS.md "Vectors" gives the recall it buys
+MIN_PROBES = 8
+PGVECTOR_DEFAULT_LISTS = 100  # an index created without a lists option has these
+
+
+def index_name(embedder: str) -> str:
+    """The embedder's IVFFlat index (a partial index over its own rows)."""
+    return f"ix_embeddings_ivf_{embedder.replace('-', '_')}"
+
+
+def indexed_vector(embedder: str, alias: str = "e") -> str:
+    """The expression the embedder's index covers; a query must order by it, literally, to use the index."""
+    return f"{alias}.vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})"
+
+
+def index_definition(embedder: str, lists: int, name: str | None = None, concurrently: bool = False) -> str:
+    """The CREATE INDEX statement of an embedder's index with `lists` lists."""
+    return (
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{name or index_name(embedder)} ON embeddings "
+        f"USING ivfflat ((vector::halfvec({EMBEDDING_DIMENSIONS[embedder]})) halfvec_cosine_ops) "
+        f"WITH (lists = {lists}) WHERE embedder = '{embedder}'"
+    )
+
+
+def lists_for(rows: int) -> int:
+    """How many lists `rows` vectors are best split into: pgvector's rows / 1000 up to a million, √rows beyond."""
+    if rows < FIRST_TRAINING_ROWS:
+        return 1
+    return rows // ROWS_PER_LIST if rows <= 1_000_000 else math.isqrt(rows)
+
+
+def probes_for(lists: int) -> int:
+    """How many lists one query reads: a share of them, never fewer than MIN_PROBES (or all when there are fewer)."""
+    return min(lists, max(MIN_PROBES, math.ceil(lists * PROBED_SHARE)))
+
+
+def current_lists(connection: Connection, embedder: str) -> int | None:
+    """The lists the embedder's index was built with; None when it has no valid index."""
+    options = connection.execute(
+        text(
+            "SELECT c.reloptions FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            " WHERE c.relname = :name AND i.indisvalid"
+        ),
+        {"name": index_name(embedder)},
+    ).first()
+    if options is None:
+        return None
+    lists = [int(option.split("=", 1)[1]) for option in options.reloptions or () if option.startswith("lists=")]
+    return lists[0] if lists else PGVECTOR_DEFAULT_LISTS
+
+
+def search_settings(lists: int) -> list[str]:
+    """The settings a nearest-neighbour query runs under (SET LOCAL: this transaction only)."""
+    return [
+        f"SET LOCAL ivfflat.probes = {probes_for(lists)}",
+        # Filters run inside the index scan, which reads more lists until LIMIT rows pass; its order is then only
+        # roughly by distance, so the query sorts its rows again.
+        "SET LOCAL ivfflat.iterative_scan = relaxed_order",
+        # The planner counts no cost for reading TOASTed vectors, so it finds an exact scan and sort of every
+        # vector cheaper than the index (tenths of a second at 100,000 rows): with sorts off the index is the
+        # one plan left that needs no sort of the candidates.
+        "SET LOCAL enable_sort = off",
+    ]
+
+
+def nearest_query(embedder: str, conditions: Sequence[str] = ()) -> str:
+    """The SQL of `nearest`: parameters :query (a halfvec) and :limit, and those of the conditions."""
+    where = " AND ".join([f"e.embedder = '{embedder}'", *conditions])  # the name inlined to match the partial index
+    return f"""
+        WITH candidates AS MATERIALIZED (
+            SELECT e.asset_id, {indexed_vector(embedder)} <=> CAST(:query AS halfvec) AS distance
+            FROM embeddings e JOIN assets a ON a.id = e.asset_id
+            WHERE {where}
+            ORDER BY distance
+            LIMIT :limit
+        )
+        SELECT asset_id, distance FROM candidates ORDER BY distance, asset_id
+        """
+
+
+def nearest(
+    connection: Connection,
+    embedder: str,
+    query: object,
+    limit: int,
+    conditions: Sequence[str] = (),
+    params: dict[str, object] | None = None,
+) -> list[tuple[int, float]]:
+    """The `limit` embeddings closest to `query` (cosine distance) among the embedder's rows of assets `a` meeting
+    `conditions` (SQL over `e` and `a`, parameters in `params`), closest first: (asset id, distance).
+
+    The conditions run inside the index scan (pgvector 0.8's iterative scan), so a filtered search still returns
+    `limit` rows when that many exist. Runs in the caller's transaction.
+    """
+    for setting in search_settings(current_lists(connection, embedder) or 1):
+        connection.execute(text(setting))
+    rows = connection.execute(
+        text(nearest_query(embedder, conditions)), {**(params or {}), "query": query, "limit": limit}
+    ).all()
+    return [(int(row.asset_id), float(row.distance)) for row in rows]
+
+
+def _lock_key(embedder: str) -> int:
+    """The advisory lock one rebuild of the embedder's index holds, so concurrent workers build it once."""
+    return zlib.crc32(f"aesq-vector-index:{embedder}".encode())
+
+
+def rebuild_grown_indexes(settings: Settings) -> dict[str, int]:
+    """Rebuild each embedder's index whose rows call for twice the lists it was built with, without blocking
+    reads or writes (CREATE INDEX CONCURRENTLY, then swap); returns {embedder: its new lists}.
+
+    A worker finding another one rebuilding skips it. A rebuild interrupted by a crash leaves an invalid index
+    under the temporary name; the next one drops it first.
+    """
+    rebuilt = {}
+    with get_engine(settings).connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        for embedder in EMBEDDING_DIMENSIONS:
+            key = {"key": _lock_key(embedder)}
+            if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
+                continue
+            try:
+                lists = _rebuild_if_grown(connection, embedder)
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            if lists is not None:
+                rebuilt[embedder] = lists
+    return rebuilt
+
+
+def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
+    """Rebuild one embedder's index when its rows call for at least twice its lists; the new lists, or None."""
+    built = current_lists(connection, embedder)
+    rows = connection.execute(text("SELECT count(*) FROM embeddings WHERE embedder = :e"), {"e": embedder}).scalar_one()
+    wanted = lists_for(rows)
+    if built is not None and wanted < 2 * built:
+        return None
+    name, temporary = index_name(embedder), f"{index_name(embedder)}_rebuild"
+    connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {temporary}"))
+    connection.execute(text(f"SET maintenance_work_mem = '{training_memory_mb(embedder, wanted)}MB'"))
+    try:
+        connection.execute(text(index_definition(embedder, wanted, temporary, concurrently=True)))
+    finally:
+        connection.execute(text("RESET maintenance_work_mem"))
+    connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+    connection.execute(text(f"ALTER INDEX {temporary} RENAME TO {name}"))
+    return wanted
+
+
+def training_memory_mb(embedder: str, lists: int) -> int:
+    """maintenance_work_mem for training `lists` lists: k-means keeps 50 sample rows per list in memory (pgvector
+    samples fewer beyond it, and trains worse)."""
+    sample_bytes = lists * 50 * (EMBEDDING_DIMENSIONS[embedder] * 2 + 8)
+    return 64 + 2 * sample_bytes // 2**20

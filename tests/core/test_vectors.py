@@ -1,0 +1,178 @@
+"""The vector index and search on the real Postgres + pgvector: neighbours as exact search finds them, filtered
+searches that still return k rows, and rebuilds as rows grow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from aesq.core import database, vectors
+from aesq.core.config import Settings
+from aesq.core.writes import write_embeddings
+from tests.docs.test_sql import QUERIES, statements
+
+EMBEDDER = "efficientnet-lite0"
+ROWS = 12_000  # past FIRST_TRAINING_ROWS: the rebuild trains 12 lists
+
+
+@pytest.fixture
+def fresh_settings(empty_database_url: str) -> Settings:
+    """A database of its own (rebuilt indexes would outlive the shared database's truncation), migrated."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade(settings=settings)
+    return settings
+
+
+def clustered_vectors(rows: int, seed: int = 16) -> np.ndarray:
+    """Unit vectors around 30 fixed centres, as images of the same prompts are; `seed` draws which and the noise."""
+    centres = np.random.default_rng(0).standard_normal((30, 1280))
+    rng = np.random.default_rng(seed)
+    vectors = centres[rng.integers(30, size=rows)] + 0.6 * rng.standard_normal((rows, 1280))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+
+
+def add_assets(settings: Settings, vectors_: np.ndarray, generators: int = 10) -> list[int]:
+    """Scored assets spread over `generators` versions (every tenth crawled), with the vectors as embeddings."""
+    with database.get_engine(settings).begin() as connection:
+        connection.execute(
+            sa.text("INSERT INTO generators (name, version) SELECT 'gen', 'v' || n FROM generate_series(1, :n) n"),
+            {"n": generators},
+        )
+        first = connection.execute(sa.text("SELECT coalesce(max(id), 0) FROM assets")).scalar_one()
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, generator_id, status)"
+                " SELECT 's3', 'b', 'k' || n, 'sha' || n, 1,"
+                "  CASE WHEN n % 10 = 0 THEN 'crawled' ELSE 'generated' END,"
+                "  CASE WHEN n % 10 = 0 THEN NULL ELSE (SELECT min(id) FROM generators) + n % :g END, 'scored'"
+                " FROM generate_series(:first + 1, :first + :n) n"
+            ),
+            {"n": len(vectors_), "first": first, "g": generators},
+        )
+        ids = connection.execute(sa.text("SELECT id FROM assets WHERE id > :first ORDER BY id"), {"first": first})
+        ids = ids.scalars().all()
+        write_embeddings(connection, EMBEDDER, ids, vectors_)
+    return ids
+
+
+def exact_nearest(stored: np.ndarray, ids: list[int], query: np.ndarray, k: int) -> list[int]:
+    """The k closest ids by cosine distance, computed here (the stored half-precision values, in float64)."""
+    data = stored.astype(np.float64)
+    similarity = data @ query.astype(np.float64) / np.linalg.norm(data, axis=1) / np.linalg.norm(query)
+    return [ids[i] for i in np.argsort(-similarity, kind="stable")[:k]]
+
+
+def search(settings: Settings, query: np.ndarray, k: int, conditions=(), params=None) -> list[tuple[int, float]]:
+    with database.get_engine(settings).begin() as connection:
+        return vectors.nearest(connection, EMBEDDER, query.astype(np.float16), k, conditions, params)
+
+
+def test_lists_grow_with_rows_as_pgvector_advises():
+    assert [vectors.lists_for(n) for n in (0, 9_999, 10_000, 250_000, 1_000_000, 4_000_000)] == [
+        1,
+        1,
+        10,
+        250,
+        1_000,
+        2_000,
+    ]
+    assert [vectors.probes_for(n) for n in (1, 5, 12, 1_000, 2_000)] == [1, 5, 8, 8, 16]
+
+
+def test_rebuild_trains_the_index_once_rows_call_for_twice_its_lists(fresh_settings):
+    assert vectors.rebuild_grown_indexes(fresh_settings) == {}  # one list, and no rows to call for more
+    data = clustered_vectors(ROWS)
+    add_assets(fresh_settings, data)
+    assert vectors.rebuild_grown_indexes(fresh_settings) == {EMBEDDER: 12}
+    assert vectors.rebuild_grown_indexes(fresh_settings) == {}  # 12 rows' worth of lists: not grown since
+    with database.get_engine(fresh_settings).connect() as connection:
+        assert vectors.current_lists(connection, EMBEDDER) == 12
+        names = connection.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'"))
+        assert "ix_embeddings_ivf_efficientnet_lite0_rebuild" not in names.scalars().all()
+
+
+def test_neighbours_match_exact_search(fresh_settings):
+    data = clustered_vectors(ROWS)
+    ids = add_assets(fresh_settings, data)
+    vectors.rebuild_grown_indexes(fresh_settings)
+    queries = clustered_vectors(20, seed=17)
+    found = [search(fresh_settings, query, 10, ["a.status IN ('pending', 'scored')"]) for query in queries]
+    recall = np.mean(
+        [
+            len({i for i, _ in hits} & set(exact_nearest(data, ids, query, 10))) / 10
+            for hits, query in zip(found, queries)
+        ]
+    )
+    assert recall >= 0.95
+    for hits, query in zip(found, queries):
+        distances = [distance for _, distance in hits]
+        assert distances == sorted(distances)  # the relaxed index order is re-sorted
+        row = ids.index(hits[0][0])
+        expected = 1 - float(data[row].astype(np.float64) @ query.astype(np.float64)) / (
+            np.linalg.norm(data[row].astype(np.float64)) * np.linalg.norm(query.astype(np.float64))
+        )
+        assert distances[0] == pytest.approx(expected, abs=1e-3)
+
+
+def test_below_the_first_training_rows_search_is_exact(fresh_settings):
+    data = clustered_vectors(2_000)
+    ids = add_assets(fresh_settings, data)
+    for query in clustered_vectors(5, seed=18):
+        assert [i for i, _ in search(fresh_settings, query, 10)] == exact_nearest(data, ids, query, 10)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["a.generator_id = (SELECT min(id) + 1 FROM generators)", "a.source_kind = 'crawled'"],
+    ids=["one version", "crawled"],
+)
+def test_a_filtered_search_still_returns_k_rows_of_the_filter(fresh_settings, condition):
+    """A filter keeping a tenth of the rows runs inside the index scan: k rows come back, the filter's closest."""
+    data = clustered_vectors(ROWS)
+    ids = add_assets(fresh_settings, data)
+    vectors.rebuild_grown_indexes(fresh_settings)
+    with database.get_engine(fresh_settings).connect() as connection:
+        kept = set(connection.execute(sa.text(f"SELECT a.id FROM assets a WHERE {condition}")).scalars().all())
+    rows = [row for row, asset_id in enumerate(ids) if asset_id in kept]
+    assert 0 < len(rows) < ROWS / 5
+    recalls = []
+    for query in clustered_vectors(10, seed=19):
+        hits = search(fresh_settings, query, 10, [condition])
+        assert len(hits) == 10 and {i for i, _ in hits} <= kept
+        expected = exact_nearest(data[rows], [ids[row] for row in rows], query, 10)
+        recalls.append(len({i for i, _ in hits} & set(expected)) / 10)
+    assert np.mean(recalls) >= 0.95
+
+
+def test_the_documented_neighbour_query_reads_the_vector_index(fresh_settings):
+    """docs/sql.md's nearest-neighbour query, with the settings it documents, is served by the IVFFlat index."""
+    add_assets(fresh_settings, clustered_vectors(ROWS))
+    vectors.rebuild_grown_indexes(fresh_settings)
+    session_settings, statement = statements(dict(QUERIES)["Nearest neighbours of an asset"])
+    assert session_settings == [
+        "SET LOCAL ivfflat.probes = 8",
+        "SET LOCAL ivfflat.iterative_scan = relaxed_order",
+        "SET LOCAL enable_sort = off",
+    ]
+    with database.get_engine(fresh_settings).begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
+        for setting in session_settings:
+            connection.exec_driver_sql(setting)
+        plan = "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN " + statement))
+        assert "Index Scan using ix_embeddings_ivf_efficientnet_lite0" in plan, plan
+        assert len(connection.exec_driver_sql(statement).all()) == 10
+
+
+@pytest.mark.parametrize("conditions", [[], ["a.status IN ('pending', 'scored')", "a.source_kind = 'crawled'"]])
+def test_searches_read_the_vector_index(fresh_settings, conditions):
+    """aesq's own search is served by the IVFFlat index, filtered or not, not by an exact scan and sort."""
+    add_assets(fresh_settings, clustered_vectors(ROWS))
+    vectors.rebuild_grown_indexes(fresh_settings)
+    with database.get_engine(fresh_settings).begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
+        for setting in vectors.search_settings(vectors.current_lists(connection, EMBEDDER) or 1):
+            connection.execute(sa.text(setting))
+        query = sa.text("EXPLAIN " + vectors.nearest_query(EMBEDDER, conditions))
+        plan = "\n".join(connection.execute(query, {"query": clustered_vectors(1)[0], "limit": 10}).scalars())
+    assert "Index Scan using ix_embeddings_ivf_efficientnet_lite0" in plan, plan
