@@ -72,6 +72,7 @@ def seed(settings, count: int, images: Path) -> None:
     from PIL import Image
 
     from aesq.analysis import aggregate
+    from aesq.core import vectors
     from aesq.core.database import get_engine
     from aesq.core.writes import write_embeddings
 
@@ -108,23 +109,14 @@ def seed(settings, count: int, images: Path) -> None:
             FROM assets WHERE id % 10 = 3
             """
         ))  # fmt: skip
-        # Loading into an HNSW index row by row takes far longer than building it once afterwards.
-        indexes = connection.execute(
-            sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE indexdef LIKE '%hnsw%'")
-        ).all()
-        for name, _ in indexes:
-            connection.execute(sa.text(f'DROP INDEX "{name}"'))
         rng = np.random.default_rng(0)
         for start in range(1, count + 1, 10_000):
             ids = list(range(start, min(start + 10_000, count + 1)))
-            vectors = rng.standard_normal((len(ids), 1280)).astype(np.float32)
+            embedded = rng.standard_normal((len(ids), 1280)).astype(np.float32)
             write_embeddings(
-                connection, "efficientnet-lite0", ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+                connection, "efficientnet-lite0", ids, embedded / np.linalg.norm(embedded, axis=1, keepdims=True)
             )
-        connection.execute(sa.text("SET maintenance_work_mem = '4GB'"))
-        connection.execute(sa.text("SET max_parallel_maintenance_workers = 2"))
-        for _, definition in indexes:
-            connection.execute(sa.text(definition))
+    vectors.rebuild_grown_indexes(settings)  # trained for the rows loaded, as after scoring them
     with engine.begin() as connection:
         connection.execute(sa.text("ANALYZE"))
     aggregate.aggregate_versions(settings)
