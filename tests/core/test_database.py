@@ -208,6 +208,20 @@ def test_embedded_server_is_shared_between_processes_and_stopped_by_command(tmp_
         sa.create_engine(url).connect()
 
 
+def test_a_cluster_aesq_creates_gets_a_quarter_of_memory_for_shared_buffers(tmp_path):
+    """Set before the first start (no restart under other processes), and kept across restarts."""
+    settings = Settings(database_url=None, data_dir=tmp_path / "data")
+    assert database.shared_buffers_mb() > 128  # this machine has more than 512 MB
+    for _ in range(2):
+        url = database.start_embedded(settings)
+        try:
+            with database.engine(url).connect() as connection:
+                buffers = connection.execute(sa.text("SHOW shared_buffers")).scalar_one()
+        finally:
+            database.stop_embedded(settings)
+        assert buffers == f"{database.shared_buffers_mb()}MB"
+
+
 def test_the_pool_is_sized_by_the_setting_with_as_many_again_at_peaks(migrated_database_url):
     pooled = database.get_engine(Settings(database_url=migrated_database_url, database_pool_size=3))
     assert (pooled.pool.size(), pooled.pool._max_overflow) == (3, 3)
