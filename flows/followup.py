@@ -42,9 +42,11 @@ def report_flow(days: int | None = None) -> str:
 
 @flow(name="aesq-after-scoring")
 def after_scoring_flow() -> int:
-    """Refresh the per-version statistics and the vector indexes, then analyse new low scorers; returns defect
-    rows written."""
+    """Refresh the per-version statistics, analyse new low scorers, then the vector indexes; returns defect rows
+    written."""
     settings = get_settings()
     aggregate_versions(settings)
-    rebuild_vector_indexes(settings)
-    return defects_flow()
+    written = defects_flow()
+    # Index upkeep last, and its failure logged, not raised: searches still work meanwhile, only slower.
+    rebuild_vector_indexes(settings, return_state=True)
+    return written

@@ -180,5 +180,6 @@ def run_flow(
         discovery.result()
     outcomes = _score_claimed(scored, settings, source, within=None if scorers is None else source)
     aggregate_versions(settings)
-    rebuild_vector_indexes(settings)
+    # Index upkeep after the run's data is stored; a failure is the task's to log, not the run's.
+    rebuild_vector_indexes(settings, return_state=True)
     return outcomes

@@ -14,9 +14,11 @@ import math
 import zlib
 from collections.abc import Sequence
 
+import psycopg
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
-from aesq.core.config import Settings
+from aesq.core.config import ConfigurationError, Settings
 from aesq.core.database import get_engine
 from aesq.core.tables import EMBEDDING_DIMENSIONS
 
@@ -24,7 +26,6 @@ ROWS_PER_LIST = 1_000  # pgvector's advice for up to a million rows: rows / 1000
 FIRST_TRAINING_ROWS = 10_000  # below this one list (an exact scan) is as fast as any
 PROBED_SHARE = 0.008  # lists read per query (8 of 1,000); BENCHMARKS.md "Vectors" gives the recall it buys
 MIN_PROBES = 8
-PGVECTOR_DEFAULT_LISTS = 100  # an index created without a lists option has these
 
 
 def index_name(embedder: str) -> str:
@@ -59,18 +60,25 @@ def probes_for(lists: int) -> int:
 
 
 def current_lists(connection: Connection, embedder: str) -> int | None:
-    """The lists the embedder's index was built with; None when it has no valid index."""
-    options = connection.execute(
+    """The lists of the embedder's valid index (the larger one while a rebuild swaps a new one in, which the planner
+    prefers); None when it has none."""
+    rows = connection.execute(
         text(
             "SELECT c.reloptions FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
-            " WHERE c.relname = :name AND i.indisvalid"
+            " WHERE c.relname IN (:name, :rebuild) AND i.indisvalid"
         ),
-        {"name": index_name(embedder)},
-    ).first()
-    if options is None:
-        return None
-    lists = [int(option.split("=", 1)[1]) for option in options.reloptions or () if option.startswith("lists=")]
-    return lists[0] if lists else PGVECTOR_DEFAULT_LISTS
+        {"name": index_name(embedder), "rebuild": rebuild_name(embedder)},
+    ).all()
+    lists = [
+        next((int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100)
+        for row in rows  # an index made without the option has pgvector's default, 100
+    ]
+    return max(lists, default=None)
+
+
+def rebuild_name(embedder: str) -> str:
+    """The name a rebuilt index has until it replaces the embedder's index."""
+    return f"{index_name(embedder)}_rebuild"
 
 
 def search_settings(lists: int) -> list[str]:
@@ -114,7 +122,8 @@ def nearest(
     `conditions` (SQL over `e` and `a`, parameters in `params`), closest first: (asset id, distance).
 
     The conditions run inside the index scan (pgvector 0.8's iterative scan), so a filtered search still returns
-    `limit` rows when that many exist. Runs in the caller's transaction.
+    `limit` rows when that many exist. Runs in the caller's transaction (not an AUTOCOMMIT connection: SET LOCAL
+    would not hold), whose search settings it changes until it ends.
     """
     for setting in search_settings(current_lists(connection, embedder) or 1):
         connection.execute(text(setting))
@@ -124,46 +133,65 @@ def nearest(
     return [(int(row.asset_id), float(row.distance)) for row in rows]
 
 
-def _lock_key(embedder: str) -> int:
-    """The advisory lock one rebuild of the embedder's index holds, so concurrent workers build it once."""
-    return zlib.crc32(f"aesq-vector-index:{embedder}".encode())
+# One rebuild at a time on `embeddings`, whatever the embedder: two CREATE INDEX CONCURRENTLY on one table wait
+# for each other's snapshots, and Postgres may end one as a deadlock after minutes of training.
+_REBUILD_LOCK = zlib.crc32(b"aesq-vector-index-rebuild")
 
 
 def rebuild_grown_indexes(settings: Settings) -> dict[str, int]:
     """Rebuild each embedder's index whose rows call for twice the lists it was built with, without blocking
-    reads or writes (CREATE INDEX CONCURRENTLY, then swap); returns {embedder: its new lists}.
+    reads or writes (CREATE INDEX CONCURRENTLY, then swap); returns {embedder: its new lists}. Skipped, {}, while
+    another worker rebuilds.
 
-    A worker finding another one rebuilding skips it. A rebuild interrupted by a crash leaves an invalid index
-    under the temporary name; the next one drops it first.
+    A rebuild interrupted before the swap leaves an invalid index under the temporary name, dropped by the next
+    one; interrupted within the swap, a valid one the next rebuild puts in place. ConfigurationError (not retried)
+    when the server will not give training the memory it needs.
     """
     rebuilt = {}
     with get_engine(settings).connect() as connection:
         connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        for embedder in EMBEDDING_DIMENSIONS:
-            key = {"key": _lock_key(embedder)}
-            if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
-                continue
-            try:
+        if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": _REBUILD_LOCK}).scalar_one():
+            return {}
+        try:
+            for embedder in EMBEDDING_DIMENSIONS:
                 lists = _rebuild_if_grown(connection, embedder)
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-            if lists is not None:
-                rebuilt[embedder] = lists
+                if lists is not None:
+                    rebuilt[embedder] = lists
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _REBUILD_LOCK})
     return rebuilt
 
 
 def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
     """Rebuild one embedder's index when its rows call for at least twice its lists; the new lists, or None."""
-    built = current_lists(connection, embedder)
+    name, temporary = index_name(embedder), rebuild_name(embedder)
+    valid = set(
+        connection.execute(
+            text("SELECT c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid WHERE i.indisvalid"
+                 " AND c.relname IN (:name, :temporary)"),
+            {"name": name, "temporary": temporary},
+        ).scalars()
+    )  # fmt: skip
+    if valid == {temporary}:  # the last rebuild stopped between dropping the old index and renaming the new one
+        connection.execute(text(f"ALTER INDEX {temporary} RENAME TO {name}"))
+        valid = {name}
+    built = current_lists(connection, embedder) if name in valid else None
     rows = connection.execute(text("SELECT count(*) FROM embeddings WHERE embedder = :e"), {"e": embedder}).scalar_one()
     wanted = lists_for(rows)
     if built is not None and wanted < 2 * built:
         return None
-    name, temporary = index_name(embedder), f"{index_name(embedder)}_rebuild"
     connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {temporary}"))
-    connection.execute(text(f"SET maintenance_work_mem = '{training_memory_mb(embedder, wanted)}MB'"))
+    memory = training_memory_mb(embedder, wanted)
+    connection.execute(text(f"SET maintenance_work_mem = '{memory}MB'"))
     try:
         connection.execute(text(index_definition(embedder, wanted, temporary, concurrently=True)))
+    except DBAPIError as error:
+        if isinstance(error.orig, psycopg.errors.ProgramLimitExceeded | psycopg.errors.OutOfMemory):
+            raise ConfigurationError(
+                f"cannot train the {embedder} vector index with {wanted} lists in {memory} MB of memory "
+                f"({' '.join(str(error.orig).split())}): give the Postgres server more memory"
+            ) from error
+        raise
     finally:
         connection.execute(text("RESET maintenance_work_mem"))
     connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
@@ -172,7 +200,10 @@ def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
 
 
 def training_memory_mb(embedder: str, lists: int) -> int:
-    """maintenance_work_mem for training `lists` lists: k-means keeps 50 sample rows per list in memory (pgvector
-    samples fewer beyond it, and trains worse)."""
-    sample_bytes = lists * 50 * (EMBEDDING_DIMENSIONS[embedder] * 2 + 8)
-    return 64 + 2 * sample_bytes // 2**20
+    """maintenance_work_mem for training `lists` lists: pgvector's k-means refuses to start in less than its whole
+    working set (50 samples per list, at least 10,000, and a float per sample and list), counted here as pgvector
+    counts it with samples at full precision, plus a tenth and 64 MB to spare."""
+    samples = max(50 * lists, 10_000)
+    vector_bytes = 4 * EMBEDDING_DIMENSIONS[embedder] + 8
+    working_set = (samples + 3 * lists) * vector_bytes + 4 * samples * lists + 4 * lists * lists + 8 * (samples + lists)
+    return 64 + math.ceil(1.1 * working_set / 2**20)

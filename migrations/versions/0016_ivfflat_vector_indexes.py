@@ -3,13 +3,15 @@
 HNSW upkeep held embedding writes to about 200 rows/s on 2 cores; an IVFFlat insert only compares the row with the
 lists' centres (BENCHMARKS.md "Vectors"). The new index gets as many lists as the embedder's rows call for now
 (one below 10,000 rows); `rebuild_grown_indexes` adds lists as rows grow. Only indexes change: every vector stays
-in `embeddings`. Downgrade rebuilds the HNSW indexes (slow on large tables: that is HNSW's build cost).
+in `embeddings`. The table is locked while the indexes are built: minutes at a million rows, so upgrade while no
+worker writes. Downgrade rebuilds the HNSW indexes (slow on large tables: that is HNSW's build cost).
 
 Revision ID: 0016
 Revises: 0015
 Create Date: 2026-11-30 01:30:00.000000
 """
 
+import math
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -35,6 +37,13 @@ def _lists(rows: int) -> int:
     return rows // 1_000 if rows <= 1_000_000 else int(rows**0.5)
 
 
+def _training_memory_mb(dimension: int, lists: int) -> int:
+    """aesq.core.vectors.training_memory_mb as of this revision: pgvector's k-means working set, and some to spare."""
+    samples = max(50 * lists, 10_000)
+    working_set = (samples + 3 * lists) * (4 * dimension + 8) + 4 * samples * lists + 4 * lists * lists
+    return 64 + math.ceil(1.1 * (working_set + 8 * (samples + lists)) / 2**20)
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     for embedder, dimension in DIMENSIONS.items():
@@ -43,10 +52,7 @@ def upgrade() -> None:
         ).scalar_one()
         lists = _lists(rows)
         op.execute(f"DROP INDEX IF EXISTS ix_embeddings_hnsw_{_suffix(embedder)}")
-        # k-means keeps 50 sample rows per list in memory while it trains.
-        op.execute(
-            f"SET LOCAL maintenance_work_mem = '{max(64, lists * 50 * (dimension * 2 + 8) // 2**20 * 2 + 64)}MB'"
-        )
+        op.execute(f"SET LOCAL maintenance_work_mem = '{_training_memory_mb(dimension, lists)}MB'")
         op.execute(
             f"CREATE INDEX ix_embeddings_ivf_{_suffix(embedder)} ON embeddings "
             f"USING ivfflat ((vector::halfvec({dimension})) halfvec_cosine_ops) "

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from aesq.core import database, vectors
-from aesq.core.config import Settings
+from aesq.core.config import ConfigurationError, Settings
 from aesq.core.writes import write_embeddings
 from tests.docs.test_sql import QUERIES, statements
 
@@ -92,19 +92,32 @@ def test_rebuild_trains_the_index_once_rows_call_for_twice_its_lists(fresh_setti
         assert "ix_embeddings_ivf_efficientnet_lite0_rebuild" not in names.scalars().all()
 
 
-def test_neighbours_match_exact_search(fresh_settings):
+TRAINED_LISTS = 120  # a search reads 8 of them: 7 % of the rows, so recall depends on the index working
+
+
+@pytest.fixture
+def trained(fresh_settings) -> tuple[Settings, np.ndarray, list[int]]:
+    """12,000 stored vectors under an index of TRAINED_LISTS lists: (settings, the vectors, their asset ids)."""
     data = clustered_vectors(ROWS)
     ids = add_assets(fresh_settings, data)
-    vectors.rebuild_grown_indexes(fresh_settings)
+    with database.get_engine(fresh_settings).connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(sa.text(f"DROP INDEX {vectors.index_name(EMBEDDER)}"))
+        connection.execute(sa.text(vectors.index_definition(EMBEDDER, TRAINED_LISTS)))
+        connection.execute(sa.text("ANALYZE"))
+    return fresh_settings, data, ids
+
+
+def recall(hits: list[tuple[int, float]], expected: list[int]) -> float:
+    return len({asset_id for asset_id, _ in hits} & set(expected)) / len(expected)
+
+
+def test_neighbours_match_exact_search(trained):
+    settings, data, ids = trained
+    assert vectors.probes_for(TRAINED_LISTS) < TRAINED_LISTS / 10
     queries = clustered_vectors(20, seed=17)
-    found = [search(fresh_settings, query, 10, ["a.status IN ('pending', 'scored')"]) for query in queries]
-    recall = np.mean(
-        [
-            len({i for i, _ in hits} & set(exact_nearest(data, ids, query, 10))) / 10
-            for hits, query in zip(found, queries)
-        ]
-    )
-    assert recall >= 0.95
+    found = [search(settings, query, 10, ["a.status IN ('pending', 'scored')"]) for query in queries]
+    assert np.mean([recall(hits, exact_nearest(data, ids, query, 10)) for hits, query in zip(found, queries)]) >= 0.95
     for hits, query in zip(found, queries):
         distances = [distance for _, distance in hits]
         assert distances == sorted(distances)  # the relaxed index order is re-sorted
@@ -127,22 +140,96 @@ def test_below_the_first_training_rows_search_is_exact(fresh_settings):
     ["a.generator_id = (SELECT min(id) + 1 FROM generators)", "a.source_kind = 'crawled'"],
     ids=["one version", "crawled"],
 )
-def test_a_filtered_search_still_returns_k_rows_of_the_filter(fresh_settings, condition):
+def test_a_filtered_search_returns_the_filter_s_k_closest(trained, condition):
     """A filter keeping a tenth of the rows runs inside the index scan: k rows come back, the filter's closest."""
-    data = clustered_vectors(ROWS)
-    ids = add_assets(fresh_settings, data)
-    vectors.rebuild_grown_indexes(fresh_settings)
-    with database.get_engine(fresh_settings).connect() as connection:
+    settings, data, ids = trained
+    with database.get_engine(settings).connect() as connection:
         kept = set(connection.execute(sa.text(f"SELECT a.id FROM assets a WHERE {condition}")).scalars().all())
     rows = [row for row, asset_id in enumerate(ids) if asset_id in kept]
     assert 0 < len(rows) < ROWS / 5
     recalls = []
     for query in clustered_vectors(10, seed=19):
-        hits = search(fresh_settings, query, 10, [condition])
+        hits = search(settings, query, 10, [condition])
         assert len(hits) == 10 and {i for i, _ in hits} <= kept
-        expected = exact_nearest(data[rows], [ids[row] for row in rows], query, 10)
-        recalls.append(len({i for i, _ in hits} & set(expected)) / 10)
+        recalls.append(recall(hits, exact_nearest(data[rows], [ids[row] for row in rows], query, 10)))
     assert np.mean(recalls) >= 0.95
+
+
+def test_a_rare_filter_still_returns_k_rows(trained):
+    """One row in 200 passes: the lists a search reads first hold about 4 of them, so the index scan reads on."""
+    settings, _, _ = trained
+    rare = "a.id % 200 = 7"
+    for query in clustered_vectors(5, seed=20):
+        hits = search(settings, query, 10, [rare])
+        assert len(hits) == 10 and all(asset_id % 200 == 7 for asset_id, _ in hits)
+        with database.get_engine(settings).begin() as connection:
+            for setting in vectors.search_settings(TRAINED_LISTS):
+                connection.execute(sa.text(setting))
+            connection.execute(sa.text("SET LOCAL ivfflat.iterative_scan = off"))
+            one_pass = connection.execute(
+                sa.text(vectors.nearest_query(EMBEDDER, [rare])), {"query": query, "limit": 10}
+            ).all()
+        assert len(one_pass) < 10  # what a search without the iterative scan would have returned
+
+
+def test_a_swap_cut_short_is_completed_and_searched_meanwhile(trained):
+    """A rebuild stopped after dropping the old index, before renaming the new one: searches read the new one
+    with its lists' probes, and the next rebuild puts it in place instead of training again."""
+    settings, _, _ = trained
+    with database.get_engine(settings).connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        name = vectors.index_name(EMBEDDER)
+        connection.execute(sa.text(f"ALTER INDEX {name} RENAME TO {vectors.rebuild_name(EMBEDDER)}"))
+        assert vectors.current_lists(connection, EMBEDDER) == TRAINED_LISTS
+        assert vectors.rebuild_grown_indexes(settings) == {}  # 12,000 rows call for 12 lists: not grown
+        assert vectors.current_lists(connection, EMBEDDER) == TRAINED_LISTS
+        names = connection.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'"))
+        assert name in names.scalars().all()
+
+
+def test_a_build_cut_short_is_dropped_by_the_next_rebuild(fresh_settings):
+    """CREATE INDEX CONCURRENTLY interrupted leaves an invalid index under the temporary name."""
+    add_assets(fresh_settings, clustered_vectors(ROWS))
+    temporary = vectors.rebuild_name(EMBEDDER)
+    with database.get_engine(fresh_settings).connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(sa.text(vectors.index_definition(EMBEDDER, 3, temporary)))
+        connection.execute(
+            sa.text(f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{temporary}'::regclass")
+        )
+        assert vectors.current_lists(connection, EMBEDDER) == 1
+    assert vectors.rebuild_grown_indexes(fresh_settings) == {EMBEDDER: 12}
+    with database.get_engine(fresh_settings).connect() as connection:
+        assert vectors.current_lists(connection, EMBEDDER) == 12
+        valid = connection.execute(sa.text("SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar_one()
+        assert valid == 0
+
+
+def test_a_worker_finding_a_rebuild_under_way_leaves_it(fresh_settings):
+    add_assets(fresh_settings, clustered_vectors(ROWS))
+    with database.get_engine(fresh_settings).connect() as other:
+        other.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": vectors._REBUILD_LOCK})
+        assert vectors.rebuild_grown_indexes(fresh_settings) == {}
+        other.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": vectors._REBUILD_LOCK})
+    assert vectors.rebuild_grown_indexes(fresh_settings) == {EMBEDDER: 12}
+
+
+def test_training_refused_memory_is_a_configuration_error(fresh_settings, monkeypatch):
+    """pgvector will not train in less memory than it needs: one line naming the index, not a retried failure."""
+    add_assets(fresh_settings, clustered_vectors(ROWS))
+    monkeypatch.setattr(vectors, "training_memory_mb", lambda embedder, lists: 1)
+    with pytest.raises(ConfigurationError, match="cannot train the efficientnet-lite0 vector index with 12 lists"):
+        vectors.rebuild_grown_indexes(fresh_settings)
+    with database.get_engine(fresh_settings).connect() as connection:
+        assert vectors.current_lists(connection, EMBEDDER) == 1  # the index searches used is still there
+
+
+def test_training_memory_covers_what_pgvector_asks_at_a_million_rows():
+    """pgvector's k-means needs its samples, a float per sample and list, and the centres (src/ivfkmeans.c)."""
+    lists = vectors.lists_for(1_000_000)
+    samples = 50 * lists
+    needed = samples * (2 * 1280 + 8) + 4 * samples * lists + 4 * lists * lists
+    assert vectors.training_memory_mb(EMBEDDER, lists) * 2**20 > needed
 
 
 def test_the_documented_neighbour_query_reads_the_vector_index(fresh_settings):
