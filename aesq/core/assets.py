@@ -288,7 +288,7 @@ def nearest_assets(settings: Settings, asset_id: int, embedder: str, limit: int 
     status filter runs inside the index scan (aesq.core.vectors) so failed neighbours hide none.
     """
     if embedder not in EMBEDDING_DIMENSIONS:
-        raise ValueError(f"no vector index for embedder {embedder!r}")
+        raise ValueError(f"no vector index for embedder {embedder!r}: use one of {', '.join(EMBEDDING_DIMENSIONS)}")
     own = text(f"SELECT e.vector FROM embeddings e WHERE e.asset_id = :asset_id AND e.embedder = '{embedder}'")
     with get_engine(settings).begin() as connection:
         query_vector = connection.execute(own, {"asset_id": asset_id}).scalar_one_or_none()

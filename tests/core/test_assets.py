@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from aesq.core.assets import nearest_assets
@@ -37,3 +38,10 @@ def test_neighbours_leave_out_a_failed_asset_that_keeps_its_embedding(settings):
 
     neighbours = nearest_assets(settings, ids["query"], "efficientnet-lite0", limit=2)
     assert [asset_id for asset_id, _ in neighbours] == [ids["near"], ids["far"]]
+
+
+def test_an_unknown_embedder_is_named_with_the_known_ones(settings):
+    with pytest.raises(
+        ValueError, match="no vector index for embedder 'nope': use one of efficientnet-lite0, clip-vit"
+    ):
+        nearest_assets(settings, 1, "nope")
