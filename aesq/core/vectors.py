@@ -62,18 +62,24 @@ def probes_for(lists: int) -> int:
 def current_lists(connection: Connection, embedder: str) -> int | None:
     """The lists of the embedder's valid index (the larger one while a rebuild swaps a new one in, which the planner
     prefers); None when it has none."""
+    return max(_valid_indexes(connection, embedder).values(), default=None)
+
+
+def _valid_indexes(connection: Connection, embedder: str) -> dict[str, int]:
+    """The embedder's valid indexes, under its name or a rebuild's, with their lists."""
     rows = connection.execute(
         text(
-            "SELECT c.reloptions FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
             " WHERE c.relname IN (:name, :rebuild) AND i.indisvalid"
         ),
         {"name": index_name(embedder), "rebuild": rebuild_name(embedder)},
     ).all()
-    lists = [
-        next((int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100)
-        for row in rows  # an index made without the option has pgvector's default, 100
-    ]
-    return max(lists, default=None)
+    return {
+        row.relname: next(
+            (int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100
+        )  # an index made without the option has pgvector's default, 100
+        for row in rows
+    }
 
 
 def rebuild_name(embedder: str) -> str:
@@ -144,7 +150,7 @@ def rebuild_grown_indexes(settings: Settings) -> dict[str, int]:
     another worker rebuilds.
 
     A rebuild interrupted before the swap leaves an invalid index under the temporary name, dropped by the next
-    one; interrupted within the swap, a valid one the next rebuild puts in place. ConfigurationError (not retried)
+    one; interrupted within the swap, a valid one the next rebuild puts in place of the old. ConfigurationError (not retried)
     when the server will not give training the memory it needs.
     """
     rebuilt = {}
@@ -165,17 +171,11 @@ def rebuild_grown_indexes(settings: Settings) -> dict[str, int]:
 def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
     """Rebuild one embedder's index when its rows call for at least twice its lists; the new lists, or None."""
     name, temporary = index_name(embedder), rebuild_name(embedder)
-    valid = set(
-        connection.execute(
-            text("SELECT c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid WHERE i.indisvalid"
-                 " AND c.relname IN (:name, :temporary)"),
-            {"name": name, "temporary": temporary},
-        ).scalars()
-    )  # fmt: skip
-    if valid == {temporary}:  # the last rebuild stopped between dropping the old index and renaming the new one
-        connection.execute(text(f"ALTER INDEX {temporary} RENAME TO {name}"))
-        valid = {name}
-    built = current_lists(connection, embedder) if name in valid else None
+    valid = _valid_indexes(connection, embedder)
+    if temporary in valid:  # the last rebuild trained its index and stopped within the swap: finish it
+        _swap_in(connection, embedder)
+        valid = {name: valid[temporary]}
+    built = valid.get(name)
     rows = connection.execute(text("SELECT count(*) FROM embeddings WHERE embedder = :e"), {"e": embedder}).scalar_one()
     wanted = lists_for(rows)
     if built is not None and wanted < 2 * built:
@@ -194,9 +194,14 @@ def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
         raise
     finally:
         connection.execute(text("RESET maintenance_work_mem"))
-    connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-    connection.execute(text(f"ALTER INDEX {temporary} RENAME TO {name}"))
+    _swap_in(connection, embedder)
     return wanted
+
+
+def _swap_in(connection: Connection, embedder: str) -> None:
+    """The rebuilt index replaces the embedder's index (the planner may use either meanwhile)."""
+    connection.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {index_name(embedder)}"))
+    connection.execute(text(f"ALTER INDEX {rebuild_name(embedder)} RENAME TO {index_name(embedder)}"))
 
 
 def training_memory_mb(embedder: str, lists: int) -> int:

@@ -187,6 +187,22 @@ def test_a_swap_cut_short_is_completed_and_searched_meanwhile(trained):
         assert name in names.scalars().all()
 
 
+def test_a_swap_cut_short_before_the_old_index_went_keeps_the_trained_one(trained):
+    """A rebuild stopped after training its index, before dropping the old one: the next rebuild drops the old one
+    and renames the trained one instead of training again."""
+    settings, _, _ = trained
+    with database.get_engine(settings).connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        name = vectors.index_name(EMBEDDER)
+        connection.execute(sa.text(f"ALTER INDEX {name} RENAME TO {vectors.rebuild_name(EMBEDDER)}"))
+        connection.execute(sa.text(vectors.index_definition(EMBEDDER, 1)))  # the old one, still there
+        assert vectors.current_lists(connection, EMBEDDER) == TRAINED_LISTS
+        assert vectors.rebuild_grown_indexes(settings) == {}
+        indexes = connection.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'"))
+        assert {name, vectors.rebuild_name(EMBEDDER)} & set(indexes.scalars().all()) == {name}
+        assert vectors.current_lists(connection, EMBEDDER) == TRAINED_LISTS
+
+
 def test_a_build_cut_short_is_dropped_by_the_next_rebuild(fresh_settings):
     """CREATE INDEX CONCURRENTLY interrupted leaves an invalid index under the temporary name."""
     add_assets(fresh_settings, clustered_vectors(ROWS))
