@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import psycopg
 from sqlalchemy import Connection, text
@@ -24,8 +25,9 @@ from aesq.core.tables import EMBEDDING_DIMENSIONS
 
 ROWS_PER_LIST = 1_000  # pgvector's advice for up to a million rows: rows / 1000 lists
 FIRST_TRAINING_ROWS = 10_000  # below this one list (an exact scan) is as fast as any
-PROBED_SHARE = 0.008  # lists read per query (8 of 1,000); BENCHMARKS.md "Vectors" gives the recall it buys
-MIN_PROBES = 8
+PROBED_SHARE = 0.006  # lists read per query (6 of 1,000); BENCHMARKS.md "Vectors" gives the recall it buys
+MIN_PROBES = 6
+MAX_FILTER_WIDENING = 4  # a filter keeping under 1/256 of the rows reads no more lists than one keeping 1/256
 
 
 def index_name(embedder: str) -> str:
@@ -54,30 +56,41 @@ def lists_for(rows: int) -> int:
     return rows // ROWS_PER_LIST if rows <= 1_000_000 else math.isqrt(rows)
 
 
-def probes_for(lists: int) -> int:
-    """How many lists one query reads: a share of them, never fewer than MIN_PROBES (or all when there are fewer)."""
-    return min(lists, max(MIN_PROBES, math.ceil(lists * PROBED_SHARE)))
+def probes_for(lists: int, share: float = 1.0) -> int:
+    """How many lists one query reads: a share of them, never fewer than MIN_PROBES (or all when there are fewer);
+    more under a filter keeping `share` of the rows, whose k closest lie farther out: share^-1/4 times as many, which
+    gave filtered searches the recall of unfiltered ones (BENCHMARKS.md "Vectors")."""
+    widening = min(MAX_FILTER_WIDENING, max(share, 1e-9) ** -0.25)
+    return min(lists, round(max(MIN_PROBES, math.ceil(lists * PROBED_SHARE)) * widening))
+
+
+class Index(NamedTuple):
+    """A valid IVFFlat index of an embedder: its lists, and the rows it held when last counted (reltuples)."""
+
+    lists: int
+    rows: float
 
 
 def current_lists(connection: Connection, embedder: str) -> int | None:
     """The lists of the embedder's valid index (the larger one while a rebuild swaps a new one in, which the planner
     prefers); None when it has none."""
-    return max(_valid_indexes(connection, embedder).values(), default=None)
+    return max((index.lists for index in _valid_indexes(connection, embedder).values()), default=None)
 
 
-def _valid_indexes(connection: Connection, embedder: str) -> dict[str, int]:
-    """The embedder's valid indexes, under its name or a rebuild's, with their lists."""
+def _valid_indexes(connection: Connection, embedder: str) -> dict[str, Index]:
+    """The embedder's valid indexes, under its name or a rebuild's."""
     rows = connection.execute(
         text(
-            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            "SELECT c.relname, c.reloptions, c.reltuples FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
             " WHERE c.relname IN (:name, :rebuild) AND i.indisvalid"
         ),
         {"name": index_name(embedder), "rebuild": rebuild_name(embedder)},
     ).all()
     return {
-        row.relname: next(
-            (int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100
-        )  # an index made without the option has pgvector's default, 100
+        row.relname: Index(
+            next((int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100),
+            float(row.reltuples),
+        )  # an index made without the option has pgvector's default, 100 lists; reltuples is -1 until counted
         for row in rows
     }
 
@@ -87,33 +100,58 @@ def rebuild_name(embedder: str) -> str:
     return f"{index_name(embedder)}_rebuild"
 
 
-def search_settings(lists: int) -> list[str]:
-    """The settings a nearest-neighbour query runs under (SET LOCAL: this transaction only)."""
-    return [
-        f"SET LOCAL ivfflat.probes = {probes_for(lists)}",
+def search_settings(probes: int) -> str:
+    """The statement setting what a nearest-neighbour query runs under, for this transaction only (one round trip)."""
+    settings = {
+        "ivfflat.probes": str(probes),
         # Filters run inside the index scan, which reads more lists until LIMIT rows pass; its order is then only
         # roughly by distance, so the query sorts its rows again.
-        "SET LOCAL ivfflat.iterative_scan = relaxed_order",
+        "ivfflat.iterative_scan": "relaxed_order",
         # The planner counts no cost for reading TOASTed vectors, so it finds an exact scan and sort of every
         # vector cheaper than the index (tenths of a second at 100,000 rows): with sorts off the index is the
         # one plan left that needs no sort of the candidates.
-        "SET LOCAL enable_sort = off",
-    ]
+        "enable_sort": "off",
+    }
+    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in settings.items())
+
+
+def _where(embedder: str, conditions: Sequence[str]) -> str:
+    """The rows a search may return: the embedder's (its name inlined to match the partial index) meeting the
+    conditions."""
+    return " AND ".join([f"e.embedder = '{embedder}'", *conditions])
 
 
 def nearest_query(embedder: str, conditions: Sequence[str] = ()) -> str:
     """The SQL of `nearest`: parameters :query (a halfvec) and :limit, and those of the conditions."""
-    where = " AND ".join([f"e.embedder = '{embedder}'", *conditions])  # the name inlined to match the partial index
     return f"""
         WITH candidates AS MATERIALIZED (
             SELECT e.asset_id, {indexed_vector(embedder)} <=> CAST(:query AS halfvec) AS distance
             FROM embeddings e JOIN assets a ON a.id = e.asset_id
-            WHERE {where}
+            WHERE {_where(embedder, conditions)}
             ORDER BY distance
             LIMIT :limit
         )
         SELECT asset_id, distance FROM candidates ORDER BY distance, asset_id
         """
+
+
+def search_probes(
+    connection: Connection, embedder: str, conditions: Sequence[str] = (), params: dict[str, object] | None = None
+) -> int:
+    """The lists a search under `conditions` reads in the embedder's index: `probes_for` its lists and the share of
+    its rows the planner expects the conditions to keep (1 when unknown)."""
+    index = max(_valid_indexes(connection, embedder).values(), default=Index(1, -1))
+    share = 1.0
+    if conditions and index.rows > 0 and probes_for(index.lists) < index.lists:
+        plan = connection.execute(
+            text(
+                "EXPLAIN (FORMAT JSON) SELECT FROM embeddings e JOIN assets a ON a.id = e.asset_id "
+                f"WHERE {_where(embedder, conditions)}"
+            ),
+            params or {},
+        ).scalar_one()
+        share = min(1.0, plan[0]["Plan"]["Plan Rows"] / index.rows)
+    return probes_for(index.lists, share)
 
 
 def nearest(
@@ -128,11 +166,11 @@ def nearest(
     `conditions` (SQL over `e` and `a`, parameters in `params`), closest first: (asset id, distance).
 
     The conditions run inside the index scan (pgvector 0.8's iterative scan), so a filtered search still returns
-    `limit` rows when that many exist. Runs in the caller's transaction (not an AUTOCOMMIT connection: SET LOCAL
-    would not hold), whose search settings it changes until it ends.
+    `limit` rows when that many exist; it reads more lists when they keep few rows. Runs in the caller's
+    transaction (not an AUTOCOMMIT connection: the settings would not hold), whose search settings it changes until
+    it ends.
     """
-    for setting in search_settings(current_lists(connection, embedder) or 1):
-        connection.execute(text(setting))
+    connection.execute(text(search_settings(search_probes(connection, embedder, conditions, params))))
     rows = connection.execute(
         text(nearest_query(embedder, conditions)), {**(params or {}), "query": query, "limit": limit}
     ).all()
@@ -171,7 +209,7 @@ def rebuild_grown_indexes(settings: Settings) -> dict[str, int]:
 def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
     """Rebuild one embedder's index when its rows call for at least twice its lists; the new lists, or None."""
     name, temporary = index_name(embedder), rebuild_name(embedder)
-    valid = _valid_indexes(connection, embedder)
+    valid = {index: found.lists for index, found in _valid_indexes(connection, embedder).items()}
     if temporary in valid:  # the last rebuild trained its index and stopped within the swap: finish it
         _swap_in(connection, embedder)
         valid = {name: valid[temporary]}

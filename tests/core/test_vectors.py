@@ -77,7 +77,12 @@ def test_lists_grow_with_rows_as_pgvector_advises():
         1_000,
         2_000,
     ]
-    assert [vectors.probes_for(n) for n in (1, 5, 12, 1_000, 2_000)] == [1, 5, 8, 8, 16]
+    assert [vectors.probes_for(n) for n in (1, 5, 12, 1_000, 2_000)] == [1, 5, 6, 6, 12]
+
+
+def test_a_filter_keeping_fewer_rows_reads_more_lists():
+    assert [vectors.probes_for(1_000, share) for share in (1.0, 0.5, 0.1, 0.045, 0.001, 0.0)] == [6, 7, 11, 13, 24, 24]
+    assert vectors.probes_for(8, 0.01) == 8  # never more lists than the index has
 
 
 def test_rebuild_trains_the_index_once_rows_call_for_twice_its_lists(fresh_settings):
@@ -156,20 +161,42 @@ def test_a_filtered_search_returns_the_filter_s_k_closest(trained, condition):
 
 
 def test_a_rare_filter_still_returns_k_rows(trained):
-    """One row in 200 passes: the lists a search reads first hold about 4 of them, so the index scan reads on."""
+    """12 rows of 12,000 pass: the lists a search reads first (a fifth of them: so rare a filter nearly
+    quadruples them) hold about 2 of them, so the index scan reads on."""
     settings, _, _ = trained
-    rare = "a.id % 200 = 7"
+    rare = "a.id % 1000 = 7"
     for query in clustered_vectors(5, seed=20):
         hits = search(settings, query, 10, [rare])
-        assert len(hits) == 10 and all(asset_id % 200 == 7 for asset_id, _ in hits)
+        assert len(hits) == 10 and all(asset_id % 1000 == 7 for asset_id, _ in hits)
         with database.get_engine(settings).begin() as connection:
-            for setting in vectors.search_settings(TRAINED_LISTS):
-                connection.execute(sa.text(setting))
+            connection.execute(sa.text(vectors.search_settings(vectors.probes_for(TRAINED_LISTS, 0.005))))
             connection.execute(sa.text("SET LOCAL ivfflat.iterative_scan = off"))
             one_pass = connection.execute(
                 sa.text(vectors.nearest_query(EMBEDDER, [rare])), {"query": query, "limit": 10}
             ).all()
         assert len(one_pass) < 10  # what a search without the iterative scan would have returned
+
+
+def test_searches_read_more_lists_the_fewer_rows_their_filter_keeps(trained):
+    """The planner's estimate of the rows a filter keeps sets the lists read, parameters included; no filter, or
+    one keeping every row, reads the unfiltered number."""
+    settings, _, _ = trained
+    with database.get_engine(settings).connect() as connection:
+        version = connection.execute(sa.text("SELECT min(id) + 1 FROM generators")).scalar_one()
+    searches = {
+        "none": ([], {}),
+        "live": (["a.status IN ('pending', 'scored')"], {}),
+        "one version": (["a.generator_id = :g"], {"g": version}),
+        "rare": (["a.id % 200 = 7"], {}),
+    }
+    probes = {}
+    for name, (conditions, params) in searches.items():
+        with database.get_engine(settings).begin() as connection:
+            vectors.nearest(connection, EMBEDDER, clustered_vectors(1)[0], 10, conditions, params)
+            probes[name] = int(connection.execute(sa.text("SHOW ivfflat.probes")).scalar_one())
+    base = vectors.probes_for(TRAINED_LISTS)
+    assert probes["none"] == probes["live"] == base
+    assert base < probes["one version"] < probes["rare"] <= vectors.MAX_FILTER_WIDENING * base
 
 
 def test_a_swap_cut_short_is_completed_and_searched_meanwhile(trained):
@@ -254,7 +281,7 @@ def test_the_documented_neighbour_query_reads_the_vector_index(fresh_settings):
     vectors.rebuild_grown_indexes(fresh_settings)
     session_settings, statement = statements(dict(QUERIES)["Nearest neighbours of an asset"])
     assert session_settings == [
-        "SET LOCAL ivfflat.probes = 8",
+        "SET LOCAL ivfflat.probes = 6",
         "SET LOCAL ivfflat.iterative_scan = relaxed_order",
         "SET LOCAL enable_sort = off",
     ]
@@ -274,8 +301,7 @@ def test_searches_read_the_vector_index(fresh_settings, conditions):
     vectors.rebuild_grown_indexes(fresh_settings)
     with database.get_engine(fresh_settings).begin() as connection:
         connection.exec_driver_sql("ANALYZE")
-        for setting in vectors.search_settings(vectors.current_lists(connection, EMBEDDER) or 1):
-            connection.execute(sa.text(setting))
+        connection.execute(sa.text(vectors.search_settings(vectors.search_probes(connection, EMBEDDER, conditions))))
         query = sa.text("EXPLAIN " + vectors.nearest_query(EMBEDDER, conditions))
         plan = "\n".join(connection.execute(query, {"query": clustered_vectors(1)[0], "limit": 10}).scalars())
     assert "Index Scan using ix_embeddings_ivf_efficientnet_lite0" in plan, plan
