@@ -367,8 +367,11 @@ def knn(engine: sa.Engine, embedder: str, ids: np.ndarray, stored: np.ndarray, q
         for (name, (conditions, params)), mask, truth in zip(searches.items(), masks, truths):
             times, found = time_searches(engine, embedder, batch, conditions, params)
             recall = [len(set(got) & set(ids[want])) / NEIGHBOURS for got, want in zip(found, truth)]
+            with engine.connect() as connection:
+                probes = vectors.search_probes(connection, embedder, conditions, params)
             results[f"{name}, {kind}"] = {
                 "share_of_rows": round(float(mask.mean()), 4),
+                "probes": probes,
                 "p50_ms": round(float(np.percentile(times, 50)), 1),
                 "p95_ms": round(float(np.percentile(times, 95)), 1),
                 "recall_at_10": round(float(np.mean(recall)), 4),

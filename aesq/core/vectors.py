@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import psycopg
 from sqlalchemy import Connection, text
@@ -24,13 +23,13 @@ from aesq.core.database import get_engine
 from aesq.core.tables import EMBEDDING_DIMENSIONS
 
 # Half as many lists again as pgvector advises (rows / 1000 up to a million rows, √rows beyond): at a million
-# vectors 1,500 lists answered in p95 11 ms where 1,000 took 15 ms with the same 6 probes and recall, for a quarter
-# less write rate (each insert compares its row with every list's centre). BENCHMARKS.md "Vectors".
+# vectors 1,500 lists answered in p95 11 ms where 1,000 took 15 ms, both with 6 probes and the same recall, for a
+# quarter less write rate (each insert compares its row with every list's centre). BENCHMARKS.md "Vectors".
 LISTS_PER_ADVISED = 1.5
 FIRST_TRAINING_ROWS = 10_000  # below this one list (an exact scan) is as fast as any
-PROBED_SHARE = 0.004  # lists read per query (6 of 1,500); BENCHMARKS.md "Vectors" gives the recall it buys
-MIN_PROBES = 6
-MAX_FILTER_WIDENING = 4  # a filter keeping under 1/1024 of the rows reads no more lists than one keeping 1/1024
+PROBED_SHARE = 0.005  # lists read per query (8 of 1,500); BENCHMARKS.md "Vectors" gives the recall it buys
+MIN_PROBES = 8
+MAX_FILTER_WIDENING = 4  # a filter keeping under 1/10,000 of the rows reads no more lists than one keeping 1/10,000
 
 
 def index_name(embedder: str) -> str:
@@ -62,39 +61,31 @@ def lists_for(rows: int) -> int:
 
 def probes_for(lists: int, share: float = 1.0) -> int:
     """How many lists one query reads: a share of them, never fewer than MIN_PROBES (or all when there are fewer);
-    more under a filter keeping `share` of the rows, whose k closest lie farther out: (1 / share)^(1/5) times as many,
+    more under a filter keeping `share` of the rows, whose k closest lie farther out: (1 / share)^0.15 times as many,
     which gave filtered searches the recall of unfiltered ones (BENCHMARKS.md "Vectors")."""
-    widening = min(MAX_FILTER_WIDENING, max(share, 1e-9) ** -0.2)
+    widening = min(MAX_FILTER_WIDENING, max(share, 1e-9) ** -0.15)
     return min(lists, round(max(MIN_PROBES, math.ceil(lists * PROBED_SHARE)) * widening))
-
-
-class Index(NamedTuple):
-    """A valid IVFFlat index of an embedder: its lists, and the rows it held when last counted (reltuples)."""
-
-    lists: int
-    rows: float
 
 
 def current_lists(connection: Connection, embedder: str) -> int | None:
     """The lists of the embedder's valid index (the larger one while a rebuild swaps a new one in, which the planner
     prefers); None when it has none."""
-    return max((index.lists for index in _valid_indexes(connection, embedder).values()), default=None)
+    return max(_valid_indexes(connection, embedder).values(), default=None)
 
 
-def _valid_indexes(connection: Connection, embedder: str) -> dict[str, Index]:
-    """The embedder's valid indexes, under its name or a rebuild's."""
+def _valid_indexes(connection: Connection, embedder: str) -> dict[str, int]:
+    """The embedder's valid indexes, under its name or a rebuild's, with their lists."""
     rows = connection.execute(
         text(
-            "SELECT c.relname, c.reloptions, c.reltuples FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
             " WHERE c.relname IN (:name, :rebuild) AND i.indisvalid"
         ),
         {"name": index_name(embedder), "rebuild": rebuild_name(embedder)},
     ).all()
     return {
-        row.relname: Index(
-            next((int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100),
-            float(row.reltuples),
-        )  # an index made without the option has pgvector's default, 100 lists; reltuples is -1 until counted
+        row.relname: next(
+            (int(option.split("=", 1)[1]) for option in row.reloptions or () if option.startswith("lists=")), 100
+        )  # an index made without the option has pgvector's default, 100
         for row in rows
     }
 
@@ -142,20 +133,21 @@ def nearest_query(embedder: str, conditions: Sequence[str] = ()) -> str:
 def search_probes(
     connection: Connection, embedder: str, conditions: Sequence[str] = (), params: dict[str, object] | None = None
 ) -> int:
-    """The lists a search under `conditions` reads in the embedder's index: `probes_for` its lists and the share of
-    its rows the planner expects the conditions to keep (1 when unknown)."""
-    index = max(_valid_indexes(connection, embedder).values(), default=Index(1, -1))
-    share = 1.0
-    if conditions and index.rows > 0 and probes_for(index.lists) < index.lists:
-        plan = connection.execute(
-            text(
-                "EXPLAIN (FORMAT JSON) SELECT FROM embeddings e JOIN assets a ON a.id = e.asset_id "
-                f"WHERE {_where(embedder, conditions)}"
-            ),
-            params or {},
-        ).scalar_one()
-        share = min(1.0, plan[0]["Plan"]["Plan Rows"] / index.rows)
-    return probes_for(index.lists, share)
+    """The lists a search under `conditions` (parameters in `params`) reads in the embedder's index: `probes_for`
+    its lists and the share of its rows the planner expects the conditions to keep."""
+    lists = current_lists(connection, embedder) or 1
+    if not conditions or probes_for(lists) >= lists:
+        return probes_for(lists)
+    # Both counts in one plan, estimated from the same statistics: the filtered rows, then all the embedder's.
+    plan = connection.execute(
+        text(
+            "EXPLAIN (FORMAT JSON) SELECT FROM embeddings e JOIN assets a ON a.id = e.asset_id "
+            f"WHERE {_where(embedder, conditions)} UNION ALL SELECT FROM embeddings e WHERE {_where(embedder, ())}"
+        ),
+        params or {},
+    ).scalar_one()
+    kept, rows = (branch["Plan Rows"] for branch in plan[0]["Plan"]["Plans"])
+    return probes_for(lists, min(1.0, kept / max(rows, 1)))
 
 
 def nearest(
@@ -174,10 +166,9 @@ def nearest(
     transaction (not an AUTOCOMMIT connection: the settings would not hold), whose search settings it changes until
     it ends.
     """
-    connection.execute(text(search_settings(search_probes(connection, embedder, conditions, params))))
-    rows = connection.execute(
-        text(nearest_query(embedder, conditions)), {**(params or {}), "query": query, "limit": limit}
-    ).all()
+    bound = {**(params or {}), "query": query, "limit": limit}
+    connection.execute(text(search_settings(search_probes(connection, embedder, conditions, bound))))
+    rows = connection.execute(text(nearest_query(embedder, conditions)), bound).all()
     return [(int(row.asset_id), float(row.distance)) for row in rows]
 
 
@@ -213,7 +204,7 @@ def rebuild_grown_indexes(settings: Settings) -> dict[str, int]:
 def _rebuild_if_grown(connection: Connection, embedder: str) -> int | None:
     """Rebuild one embedder's index when its rows call for at least twice its lists; the new lists, or None."""
     name, temporary = index_name(embedder), rebuild_name(embedder)
-    valid = {index: found.lists for index, found in _valid_indexes(connection, embedder).items()}
+    valid = _valid_indexes(connection, embedder)
     if temporary in valid:  # the last rebuild trained its index and stopped within the swap: finish it
         _swap_in(connection, embedder)
         valid = {name: valid[temporary]}
