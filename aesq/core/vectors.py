@@ -146,7 +146,10 @@ def search_probes(
         ),
         params or {},
     ).scalar_one()
-    kept, rows = (branch["Plan Rows"] for branch in plan[0]["Plan"]["Plans"])
+    branches = plan[0]["Plan"].get("Plans", [])
+    if len(branches) != 2:  # the planner proved the filter keeps nothing and dropped its branch: nothing to widen
+        return probes_for(lists)
+    kept, rows = (branch["Plan Rows"] for branch in branches)
     return probes_for(lists, min(1.0, kept / max(rows, 1)))
 
 

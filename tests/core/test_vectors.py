@@ -193,6 +193,13 @@ def test_searches_read_more_lists_the_fewer_rows_their_filter_keeps(trained):
     assert base < probes["one version"] < probes["rare"] <= vectors.MAX_FILTER_WIDENING * base
 
 
+def test_a_filter_the_planner_proves_empty_finds_nothing(trained):
+    """Its branch of the share estimate's plan is gone: the search reads on and returns no row, without an error."""
+    settings, _, _ = trained
+    assert search(settings, clustered_vectors(1)[0], 10, ["a.id = :a AND a.id <> :a"], {"a": 5}) == []
+    assert search(settings, clustered_vectors(1)[0], 10, ["1 = 0"]) == []
+
+
 def test_a_swap_cut_short_is_completed_and_searched_meanwhile(trained):
     """A rebuild stopped after dropping the old index, before renaming the new one: searches read the new one
     with its lists' probes, and the next rebuild puts it in place instead of training again."""
