@@ -349,8 +349,7 @@ def warm_index(engine: sa.Engine, embedder: str) -> None:
     (a fresh one reads it from the OS cache as searches come: see BENCHMARKS.md)."""
     lists = index_lists(engine, embedder) or 1
     with engine.begin() as connection:
-        connection.execute(sa.text(f"SET LOCAL ivfflat.probes = {lists}"))
-        connection.execute(sa.text("SET LOCAL enable_sort = off"))
+        connection.execute(sa.text(vectors.search_settings(lists)))
         query = sa.text(vectors.nearest_query(embedder))
         connection.execute(query, {"query": np.ones(EMBEDDING_DIMENSIONS[embedder], np.float16), "limit": 1}).all()
 
