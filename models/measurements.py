@@ -6,6 +6,8 @@ Both receive the same decoded image (`aesq.core.fetch.fetch_asset`; images over 
 reduced, carrying their native size and native centre, see `aesq.models.base`), and every figure here is
 computed once per image by one function on one of two views of it:
 
+Both views see the image as aesq shows it, transparent areas on white (`aesq.models.base.on_white`):
+
 * the working copy: the image shrunk so its long side is at most WORKING_SIDE px (bilinear, never
   enlarged), in 8-bit ITU-R 601 luma (PIL mode "L"), i.e. what a viewer sees at a typical display size.
   Sharpness, exposure, clipping, black level, contrast, colourfulness and colour cast live here.
@@ -26,7 +28,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage import color
 
-from aesq.models.base import JPEG_BLOCK, native_centre, native_size
+from aesq.models.base import JPEG_BLOCK, native_centre, native_size, on_white
 
 WORKING_SIDE = 512
 # Contrast and colourfulness are measured on the working copy box-reduced this many times, so grain and
@@ -103,7 +105,7 @@ class Measurements:
     object per image and thread)."""
 
     def __init__(self, image: Image.Image) -> None:
-        self.image = image if image.mode == "RGB" else image.convert("RGB")
+        self.image = on_white(image)
 
     @cached_property
     def working(self) -> Image.Image:

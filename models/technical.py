@@ -4,7 +4,7 @@ The statistics come from `aesq.models.measurements`, the one measurement module 
 (`aesq.analysis.defects`) read too, so a score and a defect finding never disagree about a figure.
 Most features are measured on the 8-bit luminance (ITU-R 601 luma, PIL mode "L") of the image
 shrunk so its long side is at most 512 px (never enlarged), i.e. on what a viewer sees at a
-typical display size. Noise and JPEG blockiness live at the native pixel grid, which shrinking
+typical display size (transparent areas on white, as aesq shows them). Noise and JPEG blockiness live at the native pixel grid, which shrinking
 averages away, so those two are measured on a central crop of at most 512x512 native pixels whose
 corner sits on the 8x8 JPEG block grid. The cost is therefore bounded whatever the input size.
 

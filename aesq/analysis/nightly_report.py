@@ -16,6 +16,7 @@ from aesq.core.fetch import Unreadable, fetch_asset
 from aesq.core.pipeline_status import failure_reasons
 from aesq.core.storage import save_file
 from aesq.core.tables import Report
+from aesq.models.base import on_white
 
 THUMBNAILS_PER_VERSION = 4
 THUMBNAIL_SIZE = 192
@@ -37,6 +38,7 @@ def _thumbnail(row, settings: Settings) -> Thumbnail | None:
     image = fetch_asset(row, settings)
     if isinstance(image, Unreadable):
         return None
+    image = on_white(image)
     image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)

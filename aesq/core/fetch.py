@@ -17,7 +17,7 @@ from typing import Protocol
 from PIL import Image
 
 from aesq.core.config import Settings
-from aesq.core.images import ImageRejected, PixelBudget, decode_rgb, pixel_budget
+from aesq.core.images import ImageRejected, PixelBudget, decode_image, pixel_budget
 from aesq.core.storage import (
     STORAGE_ERRORS,
     Location,
@@ -93,7 +93,7 @@ def fetch_and_decode(
             f"{key} holds other bytes than were ingested (overwritten since); re-ingested on the next run",
         )
     try:
-        return decode_rgb(stored.data, max_pixels, budget)
+        return decode_image(stored.data, max_pixels, budget)
     except ImageRejected as rejected:
         return Unreadable(Cause.UNDECODABLE, str(rejected))
 

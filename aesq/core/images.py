@@ -3,12 +3,18 @@
 Every problem with one object, whatever a decoder raises, is an `ImageRejected` for that object only.
 Validation (`inspect_image`) decodes in a pool of worker processes with a time limit, so a decoder that
 crashes or hangs rejects one image instead of taking down or blocking the process. Both it and
-`decode_rgb` hold the pixels they decode in a per-process `PixelBudget`, and `decode_rgb` keeps only
+`decode_image` hold the pixels they decode in a per-process `PixelBudget`, and `decode_image` keeps only
 what the models need of a large image, so memory stays bounded however large the images of a batch.
+
+`decode_image` hands the pixels over in the image's own colour mode: each model converts them to RGB the
+way its upstream code does (`prepare()`), and aesq's own measurements, embedder and thumbnails composite
+transparent areas on white (`aesq.models.base.on_white`). 16- and 32-bit integer greyscale is scaled to
+8 bits here, for every consumer alike.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import multiprocessing
@@ -25,10 +31,14 @@ from dataclasses import dataclass
 from pebble import ProcessExpired, ProcessFuture, ProcessPool
 from PIL import Image, UnidentifiedImageError
 
-# Modes that convert to RGB without losing meaning; 16/32-bit and float data (masks, depth) are refused.
+# Modes that convert to RGB without losing meaning.
 SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr"})
-ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa"})
-WHITE = (255, 255, 255)
+# 16- and 32-bit integer greyscale (scans, high-bit-depth exports), scaled to 8 bits (`_eight_bit`).
+INTEGER_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+SIXTEEN_BIT_TOP = 0xFFFF
+THIRTY_TWO_BIT_TOP = 0x7FFFFFFF  # mode "I" holds signed 32-bit integers
+# Modes that `Image.reduce` averages meaningfully; others are converted to the mode named here first.
+REDUCE_AS = {"1": "L", "P": "RGB", "PA": "RGBA"}
 
 # Images up to this many pixels are decoded at their native size (generators produce up to 2048x2048).
 NATIVE_PIXELS = 2048 * 2048
@@ -183,7 +193,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageRejected(
             f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} (decompression bomb?)"
         )
-    if image.mode not in SUPPORTED_MODES:
+    if image.mode == "F":
+        raise ImageRejected(
+            "floating-point data (mode 'F', such as a depth map or an HDR export) has no display range; "
+            "save it as an 8- or 16-bit image"
+        )
+    if image.mode not in SUPPORTED_MODES | INTEGER_GREY_MODES:
         raise ImageRejected(f"unsupported colour mode {image.mode!r}")
     return image
 
@@ -201,6 +216,36 @@ def _draft_for_validation(image: Image.Image) -> int:
     return image.width * image.height
 
 
+@functools.cache
+def _sixteen_to_eight_bits() -> list[int]:
+    """Lookup table from 16-bit to 8-bit levels, rounded (65535 -> 255, 257 -> 1)."""
+    return [round(level * 255 / SIXTEEN_BIT_TOP) for level in range(SIXTEEN_BIT_TOP + 1)]
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Integer greyscale as 8-bit greyscale ("L") over its nominal range, other images as they are.
+
+    16-bit modes span 0-65535. Mode "I" does not say its bit depth: values within 16 bits are taken as
+    16-bit data (what 16-bit PGM and TIFF decode to), larger ones as 32-bit; negative values mean a data
+    array (a signed measurement), not a photograph, and are refused.
+    """
+    if image.mode not in INTEGER_GREY_MODES:
+        return image
+    with _rejecting("cannot read its integer levels"):
+        wide = image if image.mode == "I" else image.convert("I")
+        low, high = wide.getextrema()  # one band: the lowest and highest level
+    assert isinstance(low, int) and isinstance(high, int), "a one-band integer image has integer extrema"
+    if low < 0:
+        raise ImageRejected(
+            f"signed integer data with negative values (mode {image.mode!r}, down to {low}) is a data array, "
+            "not a photograph; save it as an 8- or 16-bit image"
+        )
+    with _rejecting("cannot scale it to 8 bits"):
+        if high <= SIXTEEN_BIT_TOP:
+            return wide.point(_sixteen_to_eight_bits(), "L")
+        return wide.point(lambda level: level * (255 / THIRTY_TWO_BIT_TOP) + 0.5).convert("L")
+
+
 def _validate(data: bytes, max_pixels: int) -> ImageFacts:
     """`inspect_image`'s work in a validation worker: open, count frames, decode."""
     with warnings.catch_warnings():
@@ -211,6 +256,7 @@ def _validate(data: bytes, max_pixels: int) -> ImageFacts:
         facts = ImageFacts(image.width, image.height, image.format or "unknown", image.mode, frames)
         _draft_for_validation(image)
         _load(image)
+        _eight_bit(image)
     return facts
 
 
@@ -229,16 +275,6 @@ def inspect_image(
         return _validation_workers.validate(data, max_pixels, timeout_seconds)
 
 
-def _flattened(image: Image.Image) -> Image.Image:
-    """RGB pixels of a decoded image, transparent areas on white."""
-    if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
-        background = Image.new("RGB", image.size, WHITE)
-        background.paste(rgba, mask=rgba)
-        return background
-    return image.convert("RGB")
-
-
 def _reduction_factor(width: int, height: int) -> int:
     """How much a large image is reduced: at least enough to fit NATIVE_PIXELS, at most what keeps its
     short side at REDUCED_MIN_SIDE, preferring a factor that divides the box reduction a model shrinking
@@ -250,19 +286,25 @@ def _reduction_factor(width: int, height: int) -> int:
 
 
 def _reduced(image: Image.Image) -> Image.Image:
-    """A large decoded image as RGB shrunk by an integer factor (box filter) to what the models need, with
-    its native size and the native centre crop the image measurements use recorded in `info`."""
+    """A large decoded image shrunk by an integer factor (box filter) to what the models need, with its native
+    size and the native centre crop the image measurements use recorded in `info`. Palette and 1-bit images
+    are converted first (to RGB, RGBA or L: the colours the models would convert them to), as averaging
+    palette indices means nothing."""
     # Imported here: validation workers import this module and must not load the models' torch.
     from aesq.models.base import NATIVE_CENTRE, NATIVE_SIZE, native_centre
 
-    rgb = image if image.mode == "RGB" else _flattened(image)  # no copy of the large pixels when already RGB
-    small = rgb.reduce(_reduction_factor(*rgb.size))
-    small.info.update({NATIVE_SIZE: rgb.size, NATIVE_CENTRE: native_centre(rgb)})
+    mode = REDUCE_AS.get(image.mode, image.mode)
+    if image.mode == "P" and "transparency" in image.info:
+        mode = "RGBA"
+    averageable = image if mode == image.mode else image.convert(mode)  # no copy of the large pixels otherwise
+    small = averageable.reduce(_reduction_factor(*averageable.size))
+    small.info.update({NATIVE_SIZE: averageable.size, NATIVE_CENTRE: native_centre(averageable)})
     return small
 
 
-def decode_rgb(data: bytes, max_pixels: int, budget: PixelBudget) -> Image.Image:
-    """RGB pixels of the (first frame of the) image, holding its decoded pixels in `budget` meanwhile.
+def decode_image(data: bytes, max_pixels: int, budget: PixelBudget) -> Image.Image:
+    """The pixels of the (first frame of the) image in its own colour mode, integer greyscale scaled to 8
+    bits, holding its decoded pixels in `budget` meanwhile.
 
     Images of at most NATIVE_PIXELS come at full resolution. Larger ones come reduced by an integer
     factor (`_reduction_factor`) to at most NATIVE_PIXELS, carrying their native size and native
@@ -272,5 +314,9 @@ def decode_rgb(data: bytes, max_pixels: int, budget: PixelBudget) -> Image.Image
     image = _open(data, max_pixels)
     with budget.holding(image.width * image.height):
         _load(image)
-        with _rejecting("cannot convert to RGB"):
-            return _flattened(image) if image.width * image.height <= NATIVE_PIXELS else _reduced(image)
+        pixels = _eight_bit(image)
+        with _rejecting("cannot reduce it"):
+            if image.width * image.height > NATIVE_PIXELS:
+                return _reduced(pixels)
+        # a copy of the opened file's image no longer holds on to the encoded bytes it was read from
+        return pixels.copy() if pixels is image else pixels

@@ -21,6 +21,7 @@ from aesq.core.config import Settings
 from aesq.core.database import get_engine
 from aesq.core.fetch import Unreadable, fetch_asset
 from aesq.core.storage import parse_location
+from aesq.models.base import on_white
 
 SIZES = (128, 256, 512)
 
@@ -106,6 +107,7 @@ def thumbnail(settings: Settings, asset_id: int, size: int) -> bytes:
     image = fetch_asset(row, settings)
     if isinstance(image, Unreadable):
         raise NotFound(f"asset {asset_id} cannot be read: {image.reason}")
+    image = on_white(image)
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)

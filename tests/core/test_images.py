@@ -1,5 +1,6 @@
-"""Image validation and decoding on images built in memory: facts, rejection reasons, RGB conversion,
-isolation from whatever a decoder does, and the bounds on decoded memory."""
+"""Image validation and decoding on images built in memory: facts, rejection reasons, the modes handed to the
+models (integer greyscale scaled to 8 bits), isolation from whatever a decoder does, and the bounds on decoded
+memory."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from aesq.core.images import (
     ImageFacts,
     ImageRejected,
     PixelBudget,
-    decode_rgb,
+    decode_image,
     inspect_image,
 )
 from aesq.models import EMBEDDERS, SCORERS
@@ -89,7 +90,7 @@ def test_inspect_reports_facts(data, expected):
     assert inspect_image(data, LIMIT, BUDGET) == expected
 
 
-@pytest.mark.parametrize("function", [inspect_image, decode_rgb])
+@pytest.mark.parametrize("function", [inspect_image, decode_image])
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -97,17 +98,26 @@ def test_inspect_reports_facts(data, expected):
         (np.random.default_rng(0).bytes(4096), r"^not an image"),
         (_truncated(jpeg_bytes(PHOTO)), r"^truncated or corrupt image data: OSError: "),
         (_truncated(png_bytes(noise_image(1))), r"^truncated or corrupt image data: OSError: "),
-        (png_bytes(Image.fromarray(np.full((8, 8), 40_000, dtype=np.uint16))), r"^unsupported colour mode '(I;16|I)'$"),
-        (_encode(Image.fromarray(np.zeros((8, 8), dtype=np.float32)), "TIFF"), r"^unsupported colour mode 'F'$"),
+        (
+            _encode(Image.fromarray(np.zeros((8, 8), dtype=np.float32)), "TIFF"),
+            r"^floating-point data \(mode 'F', such as a depth map or an HDR export\) has no display range; "
+            r"save it as an 8- or 16-bit image$",
+        ),
+        (
+            _encode(Image.fromarray(np.array([[-5, 0], [7, 9]], dtype=np.int32)), "TIFF"),
+            r"^signed integer data with negative values \(mode 'I', down to -5\) is a data array, not a "
+            r"photograph; save it as an 8- or 16-bit image$",
+        ),
+        (_encode(Image.new("LAB", (8, 8)), "TIFF"), r"^unsupported colour mode 'LAB'$"),
     ],
-    ids=["empty", "random-bytes", "truncated-jpeg", "truncated-png", "16-bit-png", "float-tiff"],
+    ids=["empty", "random-bytes", "truncated-jpeg", "truncated-png", "float-tiff", "negative-int-tiff", "lab-tiff"],
 )
 def test_unusable_bytes_are_rejected_with_a_reason(function, data, reason):
     with pytest.raises(ImageRejected, match=reason):
         function(data, LIMIT, BUDGET)
 
 
-@pytest.mark.parametrize("function", [inspect_image, decode_rgb])
+@pytest.mark.parametrize("function", [inspect_image, decode_image])
 def test_too_many_pixels_is_rejected(function):
     assert len(BILEVEL_3000) < 5_000  # a bomb: tiny file, 9 megapixels
     with pytest.raises(ImageRejected, match=r"3000x3000 = 9,000,000 pixels exceeds the limit of 1,000,000"):
@@ -127,45 +137,87 @@ def test_pixel_limit_is_inclusive():
 
 
 def test_decode_returns_full_resolution_rgb():
-    image = decode_rgb(jpeg_bytes(PHOTO), LIMIT, BUDGET)
+    image = decode_image(jpeg_bytes(PHOTO), LIMIT, BUDGET)
     assert (image.mode, image.size) == ("RGB", (300, 200))
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "mode"),
     [
-        png_bytes(_rgba_with_transparent_corner()),
-        png_bytes(_rgba_with_transparent_corner().convert("LA")),
-        _palette_with_transparent_index(),
+        (png_bytes(_rgba_with_transparent_corner()), "RGBA"),
+        (png_bytes(_rgba_with_transparent_corner().convert("LA")), "LA"),
+        (_palette_with_transparent_index(), "P"),
     ],
     ids=["rgba", "la", "palette-with-transparency"],
 )
-def test_transparent_pixels_become_white(data):
-    image = decode_rgb(data, LIMIT, BUDGET)
-    assert image.mode == "RGB"
-    assert image.getpixel((0, 0)) == WHITE
-    assert image.getpixel((1, 1)) != WHITE
+def test_transparent_images_keep_their_mode_and_the_colours_under_transparency(data, mode):
+    """Each model converts them to RGB as its upstream code does, which keeps what is stored under transparent
+    pixels (blue, its grey, the palette's black here): nothing is composited on the way."""
+    image = decode_image(data, LIMIT, BUDGET)
+    assert image.mode == mode
+    stored = Image.open(io.BytesIO(data)).convert("RGB")
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(stored))
+    assert image.convert("RGB").getpixel((0, 0)) != WHITE
 
 
-def test_opaque_rgba_pixels_keep_their_colour():
-    assert decode_rgb(png_bytes(_rgba_with_transparent_corner()), LIMIT, BUDGET).getpixel((1, 1)) == RED
-
-
-def test_cmyk_jpeg_is_converted_to_matching_rgb():
-    image = decode_rgb(jpeg_bytes(PHOTO.convert("CMYK"), quality=95), LIMIT, BUDGET)
-    assert (image.mode, image.size) == ("RGB", PHOTO.size)
-    difference = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(PHOTO, dtype=np.int16))
+def test_cmyk_jpeg_keeps_its_mode_and_converts_to_matching_rgb():
+    image = decode_image(jpeg_bytes(PHOTO.convert("CMYK"), quality=95), LIMIT, BUDGET)
+    assert (image.mode, image.size) == ("CMYK", PHOTO.size)
+    difference = np.abs(np.asarray(image.convert("RGB"), dtype=np.int16) - np.asarray(PHOTO, dtype=np.int16))
     assert difference.mean() < 8
 
 
-def test_grey_becomes_equal_rgb_channels():
-    image = decode_rgb(png_bytes(Image.new("L", (5, 5), 77)), LIMIT, BUDGET)
-    assert image.mode == "RGB"
-    assert image.getpixel((2, 2)) == (77, 77, 77)
+def test_grey_stays_grey():
+    image = decode_image(png_bytes(Image.new("L", (5, 5), 77)), LIMIT, BUDGET)
+    assert (image.mode, image.getpixel((2, 2))) == ("L", 77)
+
+
+# --- 16- and 32-bit integer greyscale: scaled to 8 bits ---------------------------------------------
+
+CAMERA = np.asarray(photo("camera").convert("L"))
+INT32_STEP = (2**31 - 1) // 255  # 8-bit levels spread over mode "I"'s 31 bits
+
+
+def _png16(levels: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG written byte by byte from the PNG specification (big-endian samples, no filter),
+    not by Pillow's encoder."""
+    height, width = levels.shape
+    rows = b"".join(b"\x00" + levels[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+SIXTEEN_BIT_FILES = {
+    "png-I;16": _png16(CAMERA.astype(np.uint16) * 257),
+    "tiff-I;16B": _encode(Image.fromarray((CAMERA.astype(np.uint16) * 257).astype(">u2")), "TIFF"),
+    "pgm-I": _encode(Image.fromarray(CAMERA.astype(np.int32) * 257), "PPM"),
+    "tiff-I-32-bit": _encode(Image.fromarray(CAMERA.astype(np.int32) * INT32_STEP), "TIFF"),
+}
+
+
+@pytest.mark.parametrize(("name", "stored_mode"), [("png-I;16", "I;16"), ("tiff-I;16B", "I;16B"), ("pgm-I", "I"),
+                                                    ("tiff-I-32-bit", "I")])  # fmt: skip
+def test_integer_greyscale_is_scaled_to_the_8_bit_photograph(name, stored_mode):
+    data = SIXTEEN_BIT_FILES[name]
+    assert Image.open(io.BytesIO(data)).mode == stored_mode
+    assert inspect_image(data, LIMIT, BUDGET).mode == stored_mode  # ingest records the mode as stored
+    image = decode_image(data, LIMIT, BUDGET)
+    assert image.mode == "L"
+    assert np.array_equal(np.asarray(image), CAMERA)
+
+
+def test_sixteen_bit_levels_round_to_the_nearest_8_bit_level():
+    levels = np.array([[0, 128, 129, 257, 32896, 65279, 65535]], dtype=np.uint16)
+    image = decode_image(_png16(levels), LIMIT, BUDGET)
+    assert np.asarray(image).tolist() == [[0, 0, 1, 1, 128, 254, 255]]
 
 
 def test_animated_gif_decodes_its_first_frame():
-    assert decode_rgb(_animated_gif(["red", "green"]), LIMIT, BUDGET).getpixel((0, 0)) == RED
+    assert decode_image(_animated_gif(["red", "green"]), LIMIT, BUDGET).convert("RGB").getpixel((0, 0)) == RED
 
 
 # --- poison files: whatever a decoder raises rejects that one image -------------------------------
@@ -186,7 +238,7 @@ def test_tiff_whose_second_page_has_no_width_is_rejected_naming_the_error():
         inspect_image(data, LIMIT, BUDGET)
 
 
-@pytest.mark.parametrize("function", [inspect_image, decode_rgb])
+@pytest.mark.parametrize("function", [inspect_image, decode_image])
 def test_dds_with_unknown_pixel_format_is_rejected_naming_the_error(function):
     data = dds_with_unknown_pixel_format_flags()
     with pytest.raises(NotImplementedError):  # what Pillow does with it: the reported poison file
@@ -342,7 +394,7 @@ def test_mutated_files_of_every_format_raise_nothing_but_image_rejected():
     def outcome(case: tuple[str, bytes]) -> tuple[str, str, str]:
         name, data = case
         results = []
-        for function in (inspect_image, decode_rgb):
+        for function in (inspect_image, decode_image):
             try:
                 function(data, FUZZ_LIMIT, budget)
                 results.append("decoded")
@@ -447,7 +499,7 @@ def test_budget_queues_requests_in_order_and_lets_an_oversized_one_run_alone():
     assert admitted == ["first", "big", "small"]
 
 
-@pytest.mark.parametrize("function", [inspect_image, decode_rgb])
+@pytest.mark.parametrize("function", [inspect_image, decode_image])
 def test_decoding_waits_for_room_in_the_budget(function):
     budget = PixelBudget(1_000_000)
     results: list[object] = []
@@ -461,7 +513,7 @@ def test_decoding_waits_for_room_in_the_budget(function):
 def test_images_up_to_native_pixels_decode_exactly_as_stored():
     image = noise_image(3, 2048)
     assert image.width * image.height == NATIVE_PIXELS
-    decoded = decode_rgb(png_bytes(image), NATIVE_PIXELS, BUDGET)
+    decoded = decode_image(png_bytes(image), NATIVE_PIXELS, BUDGET)
     assert NATIVE_SIZE not in decoded.info and NATIVE_CENTRE not in decoded.info
     assert np.array_equal(np.asarray(decoded), np.asarray(image))
 
@@ -483,11 +535,48 @@ def test_larger_images_are_reduced_keeping_native_size_and_centre(size, factor, 
     stored.paste(
         noise_image(0, 700), ((size[0] - 700) // 2, (size[1] - 700) // 2)
     )  # native detail where the centre crop is
-    decoded = decode_rgb(_encode(stored, "PNG", compress_level=1), 64_000_000, BUDGET)
+    decoded = decode_image(_encode(stored, "PNG", compress_level=1), 64_000_000, BUDGET)
     assert decoded.size == reduced and decoded.width * decoded.height <= NATIVE_PIXELS
     assert native_size(decoded) == size
     assert np.array_equal(np.asarray(native_centre(decoded)), np.asarray(native_centre(stored)))
     assert np.array_equal(np.asarray(decoded), np.asarray(stored.reduce(factor)))
+
+
+def _large(mode: str) -> Image.Image:
+    """A 2100x2100 image (just over NATIVE_PIXELS: reduced by 2) in `mode`, from a real photograph."""
+    image = photo("astronaut").resize((2100, 2100))
+    if mode == "P+transparency":
+        image = image.quantize(32)
+        image.info["transparency"] = 3
+    elif mode == "I;16":
+        image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "RGBA":
+        image.putalpha(Image.linear_gradient("L").resize(image.size))
+    else:
+        image = image.convert(mode)
+    return image
+
+
+@pytest.mark.parametrize(
+    ("stored", "reduced_as"),
+    [("1", "L"), ("P", "RGB"), ("P+transparency", "RGBA"), ("RGBA", "RGBA"), ("LA", "LA"), ("CMYK", "CMYK"),
+     ("I;16", "L")],
+)  # fmt: skip
+def test_large_images_are_reduced_in_a_mode_whose_pixels_average(stored, reduced_as):
+    """Palette indices and single bits cannot be averaged: such images are reduced as the colours they stand for."""
+    image = _large(stored)
+    data = _encode(
+        image, "TIFF" if stored == "CMYK" else "PNG", **({"transparency": 3} if stored.startswith("P+") else {})
+    )
+    decoded = decode_image(data, 64_000_000, BUDGET)
+    expected = Image.open(io.BytesIO(data))
+    if stored == "I;16":
+        expected = Image.fromarray((np.asarray(expected) // 257).astype(np.uint8))  # the levels are multiples of 257
+    else:
+        expected = expected.convert(reduced_as)
+    assert decoded.mode == reduced_as and native_size(decoded) == image.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(expected.reduce(2)))
+    assert np.array_equal(np.asarray(native_centre(decoded)), np.asarray(native_centre(expected)))
 
 
 def test_reduced_images_keep_twice_every_models_input_side():
@@ -498,12 +587,12 @@ def test_reduced_images_keep_twice_every_models_input_side():
 MEMORY_PROBE = """
 import resource, sys
 from concurrent.futures import ThreadPoolExecutor
-from aesq.core.images import PixelBudget, decode_rgb
+from aesq.core.images import PixelBudget, decode_image
 import aesq.models.base  # loaded before the baseline, as in a scoring worker
 data, budget = open(sys.argv[1], "rb").read(), PixelBudget(int(sys.argv[2]))
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with ThreadPoolExecutor(6) as pool:
-    sizes = set(pool.map(lambda _: decode_rgb(data, 64_000_000, budget).size, range(6)))
+    sizes = set(pool.map(lambda _: decode_image(data, 64_000_000, budget).size, range(6)))
 print(sizes, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) * 1024)
 """
 

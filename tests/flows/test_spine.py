@@ -28,10 +28,17 @@ ASTRONAUT = jpeg_bytes(photo("astronaut"))
 ROCKET = jpeg_bytes(photo("rocket"))
 
 
-def _sixteen_bit_png() -> bytes:
-    """A 16-bit greyscale PNG: a depth map, not a picture aesq can score."""
+def _sixteen_bit_scan() -> bytes:
+    """A 16-bit greyscale PNG of a photograph, as scanners and high-bit-depth exports write them."""
     buffer = io.BytesIO()
-    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(buffer, "PNG")
+    Image.fromarray(np.asarray(photo("camera").convert("L"), dtype=np.uint16) * 257).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _float_depth_map() -> bytes:
+    """A 32-bit floating-point TIFF: a depth map, not a picture aesq can score."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.linspace(0, 4, 64 * 64, dtype=np.float32).reshape(64, 64)).save(buffer, "TIFF")
     return buffer.getvalue()
 
 
@@ -61,7 +68,8 @@ def _upload_sample(client, bucket: str) -> None:
     put(client, bucket, "crawled/notes.jpg", b"meeting notes, not a picture")
     put(client, bucket, "crawled/truncated.jpg", jpeg_bytes(photo("coffee"))[:4000])
     put(client, bucket, "crawled/huge.png", png_bytes(Image.new("L", (3000, 3000))))
-    put(client, bucket, "crawled/depth.png", _sixteen_bit_png())
+    put(client, bucket, "crawled/depth.tif", _float_depth_map())
+    put(client, bucket, "crawled/scan.png", _sixteen_bit_scan())
     put(client, bucket, "generated/sdxl/1.0/bad-seed.jpg", jpeg_bytes(photo("coffee").rotate(90)))
     put(client, bucket, "generated/sdxl/1.0/bad-seed.json", b'{"seed": "not-a-number"}')
 
@@ -103,7 +111,7 @@ def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, b
     outcomes = run_flow(f"s3://{bucket}/")
 
     assets = _assets(settings)
-    assert sum(outcome.scored for outcome in outcomes) == 5
+    assert sum(outcome.scored for outcome in outcomes) == 6
     assert {key: row.status for key, row in assets.items()} == {
         "generated/sdxl/1.0/astronaut.jpg": "scored",
         "incoming/coffee.jpg": "scored",
@@ -115,7 +123,8 @@ def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, b
         "crawled/notes.jpg": "failed",
         "crawled/truncated.jpg": "failed",
         "crawled/huge.png": "failed",
-        "crawled/depth.png": "failed",
+        "crawled/depth.tif": "failed",
+        "crawled/scan.png": "scored",
         "generated/sdxl/1.0/bad-seed.jpg": "failed",
     }
     reasons = {key: row.error for key, row in assets.items() if row.status == "failed"}
@@ -123,7 +132,7 @@ def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, b
     assert "not an image" in reasons["crawled/notes.jpg"]
     assert "truncated" in reasons["crawled/truncated.jpg"]
     assert "exceeds the limit of 4,000,000" in reasons["crawled/huge.png"]
-    assert "unsupported colour mode" in reasons["crawled/depth.png"]
+    assert "floating-point data (mode 'F'" in reasons["crawled/depth.tif"]
     assert "seed must be an integer" in reasons["generated/sdxl/1.0/bad-seed.jpg"]
     assert assets["crawled/rocket.jpg"].duplicate_of == assets["crawled/rocket-copy.jpg"].id
 
@@ -156,6 +165,9 @@ def test_run_flow_stores_provenance_scores_and_embeddings(settings, s3_client, b
     stored_vector = vectors[astronaut.id].to_numpy().astype(np.float32)
     assert stored_vector.shape == (1280,)
     np.testing.assert_allclose(stored_vector, expected_vector, atol=2e-3)
+    scan = assets["crawled/scan.png"]  # 16-bit levels scaled to 8 bits: scored as the 8-bit photograph
+    assert scan.color_mode == "I;16"
+    assert stored[scan.id] == pytest.approx(scorer.score([photo("camera").convert("L")])[0].value, abs=1e-9)
 
     # The near-duplicate (a resized copy) is the astronaut's nearest neighbour.
     neighbours = nearest_assets(settings, astronaut.id, "efficientnet-lite0", limit=3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from aesq.core.images import PixelBudget, decode_rgb
+from aesq.core.images import PixelBudget, decode_image
 from aesq.models.measurements import Measurements, blockiness, noise_sigma, sharpness
 from tests.helpers import jpeg_bytes, photo
 
@@ -81,7 +81,7 @@ def test_large_image_decoded_reduced_measures_its_native_pixels() -> None:
     stored = photo("coffee").resize((4200, 3000), Image.Resampling.BICUBIC)
     payload = jpeg_bytes(stored, 40)
     full = Measurements(Image.open(io.BytesIO(payload)).convert("RGB"))
-    decoded = decode_rgb(payload, 64_000_000, PixelBudget(64_000_000))
+    decoded = decode_image(payload, 64_000_000, PixelBudget(64_000_000))
     reduced = Measurements(decoded)
     assert decoded.width < 4200
     for figure in ("noise_sigma", "blockiness_ratio", "fine_detail_share", "short_side", "megapixels"):

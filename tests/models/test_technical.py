@@ -223,6 +223,18 @@ def test_degenerate_inputs_stay_in_range(scorer: TechnicalQualityScorer, size: t
     assert all(math.isfinite(v) for v in score.raw.values())
 
 
+def test_transparent_images_are_measured_as_shown_on_white(scorer: TechnicalQualityScorer) -> None:
+    """aesq's own scorer judges what a viewer sees, as aesq shows it; the colours stored under transparent
+    pixels (a whole photograph here) do not count."""
+    from aesq.models.base import on_white
+    from tests.helpers import transparent_sticker
+
+    sticker = transparent_sticker()
+    as_given, shown, stored = scorer.score([sticker, on_white(sticker), sticker.convert("RGB")])
+    assert as_given == shown
+    assert as_given.raw["clipped_highlights"] > stored.raw["clipped_highlights"] + 0.3
+
+
 def test_registered_under_its_name() -> None:
     """The scorer is looked up as "technical"."""
     from aesq.models import SCORERS
@@ -240,13 +252,13 @@ def test_large_image_decoded_reduced_scores_as_at_full_size(
 ) -> None:
     """aesq decodes images over 2048x2048 reduced, passing their native centre and size along: noise,
     blockiness and resolution are measured exactly as on the full image, and the score barely moves."""
-    from aesq.core.images import PixelBudget, decode_rgb
+    from aesq.core.images import PixelBudget, decode_image
 
     stored = _noise(_photo(name).resize(size, Image.Resampling.BICUBIC))
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", quality=60)
     full = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    reduced = decode_rgb(buffer.getvalue(), 64_000_000, PixelBudget(64_000_000))
+    reduced = decode_image(buffer.getvalue(), 64_000_000, PixelBudget(64_000_000))
     assert reduced.width < full.width
     at_full, decoded = scorer.score([full, reduced])
     for key in ("noise_sigma", "blockiness_ratio", "megapixels"):

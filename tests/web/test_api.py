@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -18,7 +20,7 @@ from aesq.core.tables import EMBEDDING_DIMENSIONS, Critique
 from aesq.web.app import create_app
 from aesq.web.pages import p_value
 from aesq.web.thumbnails import folders_outside_storage
-from tests.helpers import defect_shares_from_rows
+from tests.helpers import defect_shares_from_rows, png_bytes, transparent_sticker
 
 BASE, LORA, SFT = "demo-diffusion:v1.0-base", "demo-diffusion:v1.1-lora", "demo-diffusion:v2.0-sft"
 
@@ -150,6 +152,28 @@ def test_thumbnails_are_resized_cached_and_only_from_the_configured_storage(clie
     assert "<title>not shown: /etc is not in AESQ_SOURCES — add it to see thumbnails</title>" in placeholder.text
     assert "root:" not in placeholder.text and placeholder.headers["cache-control"] == "no-store"
     assert folders_outside_storage(demo_settings) == ["/etc"]  # what `aesq serve` names once at start
+
+
+def test_a_transparent_images_thumbnail_shows_it_on_white(client, demo_settings):
+    """Where aesq itself shows an image, transparent areas are white (a JPEG has no transparency), not the
+    photograph stored under them."""
+    data = png_bytes(transparent_sticker())
+    folder = demo_settings.data_dir / "demo"
+    (folder / "sticker.png").write_bytes(data)
+    with get_engine(demo_settings).begin() as connection:
+        asset_id = connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, status) "
+                "VALUES ('file', :folder, 'sticker.png', :sha, :size, 'crawled', 'scored') RETURNING id"
+            ),
+            {"folder": str(folder), "sha": hashlib.sha256(data).hexdigest(), "size": len(data)},
+        ).scalar_one()
+    response = client.get(f"/api/assets/{asset_id}/thumbnail", params={"size": 128})
+    assert response.status_code == 200, response.text
+    thumbnail = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=np.int16)
+    width = thumbnail.shape[1]
+    assert (thumbnail[:, : width // 2 - 4] >= 250).all()  # JPEG keeps white within a few levels
+    assert thumbnail[:, width // 2 + 4 :].mean() < 200
 
 
 def test_a_folder_becomes_shown_only_by_configuring_it(client, demo_settings, monkeypatch):
