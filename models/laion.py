@@ -15,10 +15,9 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +34,8 @@ INPUT_SIZE = 224
 # OpenAI CLIP preprocessing: shortest side 224 (bicubic), centre crop 224, these mean/std.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_CLIP_MEAN = np.array(CLIP_MEAN, dtype=np.float32).reshape(3, 1, 1)
+_CLIP_STD = np.array(CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
 # The published head's Linear layers by index in its nn.Sequential (Dropout at 1, 3 and 5).
 HEAD_LINEARS = {0: (768, 1024), 2: (1024, 128), 4: (128, 64), 6: (64, 16), 7: (16, 1)}
 
@@ -59,31 +60,29 @@ class AestheticHead(nn.Module):
         return self.layers(embeddings)
 
 
-def clip_image_processor():
-    """CLIP's preprocessing with the OpenAI values spelled out (a folder's own config is not used).
+def clip_pixels(image: Image.Image) -> np.ndarray:
+    """OpenAI CLIP's own transform (`clip.load`'s Resize, CenterCrop, convert to RGB, ToTensor, Normalize), step
+    for step on Pillow: float32 (3, 224, 224).
 
-    The PIL backend is preferred: it resizes PIL images with PIL's bicubic filter, as the original
-    `clip.load` transforms do; the torchvision backend resizes tensors and differs slightly.
+    The shortest side goes to 224 (bicubic, the long side truncated) in the image's own mode, so Pillow resizes
+    palette and 1-bit images with nearest and premultiplies alpha; the crop offsets are rounded as torchvision
+    rounds them (half to even); RGB comes last, keeping the colour under transparent pixels.
     """
-    import transformers
+    width, height = image.size
+    if width <= height:
+        size = (INPUT_SIZE, int(INPUT_SIZE * height / width))
+    else:
+        size = (int(INPUT_SIZE * width / height), INPUT_SIZE)
+    resized = image if size == image.size else image.resize(size, Image.Resampling.BICUBIC)
+    left, top = round((size[0] - INPUT_SIZE) / 2), round((size[1] - INPUT_SIZE) / 2)
+    cropped = resized.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE)).convert("RGB")
+    pixels = np.asarray(cropped, dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+    return (pixels - _CLIP_MEAN) / _CLIP_STD
 
-    # transformers before the split into PIL and torchvision backends has only CLIPImageProcessor.
-    processor_class = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
-    from transformers.image_utils import PILImageResampling
 
-    return processor_class(
-        do_resize=True,
-        size={"shortest_edge": INPUT_SIZE},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": INPUT_SIZE, "width": INPUT_SIZE},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-        do_convert_rgb=True,
-    )
+def clip_batch(images: Sequence[Image.Image]) -> torch.Tensor:
+    """`clip_pixels` of each image, stacked: float32 (n, 3, 224, 224)."""
+    return torch.from_numpy(np.stack([clip_pixels(image) for image in images]))
 
 
 class _RecentBatches:
@@ -110,7 +109,6 @@ class ClipEncoder:
     """One loaded CLIP ViT-L/14 vision tower with its preprocessing, shared by scorer and embedder."""
 
     model: nn.Module
-    processor: Callable[..., Any]  # a transformers CLIP image processor
     device: str
     dtype: torch.dtype
     forward_passes: int = 0
@@ -123,7 +121,7 @@ class ClipEncoder:
         with self._lock:
             pixels = self._prepared.get(images)
         if pixels is None:
-            pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+            pixels = clip_batch(images)
             with self._lock:
                 self._prepared.put(images, pixels)
         return pixels  # type: ignore[return-value]
@@ -153,7 +151,8 @@ _encoders_lock = threading.Lock()
 
 
 def _dtype_for(device: str) -> torch.dtype:
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    """fp16 on CUDA, as upstream runs OpenAI CLIP there (`clip.load`); float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 @functools.cache
@@ -224,7 +223,7 @@ def shared_clip(weights_dir: Path | None, device: str) -> ClipEncoder:
         if key not in _encoders:
             dtype = _dtype_for(device)
             model = _load_vision_model(source, dtype, folder).eval().to(device)
-            _encoders[key] = ClipEncoder(model=model, processor=clip_image_processor(), device=device, dtype=dtype)
+            _encoders[key] = ClipEncoder(model=model, device=device, dtype=dtype)
         return _encoders[key]
 
 
@@ -257,7 +256,7 @@ class LaionAestheticV2Scorer(Scorer):
 
     name = "laion-aes-v2"
     input_side = INPUT_SIZE
-    version = "2"
+    version = "3"  # 2 converted to RGB before resizing, composited transparency on white, cropped offsets floored
 
     def setup(self) -> None:
         """Load the head, then CLIP (shared with the `clip-vit-l-14` embedder)."""
@@ -273,7 +272,7 @@ class LaionAestheticV2Scorer(Scorer):
         self._clip = clip
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """CLIP preprocessing on the CPU (shared with the embedder for the same image objects)."""
+        """CLIP preprocessing on the CPU (`clip_pixels`; shared with the embedder for the same image objects)."""
         return self._clip.prepare(images)
 
     def score_prepared(self, batch: torch.Tensor) -> list[Score]:
@@ -306,7 +305,7 @@ class ClipVitL14Embedder(Embedder):
         self._clip = shared_clip(self.weights_dir, self.device)
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """CLIP preprocessing (shortest side 224 bicubic, centre crop 224) on the CPU."""
+        """CLIP preprocessing on the CPU (`clip_pixels`; shared with the scorer for the same image objects)."""
         return self._clip.prepare(images)
 
     def embed_prepared(self, batch: torch.Tensor) -> np.ndarray:

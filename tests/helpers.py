@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from http.server import HTTPServer
 
     import torch
-    from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import CLIPVisionConfig, InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
     from aesq.analysis.report import ReportData, Thumbnail
     from aesq.core.config import Settings
@@ -40,6 +40,17 @@ def photo(name: str) -> Image.Image:
     """A real photograph bundled with scikit-image, as RGB."""
     pixels = getattr(skdata, name)()
     return Image.fromarray(pixels).convert("RGB")
+
+
+def transparent_sticker() -> Image.Image:
+    """A photograph whose left half is made fully transparent by its alpha channel alone, the photograph's colours
+    still stored under it (as a mask applied in an editor leaves them): where compositing and a plain RGB
+    conversion disagree most."""
+    image = photo("chelsea").convert("RGBA")
+    alpha = Image.new("L", image.size, 255)
+    alpha.paste(0, (0, 0, image.width // 2, image.height))
+    image.putalpha(alpha)
+    return image
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
@@ -100,10 +111,10 @@ def run_once(source: str, settings) -> None:
 
 def technical_score(payload: bytes) -> float:
     """What the technical scorer gives these bytes, decoded as the pipeline decodes them."""
-    from aesq.core.images import decode_rgb, pixel_budget
+    from aesq.core.images import decode_image, pixel_budget
     from aesq.models.technical import TechnicalQualityScorer
 
-    return TechnicalQualityScorer().score([decode_rgb(payload, 64_000_000, pixel_budget(64_000_000))])[0].value
+    return TechnicalQualityScorer().score([decode_image(payload, 64_000_000, pixel_budget(64_000_000))])[0].value
 
 
 def assert_every_content_scored_once(settings, objects: dict[str, bytes], failed: Collection[str] = ()) -> None:
@@ -872,14 +883,21 @@ def make_tokenizer(split: str | None = None) -> PreTrainedTokenizerFast:
     )
 
 
-def native_model(image_token_id: int) -> InternVLForConditionalGeneration:
-    """The tiny model in transformers' own InternVL classes, every weight random (seeded)."""
+def native_model(
+    image_token_id: int, qkv_bias: bool = True, qk_normalization: bool = False, norm_type: str = "layer_norm"
+) -> InternVLForConditionalGeneration:
+    """The tiny model in transformers' own InternVL classes, every weight random (seeded).
+
+    The vision layout is named by the published vision_config fields: InternViT-300M's by default,
+    InternViT-6B's with `qkv_bias=False, qk_normalization=True, norm_type="rms_norm"`.
+    """
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen2Config
 
     vision = InternVLVisionConfig(
         hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=448,
-        patch_size=14, attention_bias=True, norm_type="layer_norm", layer_norm_eps=1e-6,
+        patch_size=14, attention_bias=qkv_bias, use_qk_norm=qk_normalization, norm_type=norm_type,
+        layer_norm_eps=1e-6,
     )  # fmt: skip
     text = Qwen2Config(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -910,6 +928,8 @@ def to_chat_layout(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ("embeddings.position_embeddings", "embeddings.position_embedding"),
         ("embeddings.patch_embeddings.projection", "embeddings.patch_embedding"),
         ("attention.projection_layer", "attn.proj"),
+        ("attention.q_norm", "attn.q_norm"),
+        ("attention.k_norm", "attn.k_norm"),
         ("lambda_1", "ls1"),
         ("lambda_2", "ls2"),
         ("layernorm_before", "norm1"),
@@ -969,6 +989,110 @@ def write_tiny_ernie(root: Path) -> Path:
     tokenizer = make_tokenizer()
     native = native_model(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"))
     write_checkpoint(root / "ERNIE-Image-Aes", to_chat_layout(native.state_dict()), chat_config(), tokenizer)
+    return root
+
+
+def ship_vocabulary_files(folder: Path, without_merge: str | None = None) -> Path:
+    """Add to a tiny checkpoint the files its tokenizer is also published as (vocab.json, merges.txt and a
+    tokenizer_config.json naming Qwen2Tokenizer, as InternVL-chat checkpoints ship them), made from its
+    tokenizer.json; `without_merge` (a score pair such as "ey") is left out of merges.txt only, so that the
+    two disagree on it."""
+    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    merges = [" ".join(merge) for merge in model["model"]["merges"] if "".join(merge) != without_merge]
+    (folder / "vocab.json").write_text(json.dumps(model["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{merge}\n" for merge in merges), encoding="utf-8")
+    added = {
+        str(token["id"]): {
+            "content": token["content"], "lstrip": False, "normalized": False, "rstrip": False,
+            "single_word": False, "special": True,
+        }
+        for token in model["added_tokens"]
+    }  # fmt: skip
+    config = {
+        "add_prefix_space": False, "added_tokens_decoder": added, "bos_token": None,
+        "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>", "errors": "replace",
+        "model_max_length": 16384, "pad_token": "<|endoftext|>", "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+    }  # fmt: skip
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def answer_with_score_tokens(folder: Path) -> Path:
+    """Zero the LM-head rows of every token but the 101 score tokens of a tiny checkpoint, so that, as a trained
+    scorer does, it puts most of its next-token probability on them."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    keep = torch.tensor([vocab[pair] for pair in PAIRS])
+    index = folder / "model.safetensors.index.json"
+    head = "language_model.lm_head.weight"
+    shard = folder / (json.loads(index.read_text())["weight_map"][head] if index.is_file() else "model.safetensors")
+    state = load_file(str(shard))
+    answering = torch.zeros_like(state[head])
+    answering[keep] = state[head][keep]
+    save_file({**state, head: answering}, str(shard), metadata={"format": "pt"})
+    return folder
+
+
+# A tiny random CLIP vision tower with the real 768-d projection (so the real-size LAION head fits) and a random head
+# in the published key layout, standing in for CLIP ViT-L/14 and the LAION aesthetic head v2.
+
+LAION_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+
+
+def tiny_clip_config(**overrides) -> CLIPVisionConfig:
+    """The tiny CLIP vision tower's config, with `overrides`."""
+    from transformers import CLIPVisionConfig
+
+    settings = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=224,
+        patch_size=32,
+        projection_dim=768,
+    )
+    return CLIPVisionConfig(**(settings | overrides))
+
+
+def published_laion_head(seed: int = 0) -> torch.nn.Sequential:
+    """The published head's module layout (Linear/Dropout at the original indices), random weights."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(768, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
+    )
+
+
+def save_laion_head(path: Path, module: torch.nn.Module, prefix: str = "layers.") -> dict[str, torch.Tensor]:
+    """Save `module`'s state with its keys under `prefix`, as the published head file holds them."""
+    import torch
+
+    state = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
+    torch.save(state, path)
+    return state
+
+
+def write_tiny_clip(root: Path) -> Path:
+    """A weights folder: the tiny CLIP in clip-vit-large-patch14/ and a random head in the published layout."""
+    import torch
+    from transformers import CLIPVisionModelWithProjection
+
+    torch.manual_seed(1)
+    CLIPVisionModelWithProjection(tiny_clip_config()).save_pretrained(root / "clip-vit-large-patch14")
+    save_laion_head(root / LAION_HEAD_FILE, published_laion_head())
     return root
 
 

@@ -8,6 +8,7 @@ from the published facts, the vision tower, manual normalisation and matmuls fro
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -16,59 +17,29 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from aesq.models import laion
 from aesq.models.laion import ClipVitL14Embedder, LaionAestheticV2Scorer
-from tests.helpers import noise_image, photo
+from tests.helpers import (
+    noise_image,
+    photo,
+    published_laion_head,
+    save_laion_head,
+    tiny_clip_config,
+    transparent_sticker,
+    write_tiny_clip,
+)
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 
 
-def _vision_config(**overrides) -> CLIPVisionConfig:
-    settings = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=224,
-        patch_size=32,
-        projection_dim=768,
-    )
-    return CLIPVisionConfig(**(settings | overrides))
-
-
-def _published_head(seed: int = 0) -> nn.Sequential:
-    """The published head's module layout (Linear/Dropout at the original indices), random weights."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(768, 1024),
-        nn.Dropout(0.2),
-        nn.Linear(1024, 128),
-        nn.Dropout(0.2),
-        nn.Linear(128, 64),
-        nn.Dropout(0.1),
-        nn.Linear(64, 16),
-        nn.Linear(16, 1),
-    )
-
-
-def _save_head(path: Path, module: nn.Module, prefix: str = "layers.") -> dict[str, torch.Tensor]:
-    state = {f"{prefix}{key}": value for key, value in module.state_dict().items()}
-    torch.save(state, path)
-    return state
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A weights folder: tiny CLIP in clip-vit-large-patch14/ and a random head in the published layout."""
-    folder = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(1)
-    CLIPVisionModelWithProjection(_vision_config()).save_pretrained(folder / "clip-vit-large-patch14")
-    _save_head(folder / HEAD_FILE, _published_head())
-    return folder
+    return write_tiny_clip(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +57,24 @@ def embedder(weights) -> ClipVitL14Embedder:
 
 
 def _images() -> list[Image.Image]:
-    # Landscape, square, odd sizes and a portrait. (OpenAI CLIP's torchvision CenterCrop rounds the
-    # offset, CLIPImageProcessor floors it; they differ by one pixel only when the excess is 3 mod 4,
-    # which none of these has.)
-    portrait = noise_image(7, size=300).resize((300, 500))
-    return [photo("coffee"), photo("astronaut"), photo("chelsea"), portrait]
+    """Landscape, square and odd sizes, a portrait whose crop excess is 3 mod 4 (where OpenAI CLIP's rounded
+    crop offset and a floored one differ by a pixel), a transparent image and a palette image."""
+    portrait = noise_image(7, size=300).resize((448, 902))
+    palette = photo("coffee").quantize(64)
+    return [photo("coffee"), photo("astronaut"), photo("chelsea"), portrait, transparent_sticker(), palette]
 
 
-def _reference_pixels(image: Image.Image) -> np.ndarray:
-    """OpenAI CLIP preprocessing from the facts: shortest side 224 bicubic, centre crop 224, mean/std."""
+def _reference_pixels(image: Image.Image, rounding=round, convert_first: bool = False) -> np.ndarray:
+    """OpenAI CLIP's transform from the facts: shortest side 224 bicubic in the image's own mode, centre crop 224
+    with torchvision's rounded offsets, then RGB, mean/std (`rounding` and `convert_first` make the mistakes)."""
+    if convert_first:
+        image = image.convert("RGB")
     width, height = image.size
     scale = 224 / min(width, height)
     size = (224, int(height * scale)) if width <= height else (int(width * scale), 224)
-    resized = image.convert("RGB").resize(size, Image.BICUBIC)
-    left, top = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
-    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float64) / 255
+    resized = image.resize(size, Image.BICUBIC)
+    left, top = int(rounding((size[0] - 224) / 2)), int(rounding((size[1] - 224) / 2))
+    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)).convert("RGB"), dtype=np.float64) / 255
     return ((crop - MEAN) / STD).transpose(2, 0, 1)
 
 
@@ -166,18 +140,18 @@ def test_scorer_and_embedder_share_one_clip_and_one_forward_per_batch(scorer, em
     assert clip.forward_passes == before + 2
 
 
-def test_float32_on_cpu_and_bfloat16_on_cuda(scorer):
+def test_float32_on_cpu_and_float16_on_cuda_as_upstream(scorer):
     assert scorer._clip.dtype == torch.float32 and next(scorer._clip.model.parameters()).dtype == torch.float32
-    assert laion._dtype_for("cuda:0") == torch.bfloat16 and laion._dtype_for("cpu") == torch.float32
+    assert laion._dtype_for("cuda:0") == torch.float16 and laion._dtype_for("cpu") == torch.float32
 
 
-def test_bfloat16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeypatch):
-    """The CUDA dtype plumbing (bf16 weights and pixels, float32 head), exercised on the CPU."""
+def test_float16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeypatch):
+    """The CUDA dtype plumbing (fp16 weights and pixels, float32 head), exercised on the CPU."""
     shutil.copytree(weights, tmp_path, dirs_exist_ok=True)  # another folder: its own cached CLIP
-    monkeypatch.setattr(laion, "_dtype_for", lambda device: torch.bfloat16)
+    monkeypatch.setattr(laion, "_dtype_for", lambda device: torch.float16)
     half = LaionAestheticV2Scorer(weights_dir=tmp_path)
     half.setup()
-    assert next(half._clip.model.parameters()).dtype == torch.bfloat16
+    assert next(half._clip.model.parameters()).dtype == torch.float16
     images = _images()
     full_values = [score.value for score in scorer.score(images)]
     half_values = [score.value for score in half.score(images)]
@@ -188,21 +162,30 @@ def test_bfloat16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeyp
     assert (full_vectors * half_vectors).sum(axis=1).min() > 0.995
 
 
-def test_processor_uses_the_openai_values_not_the_folders(weights):
-    processor = laion.clip_image_processor()
-    assert list(processor.image_mean) == list(MEAN) and list(processor.image_std) == list(STD)
-    assert processor.size["shortest_edge"] == 224 and (processor.crop_size["height"], processor.crop_size["width"]) == (
-        224,
-        224,
-    )
-    assert int(processor.resample) == int(Image.BICUBIC)
+@pytest.mark.parametrize(
+    ("image", "mistake"),
+    [
+        (noise_image(7, size=300).resize((448, 902)), {"rounding": math.floor}),
+        (transparent_sticker(), {"convert_first": True}),
+        (photo("coffee").quantize(64), {"convert_first": True}),
+        (photo("coffee").convert("1"), {"convert_first": True}),
+    ],
+    ids=["crop-excess-3-mod-4", "transparent", "palette", "1-bit"],
+)
+def test_pixels_follow_openai_clips_transform_where_shortcuts_differ(image, mistake):
+    """Rounded crop offsets, and resizing in the image's own mode before converting to RGB (Pillow resizes
+    palette and 1-bit images with nearest, transparent ones premultiplied): each case differs otherwise."""
+    pixels = laion.clip_pixels(image)
+    assert pixels.shape == (3, 224, 224) and pixels.dtype == np.float32
+    np.testing.assert_allclose(pixels, _reference_pixels(image), atol=1e-5)
+    assert np.abs(pixels - _reference_pixels(image, **mistake)).max() > 0.1
 
 
 def test_loads_a_full_clip_snapshot(tmp_path):
     """The openai/clip-vit-large-patch14 snapshot is a whole CLIPModel (text tower too)."""
     torch.manual_seed(2)
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    full = CLIPModel(CLIPConfig(text_config=text, vision_config=_vision_config().to_dict(), projection_dim=768))
+    full = CLIPModel(CLIPConfig(text_config=text, vision_config=tiny_clip_config().to_dict(), projection_dim=768))
     full.save_pretrained(tmp_path / "clip-vit-large-patch14")
     embedder = ClipVitL14Embedder(weights_dir=tmp_path)
     embedder.setup()
@@ -243,10 +226,10 @@ def test_missing_head_file_is_a_clear_error(weights, tmp_path):
 @pytest.mark.parametrize(
     "make_head",
     [
-        pytest.param(lambda path: _save_head(path, _published_head(), prefix=""), id="no-layers-prefix"),
-        pytest.param(lambda path: _save_head(path, nn.Linear(768, 1), prefix="layers.0."), id="v1-linear"),
+        pytest.param(lambda path: save_laion_head(path, published_laion_head(), prefix=""), id="no-layers-prefix"),
+        pytest.param(lambda path: save_laion_head(path, nn.Linear(768, 1), prefix="layers.0."), id="v1-linear"),
         pytest.param(
-            lambda path: _save_head(
+            lambda path: save_laion_head(
                 path,
                 nn.Sequential(
                     nn.Linear(1152, 1024),
@@ -284,16 +267,19 @@ def test_published_head_layout_loads(weights):
     "make_folder, message",
     [
         (lambda folder: folder.mkdir(), "no config.json"),
-        (lambda folder: _vision_config().save_pretrained(folder), "cannot load a CLIP vision model"),
+        (lambda folder: tiny_clip_config().save_pretrained(folder), "cannot load a CLIP vision model"),
         (
-            lambda folder: CLIPVisionModelWithProjection(_vision_config(projection_dim=512)).save_pretrained(folder),
+            lambda folder: CLIPVisionModelWithProjection(tiny_clip_config(projection_dim=512)).save_pretrained(folder),
             "projection_dim 512",
         ),
         (
-            lambda folder: CLIPVisionModelWithProjection(_vision_config(image_size=64)).save_pretrained(folder),
+            lambda folder: CLIPVisionModelWithProjection(tiny_clip_config(image_size=64)).save_pretrained(folder),
             "image_size 64",
         ),
-        (lambda folder: CLIPVisionModel(_vision_config()).save_pretrained(folder), "lacks weights .*visual_projection"),
+        (
+            lambda folder: CLIPVisionModel(tiny_clip_config()).save_pretrained(folder),
+            "lacks weights .*visual_projection",
+        ),
     ],
     ids=["empty", "config-only", "projection-512", "image-size-64", "no-projection"],
 )
