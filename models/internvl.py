@@ -88,6 +88,8 @@ ARTIMUSE_ASPECTS: tuple[str, ...] = (
 )
 CRITIQUE_QUESTION = "Please evaluate the aesthetic quality of this image from the aspect of {aspect}."
 ANSWER_END = "<|im_end|>"
+# Appended to an answer that reached the token cap before its end-of-turn token.
+CUT_OFF_MARK = " […cut off at {tokens} tokens]"
 
 
 def score_token(value: int) -> str:
@@ -114,6 +116,16 @@ def build_prompt(question: str, system_message: str, num_image_tokens: int, imag
     return (
         f"<|im_start|>system\n{system_message}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def critique_prompt(aspect: str, system_message: str, num_image_tokens: int) -> str:
+    """The prompt of ArtiMuse's critique question about one aspect ("<image>\n" before the question)."""
+    return build_prompt(CRITIQUE_QUESTION.format(aspect=aspect), system_message, num_image_tokens)
+
+
+def system_message_of(chat: dict) -> str:
+    """The system message a chat config asks for, else the `internvl2_5` template's default."""
+    return chat.get("system_message", DEFAULT_SYSTEM_MESSAGE)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,6 +175,8 @@ _INTERN_VIT_DEFAULTS = {
     "norm_type": "rms_norm",
     "layer_norm_eps": 1e-6,
 }
+# The eps transformers' native InternVL vision attention normalises q and k with (whatever layer_norm_eps says).
+NATIVE_QK_NORM_EPS = 1e-6
 # llm_config fields that only steer the published code's own loading (the dtype is chosen per device).
 _LLM_CONFIG_DROP = (
     "attn_implementation", "_attn_implementation", "_attn_implementation_autoset", "auto_map", "use_flash_attn",
@@ -206,9 +220,14 @@ def read_chat_config(folder: Path) -> dict:
     return config
 
 
+def vision_settings(chat: dict) -> dict:
+    """A chat config's vision_config with the published InternViT defaults where it leaves a field out."""
+    return {**_INTERN_VIT_DEFAULTS, **chat["vision_config"]}
+
+
 def image_geometry(chat: dict) -> tuple[int, int]:
     """(image size, image tokens per tile) from a chat config."""
-    vision = {**_INTERN_VIT_DEFAULTS, **chat["vision_config"]}
+    vision = vision_settings(chat)
     image_size = chat.get("force_image_size") or vision["image_size"]
     ratio = chat.get("downsample_ratio", 0.5)
     tokens = (image_size // vision["patch_size"]) ** 2 * ratio**2
@@ -223,7 +242,7 @@ def native_config(chat: dict, image_token_id: int):
     """transformers' `InternVLConfig` equivalent to a published InternVL-chat config."""
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 
-    vision = {**_INTERN_VIT_DEFAULTS, **chat["vision_config"]}
+    vision = vision_settings(chat)
     image_size, tokens = image_geometry(chat)
     vision_config = InternVLVisionConfig(
         hidden_size=vision["hidden_size"],
@@ -242,6 +261,11 @@ def native_config(chat: dict, image_token_id: int):
         use_mean_pooling=True,  # no norm after the last InternViT layer
         use_mask_token=False,
     )
+    if vision["qk_normalization"] and vision["layer_norm_eps"] != NATIVE_QK_NORM_EPS:
+        raise ValueError(
+            f"vision layer_norm_eps {vision['layer_norm_eps']} with q/k normalisation is not supported: transformers' "
+            f"InternVL normalises q and k with eps {NATIVE_QK_NORM_EPS} (every published InternViT-6B uses it)"
+        )
     llm = {key: value for key, value in chat["llm_config"].items() if key not in _LLM_CONFIG_DROP}
     llm["tie_word_embeddings"] = False  # InternVLChatConfig forces this for every size
     text_config = Qwen2Config(**llm)
@@ -419,16 +443,28 @@ def load_checkpoint(folder: Path, device: str, dtype: torch.dtype) -> LoadedChec
         return _checkpoints[key]
 
 
+def load_tokenizer(folder: Path, use_fast: bool = True) -> PreTrainedTokenizerBase:
+    """The tokenizer the checkpoint in `folder` ships, loaded without its own code (ValueError if it cannot be).
+
+    `use_fast=False` asks for the tokenizer built from the vocabulary files (vocab.json, merges.txt).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet_transformers():  # it warns that config.json is not a tokenizer model type
+            return AutoTokenizer.from_pretrained(
+                str(folder), use_fast=use_fast, trust_remote_code=False, local_files_only=True
+            )
+    except Exception as error:
+        raise ValueError(f"cannot load the tokenizer of {folder} without its own code: {error}") from error
+
+
 def _read_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedCheckpoint:
-    from transformers import AutoTokenizer, InternVLModel
+    from transformers import InternVLModel
 
     chat = read_chat_config(folder)
     files = weight_files(folder)
-    try:
-        with _quiet_transformers():  # it warns that config.json is not a tokenizer model type
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot load the tokenizer of {folder} without its own code: {error}") from error
+    tokenizer = load_tokenizer(folder)
     score_ids = score_token_ids(tokenizer)
     image_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     if not isinstance(image_token_id, int) or image_token_id == getattr(tokenizer, "unk_token_id", None):
@@ -486,6 +522,11 @@ class InternVLTokenExpectationScorer(Scorer, Critic):
     image_on_own_line: ClassVar[bool] = True  # see `build_prompt`
     aspects = ARTIMUSE_ASPECTS
 
+    @classmethod
+    def scoring_prompt(cls, system_message: str, num_image_tokens: int) -> str:
+        """The prompt of this scorer's rating question, ending where the score token is read."""
+        return build_prompt(cls.question, system_message, num_image_tokens, cls.image_on_own_line)
+
     def checkpoint_folder(self) -> Path:
         """`weights_dir/<folder>` when it exists, else the local Hugging Face cache (never downloads)."""
         if self.weights_dir is not None and (self.weights_dir / self.folder).exists():
@@ -521,8 +562,8 @@ class InternVLTokenExpectationScorer(Scorer, Critic):
         self.tokenizer = self.checkpoint.tokenizer
         chat = self.checkpoint.chat_config
         self.image_size, self.num_image_tokens = image_geometry(chat)
-        system_message = chat.get("system_message", DEFAULT_SYSTEM_MESSAGE)
-        self.prompt = build_prompt(self.question, system_message, self.num_image_tokens, self.image_on_own_line)
+        system_message = system_message_of(chat)
+        self.prompt = self.scoring_prompt(system_message, self.num_image_tokens)
         ids = self.tokenizer(self.prompt, return_tensors="pt")["input_ids"]
         if int((ids == self.checkpoint.image_token_id).sum()) != self.num_image_tokens:
             raise ValueError(f"the prompt does not tokenize to {self.num_image_tokens} {IMG_CONTEXT} tokens")
@@ -534,7 +575,9 @@ class InternVLTokenExpectationScorer(Scorer, Critic):
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """One 448×448 tile per image on the CPU: RGB, bicubic squash (aspect ignored), ImageNet mean/std."""
+        """One 448×448 tile per image on the CPU, as ArtiMuse's evaluation makes it: `convert("RGB")` first (no
+        compositing: transparent pixels keep the colour stored under them), bicubic squash (aspect ignored),
+        ImageNet mean/std."""
         size = (self.image_size, self.image_size)
         batch = np.stack([np.asarray(image.convert("RGB").resize(size, Image.Resampling.BICUBIC)) for image in images])
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
@@ -587,7 +630,8 @@ class InternVLTokenExpectationScorer(Scorer, Critic):
             max_new_tokens: longest answer, in tokens.
 
         Returns:
-            Per image: aspect → answer text (up to the end-of-turn token, stripped).
+            Per image: aspect → answer text (up to the end-of-turn token, stripped); an answer that reached
+            `max_new_tokens` first ends with `CUT_OFF_MARK`.
         """
         if self._generator is None:
             self._generator = generating_model(self.model, self.checkpoint.lm_head)
@@ -595,19 +639,21 @@ class InternVLTokenExpectationScorer(Scorer, Critic):
         pixels = batch.to(self.input_ids.device, non_blocking=True)
         answers: list[dict[str, str]] = [{} for _ in range(len(batch))]
         for aspect in aspects:
-            prompt = build_prompt(CRITIQUE_QUESTION.format(aspect=aspect), self.system_message, self.num_image_tokens)
+            prompt = critique_prompt(aspect, self.system_message, self.num_image_tokens)
             ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(pixels.device).expand(len(batch), -1)
             with torch.inference_mode():
                 output = self._generator.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id, pad_token_id=end_id,
                 )  # fmt: skip
-            generated = [
-                row[: row.index(end_id)] if end_id in row else row for row in output[:, ids.shape[1] :].tolist()
-            ]
-            texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-            for answer, text in zip(answers, texts, strict=True):
-                answer[aspect] = text.strip()
+            rows = output[:, ids.shape[1] :].tolist()
+            finished = [end_id in row for row in rows]
+            texts = self.tokenizer.batch_decode(
+                [row[: row.index(end_id)] if done else row for row, done in zip(rows, finished, strict=True)],
+                skip_special_tokens=True,
+            )
+            for answer, text, done in zip(answers, texts, finished, strict=True):
+                answer[aspect] = text.strip() + ("" if done else CUT_OFF_MARK.format(tokens=max_new_tokens))
         return answers
 
 
@@ -615,7 +661,7 @@ class ErnieImageAesScorer(InternVLTokenExpectationScorer):
     """ERNIE-Image-Aes (baidu): 0–100 expected aesthetic score, with ArtiMuse's question and tokens."""
 
     name = "ernie-aes"
-    version = "1"
+    version = "2"  # 1 composited transparent images on white
     folder = "ERNIE-Image-Aes"
     hub_id = "baidu/ERNIE-Image-Aes"
     question = ARTIMUSE_QUESTION
@@ -625,7 +671,7 @@ class ArtiMuseScorer(InternVLTokenExpectationScorer):
     """ArtiMuse (CVPR 2026): 0–100 expected aesthetic score."""
 
     name = "artimuse"
-    version = "1"
+    version = "2"  # 1 composited transparent images on white
     folder = "ArtiMuse"
     hub_id = "Thunderbolt215215/ArtiMuse"
     question = ARTIMUSE_QUESTION
@@ -634,7 +680,7 @@ class ArtiMuseScorer(InternVLTokenExpectationScorer):
 class UniPerceptScorer(InternVLTokenExpectationScorer):
     """UniPercept's checkpoint, read once and asked one question per variant below."""
 
-    version = "1"
+    version = "2"  # 1 composited transparent images on white
     folder = "UniPercept"
     hub_id = "Thunderbolt215215/UniPercept"
     image_on_own_line = False

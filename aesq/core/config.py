@@ -110,7 +110,11 @@ class Settings(BaseSettings):
     critique_aspects: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Aspects the critic judges; default its published ones (ArtiMuse's)."
     )
-    critique_max_new_tokens: int = Field(default=512, gt=0, description="Longest critique of one aspect, in tokens.")
+    critique_max_new_tokens: int = Field(
+        default=8192,  # as ArtiMuse's evaluation: answers end by themselves, well before
+        gt=0,
+        description="Longest critique of one aspect, in tokens; a longer answer is cut off and marked so.",
+    )
     near_duplicate_distance: float = Field(
         default=0.02, ge=0, le=2, description="Cosine distance under which two assets' embeddings are near-duplicates."
     )

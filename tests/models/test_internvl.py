@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import InternVLForConditionalGeneration, PreTrainedTokenizerFast
 
 from aesq.models import internvl
+from aesq.models.base import on_white
 from aesq.models.internvl import (
     ArtiMuseScorer,
     ErnieImageAesScorer,
@@ -29,6 +32,7 @@ from aesq.models.internvl import (
 )
 from tests.helpers import (
     PAIRS,
+    VISION,
     VOCAB_SIZE,
     chat_config,
     make_tokenizer,
@@ -36,6 +40,7 @@ from tests.helpers import (
     noise_image,
     photo,
     to_chat_layout,
+    transparent_sticker,
     write_checkpoint,
 )
 
@@ -202,6 +207,17 @@ def test_score_equals_the_native_full_vocabulary_forward(ernie, native, tokenize
     torch.testing.assert_close(ernie.prepare(batch), torch.stack([reference_pixels(i) for i in batch]))
 
 
+def test_transparent_image_is_converted_as_artimuses_evaluation_does(ernie, native, tokenizer):
+    """`convert("RGB")` before the resize, keeping the photograph stored under the transparent half, as
+    ArtiMuse's `Image.open(path).convert("RGB")`; compositing on white would score another image."""
+    sticker = transparent_sticker()
+    pixels = ernie.prepare([sticker])
+    torch.testing.assert_close(pixels[0], reference_pixels(sticker))
+    assert (pixels[0] - reference_pixels(on_white(sticker))).abs().max() > 1
+    expected = reference_scores(native, tokenizer, expected_prompt(ARTIMUSE_QUESTION), [sticker])
+    assert ernie.score([sticker])[0].value == pytest.approx(float(expected[0]), abs=1e-3)
+
+
 def test_score_token_mass_matches_the_full_softmax(ernie, native, tokenizer):
     image = photo("astronaut")
     ids = torch.tensor([tokenizer.encode(expected_prompt(ARTIMUSE_QUESTION))])
@@ -338,8 +354,10 @@ def test_critique_is_the_native_models_greedy_answer_per_aspect(ernie, native, t
                 next_ids = native(input_ids=ids, pixel_values=pixels).logits[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, next_ids], dim=1)
         for critique, row in zip(critiques, ids[:, -6:].tolist()):
-            row = row[: row.index(end)] if end in row else row
-            assert critique[aspect] == tokenizer.decode(row, skip_special_tokens=True).strip()
+            # an answer stopped by the cap before its end-of-turn token says so
+            answer, ended = (row[: row.index(end)], True) if end in row else (row, False)
+            mark = "" if ended else " […cut off at 6 tokens]"
+            assert critique[aspect] == tokenizer.decode(answer, skip_special_tokens=True).strip() + mark
     assert any(text for critique in critiques for text in critique.values())  # the tiny model says something
     assert ernie.critique([], aspects, 6) == []
 
@@ -349,3 +367,148 @@ def test_published_aspects_are_artimuses_attributes():
         "Composition & Design", "Visual Elements & Structure", "Technical Execution", "Originality & Creativity",
         "Theme & Communication", "Emotion & Viewer Response", "Overall Gestalt",
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# The InternViT-6B tower layout (RMSNorm, q/k norm, no qkv bias) through the same checkpoint mapping
+# ---------------------------------------------------------------------------------------------------
+
+# The published vision_config fields that set InternViT-6B's layer layout apart from InternViT-300M's.
+INTERN_VIT_6B_LAYOUT: dict[str, Any] = {"qkv_bias": False, "qk_normalization": True, "norm_type": "rms_norm"}
+VISION_6B = {**VISION, **INTERN_VIT_6B_LAYOUT}
+# What the published `InternVisionConfig` (OpenGVLab configuration_intern_vit.py) assumes for a field left out.
+PUBLISHED_VISION_DEFAULTS = {
+    **INTERN_VIT_6B_LAYOUT, "layer_norm_eps": 1e-6, "hidden_act": "gelu", "patch_size": 14, "num_channels": 3,
+}  # fmt: skip
+# A vision_config that gives only the (tiny) sizes and leaves everything else to those defaults.
+SIZES_ONLY_VISION = {
+    key: VISION[key] for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+}
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """InternViT's `InternRMSNorm`: normalised in float32, cast back, then scaled."""
+    normalised = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normalised.to(x.dtype)
+
+
+def published_intern_vit(state: dict[str, torch.Tensor], vision: dict, pixels: torch.Tensor) -> torch.Tensor:
+    """The last hidden state of OpenGVLab's `InternVisionModel`, computed from the published weight names alone."""
+    eps, heads = vision["layer_norm_eps"], vision["num_attention_heads"]
+
+    def norm(x: torch.Tensor, name: str) -> torch.Tensor:
+        if vision["norm_type"] == "rms_norm":
+            return rms_norm(x, state[f"{name}.weight"], eps)
+        return F.layer_norm(x, x.shape[-1:], state[f"{name}.weight"], state[f"{name}.bias"], eps)
+
+    def linear(x: torch.Tensor, name: str, bias: bool = True) -> torch.Tensor:
+        return F.linear(x, state[f"{name}.weight"], state[f"{name}.bias"] if bias else None)
+
+    embeddings = "vision_model.embeddings."
+    patches = F.conv2d(
+        pixels, state[embeddings + "patch_embedding.weight"], state[embeddings + "patch_embedding.bias"],
+        stride=vision["patch_size"],
+    ).flatten(2).transpose(1, 2)  # fmt: skip
+    x = torch.cat([state[embeddings + "class_embedding"].expand(len(patches), 1, -1), patches], dim=1)
+    x = x + state[embeddings + "position_embedding"]  # the published bicubic resize is the identity at 448 px
+    batch, tokens, channels = x.shape
+    head_dim = channels // heads
+    for i in range(vision["num_hidden_layers"]):
+        layer = f"vision_model.encoder.layers.{i}."
+        qkv = linear(norm(x, layer + "norm1"), layer + "attn.qkv", bias=vision["qkv_bias"])
+        q, k, v = qkv.reshape(batch, tokens, 3, heads, head_dim).unbind(2)
+        if vision["qk_normalization"]:  # over all heads together, as in the published `_naive_attn`
+            q = rms_norm(q.flatten(2), state[layer + "attn.q_norm.weight"], eps).view_as(q)
+            k = rms_norm(k.flatten(2), state[layer + "attn.k_norm.weight"], eps).view_as(k)
+        q, k, v = (part.transpose(1, 2) for part in (q, k, v))
+        attended = torch.softmax((q * head_dim**-0.5) @ k.transpose(-2, -1), dim=-1) @ v
+        attention = linear(attended.transpose(1, 2).reshape(batch, tokens, channels), layer + "attn.proj")
+        x = x + attention * state[layer + "ls1"]
+        mlp = linear(F.gelu(linear(norm(x, layer + "norm2"), layer + "mlp.fc1")), layer + "mlp.fc2")
+        x = x + mlp * state[layer + "ls2"]
+    return x  # select_layer -1: the last layer's output, no final norm
+
+
+def load_ernie(root: Path, state: dict[str, torch.Tensor], vision_config: dict, tokenizer) -> ErnieImageAesScorer:
+    write_checkpoint(root / "ERNIE-Image-Aes", state, chat_config(vision_config=vision_config), tokenizer)
+    scorer = ErnieImageAesScorer(weights_dir=root)
+    scorer.setup()
+    return scorer
+
+
+@pytest.fixture(scope="module")
+def native_6b(tokenizer) -> InternVLForConditionalGeneration:
+    return native_model(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), **INTERN_VIT_6B_LAYOUT)
+
+
+@pytest.fixture(scope="module")
+def chat_state_6b(native_6b) -> dict[str, torch.Tensor]:
+    return to_chat_layout(native_6b.state_dict())
+
+
+@pytest.fixture(scope="module")
+def ernie_6b(tmp_path_factory, chat_state_6b, tokenizer) -> ErnieImageAesScorer:
+    return load_ernie(tmp_path_factory.mktemp("weights-6b"), chat_state_6b, VISION_6B, tokenizer)
+
+
+def test_loader_maps_every_published_intern_vit_6b_weight(chat_state_6b, ernie_6b, native_6b):
+    """The 6B checkpoint really is in the published 6B layout, and each weight lands on its native twin."""
+    vision_keys = {key.removeprefix("vision_model.encoder.layers.0.") for key in chat_state_6b if ".layers.0." in key}
+    assert {"attn.q_norm.weight", "attn.k_norm.weight", "attn.qkv.weight", "norm1.weight"} <= vision_keys
+    assert not {"attn.qkv.bias", "norm1.bias", "norm2.bias"} & vision_keys
+    loaded = ernie_6b.model.state_dict()
+    reference = native_6b.model.state_dict()
+    assert set(loaded) == set(reference)
+    # compared weight by weight: q_norm and k_norm swapped would give the same attention (their scales multiply)
+    for key, tensor in reference.items():
+        torch.testing.assert_close(loaded[key], tensor, rtol=0, atol=0, msg=key)
+
+
+def test_intern_vit_6b_score_equals_the_native_full_vocabulary_forward(ernie_6b, native_6b, tokenizer):
+    """RMSNorm, q/k norm and a bias-free qkv reach the score exactly as transformers' own model computes it."""
+    batch = images()
+    expected = reference_scores(native_6b, tokenizer, expected_prompt(ARTIMUSE_QUESTION), batch)
+    scores = ernie_6b.score(batch)
+    torch.testing.assert_close(torch.tensor([s.value for s in scores]), expected, rtol=0, atol=1e-3)
+    assert expected.max() - expected.min() > 0.5  # not a degenerate tiny model
+
+
+@pytest.mark.parametrize(
+    ("native_layout", "vision_config", "published_vision"),
+    [
+        ({}, VISION, VISION),
+        (INTERN_VIT_6B_LAYOUT, VISION_6B, VISION_6B),
+        (INTERN_VIT_6B_LAYOUT, SIZES_ONLY_VISION, {**PUBLISHED_VISION_DEFAULTS, **SIZES_ONLY_VISION}),
+    ],
+    ids=["intern-vit-300m", "intern-vit-6b", "intern-vit-6b-sizes-only"],
+)
+def test_vision_tower_equals_the_published_intern_vit_forward(
+    tmp_path, tokenizer, native_layout, vision_config, published_vision
+):
+    """The loaded tower computes InternViT as published, checked without transformers' InternVL code."""
+    native = native_model(tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), **native_layout)
+    chat_state = to_chat_layout(native.state_dict())
+    scorer = load_ernie(tmp_path, chat_state, vision_config, tokenizer)
+    pixels = torch.stack([reference_pixels(image) for image in images()])
+    with torch.no_grad():
+        loaded = scorer.model.vision_tower(pixel_values=pixels).last_hidden_state
+    expected = published_intern_vit(chat_state, published_vision, pixels)
+    assert loaded.shape == (3, 1 + 32 * 32, 16)
+    torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_vision_config_of_sizes_only_gets_the_published_intern_vit_defaults():
+    """Fields a checkpoint leaves out take the published `InternVisionConfig` defaults, the 6B layout."""
+    vision = internvl.native_config(chat_config(vision_config=SIZES_ONLY_VISION), image_token_id=5).vision_config
+    assert (vision.attention_bias, vision.use_qk_norm, vision.norm_type) == (False, True, "rms_norm")
+    assert (vision.layer_norm_eps, vision.hidden_act, vision.num_channels) == (1e-6, "gelu", 3)
+    assert list(vision.patch_size) == [14, 14] and list(vision.image_size) == [448, 448]
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (16, 2, 2)
+
+
+def test_q_k_normalisation_with_another_eps_is_refused():
+    """transformers normalises q and k with eps 1e-6 whatever the config says; another eps would score wrongly."""
+    vision = {**SIZES_ONLY_VISION, "layer_norm_eps": 1e-5}
+    with pytest.raises(ValueError, match=r"^vision layer_norm_eps 1e-05 with q/k normalisation is not supported"):
+        internvl.native_config(chat_config(vision_config=vision), image_token_id=5)
+    internvl.native_config(chat_config(vision_config={**vision, "qk_normalization": False}), image_token_id=5)
