@@ -28,11 +28,15 @@ if TYPE_CHECKING:
 
     from prefect.client.schemas.objects import FlowRun
 
+    from aesq.core.model_check import Check
+
 app = Typer(help="aesq: aesthetic data quality for generated and crawled images.", no_args_is_help=True)
 db_app = Typer(help="Manage the database (schema migrations, embedded server).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 bench_app = Typer(help="Benchmark scorers against human labels.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+models_app = Typer(help="Check a model's checkpoint on the machine that holds it.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = output_console()
 
 
@@ -866,6 +870,65 @@ def bench_forget(
         more = f", … {leaked.assets - len(leaked.sample)} more" if leaked.assets > len(leaked.sample) else ""
         message = f"{found}: {', '.join(leaked.sample)}{more}; run again with --yes to remove them"
     console.print(message, highlight=False, soft_wrap=True)
+
+
+@models_app.command("check")
+def models_check(
+    name: Annotated[str, typer.Argument(help="a scorer or embedder, e.g. ernie-aes")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(exists=True, help="image files, or folders of them, to score")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="weights folder, or the model's checkpoint folder (default AESQ_WEIGHTS_DIR)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default AESQ_DEVICE)")] = None,
+) -> None:
+    """Check a model's checkpoint where it lies: the config fields aesq depends on, its tokenizer (as aesq loads it
+    and as built from the vocabulary files) on every prompt aesq sends, and, given IMAGES, their scores and how
+    much of the answer falls on the score tokens. Exit status 1 when a check fails; the first thing to run on a
+    machine with the real weights."""
+    from aesq.core.model_check import check_model, image_paths, model_class
+    from aesq.core.scoring import check_device
+
+    model_class(name)
+    settings = get_settings()
+    settings = settings.model_copy(
+        update={"weights_dir": weights or settings.weights_dir, "device": device or settings.device, "pools": {}}
+    )
+    check_device(settings, "--device" if device else "AESQ_DEVICE")
+    try:
+        report = check_model(name, settings, image_paths(images or []))
+    except OSError as error:  # no checkpoint there: the model's own message says where it looked
+        raise CliError(str(error)) from None
+    console.print(f"{name} on {settings.device}", highlight=False)
+    _print_table(_checks_table(report.checks))
+    scored = [result for result in report.images if result.problem is None]
+    if scored:
+        columns = list(dict.fromkeys(column for result in scored for column in result.figures))
+        table = FittedTable(("image", *columns), right=frozenset(range(1, len(columns) + 1)), whole_names=False)
+        for result in scored:
+            table.add_row(str(result.path), *(f"{result.figures[column]:.4g}" for column in columns))
+        _print_table(table)
+    for result in report.images:
+        if result.problem is not None:
+            console.print(f"{result.path}: {result.problem}", highlight=False)
+    if report.outcome:
+        _print_table(_checks_table(report.outcome))
+    verdicts = [check.status for check in [*report.checks, *report.outcome]]
+    console.print(
+        f"{name}: " + ", ".join(f"{verdicts.count(status)} {status}" for status in ("ok", "warn", "fail")),
+        highlight=False,
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _checks_table(checks: list[Check]) -> FittedTable:
+    """Checks as a table: what, the verdict, and the values behind it (wrapped)."""
+    table = FittedTable(("check", "verdict", "detail"), wrap=frozenset({2}))
+    for check in checks:
+        table.add_row(check.subject, check.status, check.detail)
+    return table
 
 
 @db_app.command("upgrade")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
@@ -172,7 +173,9 @@ class FittedTable:
             above.extend(_lines(line, width) if len(line) <= width else [Text(item) for item in common])
             table = self._table(columns, None, folder)
         natural = self._width(console, table) - sum(
-            max(0, max(len(row[index]) for row in self.rows) - WRAP_WIDTH) for index in self.wrap if index in columns
+            max(0, max(cell_len(row[index]) for row in self.rows) - WRAP_WIDTH)
+            for index in self.wrap
+            if index in columns
         )  # wrapped columns at their narrowest
         if natural <= width:
             return Group(*above, table, *below)

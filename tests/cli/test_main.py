@@ -30,7 +30,14 @@ from aesq.core import database
 from aesq.core.config import get_settings
 from aesq.core.namespaces import namespace_settings
 from aesq.core.pipeline_status import status_counts
-from tests.helpers import ingest_all, noise_image
+from tests.helpers import (
+    answer_with_score_tokens,
+    ingest_all,
+    noise_image,
+    photo,
+    ship_vocabulary_files,
+    write_tiny_ernie,
+)
 
 AESQ = shutil.which("aesq", path=str(Path(sys.executable).parent))
 
@@ -560,3 +567,73 @@ def test_a_cold_start_says_what_it_does(tmp_path):
         f"aesq: migrating the database to {head}…",
     ]
     assert warm.returncode == 0 and warm.stderr == ""
+
+
+def _models_check(*args: str, folder: Path) -> subprocess.CompletedProcess:
+    """Run `aesq models check ARGS` in `folder` at 80 columns, without configured weights."""
+    env = {**os.environ, "COLUMNS": "80", "AESQ_CONFIG": str(folder / "absent.toml")}
+    env.pop("AESQ_WEIGHTS_DIR", None)
+    return subprocess.run(
+        [AESQ, "models", "check", *args], capture_output=True, text=True, env=env, cwd=folder, timeout=300
+    )
+
+
+def _table_rows(output: str) -> dict[str, list[str]]:
+    """The rows of the tables printed, by their first cell (continuation lines of wrapped cells left out)."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]
+    return {cells[0]: cells[1:] for cells in rows if cells[0]}
+
+
+def test_models_check_prints_checks_and_scores_at_80_columns(tmp_path):
+    weights = write_tiny_ernie(tmp_path / "weights")
+    answer_with_score_tokens(ship_vocabulary_files(weights / "ERNIE-Image-Aes"))
+    photo("astronaut").save(tmp_path / "astronaut.png")
+    photo("coffee").save(tmp_path / "coffee.jpg")
+    (tmp_path / "notes.txt").write_text("no pixels here")
+
+    result = _models_check(
+        "ernie-aes", "--weights", "weights", "astronaut.png", "notes.txt", "coffee.jpg", folder=tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert all(len(line) <= 80 for line in result.stdout.splitlines()), result.stdout
+    rows = _table_rows(result.stdout)
+    for subject in ("template", "ps_version", "score tokens", "scoring prompt", "critique prompts", "model"):
+        assert rows[subject][0] == "ok", result.stdout
+    for image in ("astronaut.png", "coffee.jpg"):
+        score, argmax, probability, mass = (float(cell) for cell in rows[image])
+        assert 0 <= score <= 100 and 0 <= argmax <= 100 and 0 < probability <= 1 and 0.5 <= mass <= 1
+    assert "notes.txt: not an image (no known image format)" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(", 0 warn, 0 fail")
+
+
+def test_models_check_exits_1_when_a_check_fails(tmp_path):
+    weights = write_tiny_ernie(tmp_path / "weights")
+    ship_vocabulary_files(weights / "ERNIE-Image-Aes", without_merge="ey")
+
+    result = _models_check("ernie-aes", "--weights", "weights/ERNIE-Image-Aes", folder=tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = _table_rows(result.stdout)
+    assert rows["scoring prompt"][0] == rows["score tokens"][0] == "fail"
+    assert result.stdout.splitlines()[-1] == "ernie-aes: 10 ok, 0 warn, 2 fail"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ernie"], "unknown model 'ernie'; scorers: artimuse, ernie-aes, laion-aes-v2, technical"),
+        (["ernie-aes", "--weights", "."], "ernie-aes weights not found: put the InternVL-chat checkpoint"),
+        (["technical", "--device", "nowhere"], "--device=nowhere is not a torch device"),
+    ],
+)
+def test_models_check_errors_are_one_line(tmp_path, args, message):
+    result = _models_check(*args, folder=tmp_path)
+
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aesq: error: ") and message in lines[0], result.stderr
+
+
+def test_models_check_help_imports_no_ml():
+    assert _imports_of("models", "check", "--help") == {"code": 0, "heavy": []}
