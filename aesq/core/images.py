@@ -37,8 +37,13 @@ SUPPORTED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "
 INTEGER_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 SIXTEEN_BIT_TOP = 0xFFFF
 THIRTY_TWO_BIT_TOP = 0x7FFFFFFF  # mode "I" holds signed 32-bit integers
+# Mode "I" levels above 16 bits are taken as spanning the 32-bit range only from here on; in between, the
+# bit depth is anybody's guess (scaled as 32-bit data, a 17- to 24-bit image would come out black).
+THIRTY_TWO_BIT_FLOOR = 1 << 24
 # Modes that `Image.reduce` averages meaningfully; others are converted to the mode named here first.
 REDUCE_AS = {"1": "L", "P": "RGB", "PA": "RGBA"}
+# Modes with a straight (not premultiplied) alpha channel.
+STRAIGHT_ALPHA_MODES = frozenset({"RGBA", "LA"})
 
 # Images up to this many pixels are decoded at their native size (generators produce up to 2048x2048).
 NATIVE_PIXELS = 2048 * 2048
@@ -226,12 +231,13 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     """Integer greyscale as 8-bit greyscale ("L") over its nominal range, other images as they are.
 
     16-bit modes span 0-65535. Mode "I" does not say its bit depth: values within 16 bits are taken as
-    16-bit data (what 16-bit PGM and TIFF decode to), larger ones as 32-bit; negative values mean a data
-    array (a signed measurement), not a photograph, and are refused.
+    16-bit data (what 16-bit PGM and TIFF decode to), values reaching past 24 bits as 32-bit data; anything
+    in between, and negative values (a signed measurement), is a data array rather than a photograph, and is
+    refused.
     """
     if image.mode not in INTEGER_GREY_MODES:
         return image
-    with _rejecting("cannot read its integer levels"):
+    with _rejecting("unreadable integer levels"):
         wide = image if image.mode == "I" else image.convert("I")
         low, high = wide.getextrema()  # one band: the lowest and highest level
     assert isinstance(low, int) and isinstance(high, int), "a one-band integer image has integer extrema"
@@ -239,6 +245,11 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         raise ImageRejected(
             f"signed integer data with negative values (mode {image.mode!r}, down to {low}) is a data array, "
             "not a photograph; save it as an 8- or 16-bit image"
+        )
+    if SIXTEEN_BIT_TOP < high < THIRTY_TWO_BIT_FLOOR:
+        raise ImageRejected(
+            f"32-bit integer levels up to {high} (mode {image.mode!r}) are neither 16-bit nor full-range 32-bit data, "
+            "so their brightness is unknown; save it as an 8- or 16-bit image"
         )
     with _rejecting("cannot scale it to 8 bits"):
         if high <= SIXTEEN_BIT_TOP:
@@ -297,7 +308,13 @@ def _reduced(image: Image.Image) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         mode = "RGBA"
     averageable = image if mode == image.mode else image.convert(mode)  # no copy of the large pixels otherwise
-    small = averageable.reduce(_reduction_factor(*averageable.size))
+    factor = _reduction_factor(*averageable.size)
+    if mode in STRAIGHT_ALPHA_MODES:
+        # Pillow reduces these premultiplied, which blackens the colour stored under transparent pixels that
+        # the models' plain RGB conversion keeps: each band is averaged on its own instead.
+        small = Image.merge(mode, [band.reduce(factor) for band in averageable.split()])
+    else:
+        small = averageable.reduce(factor)
     small.info.update({NATIVE_SIZE: averageable.size, NATIVE_CENTRE: native_centre(averageable)})
     return small
 

@@ -28,7 +28,11 @@ REASON_KINDS: tuple[tuple[str, str], ...] = (
     ("^truncated or corrupt", "truncated or corrupt"),
     ("^unreadable image header", "unreadable header"),
     ("^cannot count its frames", "unreadable frames"),
-    ("^cannot convert to RGB", "cannot convert to RGB"),
+    ("^cannot convert to RGB", "cannot convert to RGB"),  # written before images kept their own mode
+    ("^cannot reduce it", "cannot reduce"),
+    ("^floating-point data", "floating-point data"),
+    ("^signed integer data|^32-bit integer levels", "integer data array"),
+    ("^unreadable integer levels|^cannot scale it to 8 bits", "unreadable integer levels"),
     ("^decoding took longer", "decoder timeout"),
     ("^the decoder crashed", "decoder crash"),
     ("^cannot examine the object", "unexpected error"),
