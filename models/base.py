@@ -32,8 +32,8 @@ NATIVE_SIZE = "native_size"
 NATIVE_CENTRE = "native_centre"
 NATIVE_CENTRE_SIDE = 512
 JPEG_BLOCK = 8
-# Modes with an alpha channel (premultiplied ones too), and the page colour transparent areas are shown on.
-ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Modes with an alpha channel (premultiplied RGBa too), and the page colour transparent areas are shown on.
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
 WHITE = (255, 255, 255)
 
 

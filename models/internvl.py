@@ -308,56 +308,96 @@ def _preview(names: Sequence[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def load_chat_weights(model: torch.nn.Module, files: Sequence[Path]) -> torch.Tensor:
-    """Copy a published InternVL-chat state into a native `InternVLModel`, strictly.
-
-    Returns the LM head weight (vocab × hidden, the model's dtype and device). Raises ValueError
-    naming unknown, missing or mis-shaped weights.
-    """
+def _safetensors(path: Path):
+    """An open safetensors file; ValueError for a truncated or non-safetensors one."""
     from safetensors import safe_open
 
-    params = dict(model.named_parameters())
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as error:  # a truncated or non-safetensors file
+        raise ValueError(f"cannot read {path} as safetensors: {error}") from error
+
+
+def weight_problems(model: InternVLModel, files: Sequence[Path]) -> list[str]:
+    """Why the published state in `files` would not fill `model` exactly: unknown, missing or mis-shaped weights,
+    or no LM head of (vocab_size, hidden_size). Read from the safetensors headers alone, so `model` may live on
+    the meta device; empty when the state fits."""
+    shapes = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
     filled: set[str] = set()
     unknown: list[str] = []
     mismatched: list[str] = []
-    head: torch.Tensor | None = None
-    reference = next(model.parameters())
+    head: tuple[int, ...] | None = None
     for path in files:
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as error:  # a truncated or non-safetensors file
-            raise ValueError(f"cannot read {path} as safetensors: {error}") from error
-        with handle:
+        with _safetensors(path) as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                shape = tuple(handle.get_slice(key).get_shape())
                 if key == LM_HEAD_KEY:
-                    head = handle.get_tensor(key).to(reference.device, reference.dtype)
+                    head = shape
                     continue
                 targets = native_key(key)
-                if targets is None or any(target not in params for target in targets):
+                if targets is None or any(target not in shapes for target in targets):
                     unknown.append(key)
                     continue
-                tensor = handle.get_tensor(key)
-                parts = tensor.chunk(3, dim=0) if len(targets) == 3 else (tensor,)
-                for target, part in zip(targets, parts, strict=True):
-                    if tuple(part.shape) != tuple(params[target].shape) or (len(targets) == 3 and tensor.shape[0] % 3):
-                        mismatched.append(f"{key} {tuple(tensor.shape)} → {target} {tuple(params[target].shape)}")
+                part = (shape[0] // 3, *shape[1:]) if len(targets) == 3 else shape
+                for target in targets:
+                    if part != shapes[target] or (len(targets) == 3 and shape[0] % 3):
+                        mismatched.append(f"{key} {shape} → {target} {shapes[target]}")
                         continue
-                    with torch.no_grad():
-                        params[target].copy_(part)
                     filled.add(target)
-    missing = sorted(set(params) - filled)
     problems = []
     if unknown:
         problems.append(f"unknown weights (not in the InternVL-chat layout for this config): {_preview(unknown)}")
+    missing = sorted(set(shapes) - filled)
     if missing:
         problems.append(f"missing weights (native names): {_preview(missing)}")
     if mismatched:
         problems.append(f"weights of the wrong shape: {_preview(mismatched)}")
+    vocabulary = shapes["language_model.embed_tokens.weight"]  # (vocab_size, hidden_size)
     if head is None:
         problems.append(f"missing weight {LM_HEAD_KEY}")
-    if problems or head is None:
+    elif head != vocabulary:
+        problems.append(f"{LM_HEAD_KEY} has shape {head}, not (vocab_size, hidden_size)")
+    return problems
+
+
+def load_chat_weights(model: InternVLModel, files: Sequence[Path]) -> torch.Tensor:
+    """Copy a published InternVL-chat state into a native `InternVLModel`, strictly.
+
+    Returns the LM head weight (vocab × hidden, the model's dtype and device). Raises ValueError
+    naming unknown, missing or mis-shaped weights (`weight_problems`) before copying any.
+    """
+    problems = weight_problems(model, files)
+    if problems:
         raise ValueError(f"checkpoint {files[0].parent} does not match its config.json: " + "; ".join(problems))
+    params = dict(model.named_parameters())
+    reference = next(model.parameters())
+    head: torch.Tensor | None = None
+    for path in files:
+        with _safetensors(path) as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if key == LM_HEAD_KEY:
+                    head = handle.get_tensor(key).to(reference.device, reference.dtype)
+                    continue
+                targets = native_key(key) or []
+                tensor = handle.get_tensor(key)
+                with torch.no_grad():
+                    for target, part in zip(targets, tensor.chunk(3) if len(targets) == 3 else (tensor,), strict=True):
+                        params[target].copy_(part)
+    assert head is not None, "weight_problems found the LM head"
     return head
+
+
+def native_model(config, device: torch.device | str, dtype: torch.dtype) -> InternVLModel:
+    """transformers' `InternVLModel` for a native config, its weights uninitialised in `dtype` on `device`
+    (the meta device builds it without memory, to check a checkpoint against)."""
+    from transformers import InternVLModel
+
+    with _no_init_weights(), _default_dtype(dtype), torch.device(device):
+        model = InternVLModel(config)
+    stray = {str(p.dtype) for p in model.parameters() if p.dtype != dtype}
+    if stray:
+        raise RuntimeError(f"the native InternVL model was built with {stray} weights, not {dtype}")
+    return model
 
 
 def dtype_for(device: str) -> torch.dtype:
@@ -443,25 +483,18 @@ def load_checkpoint(folder: Path, device: str, dtype: torch.dtype) -> LoadedChec
         return _checkpoints[key]
 
 
-def load_tokenizer(folder: Path, use_fast: bool = True) -> PreTrainedTokenizerBase:
-    """The tokenizer the checkpoint in `folder` ships, loaded without its own code (ValueError if it cannot be).
-
-    `use_fast=False` asks for the tokenizer built from the vocabulary files (vocab.json, merges.txt).
-    """
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer the checkpoint in `folder` ships, loaded without its own code (ValueError if it cannot be)."""
     from transformers import AutoTokenizer
 
     try:
         with _quiet_transformers():  # it warns that config.json is not a tokenizer model type
-            return AutoTokenizer.from_pretrained(
-                str(folder), use_fast=use_fast, trust_remote_code=False, local_files_only=True
-            )
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
     except Exception as error:
         raise ValueError(f"cannot load the tokenizer of {folder} without its own code: {error}") from error
 
 
 def _read_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedCheckpoint:
-    from transformers import InternVLModel
-
     chat = read_chat_config(folder)
     files = weight_files(folder)
     tokenizer = load_tokenizer(folder)
@@ -470,15 +503,8 @@ def _read_checkpoint(folder: Path, device: torch.device, dtype: torch.dtype) -> 
     if not isinstance(image_token_id, int) or image_token_id == getattr(tokenizer, "unk_token_id", None):
         raise ValueError(f"the tokenizer of {folder} has no {IMG_CONTEXT} token")
 
-    config = native_config(chat, image_token_id)
-    with _no_init_weights(), _default_dtype(dtype), device:
-        model = InternVLModel(config)
-    stray = {str(p.dtype) for p in model.parameters() if p.dtype != dtype}
-    if stray:
-        raise RuntimeError(f"the native InternVL model was built with {stray} weights, not {dtype}")
+    model = native_model(native_config(chat, image_token_id), device, dtype)
     lm_head = load_chat_weights(model, files)
-    if lm_head.shape != (config.text_config.vocab_size, config.text_config.hidden_size):
-        raise ValueError(f"{LM_HEAD_KEY} has shape {tuple(lm_head.shape)}, not (vocab_size, hidden_size)")
     if max(score_ids) >= lm_head.shape[0] or image_token_id >= lm_head.shape[0]:
         raise ValueError(f"the tokenizer of {folder} has ids beyond the model's vocabulary ({lm_head.shape[0]})")
     return LoadedCheckpoint(

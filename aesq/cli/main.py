@@ -879,7 +879,8 @@ def models_check(
         list[Path] | None, typer.Argument(exists=True, help="image files, or folders of them, to score")
     ] = None,
     weights: Annotated[
-        Path | None, typer.Option(help="weights folder, or the model's checkpoint folder (default AESQ_WEIGHTS_DIR)")
+        Path | None,
+        typer.Option(exists=True, help="weights folder, or the model's checkpoint folder (default AESQ_WEIGHTS_DIR)"),
     ] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default AESQ_DEVICE)")] = None,
 ) -> None:

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Aspects the critic judges; default its published ones (ArtiMuse's)."
     )
     critique_max_new_tokens: int = Field(
-        default=8192,  # as ArtiMuse's evaluation: answers end by themselves, well before
+        default=8192,  # ArtiMuse's evaluation's own cap; its answers end long before it
         gt=0,
         description="Longest critique of one aspect, in tokens; a longer answer is cut off and marked so.",
     )

@@ -8,8 +8,6 @@ given a few images, the scores they get and how much of the model's answer falls
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +18,10 @@ from PIL import Image
 from aesq.core.config import Settings
 from aesq.core.images import ImageRejected, decode_image, pixel_budget
 from aesq.core.model_names import UnknownModel
+from aesq.core.slow_tokenizer import SlowQwen2Tokenizer
 from aesq.models import EMBEDDERS, SCORERS, Embedder, Scorer
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
     from aesq.models.internvl import InternVLTokenExpectationScorer
 
 Status = Literal["ok", "warn", "fail", "info"]
@@ -32,10 +29,8 @@ Model = Scorer | Embedder
 
 # Below this share of the next-token probability on the 101 score tokens, the model is not answering with a score.
 LOW_SCORE_TOKEN_MASS = 0.5
-# InternVL-chat: the tile side aesq scores at and the image tokens per tile that 448 / 14 / downsample 0.5 give.
+# InternVL-chat: the image tokens per tile that aesq's 448-px tiles, patch 14 and downsample 0.5 give.
 IMAGE_TOKENS = 256
-# What a Qwen2 tokenizer is published as besides tokenizer.json: what upstream's slow tokenizer is built from.
-VOCABULARY_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
 # Raw outputs shown per image, under these column names.
 SHOWN_RAW = {
     "argmax": "argmax",
@@ -138,9 +133,19 @@ def _internvl_checks(kind: type[Model], settings: Settings, load: bool) -> tuple
     scorer = kind(weights_dir=settings.weights_dir, device=settings.device)
     assert isinstance(scorer, internvl.InternVLTokenExpectationScorer)
     weights = settings.weights_dir
-    folder = weights if weights is not None and (weights / "config.json").is_file() else scorer.checkpoint_folder()
+    given = weights is not None and (weights / "config.json").is_file()  # the checkpoint folder itself
+    folder = weights if given and weights is not None else scorer.checkpoint_folder()
     dtype = internvl.dtype_for(settings.device)
-    checks = [Check("checkpoint", "info", str(folder))]
+    if given and folder.name != scorer.folder:
+        checks = [
+            Check(
+                "checkpoint",
+                "warn",
+                f"{folder}: named otherwise than the {scorer.folder}/ aesq reads {scorer.name} from; is it that model?",
+            )
+        ]
+    else:
+        checks = [Check("checkpoint", "info", str(folder))]
     try:
         chat = internvl.read_chat_config(folder)
     except ValueError as error:
@@ -151,6 +156,7 @@ def _internvl_checks(kind: type[Model], settings: Settings, load: bool) -> tuple
         chat = unsupported
     checks += _chat_config_checks(scorer, chat, f"{str(dtype).removeprefix('torch.')} on {settings.device}")
     checks += _tokenizer_checks(scorer, folder, chat, settings.critique_aspects or list(scorer.aspects))
+    checks.append(_weights_check(folder, chat))
     if not load:
         return checks, None
     try:
@@ -158,8 +164,24 @@ def _internvl_checks(kind: type[Model], settings: Settings, load: bool) -> tuple
     except (ValueError, OSError, RuntimeError) as error:
         checks.append(Check("model", "fail", f"cannot load it: {error}"))
         return checks, None
-    checks.append(Check("model", "ok", f"loaded on {settings.device}, every published weight in place"))
+    checks.append(Check("model", "ok", f"loaded on {settings.device}"))
     return checks, scorer
+
+
+def _weights_check(folder: Path, chat: dict) -> Check:
+    """Every published weight named and shaped as the config says, from the safetensors headers against the model
+    built on the meta device (nothing is loaded: this holds without IMAGEs too)."""
+    from aesq.models import internvl
+
+    try:
+        files = internvl.weight_files(folder)
+        config = internvl.native_config(chat, image_token_id=0)  # the weights' shapes do not depend on the id
+        problems = internvl.weight_problems(internvl.native_model(config, "meta", internvl.dtype_for("cpu")), files)
+    except (ValueError, OSError, RuntimeError, TypeError) as error:
+        return Check("weights", "fail", str(error))
+    if problems:
+        return Check("weights", "fail", "; ".join(problems))
+    return Check("weights", "ok", f"every published weight in place with its shape, in {len(files)} file(s)")
 
 
 def _unsupported_chat_config(folder: Path) -> dict | None:
@@ -267,7 +289,7 @@ def _quoted(text: str, width: int) -> str:
 def _tokenizer_checks(
     scorer: InternVLTokenExpectationScorer, folder: Path, chat: dict, aspects: Sequence[str]
 ) -> list[Check]:
-    """The tokenizer as aesq loads it, and as built from the vocabulary files alone, on every prompt aesq sends."""
+    """The tokenizer as aesq loads it, and upstream's slow one from the vocabulary files, on every prompt aesq sends."""
     from aesq.models import internvl
 
     shipped = "tokenizer.json" if (folder / "tokenizer.json").is_file() else "the vocabulary files (no tokenizer.json)"
@@ -276,9 +298,9 @@ def _tokenizer_checks(
     except ValueError as error:
         return [Check("tokenizer", "fail", str(error))]
     checks = [Check("tokenizer", "info", f"{type(loaded).__name__} from {shipped}, as aesq loads it")]
-    sides = {"tokenizer.json": loaded}
+    sides: dict[str, Any] = {"tokenizer.json": loaded}
     try:
-        upstream = _vocabulary_tokenizer(folder)
+        upstream = SlowQwen2Tokenizer.from_folder(folder)
     except ValueError as error:
         checks.append(Check("vocabulary files", "fail", str(error)))
     else:
@@ -296,7 +318,8 @@ def _tokenizer_checks(
                 Check(
                     "vocabulary files",
                     "info",
-                    f"{type(upstream).__name__} from vocab.json + merges.txt (use_fast=False)",
+                    "upstream's slow Qwen2 BPE (transformers 4.x use_fast=False, as ArtiMuse loads it) from "
+                    "vocab.json, merges.txt and the added tokens, in aesq's own Python",
                 )
             )
     vocab_size = chat["llm_config"].get("vocab_size", 0)
@@ -321,27 +344,12 @@ def _tokenizer_checks(
     return checks
 
 
-def _vocabulary_tokenizer(folder: Path) -> PreTrainedTokenizerBase | None:
-    """The tokenizer built from the vocabulary files alone (a copy of them without tokenizer.json, use_fast=False):
-    transformers 4.x's slow Python tokenizer, as upstream used; None when the checkpoint ships no vocab.json and
-    merges.txt."""
-    from aesq.models import internvl
-
-    if not all((folder / name).is_file() for name in VOCABULARY_FILES[:2]):
-        return None
-    with tempfile.TemporaryDirectory(prefix="aesq-vocabulary-") as copy:
-        for name in VOCABULARY_FILES:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, Path(copy) / name)
-        return internvl.load_tokenizer(Path(copy), use_fast=False)
-
-
 def _special_token_check(sides: dict[str, Any]) -> Check:
     """The chat and image tokens aesq's prompts and answers rest on are single tokens, with one id on every side."""
     from aesq.models import internvl
 
     problems, ids = [], {}
-    for token in (internvl.ANSWER_END, internvl.IMG_START, internvl.IMG_END, internvl.IMG_CONTEXT):
+    for token in ("<|im_start|>", internvl.ANSWER_END, internvl.IMG_START, internvl.IMG_END, internvl.IMG_CONTEXT):
         found = {side: _single_token_id(tokenizer, token) for side, tokenizer in sides.items()}
         problems += [f"{token} is not one token of {side}" for side, token_id in found.items() if token_id is None]
         if len(set(found.values())) > 1:
@@ -497,7 +505,7 @@ def _outcome(model: Model, results: list[ImageResult]) -> list[Check]:
     """What the images' figures say: the score range and the lowest score-token mass, or the vectors' shape."""
     figures = [result.figures for result in results if result.problem is None]
     if not figures:
-        return []
+        return [Check("images", "warn", "no image could be run: see the reasons above")] if results else []
     if isinstance(model, Embedder):
         dimensions = sorted({int(row["dimension"]) for row in figures})
         norms = [row["norm"] for row in figures]

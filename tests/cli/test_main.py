@@ -616,7 +616,7 @@ def test_models_check_exits_1_when_a_check_fails(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     rows = _table_rows(result.stdout)
     assert rows["scoring prompt"][0] == rows["score tokens"][0] == "fail"
-    assert result.stdout.splitlines()[-1] == "ernie-aes: 10 ok, 0 warn, 2 fail"
+    assert result.stdout.splitlines()[-1] == "ernie-aes: 11 ok, 0 warn, 2 fail"
 
 
 @pytest.mark.parametrize(

@@ -85,11 +85,11 @@ def test_every_check_passes_on_a_sound_checkpoint_and_each_image_gets_its_score(
     assert not report.failed and set(verdicts.values()) == {"ok", "info"}, report.checks
     for subject in (
         "template", "select_layer", "ps_version", "image size", "image tokens", "rope_scaling", "language model",
-        "vocab size", "special tokens", "score tokens", "scoring prompt", "critique prompts", "model",
+        "vocab size", "special tokens", "score tokens", "scoring prompt", "critique prompts", "weights", "model",
         "score-token mass",
     ):  # fmt: skip
         assert verdicts[subject] == "ok", subject
-    assert "Qwen2Tokenizer from vocab.json + merges.txt" in _detail(report, "vocabulary files")
+    assert "upstream's slow Qwen2 BPE" in _detail(report, "vocabulary files")
     assert "the same from both; 256 <IMG_CONTEXT>" in _detail(report, "scoring prompt")
     assert _detail(report, "critique prompts").startswith("8 prompts")  # ArtiMuse's eight aspects
     assert "InternVL's default '你是书生·万象" in _detail(report, "system message")
@@ -151,30 +151,62 @@ def test_a_score_token_that_is_not_one_token_fails_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("config", "subject", "verdict", "shown"),
+    ("config", "subject", "verdict", "shown", "fails"),
     [
-        ({"template": "Hermes-2"}, "template", "fail", "Hermes-2"),
-        ({"template": "Hermes-2"}, "config.json", "fail", "conversation template 'Hermes-2' is not supported"),
-        ({"ps_version": "v1"}, "ps_version", "fail", "v1 (v2 expected)"),
-        ({"select_layer": -4}, "select_layer", "warn", "-4 (-1 expected"),
+        ({"template": "Hermes-2"}, "template", "fail", "Hermes-2", True),
+        ({"template": "Hermes-2"}, "config.json", "fail", "conversation template 'Hermes-2' is not supported", True),
+        ({"ps_version": "v1"}, "ps_version", "fail", "v1 (v2 expected)", True),
+        ({"select_layer": -4}, "select_layer", "warn", "-4 (-1 expected", False),
         (
             {"llm_config": {**LLM, "rope_scaling": {"type": "dynamic", "factor": 2.0}}},
             "rope_scaling",
             "warn",
             "dynamic",
+            False,
         ),
-        ({"llm_config": {**LLM, "vocab_size": 300}}, "vocab size", "fail", "363 tokens, the model's vocab_size 300"),
-        ({"force_image_size": 224}, "image tokens", "warn", "64 per tile"),
-        ({"downsample_ratio": 0.3}, "image size", "fail", "no whole token count"),
-        ({"system_message": "You judge images."}, "system message", "info", "from config.json: 'You judge images.'"),
+        (
+            {"llm_config": {**LLM, "vocab_size": 300}},
+            "vocab size",
+            "fail",
+            "363 tokens, the model's vocab_size 300",
+            True,
+        ),
+        # the tiles' token count only warns, but the 448-px position embeddings no longer fit a 224-px tower
+        ({"force_image_size": 224}, "image tokens", "warn", "64 per tile", True),
+        ({"force_image_size": 224}, "weights", "fail", "weights of the wrong shape: vision_model.embeddings.pos", True),
+        ({"downsample_ratio": 0.3}, "image size", "fail", "no whole token count", True),
+        (
+            {"system_message": "You judge images."},
+            "system message",
+            "info",
+            "from config.json: 'You judge images.'",
+            False,
+        ),
     ],
 )
-def test_config_fields_are_shown_with_their_verdict(answering, tmp_path, config, subject, verdict, shown):
+def test_config_fields_are_shown_with_their_verdict(answering, tmp_path, config, subject, verdict, shown, fails):
     report = check_model("ernie-aes", Settings(weights_dir=_sound_copy(answering, tmp_path, **config)))
 
     assert _verdicts(report)[subject] == verdict
     assert shown in _detail(report, subject)
-    assert report.failed == (verdict == "fail")
+    assert report.failed == fails
+
+
+def test_weights_are_checked_without_images_by_name_and_shape(answering, tmp_path):
+    """A shard gone, or a weight of another shape, fails at once: nothing needs loading to see it."""
+    copy = _sound_copy(answering, tmp_path)
+    index = json.loads((copy / ERNIE / "model.safetensors.index.json").read_text())
+    (copy / ERNIE / sorted(set(index["weight_map"].values()))[0]).unlink()
+    report = check_model("ernie-aes", Settings(weights_dir=copy))
+    assert _verdicts(report)["weights"] == "fail" and "missing" in _detail(report, "weights")
+    assert _verdicts(check_model("ernie-aes", Settings(weights_dir=answering)))["weights"] == "ok"
+
+
+def test_q_k_norm_eps_transformers_cannot_follow_fails_the_weights_check(answering, tmp_path):
+    vision = {**chat_config()["vision_config"], "qk_normalization": True, "layer_norm_eps": 1e-5}
+    report = check_model("ernie-aes", Settings(weights_dir=_sound_copy(answering, tmp_path, vision_config=vision)))
+    assert _verdicts(report)["weights"] == "fail"
+    assert "with q/k normalisation is not supported" in _detail(report, "weights")
 
 
 def test_a_system_message_in_the_config_goes_into_every_prompt(answering, tmp_path):
@@ -221,6 +253,9 @@ def test_a_file_that_is_not_an_image_is_reported_and_the_others_scored(tmp_path,
     # a folder stands for its image files
     shutil.copyfile(images[1], tmp_path / "coffee.jpg")
     assert image_paths([tmp_path, images[0]]) == [tmp_path / "coffee.jpg", images[0]]
+    # no image that could be run is a warning, not a silent pass
+    alone = check_model("technical", Settings(), [notes])
+    assert _verdicts(alone)["images"] == "warn" and not alone.failed
 
 
 def test_an_unknown_name_names_the_known_ones():

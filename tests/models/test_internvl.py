@@ -359,6 +359,7 @@ def test_critique_is_the_native_models_greedy_answer_per_aspect(ernie, native, t
             mark = "" if ended else " […cut off at 6 tokens]"
             assert critique[aspect] == tokenizer.decode(answer, skip_special_tokens=True).strip() + mark
     assert any(text for critique in critiques for text in critique.values())  # the tiny model says something
+    assert any(text.endswith(" […cut off at 6 tokens]") for critique in critiques for text in critique.values())
     assert ernie.critique([], aspects, 6) == []
 
 

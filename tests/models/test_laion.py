@@ -64,14 +64,18 @@ def _images() -> list[Image.Image]:
     return [photo("coffee"), photo("astronaut"), photo("chelsea"), portrait, transparent_sticker(), palette]
 
 
-def _reference_pixels(image: Image.Image, rounding=round, convert_first: bool = False) -> np.ndarray:
-    """OpenAI CLIP's transform from the facts: shortest side 224 bicubic in the image's own mode, centre crop 224
-    with torchvision's rounded offsets, then RGB, mean/std (`rounding` and `convert_first` make the mistakes)."""
+def _reference_pixels(
+    image: Image.Image, rounding=round, convert_first: bool = False, scale_first: bool = False
+) -> np.ndarray:
+    """OpenAI CLIP's transform from the facts: shortest side 224 bicubic in the image's own mode (long side
+    `int(224 * long / short)`, torchvision's formula), centre crop 224 with torchvision's rounded offsets, then
+    RGB, mean/std (`rounding`, `convert_first` and `scale_first` make the mistakes)."""
     if convert_first:
         image = image.convert("RGB")
     width, height = image.size
-    scale = 224 / min(width, height)
-    size = (224, int(height * scale)) if width <= height else (int(width * scale), 224)
+    short, long = sorted(image.size)
+    new_long = int(long * (224 / short)) if scale_first else int(224 * long / short)
+    size = (224, new_long) if width <= height else (new_long, 224)
     resized = image.resize(size, Image.BICUBIC)
     left, top = int(rounding((size[0] - 224) / 2)), int(rounding((size[1] - 224) / 2))
     crop = np.asarray(resized.crop((left, top, left + 224, top + 224)).convert("RGB"), dtype=np.float64) / 255
@@ -169,12 +173,14 @@ def test_float16_path_stays_close_to_float32(scorer, weights, tmp_path, monkeypa
         (transparent_sticker(), {"convert_first": True}),
         (photo("coffee").quantize(64), {"convert_first": True}),
         (photo("coffee").convert("1"), {"convert_first": True}),
+        (photo("coffee").resize((277, 554)), {"scale_first": True}),  # 554 * (224 / 277) = 447.99999…
     ],
-    ids=["crop-excess-3-mod-4", "transparent", "palette", "1-bit"],
+    ids=["crop-excess-3-mod-4", "transparent", "palette", "1-bit", "long-side-formula"],
 )
 def test_pixels_follow_openai_clips_transform_where_shortcuts_differ(image, mistake):
-    """Rounded crop offsets, and resizing in the image's own mode before converting to RGB (Pillow resizes
-    palette and 1-bit images with nearest, transparent ones premultiplied): each case differs otherwise."""
+    """torchvision's long side and rounded crop offsets, and resizing in the image's own mode before converting to
+    RGB (Pillow resizes palette and 1-bit images with nearest, transparent ones premultiplied): each case differs
+    otherwise."""
     pixels = laion.clip_pixels(image)
     assert pixels.shape == (3, 224, 224) and pixels.dtype == np.float32
     np.testing.assert_allclose(pixels, _reference_pixels(image), atol=1e-5)
