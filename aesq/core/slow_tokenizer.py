@@ -80,9 +80,6 @@ class SlowQwen2Tokenizer:
         ]
         return cls(vocab, merges, added)
 
-    def __len__(self) -> int:
-        return len(set(self.vocab.values()) | set(self.added.values()))
-
     def __call__(self, text: str) -> dict[str, list[int]]:
         """The ids of `text` under the key transformers' tokenizers use (Qwen2 adds no special tokens)."""
         return {"input_ids": self.encode(text)}
