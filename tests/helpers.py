@@ -1058,14 +1058,15 @@ def tiny_clip_config(**overrides) -> CLIPVisionConfig:
     return CLIPVisionConfig(**(settings | overrides))
 
 
-def published_laion_head(seed: int = 0) -> torch.nn.Sequential:
-    """The published head's module layout (Linear/Dropout at the original indices), random weights."""
+def published_laion_head(seed: int = 0, inputs: int = 768) -> torch.nn.Sequential:
+    """The published head's module layout (Linear/Dropout at the original indices), random weights; with
+    `inputs` 1152, the v2.5 head's shapes (over SigLIP)."""
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(768, 1024),
+        nn.Linear(inputs, 1024),
         nn.Dropout(0.2),
         nn.Linear(1024, 128),
         nn.Dropout(0.2),
