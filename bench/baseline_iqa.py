@@ -51,12 +51,21 @@ SEVERITIES: dict[str, tuple[float, ...]] = {
     "pixelation": (2, 3, 4, 6, 8),  # block side, px
     "dimming": (0.8, 0.62, 0.46, 0.32, 0.2),  # brightness factor
 }
+# A second set reaching further (`--harsh`): degradations of the strength common in IQA data sets' worst levels.
+HARSH_SEVERITIES: dict[str, tuple[float, ...]] = {
+    "blur": (1.0, 2.0, 3.5, 5.0, 8.0),
+    "noise": (5.0, 12.0, 20.0, 30.0, 45.0),
+    "jpeg": (50, 30, 18, 10, 3),
+    "pixelation": (2, 4, 6, 10, 16),
+    "dimming": (0.7, 0.5, 0.35, 0.25, 0.15),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photographs", type=int, default=len(PHOTOGRAPHS), help="how many of scikit-image's")
     parser.add_argument("--scenes", type=int, default=3, help="how many generated scenes")
+    parser.add_argument("--harsh", action="store_true", help="the harsher set of levels (HARSH_SEVERITIES)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "baseline_iqa")
     return parser.parse_args(argv)
 
@@ -140,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     from brisque import BRISQUE  # benchmark-only dependency
 
     originals = sources(args.photographs, args.scenes)
+    severities = HARSH_SEVERITIES if args.harsh else SEVERITIES
     series = {
         (name, kind): [image] + [distorted(image, kind, severity, seed) for seed, severity in enumerate(levels)]
         for name, image in originals.items()
-        for kind, levels in SEVERITIES.items()
+        for kind, levels in severities.items()
     }
     images = [image for chain in series.values() for image in chain]
 
@@ -175,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                 "minus_srcc": statistics.mean(_minus_srcc(per_series[(source, kind)]) for source in originals),
                 "pairwise": statistics.mean(_pairwise_accuracy(per_series[(source, kind)]) for source in originals),
             }
-            for kind in SEVERITIES
+            for kind in severities
         }
         rows[name]["mean"] = {
-            metric: statistics.mean(rows[name][kind][metric] for kind in SEVERITIES)
+            metric: statistics.mean(rows[name][kind][metric] for kind in severities)
             for metric in ("minus_srcc", "pairwise")
         }
 
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["bench/baseline_iqa.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
         "sources": list(originals),
-        "severities": SEVERITIES,
+        "severities": severities,
         "images": len(images),
         "images_per_second": speed,
         "speed_ratio": speed["technical"] / speed["brisque"],
@@ -196,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    print(f"{len(originals)} sources x {len(SEVERITIES)} distortions x {LEVELS + 1} levels = {len(images)} images")
+    print(f"{len(originals)} sources x {len(severities)} distortions x {LEVELS + 1} levels = {len(images)} images")
     print(f"{'':12}" + "".join(f"{name:>22}" for name in scorers))
-    for kind in (*SEVERITIES, "mean"):
+    for kind in (*severities, "mean"):
         cells = (f"{rows[name][kind]['minus_srcc']:.3f} / {rows[name][kind]['pairwise']:.3f}" for name in scorers)
         print(f"{kind:12}" + "".join(f"{cell:>22}" for cell in cells))
     print(f"{'images/s':12}" + "".join(f"{speed[name]:>22.1f}" for name in scorers))

@@ -12,7 +12,9 @@ Both views see the image as aesq shows it, transparent areas on white (`aesq.mod
   enlarged), in 8-bit ITU-R 601 luma (PIL mode "L"), i.e. what a viewer sees at a typical display size.
   Sharpness, exposure, clipping, black level, contrast, colourfulness and colour cast live here.
 * the native centre: a central crop of at most 512x512 native pixels, its corner on the 8x8 JPEG block
-  grid. Noise, JPEG blockiness and upscaling live at the native pixel grid, which shrinking averages away.
+  grid. JPEG compression, pixel blocks and upscaling live at the native pixel grid, which shrinking averages
+  away. Noise and JPEG block steps are read on its own pixels: when a nearest-neighbour enlargement repeated
+  each pixel into a block, on one pixel per block (block edges are neither grain nor JPEG borders).
 
 The cost is therefore bounded whatever the input size. See `aesq.models.technical` for why each figure
 is there and how the score maps it.
@@ -20,12 +22,13 @@ is there and how the score maps it.
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import cached_property
 
 import numpy as np
+import scipy.fft
 from PIL import Image
-from scipy import ndimage
 from skimage import color
 
 from aesq.models.base import JPEG_BLOCK, native_centre, native_size, on_white
@@ -34,37 +37,90 @@ WORKING_SIDE = 512
 # Contrast and colourfulness are measured on the working copy box-reduced this many times, so grain and
 # chroma noise do not count as contrast or colour.
 REDUCE = 4
-# Immerkaer's noise operator: the difference of two Laplacians, blind to linear ramps.
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
-_LAPLACE_TAP_ENERGY = 20.0  # sum of squared taps of the 4-neighbour Laplacian [1, 1, -4, 1, 1]
+# E[lap^2] / E[r^2] of white grain: the squared taps of the 4-neighbour Laplacian (1 + 1 + 16 + 1 + 1) over those
+# of Immerkaer's operator (outer product of [1, -2, 1] with itself: 36).
+WHITE_GRAIN_RATIO = 20.0 / 36.0
+# Side of the white-noise patch on which a resampled working copy's grain ratio is measured.
+GRAIN_PATCH_SIDE = 256
 # 8-bit luma at or above which a pixel is a blown highlight, at or below which a crushed shadow.
 HIGHLIGHT_LUMA = 253
 SHADOW_LUMA = 2
 # The brightest share of the working copy whose mean colour tells a colour cast (highlights should be neutral).
 HIGHLIGHT_PERCENTILE = 95
+# A nearest-neighbour upscale repeats each source line of pixels; the native centre must show at least this many
+# whole runs of repeated lines on each axis before the repeats are taken for pixel blocks.
+MIN_BLOCK_RUNS = 16
+
+# JPEG quality estimate. JPEG divides each 8x8 block's DCT coefficients by a step and rounds, so a decoded JPEG's
+# coefficients sit on multiples of that step; the steps are the IJG standard luminance table (ITU-T T.81,
+# Annex K) scaled by the quality setting. Read at the lowest AC frequencies, where coefficients are plentiful.
+_STANDARD_LUMA_STEPS = {(0, 1): 11, (1, 0): 12, (1, 1): 12, (0, 2): 10, (2, 0): 14, (1, 2): 13, (2, 1): 13}
+_DCT = scipy.fft.dct(np.eye(JPEG_BLOCK), axis=0, norm="ortho")
+_DCT_BASIS = np.stack([np.outer(_DCT[u], _DCT[v]).ravel() for u, v in _STANDARD_LUMA_STEPS], axis=1)
+_STEPS = np.arange(3, 256)  # candidate quantisation steps
+_MAGNITUDES = np.arange(1024)  # |coefficient| of 8-bit luma, rounded
+# A coefficient is evidence for a step only if that step quantises it to a non-zero multiple.
+_EVIDENT = (_MAGNITUDES[None, :] >= _STEPS[:, None] / 2).astype(np.float64)
+_ON_LATTICE = np.cos(2 * np.pi * _MAGNITUDES[None, :] / _STEPS[:, None]) * _EVIDENT
+MIN_LATTICE_COEFFICIENTS = 24
+MIN_LATTICE_COHERENCE = 0.7
 
 
-def _interior(a: np.ndarray) -> np.ndarray:
-    """Drop the one-pixel border where 3x3 filters see padding."""
-    return a[1:-1, 1:-1]
+def _second_difference(luma: np.ndarray, axis: int) -> np.ndarray:
+    """[1, -2, 1] along `axis`, on the lines that have both neighbours."""
+    if axis == 0:
+        return luma[:-2] - 2 * luma[1:-1] + luma[2:]
+    return luma[:, :-2] - 2 * luma[:, 1:-1] + luma[:, 2:]
+
+
+def _immerkaer_sigma(response: np.ndarray) -> float:
+    """Immerkaer's (1996) noise sigma from absolute responses of his operator."""
+    return math.sqrt(math.pi / 2) * float(response.mean()) / 6.0
+
+
+def _immerkaer_response(luma: np.ndarray) -> np.ndarray:
+    """Absolute response of Immerkaer's noise operator (blind to linear ramps), on the pixels with all 8
+    neighbours; his kernel is the outer product of two second differences, so it is applied axis by axis."""
+    return np.abs(_second_difference(_second_difference(luma, 0), 1))
 
 
 def noise_sigma(luma: np.ndarray) -> float:
-    """Immerkaer's (1996) fast estimate of the standard deviation of Gaussian noise (8-bit units)."""
-    response = _interior(ndimage.convolve(luma, _IMMERKAER))
-    if response.size == 0:
+    """Standard deviation of Gaussian noise (8-bit units): Immerkaer's estimate read only on the calmer half of
+    the pixels by gradient (after Tai & Yang 2008), so edges and texture are not taken for grain."""
+    if min(luma.shape) < 3:
         return 0.0
-    return math.sqrt(math.pi / 2) * float(np.abs(response).mean()) / 6.0
+    gradient = np.abs(luma[2:, 1:-1] - luma[:-2, 1:-1]) + np.abs(luma[1:-1, 2:] - luma[1:-1, :-2])
+    calm = gradient <= np.median(gradient[::2, ::2])  # every fourth pixel places the median
+    return _immerkaer_sigma(_immerkaer_response(luma)[calm])
 
 
-def sharpness(luma: np.ndarray) -> float:
-    """Standard deviation of the 4-neighbour Laplacian with the part explained by noise removed (8-bit units),
-    ``sqrt(max(E[lap^2] - 20 * noise_sigma^2, 0))``, so that grain is not mistaken for detail."""
-    lap = _interior(ndimage.laplace(luma))
-    if lap.size == 0:
+def sharpness(luma: np.ndarray, grain_ratio: float = WHITE_GRAIN_RATIO) -> float:
+    """Standard deviation of the 4-neighbour Laplacian with the part explained by grain removed (8-bit units),
+    ``sqrt(max(E[lap^2] - grain_ratio * E[r^2], 0))`` with r Immerkaer's response over all pixels, so that grain
+    is not mistaken for detail. `grain_ratio` is E[lap^2] / E[r^2] of the grain itself: 20 / 36 (the kernels'
+    squared taps) for white grain, more when resampling has made neighbouring pixels' grain alike."""
+    if min(luma.shape) < 3:
         return 0.0
-    energy = float(np.square(lap).mean()) - _LAPLACE_TAP_ENERGY * noise_sigma(luma) ** 2
+    lap = _second_difference(luma, 0)[:, 1:-1] + _second_difference(luma, 1)[1:-1, :]
+    energy = float(np.square(lap).mean()) - grain_ratio * float(np.square(_immerkaer_response(luma)).mean())
     return math.sqrt(max(energy, 0.0))
+
+
+@functools.lru_cache(maxsize=256)
+def resampled_grain_ratio(scale: float) -> float:
+    """`sharpness`'s grain ratio on a working copy shrunk by `scale` as `_shrink` does: measured once per scale
+    on white noise resampled the same way (bilinear interpolation averages neighbouring grain, which the
+    Laplacian keeps more of than Immerkaer's operator does)."""
+    if scale >= 1:
+        return WHITE_GRAIN_RATIO
+    side = GRAIN_PATCH_SIDE
+    source = max(3, round(side / scale))
+    grain = np.random.default_rng(0).normal(0.0, 16.0, (source, source)).astype(np.float32)
+    patch = np.asarray(
+        Image.fromarray(grain, mode="F").resize((side, side), Image.Resampling.BILINEAR, reducing_gap=1.0)
+    )
+    lap = _second_difference(patch, 0)[:, 1:-1] + _second_difference(patch, 1)[1:-1, :]
+    return float(np.square(lap).mean() / np.square(_immerkaer_response(patch)).mean())
 
 
 def blockiness(luma: np.ndarray) -> float:
@@ -80,6 +136,55 @@ def blockiness(luma: np.ndarray) -> float:
         inside_mean = (float(steps.sum()) - float(border.sum())) / inside
         ratios.append((float(border.mean()) + 1.0) / (inside_mean + 1.0))
     return float(np.mean(ratios)) if ratios else 1.0
+
+
+def jpeg_quality(luma: np.ndarray) -> float:
+    """The IJG quality (1-100) of the last JPEG compression of 8-bit luma on the 8x8 grid from its top-left
+    corner, 100 when no quantisation lattice shows (never compressed, or since resized, filtered or noised).
+
+    For each low frequency, the largest step on whose multiples the non-zero coefficients sit (mean
+    cos(2 pi c / step) >= MIN_LATTICE_COHERENCE over at least MIN_LATTICE_COEFFICIENTS of them) over the
+    standard table's step gives the quality's scale factor; the median over frequencies is taken, and at
+    least three must show a lattice."""
+    height, width = (side - side % JPEG_BLOCK for side in luma.shape)
+    blocks = luma[:height, :width].reshape(height // JPEG_BLOCK, JPEG_BLOCK, width // JPEG_BLOCK, JPEG_BLOCK)
+    pixels = blocks.transpose(0, 2, 1, 3).reshape(-1, JPEG_BLOCK * JPEG_BLOCK).astype(np.float64)
+    magnitudes = np.minimum(np.abs(np.rint(pixels @ _DCT_BASIS)), _MAGNITUDES[-1]).astype(np.int64)
+    scales = []
+    for column, standard_step in enumerate(_STANDARD_LUMA_STEPS.values()):
+        histogram = np.bincount(magnitudes[:, column], minlength=_MAGNITUDES.size)
+        counts = _EVIDENT @ histogram
+        coherence = (_ON_LATTICE @ histogram) / np.maximum(counts, 1)
+        fitting = _STEPS[(counts >= MIN_LATTICE_COEFFICIENTS) & (coherence >= MIN_LATTICE_COHERENCE)]
+        if fitting.size:
+            scales.append(100 * float(fitting.max()) / standard_step)
+    if len(scales) < 3:
+        return 100.0
+    scale = float(np.median(scales))  # IJG: scale = 5000 / quality below 50, 200 - 2 * quality above
+    return float(np.clip(5000 / scale if scale > 100 else (200 - scale) / 2, 1, 100))
+
+
+def line_runs(luma: np.ndarray, axis: int) -> np.ndarray:
+    """Index of the first line of each run of identical neighbouring lines (rows for axis 0, columns for 1)."""
+    same = np.all(np.diff(luma, axis=axis) == 0, axis=1 - axis)
+    return np.flatnonzero(np.concatenate(([True], ~same)))
+
+
+def repeat_factor(luma: np.ndarray, axis: int) -> float:
+    """How many times a nearest-neighbour upscale repeated each line along `axis` (1 when it did not).
+
+    An upscale by f repeats every source line floor(f) or ceil(f) times, so no run of identical lines is
+    shorter than floor(f): the shortest runs (10th percentile) give the block side, and the mean of the runs
+    below twice that gives f (longer runs are source lines that were already alike, such as a flat sky). A
+    photograph or a flat-fill drawing has single lines among its runs, which reads 1."""
+    starts = line_runs(luma, axis)
+    runs = np.diff(np.append(starts, luma.shape[axis]))[1:-1]  # the crop cuts the first and last run
+    if runs.size < MIN_BLOCK_RUNS:
+        return 1.0
+    shortest = float(np.quantile(runs, 0.1, method="lower"))
+    if shortest < 2:
+        return 1.0
+    return float(runs[runs < 2 * shortest].mean())
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -134,19 +239,40 @@ class Measurements:
         return np.asarray(native_centre(self.image).convert("L"), dtype=np.float32)
 
     @cached_property
+    def block_side(self) -> float:
+        """Side of the pixel blocks a nearest-neighbour upscale left at the native grid (geometric mean of both
+        axes' `repeat_factor`; 1 unless both axes repeat lines)."""
+        down, across = repeat_factor(self.native_luma, 0), repeat_factor(self.native_luma, 1)
+        return math.sqrt(down * across) if down > 1 and across > 1 else 1.0
+
+    @cached_property
+    def _grid_luma(self) -> np.ndarray:
+        """The native centre with one line kept of each run of repeats when it is pixelated: the image's own
+        pixels, on which noise and JPEG blocks are measured (block edges are neither)."""
+        if self.block_side == 1:
+            return self.native_luma
+        return self.native_luma[np.ix_(line_runs(self.native_luma, 0), line_runs(self.native_luma, 1))]
+
+    @cached_property
     def sharpness_lap_std(self) -> float:
-        """Noise-compensated Laplacian standard deviation of the working copy (`sharpness`); low means blurry."""
-        return sharpness(self._working_luma8.astype(np.float32))
+        """Grain-compensated Laplacian standard deviation of the working copy (`sharpness`); low means blurry."""
+        scale = round(self.working.width / self.image.width, 3)
+        return sharpness(self._working_luma8.astype(np.float32), resampled_grain_ratio(scale))
 
     @cached_property
     def noise_sigma(self) -> float:
-        """Noise standard deviation at the native pixel grid (`noise_sigma`), 8-bit units."""
-        return noise_sigma(self.native_luma)
+        """Noise standard deviation at the image's own pixel grid (`noise_sigma`), 8-bit units."""
+        return noise_sigma(self._grid_luma)
 
     @cached_property
     def blockiness_ratio(self) -> float:
-        """JPEG block-border step ratio at the native pixel grid (`blockiness`); about 1 when clean."""
-        return blockiness(self.native_luma)
+        """JPEG block-border step ratio at the image's own pixel grid (`blockiness`); about 1 when clean."""
+        return blockiness(self._grid_luma)
+
+    @cached_property
+    def jpeg_quality(self) -> float:
+        """Estimated quality of the last JPEG compression at the native pixel grid (`jpeg_quality`); 100 when none."""
+        return jpeg_quality(self.native_luma)
 
     @cached_property
     def exposure_mean(self) -> float:
@@ -191,6 +317,11 @@ class Measurements:
     def megapixels(self) -> float:
         """Native pixel count in millions."""
         return math.prod(native_size(self.image)) / 1e6
+
+    @cached_property
+    def effective_megapixels(self) -> float:
+        """Native pixel count in millions over the pixel-block area: what a pixelated image really holds."""
+        return self.megapixels / self.block_side**2
 
     @cached_property
     def short_side(self) -> int:

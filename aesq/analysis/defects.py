@@ -36,22 +36,27 @@ OVEREXPOSED_EXTREME_MEAN_LUMA = 1.0
 LOW_CONTRAST_MIN_SPREAD = 0.4
 LOW_CONTRAST_EXTREME_SPREAD = 0.05
 
-# noise: standard deviation of Gaussian noise at the native pixel grid, 8-bit units (technical `noise_sigma`;
+# noise: standard deviation of Gaussian noise at the image's own pixel grid, 8-bit units (technical `noise_sigma`;
 # its sub-score is 0.6 at the threshold and 0 at the extreme).
 NOISE_MAX_SIGMA = 6.0
-NOISE_EXTREME_SIGMA = 12.0
+NOISE_EXTREME_SIGMA = 32.0
 
 # colour_cast: Lab chroma (a*, b* distance from neutral) of the mean colour of the brightest pixels.
 COLOUR_CAST_MAX_CHROMA = 25.0
 COLOUR_CAST_EXTREME_CHROMA = 60.0
 
 # compression: luma step across the 8-px JPEG grid over the step inside blocks at the native pixel grid
-# (technical `blockiness_ratio`; its sub-score is 0.85 at the threshold and 0 at the extreme).
+# (technical `blockiness_ratio`; its part of the blockiness sub-score is 0.93 at the threshold and 0 at the
+# extreme), or the estimated quality of the last JPEG compression (technical `jpeg_quality`; its part is 0.53 at
+# the threshold and 0 at the extreme).
 BLOCKINESS_MAX_RATIO = 1.4
-BLOCKINESS_EXTREME_RATIO = 2.5
+BLOCKINESS_EXTREME_RATIO = 4.0
+COMPRESSION_MIN_QUALITY = 50.0
+COMPRESSION_EXTREME_QUALITY = 0.0
 
-# low_resolution: the native short side in pixels, and for larger images the share of luma variance that a
-# halve-then-double round trip loses (an upscaled image has almost no detail at its own pixel scale).
+# low_resolution: the native short side in pixels over the side of the pixel blocks of a nearest-neighbour
+# upscale (technical `block_side`), and for larger images the share of luma variance that a halve-then-double
+# round trip loses (an upscaled image has almost no detail at its own pixel scale).
 MIN_SHORT_SIDE = 256
 EXTREME_SHORT_SIDE = 32
 UPSCALED_MAX_DETAIL_SHARE = 0.002
@@ -149,25 +154,32 @@ def detect_colour_cast(measured: Measurements) -> Finding | None:
 
 
 def detect_compression(measured: Measurements) -> Finding | None:
-    """JPEG compression: heavy quantisation leaves luma steps on the 8-px block grid larger than those inside."""
-    ratio = measured.blockiness_ratio
-    if ratio <= BLOCKINESS_MAX_RATIO:
+    """JPEG compression: coarse quantisation (a low estimated quality) blurs and rings, and at its worst leaves
+    luma steps on the 8-px block grid larger than those inside."""
+    ratio, quality = measured.blockiness_ratio, measured.jpeg_quality
+    if ratio <= BLOCKINESS_MAX_RATIO and quality >= COMPRESSION_MIN_QUALITY:
         return None
     return Finding(
         "compression",
-        _severity(ratio, BLOCKINESS_MAX_RATIO, BLOCKINESS_EXTREME_RATIO),
-        f"step across 8-px grid {ratio:.2f}x the step inside blocks (blocky above {BLOCKINESS_MAX_RATIO:g}x)",
+        max(
+            _severity(ratio, BLOCKINESS_MAX_RATIO, BLOCKINESS_EXTREME_RATIO),
+            _severity(quality, COMPRESSION_MIN_QUALITY, COMPRESSION_EXTREME_QUALITY),
+        ),
+        f"JPEG quality about {quality:.0f}, step across 8-px grid {ratio:.2f}x the step inside blocks "
+        f"(compressed below quality {COMPRESSION_MIN_QUALITY:g} or above {BLOCKINESS_MAX_RATIO:g}x)",
     )
 
 
 def detect_low_resolution(measured: Measurements) -> Finding | None:
-    """Low resolution: too few pixels, or an upscaled image that loses almost nothing when halved and doubled."""
-    short_side = measured.short_side
-    if short_side < MIN_SHORT_SIDE:
+    """Low resolution: too few pixels (counting each pixel block of a nearest-neighbour upscale as one), or an
+    upscaled image that loses almost nothing when halved and doubled."""
+    short_side, block_side = measured.short_side, measured.block_side
+    if short_side / block_side < MIN_SHORT_SIDE:
+        blocks = f" in {block_side:.1f}-px blocks, {short_side / block_side:.0f} px of detail" if block_side > 1 else ""
         return Finding(
             "low_resolution",
-            _severity(short_side, MIN_SHORT_SIDE, EXTREME_SHORT_SIDE),
-            f"short side {short_side} px (low resolution below {MIN_SHORT_SIDE})",
+            _severity(short_side / block_side, MIN_SHORT_SIDE, EXTREME_SHORT_SIDE),
+            f"short side {short_side} px{blocks} (low resolution below {MIN_SHORT_SIDE})",
         )
     detail_share = measured.fine_detail_share
     if detail_share >= UPSCALED_MAX_DETAIL_SHARE:

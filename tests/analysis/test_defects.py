@@ -16,6 +16,7 @@ from aesq.analysis import defect_analysis
 from aesq.analysis.defects import (
     BLOCKINESS_MAX_RATIO,
     BLUR_MAX_SHARPNESS,
+    COMPRESSION_MIN_QUALITY,
     DETECTORS,
     NOISE_MAX_SIGMA,
     OVEREXPOSED_MAX_HIGHLIGHT_SHARE,
@@ -136,7 +137,29 @@ def test_stronger_defect_has_higher_severity(
 def test_detail_carries_the_measured_figure() -> None:
     finding = _detect("blur", _blurred(photo("astronaut"), 4))
     assert finding is not None
-    assert finding.detail == "Laplacian spread 1.2 grey levels (blurry below 10)"
+    assert finding.detail == "Laplacian spread 1.1 grey levels (blurry below 10)"
+
+
+def test_compression_is_found_by_the_estimated_jpeg_quality() -> None:
+    """Quality 40 shows block steps just under the blocky threshold; its estimated quality finds it anyway.
+    Quality 90 and 60 are not defects."""
+    clean = photo("coffee")
+    assert _detect("compression", _reopened_jpeg(clean, 90)) is None
+    assert _detect("compression", _reopened_jpeg(clean, 60)) is None
+    finding = _detect("compression", _reopened_jpeg(clean, 40))
+    assert finding is not None and 0 < finding.severity < 0.5
+    assert finding.detail.startswith("JPEG quality about 39, step across 8-px grid 1.39x")
+
+
+def test_pixel_blocks_count_as_one_pixel_for_low_resolution() -> None:
+    """A 64-px thumbnail enlarged 8x by nearest neighbour to 512 px is as low in resolution as the thumbnail."""
+    thumbnail = photo("astronaut").resize((64, 64), Image.Resampling.BOX)
+    enlarged = _detect("low_resolution", thumbnail.resize((512, 512), Image.Resampling.NEAREST))
+    small = _detect("low_resolution", thumbnail)
+    assert enlarged is not None and small is not None
+    assert enlarged.severity == small.severity
+    assert enlarged.detail == "short side 512 px in 8.0-px blocks, 64 px of detail (low resolution below 256)"
+    assert _detect("low_resolution", photo("astronaut")) is None
 
 
 def test_named_categories_run_only_those() -> None:
@@ -184,7 +207,7 @@ AGREEMENT_PHOTOS = [*CLEAN_PHOTOS, "camera", "moon", "coins", "retina"]
 GRADES: dict[str, Callable[[Image.Image], Image.Image]] = {
     "clean": Image.Image.copy,
     **{f"blur {r}": partial(_blurred, radius=r) for r in (0.5, 1, 1.5, 2, 3, 4)},
-    **{f"noise {s}": partial(_with_noise, sigma=s) for s in (3, 6, 9, 12, 20, 30)},
+    **{f"noise {s}": partial(_with_noise, sigma=s) for s in (3, 6, 9, 12, 20, 30, 60)},
     **{f"jpeg {q}": partial(_reopened_jpeg, quality=q) for q in (75, 40, 20, 10, 5, 3)},
     **{f"brightness {f}": partial(_brightened, factor=f) for f in (0.1, 0.2, 0.4, 1.6, 3)},
 }
@@ -192,7 +215,10 @@ GRADES: dict[str, Callable[[Image.Image], Image.Image]] = {
 SHARED_RULES: dict[str, tuple[Callable[[dict[str, float]], bool], str]] = {
     "blur": (lambda raw: raw["sharpness_lap_std"] < BLUR_MAX_SHARPNESS, "{sharpness_lap_std:.1f}"),
     "noise": (lambda raw: raw["noise_sigma"] > NOISE_MAX_SIGMA, "{noise_sigma:.1f}"),
-    "compression": (lambda raw: raw["blockiness_ratio"] > BLOCKINESS_MAX_RATIO, "{blockiness_ratio:.2f}x"),
+    "compression": (
+        lambda raw: raw["blockiness_ratio"] > BLOCKINESS_MAX_RATIO or raw["jpeg_quality"] < COMPRESSION_MIN_QUALITY,
+        "JPEG quality about {jpeg_quality:.0f}, step across 8-px grid {blockiness_ratio:.2f}x",
+    ),
     "underexposure": (lambda raw: raw["exposure_mean"] < UNDEREXPOSED_MAX_MEAN_LUMA, "{exposure_mean:.3f}"),
     "overexposure": (
         lambda raw: (

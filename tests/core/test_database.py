@@ -138,6 +138,23 @@ def test_migration_0010_has_every_low_scorer_analysed_again(empty_database_url):
     database.downgrade("0009", settings=settings)
 
 
+def test_migration_0017_has_every_low_scorer_analysed_again(empty_database_url):
+    """Findings of the detectors before the version-2 measurements are redone, not mixed in with new ones."""
+    settings = Settings(database_url=empty_database_url)
+    database.upgrade("0016", settings=settings)
+    with database.engine(empty_database_url).begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, analysed_at) VALUES"
+                " ('s3', 'b', 'analysed', 'aa', 1, 'generated', now()), ('s3', 'b', 'not', 'bb', 1, 'generated', NULL)"
+            )
+        )
+    database.upgrade("0017", settings=settings)
+    with database.engine(empty_database_url).connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM assets WHERE analysed_at IS NULL")).scalar() == 2
+    database.downgrade("0016", settings=settings)
+
+
 def test_non_postgres_url_is_refused():
     with pytest.raises(database.DatabaseError, match="PostgreSQL through psycopg"):
         database.engine("sqlite:///x.db")

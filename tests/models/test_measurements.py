@@ -4,13 +4,14 @@ photographs under graded distortions, and see a large image decoded reduced as a
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from aesq.core.images import PixelBudget, decode_image
-from aesq.models.measurements import Measurements, blockiness, noise_sigma, sharpness
+from aesq.models.measurements import Measurements, blockiness, jpeg_quality, noise_sigma, sharpness
 from tests.helpers import jpeg_bytes, photo
 
 
@@ -26,6 +27,19 @@ def test_noise_sigma_recovers_the_added_noise(sigma: float) -> None:
     noisy = _ramp() + np.random.default_rng(1).normal(0.0, sigma, (256, 256)).astype(np.float32)
     assert noise_sigma(_ramp()) == pytest.approx(0.0, abs=1e-3)
     assert noise_sigma(noisy) == pytest.approx(sigma, rel=0.05)
+
+
+@pytest.mark.parametrize("sigma", [3.0, 8.0])
+@pytest.mark.parametrize("name", ["brick", "camera", "astronaut"])
+def test_noise_sigma_reads_grain_not_texture(name: str, sigma: float) -> None:
+    """On real photographs, a brick wall included, the estimate stays near the true grain: under 3 grey levels on
+    the clean photo (the bricks' texture is detail, not noise), within 25 % of added Gaussian noise. (A texture
+    as fine as grain filling the whole frame, such as scikit-image's grass, still reads as grain.)"""
+    luma = np.asarray(photo(name).convert("L"), dtype=np.float32)
+    noisy = np.clip(luma + np.random.default_rng(3).normal(0.0, sigma, luma.shape), 0, 255).round()
+    clean_sigma = noise_sigma(luma)
+    assert clean_sigma < 3.0
+    assert noise_sigma(noisy.astype(np.float32)) == pytest.approx(math.hypot(clean_sigma, sigma), rel=0.25)
 
 
 def test_sharpness_falls_with_every_step_of_blur() -> None:
@@ -57,6 +71,92 @@ def test_blockiness_rises_as_jpeg_quality_falls() -> None:
     assert blockiness(np.full((64, 64), 77.0, dtype=np.float32)) == 1.0
 
 
+@pytest.mark.parametrize("name", ["chelsea", "camera", "astronaut"])
+def test_jpeg_quality_is_read_back_from_the_decoded_pixels(name: str) -> None:
+    """The quality a photograph was saved at reads back within 3 from its decoded pixels alone, so the estimate
+    falls with every step down in quality."""
+    clean = photo(name)
+    for quality in (90, 70, 45, 25, 12, 5):
+        estimate = Measurements(Image.open(io.BytesIO(jpeg_bytes(clean, quality)))).jpeg_quality
+        assert estimate == pytest.approx(quality, abs=3), (quality, estimate)
+
+
+def test_jpeg_quality_is_100_without_a_quantisation_lattice() -> None:
+    """Never compressed, or compressed and then resized, blurred or noised (sigma 12): no lattice, 100. Flat fills, ramps
+    and pixel blocks (DCT coefficients of one value or none) are not taken for one."""
+    clean = photo("astronaut")
+    compressed = Image.open(io.BytesIO(jpeg_bytes(clean, 30))).convert("RGB")
+    noisy = np.clip(
+        np.asarray(compressed, dtype=np.float32) + np.random.default_rng(4).normal(0, 12, (512, 512, 3)), 0, 255
+    )
+    cases = {
+        "png": clean,
+        "resized": compressed.resize((500, 500), Image.Resampling.BICUBIC),
+        "blurred": compressed.filter(ImageFilter.GaussianBlur(1)),
+        "noised": Image.fromarray(noisy.round().astype(np.uint8)),
+        "flat fills": _flat_fills(),
+        "pixel blocks": _nearest_upscale(clean, 8),
+    }
+    for case, image in cases.items():
+        assert Measurements(image).jpeg_quality == 100.0, case
+    assert jpeg_quality(_ramp()) == 100.0
+
+
+def _flat_fills() -> Image.Image:
+    """A flat-fill drawing: overlapping rectangles and ellipses of solid colour on white."""
+    image = Image.new("RGB", (512, 512), "white")
+    draw = ImageDraw.Draw(image)
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        x, y = (int(v) for v in rng.integers(0, 470, 2))
+        side = int(rng.integers(10, 200))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)((x, y, x + side, y + side), fill=colour)
+    return image
+
+
+def _nearest_upscale(image: Image.Image, factor: float) -> Image.Image:
+    """The image shrunk by `factor` (box filter), then enlarged back to its size by nearest neighbour: blocks of
+    floor(factor) or ceil(factor) repeated pixels."""
+    small = image.resize((round(image.width / factor), round(image.height / factor)), Image.Resampling.BOX)
+    return small.resize(image.size, Image.Resampling.NEAREST)
+
+
+@pytest.mark.parametrize("factor", [2, 2.5, 3, 4.25, 8, 16])
+def test_block_side_of_a_nearest_neighbour_upscale(factor: float) -> None:
+    """Whole or fractional, the factor of a nearest-neighbour upscale of a photograph reads back within 2 %."""
+    pixelated = Measurements(_nearest_upscale(photo("coffee"), factor))
+    assert pixelated.block_side == pytest.approx(factor, rel=0.02)
+    assert pixelated.effective_megapixels == pytest.approx(pixelated.megapixels / factor**2, rel=0.04)
+
+
+def test_pixelated_image_is_measured_on_its_own_pixels() -> None:
+    """Grain of sigma 6 enlarged into 4-px blocks reads 6 (one pixel per block), not the near 0 of the flat block
+    insides, and the block edges are not JPEG block borders."""
+    grain = np.random.default_rng(7).normal(128, 6, (128, 128)).round().astype(np.uint8)
+    pixelated = Measurements(Image.fromarray(grain).resize((512, 512), Image.Resampling.NEAREST))
+    assert pixelated.block_side == 4.0
+    assert pixelated.noise_sigma == pytest.approx(6.0, rel=0.1)
+    assert noise_sigma(pixelated.native_luma) < 3.0
+    assert pixelated.blockiness_ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_block_side_is_1_for_photographs_drawings_and_flat_skies() -> None:
+    """Photographs, a flat-fill drawing (long runs of equal lines, but single ones too), a sky graded only top to
+    bottom over textured ground, stripes (too few runs) and a bicubic upscale are not pixel blocks."""
+    sky = np.broadcast_to(np.linspace(200, 120, 384)[:, None], (384, 512)).copy()
+    sky[192:] = np.random.default_rng(6).normal(90, 15, (192, 512))
+    stripes = np.repeat(np.array([0, 128, 255] * 3, dtype=np.uint8), 57)[:, None].repeat(512, axis=1)
+    images = {name: photo(name) for name in ("astronaut", "camera", "brick", "grass")} | {
+        "flat fills": _flat_fills(),
+        "sky": Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8)),
+        "stripes": Image.fromarray(stripes),
+        "bicubic x4": photo("chelsea").resize((113, 75)).resize((451, 300), Image.Resampling.BICUBIC),
+    }
+    for name, image in images.items():
+        assert Measurements(image).block_side == 1.0, name
+
+
 def test_tonal_figures_of_a_known_histogram() -> None:
     """Half black, half white: mean luma 1/2, half the pixels clipped each way, full tonal range; flat grey: none."""
     split = Measurements(Image.fromarray(np.repeat([[0, 255]], 100, axis=0).repeat(50, axis=1).astype(np.uint8)))
@@ -84,7 +184,8 @@ def test_large_image_decoded_reduced_measures_its_native_pixels() -> None:
     decoded = decode_image(payload, 64_000_000, PixelBudget(64_000_000))
     reduced = Measurements(decoded)
     assert decoded.width < 4200
-    for figure in ("noise_sigma", "blockiness_ratio", "fine_detail_share", "short_side", "megapixels"):
+    figures = ("noise_sigma", "blockiness_ratio", "jpeg_quality", "block_side", "fine_detail_share", "short_side")
+    for figure in (*figures, "megapixels"):
         assert getattr(reduced, figure) == getattr(full, figure), figure
     assert reduced.sharpness_lap_std == pytest.approx(full.sharpness_lap_std, rel=0.05)
     assert reduced.exposure_mean == pytest.approx(full.exposure_mean, abs=0.005)
