@@ -22,9 +22,8 @@ is there and how the score maps it.
 
 from __future__ import annotations
 
-import functools
 import math
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import scipy.fft
@@ -50,6 +49,9 @@ HIGHLIGHT_PERCENTILE = 95
 # A nearest-neighbour upscale repeats each source line of pixels; the native centre must show at least this many
 # whole runs of repeated lines on each axis before the repeats are taken for pixel blocks.
 MIN_BLOCK_RUNS = 16
+# ... of which at least this share must be floor(f) or ceil(f) lines long, and the two axes' f must agree this well.
+MIN_REGULAR_RUN_SHARE = 0.6
+BLOCK_AXES_AGREEMENT = 0.1
 
 # JPEG quality estimate. JPEG divides each 8x8 block's DCT coefficients by a step and rounds, so a decoded JPEG's
 # coefficients sit on multiples of that step; the steps are the IJG standard luminance table (ITU-T T.81,
@@ -64,6 +66,8 @@ _EVIDENT = (_MAGNITUDES[None, :] >= _STEPS[:, None] / 2).astype(np.float64)
 _ON_LATTICE = np.cos(2 * np.pi * _MAGNITUDES[None, :] / _STEPS[:, None]) * _EVIDENT
 MIN_LATTICE_COEFFICIENTS = 24
 MIN_LATTICE_COHERENCE = 0.7
+MIN_LATTICE_SUPPORT = 0.02  # of the non-zero multiples, at least this share single and this share higher
+LATTICE_AGREEMENT = 0.25  # frequencies' scale factors within this share of their median
 
 
 def _second_difference(luma: np.ndarray, axis: int) -> np.ndarray:
@@ -106,19 +110,25 @@ def sharpness(luma: np.ndarray, grain_ratio: float = WHITE_GRAIN_RATIO) -> float
     return math.sqrt(max(energy, 0.0))
 
 
-@functools.lru_cache(maxsize=256)
+def bilinear_residual_scale(source: int, target: int) -> float:
+    """The bilinear part of Pillow's shrink from `source` to `target` px with reducing_gap=1.0 (as `_shrink`
+    does): an integer box `reduce` first, which leaves grain white, then this scale in (0.5, 1]."""
+    if target >= source:
+        return 1.0
+    factor = int(source / target) or 1
+    return target * factor / source
+
+
+@lru_cache(maxsize=1024)
 def resampled_grain_ratio(scale: float) -> float:
-    """`sharpness`'s grain ratio on a working copy shrunk by `scale` as `_shrink` does: measured once per scale
-    on white noise resampled the same way (bilinear interpolation averages neighbouring grain, which the
-    Laplacian keeps more of than Immerkaer's operator does)."""
+    """`sharpness`'s grain ratio after a bilinear shrink by `scale` in (0.5, 1], measured once per scale on a
+    white-noise patch of at most 512 px: interpolation averages neighbouring grain, and the Laplacian keeps more
+    of that than Immerkaer's operator does."""
     if scale >= 1:
         return WHITE_GRAIN_RATIO
     side = GRAIN_PATCH_SIDE
-    source = max(3, round(side / scale))
-    grain = np.random.default_rng(0).normal(0.0, 16.0, (source, source)).astype(np.float32)
-    patch = np.asarray(
-        Image.fromarray(grain, mode="F").resize((side, side), Image.Resampling.BILINEAR, reducing_gap=1.0)
-    )
+    grain = np.random.default_rng(0).normal(0.0, 16.0, (round(side / scale),) * 2).astype(np.float32)
+    patch = np.asarray(Image.fromarray(grain).resize((side, side), Image.Resampling.BILINEAR))
     lap = _second_difference(patch, 0)[:, 1:-1] + _second_difference(patch, 1)[1:-1, :]
     return float(np.square(lap).mean() / np.square(_immerkaer_response(patch)).mean())
 
@@ -138,29 +148,43 @@ def blockiness(luma: np.ndarray) -> float:
     return float(np.mean(ratios)) if ratios else 1.0
 
 
+def _lattice_step(histogram: np.ndarray) -> int | None:
+    """The largest quantisation step on whose multiples one frequency's coefficient magnitudes sit, or None: at
+    least MIN_LATTICE_COEFFICIENTS non-zero multiples, mean cos(2 pi c / step) >= MIN_LATTICE_COHERENCE, and
+    both single and higher multiples present (a tiled or gridded drawing repeats one value, which any divisor
+    of it would fit)."""
+    counts = _EVIDENT @ histogram
+    coherence = (_ON_LATTICE @ histogram) / np.maximum(counts, 1)
+    for step in _STEPS[(counts >= MIN_LATTICE_COEFFICIENTS) & (coherence >= MIN_LATTICE_COHERENCE)][::-1]:
+        multiples = np.rint(_MAGNITUDES / step)
+        singles, higher = histogram[multiples == 1].sum(), histogram[multiples >= 2].sum()
+        if min(singles, higher) >= MIN_LATTICE_SUPPORT * (singles + higher):
+            return int(step)
+    return None
+
+
 def jpeg_quality(luma: np.ndarray) -> float:
     """The IJG quality (1-100) of the last JPEG compression of 8-bit luma on the 8x8 grid from its top-left
-    corner, 100 when no quantisation lattice shows (never compressed, or since resized, filtered or noised).
-
-    For each low frequency, the largest step on whose multiples the non-zero coefficients sit (mean
-    cos(2 pi c / step) >= MIN_LATTICE_COHERENCE over at least MIN_LATTICE_COEFFICIENTS of them) over the
-    standard table's step gives the quality's scale factor; the median over frequencies is taken, and at
-    least three must show a lattice."""
+    corner; 100 when no quantisation lattice shows: never compressed, since resized, filtered or noised, or
+    compressed so hard that few coefficients survive (the block-step ratio scores those). Each low frequency's
+    `_lattice_step` over the standard table's step is the quality's scale factor; at least three frequencies
+    must agree within LATTICE_AGREEMENT of their median."""
     height, width = (side - side % JPEG_BLOCK for side in luma.shape)
     blocks = luma[:height, :width].reshape(height // JPEG_BLOCK, JPEG_BLOCK, width // JPEG_BLOCK, JPEG_BLOCK)
     pixels = blocks.transpose(0, 2, 1, 3).reshape(-1, JPEG_BLOCK * JPEG_BLOCK).astype(np.float64)
     magnitudes = np.minimum(np.abs(np.rint(pixels @ _DCT_BASIS)), _MAGNITUDES[-1]).astype(np.int64)
     scales = []
     for column, standard_step in enumerate(_STANDARD_LUMA_STEPS.values()):
-        histogram = np.bincount(magnitudes[:, column], minlength=_MAGNITUDES.size)
-        counts = _EVIDENT @ histogram
-        coherence = (_ON_LATTICE @ histogram) / np.maximum(counts, 1)
-        fitting = _STEPS[(counts >= MIN_LATTICE_COEFFICIENTS) & (coherence >= MIN_LATTICE_COHERENCE)]
-        if fitting.size:
-            scales.append(100 * float(fitting.max()) / standard_step)
+        step = _lattice_step(np.bincount(magnitudes[:, column], minlength=_MAGNITUDES.size))
+        if step is not None:
+            scales.append(100 * step / standard_step)
     if len(scales) < 3:
         return 100.0
-    scale = float(np.median(scales))  # IJG: scale = 5000 / quality below 50, 200 - 2 * quality above
+    median = float(np.median(scales))
+    agreeing = [scale for scale in scales if abs(scale - median) <= LATTICE_AGREEMENT * median]
+    if len(agreeing) < 3:
+        return 100.0
+    scale = float(np.median(agreeing))  # IJG: scale = 5000 / quality below 50, 200 - 2 * quality above
     return float(np.clip(5000 / scale if scale > 100 else (200 - scale) / 2, 1, 100))
 
 
@@ -171,20 +195,16 @@ def line_runs(luma: np.ndarray, axis: int) -> np.ndarray:
 
 
 def repeat_factor(luma: np.ndarray, axis: int) -> float:
-    """How many times a nearest-neighbour upscale repeated each line along `axis` (1 when it did not).
-
-    An upscale by f repeats every source line floor(f) or ceil(f) times, so no run of identical lines is
-    shorter than floor(f): the shortest runs (10th percentile) give the block side, and the mean of the runs
-    below twice that gives f (longer runs are source lines that were already alike, such as a flat sky). A
-    photograph or a flat-fill drawing has single lines among its runs, which reads 1."""
+    """How many times a nearest-neighbour upscale repeated each line along `axis`, 1 when it did not: an upscale
+    by f leaves no run of identical lines shorter than floor(f), and most runs floor(f) or ceil(f) long (longer
+    ones are source lines that were already alike); drawings and photographs have shorter or irregular runs."""
     starts = line_runs(luma, axis)
     runs = np.diff(np.append(starts, luma.shape[axis]))[1:-1]  # the crop cuts the first and last run
-    if runs.size < MIN_BLOCK_RUNS:
+    if runs.size < MIN_BLOCK_RUNS or runs.min() < 2:
         return 1.0
-    shortest = float(np.quantile(runs, 0.1, method="lower"))
-    if shortest < 2:
-        return 1.0
-    return float(runs[runs < 2 * shortest].mean())
+    factor = float(runs[runs < 2 * runs.min()].mean())
+    regular = np.isin(runs, (math.floor(factor), math.ceil(factor))).mean()
+    return factor if regular >= MIN_REGULAR_RUN_SHARE else 1.0
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -241,9 +261,11 @@ class Measurements:
     @cached_property
     def block_side(self) -> float:
         """Side of the pixel blocks a nearest-neighbour upscale left at the native grid (geometric mean of both
-        axes' `repeat_factor`; 1 unless both axes repeat lines)."""
+        axes' `repeat_factor`; 1 unless both axes repeat lines alike)."""
         down, across = repeat_factor(self.native_luma, 0), repeat_factor(self.native_luma, 1)
-        return math.sqrt(down * across) if down > 1 and across > 1 else 1.0
+        if min(down, across) == 1 or abs(down - across) > BLOCK_AXES_AGREEMENT * max(down, across):
+            return 1.0
+        return math.sqrt(down * across)
 
     @cached_property
     def _grid_luma(self) -> np.ndarray:
@@ -256,8 +278,8 @@ class Measurements:
     @cached_property
     def sharpness_lap_std(self) -> float:
         """Grain-compensated Laplacian standard deviation of the working copy (`sharpness`); low means blurry."""
-        scale = round(self.working.width / self.image.width, 3)
-        return sharpness(self._working_luma8.astype(np.float32), resampled_grain_ratio(scale))
+        scale = bilinear_residual_scale(max(self.image.size), max(self.working.size))
+        return sharpness(self._working_luma8.astype(np.float32), resampled_grain_ratio(round(scale, 3)))
 
     @cached_property
     def noise_sigma(self) -> float:
@@ -271,8 +293,9 @@ class Measurements:
 
     @cached_property
     def jpeg_quality(self) -> float:
-        """Estimated quality of the last JPEG compression at the native pixel grid (`jpeg_quality`); 100 when none."""
-        return jpeg_quality(self.native_luma)
+        """Estimated quality of the last JPEG compression at the native pixel grid (`jpeg_quality`); 100 when none
+        shows, and for pixel blocks, whose few distinct coefficients would fit a lattice by chance."""
+        return 100.0 if self.block_side > 1 else jpeg_quality(self.native_luma)
 
     @cached_property
     def exposure_mean(self) -> float:

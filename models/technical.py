@@ -48,7 +48,7 @@ Features, why each is there, and its sub-score (each in [0, 1], 1 = no problem):
   the estimated quality of the last JPEG compression (1-100, 100 when the decoded pixels show no
   quantisation lattice), and the mean absolute luma step across block borders over the mean step inside
   blocks (about 1 when clean). Sub-score: the lower of quality / 95 and a linear fall of the step ratio
-  from 1.2 (1) to 4.0 (0).
+  from 1.2 (1) to 3.0 (0).
 * pixelation - a nearest-neighbour enlargement is blocky at its own size and holds no more than its
   source. Raw: side of the repeated-pixel blocks (1 when none). Sub-score falls log-linearly from
   side 1 (1) to 1024 (0): 0.9 at 2, 0.7 at 8.
@@ -134,7 +134,7 @@ def _subscores(raw: dict[str, float]) -> dict[str, float]:
     return {
         "sharpness": 0.9 * _log_ramp(sharpness, 1.0, 16.0) + 0.1 * _log_ramp(sharpness, 16.0, 64.0),
         "noise": _log_ramp(max(raw["noise_sigma"], 2.0), 32.0, 2.0),
-        "blockiness": min(_ramp(raw["blockiness_ratio"], 4.0, 1.2), _ramp(raw["jpeg_quality"], 0.0, 95.0)),
+        "blockiness": min(_ramp(raw["blockiness_ratio"], 3.0, 1.2), _ramp(raw["jpeg_quality"], 0.0, 95.0)),
         "exposure": min(_ramp(mean, 0.0, 0.25), _ramp(mean, 1.0, 0.70)),
         "clipping": _ramp(raw["clipped_highlights"] + raw["clipped_shadows"] / 2, 0.50, 0.05),
         "black_level": _ramp(raw["black_level"], 0.50, 0.10),
@@ -162,7 +162,7 @@ class TechnicalQualityScorer(Scorer):
 
     @staticmethod
     def _combine(raw: dict[str, float]) -> Score:
-        """Weighted sub-scores, scaled by the resolution factor, with the sub-scores kept in `raw`."""
+        """Weighted sub-scores, scaled by the resolution and pixelation factors, with the sub-scores kept in `raw`."""
         subs = _subscores(raw)
         quality = sum(weight * subs[key] for key, weight in WEIGHTS.items())
         value = 10.0 * subs["resolution"] * subs["pixelation"] * quality

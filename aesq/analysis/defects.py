@@ -14,8 +14,8 @@ from aesq.models.measurements import Measurements
 # scorer reads too, with a threshold; its severity runs from 0 at the threshold to 1 at the extreme. Where
 # the technical score has a sub-score for the figure, the extreme is where that sub-score reaches 0.
 
-# blur: noise-compensated Laplacian standard deviation of the working copy, 8-bit units (technical
-# `sharpness_lap_std`; its sub-score is 0.83 at the threshold and 0 at the extreme).
+# blur: grain-compensated Laplacian standard deviation of the working copy, 8-bit units (technical
+# `sharpness_lap_std`; its sub-score is 0.75 at the threshold and 0 at the extreme).
 BLUR_MAX_SHARPNESS = 10.0
 BLUR_EXTREME_SHARPNESS = 1.0
 
@@ -46,11 +46,11 @@ COLOUR_CAST_MAX_CHROMA = 25.0
 COLOUR_CAST_EXTREME_CHROMA = 60.0
 
 # compression: luma step across the 8-px JPEG grid over the step inside blocks at the native pixel grid
-# (technical `blockiness_ratio`; its part of the blockiness sub-score is 0.93 at the threshold and 0 at the
+# (technical `blockiness_ratio`; its part of the blockiness sub-score is 0.89 at the threshold and 0 at the
 # extreme), or the estimated quality of the last JPEG compression (technical `jpeg_quality`; its part is 0.53 at
 # the threshold and 0 at the extreme).
 BLOCKINESS_MAX_RATIO = 1.4
-BLOCKINESS_EXTREME_RATIO = 4.0
+BLOCKINESS_EXTREME_RATIO = 3.0
 COMPRESSION_MIN_QUALITY = 50.0
 COMPRESSION_EXTREME_QUALITY = 0.0
 
@@ -130,7 +130,8 @@ def detect_low_contrast(measured: Measurements) -> Finding | None:
 
 
 def detect_noise(measured: Measurements) -> Finding | None:
-    """Noise: grain at the native pixel grid, estimated by Immerkaer's operator (blind to edges and ramps)."""
+    """Noise: grain at the image's own pixel grid, Immerkaer's estimate on its calmer half (edges and texture
+    left out)."""
     sigma = measured.noise_sigma
     if sigma <= NOISE_MAX_SIGMA:
         return None
@@ -175,7 +176,9 @@ def detect_low_resolution(measured: Measurements) -> Finding | None:
     upscaled image that loses almost nothing when halved and doubled."""
     short_side, block_side = measured.short_side, measured.block_side
     if short_side / block_side < MIN_SHORT_SIDE:
-        blocks = f" in {block_side:.1f}-px blocks, {short_side / block_side:.0f} px of detail" if block_side > 1 else ""
+        blocks = (
+            f" in {block_side:.1f}-px blocks, {int(short_side / block_side)} px of detail" if block_side > 1 else ""
+        )
         return Finding(
             "low_resolution",
             _severity(short_side / block_side, MIN_SHORT_SIDE, EXTREME_SHORT_SIDE),

@@ -82,36 +82,44 @@ def test_jpeg_quality_is_read_back_from_the_decoded_pixels(name: str) -> None:
 
 
 def test_jpeg_quality_is_100_without_a_quantisation_lattice() -> None:
-    """Never compressed, or compressed and then resized, blurred or noised (sigma 12): no lattice, 100. Flat fills, ramps
-    and pixel blocks (DCT coefficients of one value or none) are not taken for one."""
+    """Never compressed, or compressed and then resized, blurred or noised (sigma 12): no lattice, 100. Drawings
+    whose blocks repeat a few coefficient values (graph paper, a tiled pattern, two-colour pixel art) and ramps
+    are not taken for one."""
     clean = photo("astronaut")
     compressed = Image.open(io.BytesIO(jpeg_bytes(clean, 30))).convert("RGB")
-    noisy = np.clip(
-        np.asarray(compressed, dtype=np.float32) + np.random.default_rng(4).normal(0, 12, (512, 512, 3)), 0, 255
-    )
+    noise = np.random.default_rng(4).normal(0, 12, (512, 512, 3))
+    noisy = np.clip(np.asarray(compressed, dtype=np.float32) + noise, 0, 255)
+    rows, cols = np.mgrid[0:512, 0:512]
+    graph_paper = np.where((rows % 16 == 0) | (cols % 16 == 0), 90, 250).astype(np.uint8)
+    tile = np.random.default_rng(8).integers(0, 256, (16, 16)).astype(np.uint8)
+    sprite = np.random.default_rng(9).choice(np.array([60, 90], dtype=np.uint8), (128, 128))
     cases = {
         "png": clean,
         "resized": compressed.resize((500, 500), Image.Resampling.BICUBIC),
         "blurred": compressed.filter(ImageFilter.GaussianBlur(1)),
         "noised": Image.fromarray(noisy.round().astype(np.uint8)),
         "flat fills": _flat_fills(),
-        "pixel blocks": _nearest_upscale(clean, 8),
+        "graph paper": Image.fromarray(graph_paper),
+        "tiles": Image.fromarray(np.tile(tile, (32, 32))),
+        "two-colour pixel art x4": Image.fromarray(sprite).resize((512, 512), Image.Resampling.NEAREST),
     }
     for case, image in cases.items():
         assert Measurements(image).jpeg_quality == 100.0, case
+    assert jpeg_quality(np.tile(tile, (32, 32)).astype(np.float32)) == 100.0
     assert jpeg_quality(_ramp()) == 100.0
 
 
-def _flat_fills() -> Image.Image:
-    """A flat-fill drawing: overlapping rectangles and ellipses of solid colour on white."""
-    image = Image.new("RGB", (512, 512), "white")
+def _flat_fills(shapes: int = 40, seed: int = 5, ellipses: bool = True) -> Image.Image:
+    """A flat-fill drawing: overlapping rectangles (and ellipses) of solid colour on white."""
+    image = Image.new("RGB", (800, 600), "white")
     draw = ImageDraw.Draw(image)
-    rng = np.random.default_rng(5)
-    for _ in range(40):
-        x, y = (int(v) for v in rng.integers(0, 470, 2))
-        side = int(rng.integers(10, 200))
+    rng = np.random.default_rng(seed)
+    for _ in range(shapes):
+        x, y = int(rng.integers(0, 700)), int(rng.integers(0, 500))
+        width, height = (int(v) for v in rng.integers(20, 300, 2))
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)((x, y, x + side, y + side), fill=colour)
+        shape = draw.ellipse if ellipses and rng.random() < 0.5 else draw.rectangle
+        shape((x, y, x + width, y + height), fill=colour)
     return image
 
 
@@ -142,13 +150,19 @@ def test_pixelated_image_is_measured_on_its_own_pixels() -> None:
 
 
 def test_block_side_is_1_for_photographs_drawings_and_flat_skies() -> None:
-    """Photographs, a flat-fill drawing (long runs of equal lines, but single ones too), a sky graded only top to
-    bottom over textured ground, stripes (too few runs) and a bicubic upscale are not pixel blocks."""
+    """Photographs, flat-fill drawings (rectangles only too: long runs of equal lines, but irregular ones), a bar
+    chart, a sky graded only top to bottom over textured ground, stripes (too few runs) and a bicubic
+    upscale are not pixel blocks."""
     sky = np.broadcast_to(np.linspace(200, 120, 384)[:, None], (384, 512)).copy()
     sky[192:] = np.random.default_rng(6).normal(90, 15, (192, 512))
     stripes = np.repeat(np.array([0, 128, 255] * 3, dtype=np.uint8), 57)[:, None].repeat(512, axis=1)
+    bars = np.full((480, 640), 255, dtype=np.uint8)
+    for index, height in enumerate(np.random.default_rng(10).integers(40, 440, 20)):
+        bars[480 - height :, 20 + index * 30 : 40 + index * 30] = 40 + 9 * index
     images = {name: photo(name) for name in ("astronaut", "camera", "brick", "grass")} | {
         "flat fills": _flat_fills(),
+        **{f"rectangles {seed}": _flat_fills(20, seed, ellipses=False) for seed in range(5)},
+        "bar chart": Image.fromarray(bars),
         "sky": Image.fromarray(np.clip(sky, 0, 255).astype(np.uint8)),
         "stripes": Image.fromarray(stripes),
         "bicubic x4": photo("chelsea").resize((113, 75)).resize((451, 300), Image.Resampling.BICUBIC),

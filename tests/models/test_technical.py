@@ -202,6 +202,8 @@ def _pixelated_at(factor: int) -> Callable[[Image.Image], Image.Image]:
 
 
 LADDERS: dict[str, list[Callable[[Image.Image], Image.Image]]] = {
+    # Down to quality 12: below it a smooth photograph (retina) keeps too few coefficients for the JPEG quality
+    # estimate, and the block-step ratio, which scores it then, is already at its floor (BENCHMARKS.md).
     "jpeg": [_jpeg_at(quality) for quality in (90, 70, 45, 25, 12)],
     "noise": [_noise_at(sigma) for sigma in (3, 6, 10, 15, 22, 35)],
     "pixelation": [_pixelated_at(factor) for factor in (2, 3, 4, 6, 8)],
