@@ -661,7 +661,15 @@ COMPOSE_TEXT = (Path(__file__).resolve().parent.parent / "docker-compose.yml").r
 COMPOSE_SERVICES = yaml.safe_load(COMPOSE_TEXT)["services"]
 COMPOSE_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
 # A `.env` setting every interpolated variable, to catch services that spell the same secret differently.
-COMPOSE_DOTENV = {name: f"x{name.lower()}" for name in set(re.findall(r"\$\{(\w+)", COMPOSE_TEXT))}
+COMPOSE_DOTENV = {name: f"x{name.lower()}" for name in set(re.findall(r"\$\{(\w+)", COMPOSE_TEXT))} | {
+    "AESQ_POOLS": json.dumps({"xaesq_gpu_pool": {"scorers": ["technical"], "device": "cuda"}})
+}
+# The documented GPU setup (deploy/compose-gpu.env, appended to `.env`): KEY=VALUE lines, values literal.
+COMPOSE_GPU_DOTENV = dict(
+    line.split("=", 1)
+    for line in (Path(__file__).resolve().parent.parent / "deploy" / "compose-gpu.env").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+)
 
 
 def resolve_compose(value: object, dotenv: dict[str, str]) -> str:

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from aesq.core.config import Settings
-from tests.helpers import COMPOSE_DOTENV, COMPOSE_SERVICES, compose_env
+from tests.helpers import COMPOSE_DOTENV, COMPOSE_GPU_DOTENV, COMPOSE_SERVICES, compose_env, resolve_compose
 
 ROOT = Path(__file__).resolve().parent.parent
 AESQ_SERVICES = ("aesq-migrate", "aesq-worker", "aesq-dashboard")
@@ -149,3 +149,50 @@ def test_dashboard_serves_beyond_loopback_only_with_a_token(dotenv: dict[str, st
     assert COMPOSE_SERVICES["aesq-dashboard"]["command"].split()[:3] == ["serve", "--host", "0.0.0.0"]
     token = Settings(api_token=dashboard["AESQ_API_TOKEN"]).api_token
     assert (token is None) == (dotenv == {})
+
+
+GPU_SERVICES = [name for name, service in COMPOSE_SERVICES.items() if "gpu" in service.get("profiles", [])]
+
+
+def test_cpu_stack_is_the_default() -> None:
+    """Without a profile nothing reserves a GPU, and the flows worker runs every model itself (no pools)."""
+    assert GPU_SERVICES, "the gpu profile has its workers"
+    for name, service in COMPOSE_SERVICES.items():
+        if not service.get("profiles"):
+            assert "deploy" not in service, name
+    assert compose_env("aesq-worker", {})["AESQ_POOLS"] == ""
+    assert Settings(pools=compose_env("aesq-worker", {})["AESQ_POOLS"]).pools == {}
+
+
+@pytest.mark.parametrize("dotenv", [COMPOSE_GPU_DOTENV, COMPOSE_DOTENV], ids=["documented", "dotenv"])
+def test_gpu_profile_wires_one_pool_worker_per_gpu(dotenv: dict[str, str]) -> None:
+    """Each `gpu` service serves a pool the flows worker hands batches to, on the one GPU it reserves, with the
+    CUDA build of torch, the shared environment plus read-only weights, and the flows worker's dependencies."""
+    pools = Settings(pools=compose_env("aesq-worker", dotenv)["AESQ_POOLS"]).pools
+    devices = []
+    for name in GPU_SERVICES:
+        service = COMPOSE_SERVICES[name]
+        (reservation,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert (reservation["driver"], reservation["capabilities"]) == ("nvidia", ["gpu"])
+        (device,) = reservation["device_ids"]
+        devices.append(device)
+        command = resolve_compose(service["command"], dotenv).split()
+        assert command[:2] == ["worker", "--pool"] and command[2] in pools, (name, command, pools)
+        assert command[3:] == ["--device", f"cuda:{device}", "--name", name]
+        index = resolve_compose(service["build"]["args"]["PIP_EXTRA_INDEX_URL"], dotenv)
+        assert service["build"]["context"] == "." and index.startswith("https://download.pytorch.org/whl/")
+        assert index != "https://download.pytorch.org/whl/cpu"
+        environment = compose_env(name, dotenv)
+        assert environment.pop("AESQ_WEIGHTS_DIR") == "/weights"
+        assert environment == compose_env("aesq-worker", dotenv)
+        volumes = [resolve_compose(volume, dotenv) for volume in service["volumes"]]
+        assert "aesq-data:/data" in volumes and any(volume.endswith(":/weights:ro") for volume in volumes)
+        assert service["depends_on"] == COMPOSE_SERVICES["aesq-worker"]["depends_on"]
+    assert len(set(devices)) == len(devices), "one worker per GPU"
+    assert COMPOSE_GPU_DOTENV["COMPOSE_PROFILES"] == "gpu"
+
+
+def test_dockerfile_selects_the_torch_build_by_a_build_argument() -> None:
+    """CPU wheels unless the build argument names a CUDA index, as the gpu services do."""
+    arguments = re.findall(r"^ARG (\w+)=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert ("PIP_EXTRA_INDEX_URL", "https://download.pytorch.org/whl/cpu") in arguments

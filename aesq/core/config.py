@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(
         default=60, ge=0, description="Wait before the second try of such an image; doubled for each further try."
     )
-    pools: dict[str, ScoringPool] = Field(
+    pools: Annotated[dict[str, ScoringPool], NoDecode] = Field(
         default_factory=dict,
         description="Scoring pools; when any is set, flows hand score batches to the pools' workers "
         "(`aesq worker --pool NAME`) instead of scoring in-process, and `scorers`/`embedders` are unused.",
@@ -219,6 +219,14 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         """An empty token (e.g. an unset compose variable) means no token, never an empty password."""
         return None if value == "" else value
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _pools_from_json(cls, value: object) -> object:
+        """A JSON object in the environment; empty (e.g. an unset compose variable) means no pools."""
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
 
     @field_validator(
         "sources",

@@ -143,6 +143,12 @@ def test_a_pool_worker_and_a_run_with_its_own_scorers_see_only_their_models(monk
     assert settings.enabled_scorers == ["laion-aesthetic-v2"]  # the settings themselves are left as they were
 
 
+def test_an_empty_pools_variable_means_no_pools(monkeypatch):
+    """The compose stack passes AESQ_POOLS through, empty unless the gpu setup sets it."""
+    monkeypatch.setenv("AESQ_POOLS", "")
+    assert Settings().pools == {}
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -158,6 +164,12 @@ def test_a_pool_worker_and_a_run_with_its_own_scorers_see_only_their_models(monk
             "{bad",
             "AESQ_THRESHOLDS is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
             '(char 1)): expected an object of scorer → number, e.g. {"technical": 5}',
+        ),
+        (
+            "AESQ_POOLS",
+            '{"gpu": ',
+            "AESQ_POOLS is not valid JSON (Expecting value: line 1 column 9 (char 8)): expected an object of pool → "
+            'models and device, e.g. {"gpu0": {"scorers": ["ernie-aes"], "device": "cuda:0"}}',
         ),
         (
             "AESQ_SCORERS",
