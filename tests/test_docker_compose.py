@@ -139,7 +139,7 @@ def test_dockerfile_installs_aesq() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "aesq" in scripts
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".venv/", ".git/", ".env", "aesq.toml"} <= set(ignored)
+    assert {".venv/", ".git/", ".env", "aesq.toml", "weights/"} <= set(ignored)
 
 
 def test_dashboard_serves_beyond_loopback_only_with_a_token(dotenv: dict[str, str]) -> None:
