@@ -121,10 +121,15 @@ def test_migration_0008_moves_critiques_out_of_defects_and_back(empty_database_u
     assert list(json.loads(rows[1].detail)["aspects"]) == ["Overall Gestalt", "Composition"]
 
 
-def test_migration_0010_has_every_low_scorer_analysed_again(empty_database_url):
-    """Findings of the detectors before they shared the scorer's measurements are redone, not mixed in."""
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("0009", "0010"), ("0016", "0017")],
+    ids=["detectors on shared measurements", "technical version-2 measurements"],
+)
+def test_a_detector_change_has_every_low_scorer_analysed_again(empty_database_url, before, after):
+    """Findings of the detectors before their measurements changed are redone, not mixed in with new ones."""
     settings = Settings(database_url=empty_database_url)
-    database.upgrade("0009", settings=settings)
+    database.upgrade(before, settings=settings)
     with database.engine(empty_database_url).begin() as connection:
         connection.execute(
             sa.text(
@@ -132,27 +137,10 @@ def test_migration_0010_has_every_low_scorer_analysed_again(empty_database_url):
                 " ('s3', 'b', 'analysed', 'aa', 1, 'generated', now()), ('s3', 'b', 'not', 'bb', 1, 'generated', NULL)"
             )
         )
-    database.upgrade("head", settings=settings)
+    database.upgrade(after, settings=settings)
     with database.engine(empty_database_url).connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM assets WHERE analysed_at IS NULL")).scalar() == 2
-    database.downgrade("0009", settings=settings)
-
-
-def test_migration_0017_has_every_low_scorer_analysed_again(empty_database_url):
-    """Findings of the detectors before the version-2 measurements are redone, not mixed in with new ones."""
-    settings = Settings(database_url=empty_database_url)
-    database.upgrade("0016", settings=settings)
-    with database.engine(empty_database_url).begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO assets (storage, bucket, key, sha256, size_bytes, source_kind, analysed_at) VALUES"
-                " ('s3', 'b', 'analysed', 'aa', 1, 'generated', now()), ('s3', 'b', 'not', 'bb', 1, 'generated', NULL)"
-            )
-        )
-    database.upgrade("0017", settings=settings)
-    with database.engine(empty_database_url).connect() as connection:
-        assert connection.execute(sa.text("SELECT count(*) FROM assets WHERE analysed_at IS NULL")).scalar() == 2
-    database.downgrade("0016", settings=settings)
+    database.downgrade(before, settings=settings)
 
 
 def test_non_postgres_url_is_refused():
