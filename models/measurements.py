@@ -56,7 +56,7 @@ BLOCK_AXES_AGREEMENT = 0.1
 # JPEG quality estimate. JPEG divides each 8x8 block's DCT coefficients by a step and rounds, so a decoded JPEG's
 # coefficients sit on multiples of that step; the steps are the IJG standard luminance table (ITU-T T.81,
 # Annex K) scaled by the quality setting. Read at the lowest AC frequencies, where coefficients are plentiful.
-_STANDARD_LUMA_STEPS = {(0, 1): 11, (1, 0): 12, (1, 1): 12, (0, 2): 10, (2, 0): 14, (1, 2): 13, (2, 1): 13}
+_STANDARD_LUMA_STEPS = {(0, 1): 11, (1, 0): 12, (1, 1): 12, (0, 2): 10, (2, 0): 14, (1, 2): 14, (2, 1): 13}
 _DCT = scipy.fft.dct(np.eye(JPEG_BLOCK), axis=0, norm="ortho")
 _DCT_BASIS = np.stack([np.outer(_DCT[u], _DCT[v]).ravel() for u, v in _STANDARD_LUMA_STEPS], axis=1)
 _STEPS = np.arange(3, 256)  # candidate quantisation steps
