@@ -7,12 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import plotly
+import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from aesq.core import database
 from aesq.web import api, errors, pages, security
+from aesq.web.deps import SettingsDep
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FAVICON = Path(__file__).parent / "static" / "favicon.svg"
@@ -35,6 +38,17 @@ def create_app() -> FastAPI:
     def favicon() -> Response:
         """The dashboard's icon, also for pages that link none (a saved report) and browsers that ask this path."""
         return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=604800"})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(settings: SettingsDep) -> Response:
+        """For load balancers and Kubernetes probes, which send no token: 200 while the database answers a query,
+        503 when it does not (saying only that)."""
+        try:
+            with database.connect(settings) as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except (database.DatabaseError, sa.exc.SQLAlchemyError):
+            return JSONResponse({"status": "database unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     security.install(app, PLOTLY_JS)
     errors.install(app)

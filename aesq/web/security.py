@@ -38,7 +38,7 @@ SESSION_LABEL = b"aesq dashboard session"
 FAILED_LOGIN_WINDOW_SECONDS = 60.0
 LOGIN_BODY_LIMIT = 4096
 # Paths anyone may read: the login form and the files it needs, all shipped with aesq.
-PUBLIC_PATHS = ("/login", "/favicon.ico")
+PUBLIC_PATHS = ("/login", "/favicon.ico", "/healthz")
 PUBLIC_PREFIXES = ("/static/",)
 # The inline styles plotly.js inserts itself: its rule sheet, created empty (rules then go through the CSSOM, which
 # CSP does not govern), and the stylesheet its bundled maplibre adds as text when it loads.

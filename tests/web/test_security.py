@@ -144,6 +144,19 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_token_compared_as_utf8(gu
     assert httpx.get(f"{guarded}/api/versions", headers={"Authorization": header}).status_code == 200
 
 
+def test_the_health_check_needs_no_token_and_says_only_whether_the_database_answers(guarded, monkeypatch):
+    """Probes send no token: /healthz answers them, 200 while the database answers, 503 when it is gone, naming
+    neither its address nor its password; the Host allow-list still applies."""
+    answer = httpx.get(f"{guarded}/healthz")
+    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+    assert httpx.get(f"{guarded}/healthz", headers={"Host": "evil.example"}).status_code == 400
+    monkeypatch.setenv("AESQ_DATABASE_URL", f"postgresql+psycopg://aesq:hunter2@127.0.0.1:{free_port()}/aesq")
+    get_settings.cache_clear()
+    gone = httpx.get(f"{guarded}/healthz", timeout=30)
+    assert (gone.status_code, gone.json()) == (503, {"status": "database unreachable"})
+    assert "hunter2" not in gone.text and "127.0.0.1" not in gone.text
+
+
 def test_a_wrong_or_missing_token_is_a_one_line_401(guarded):
     for authorization in ("Bearer wrong", "Basic " + TOKEN.encode().hex(), ""):
         answer = httpx.get(f"{guarded}/api/versions", headers={"Authorization": authorization} if authorization else {})
