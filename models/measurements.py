@@ -77,15 +77,15 @@ def _second_difference(luma: np.ndarray, axis: int) -> np.ndarray:
     return luma[:, :-2] - 2 * luma[:, 1:-1] + luma[:, 2:]
 
 
-def _immerkaer_sigma(response: np.ndarray) -> float:
-    """Immerkaer's (1996) noise sigma from absolute responses of his operator."""
-    return math.sqrt(math.pi / 2) * float(response.mean()) / 6.0
-
-
 def _immerkaer_response(luma: np.ndarray) -> np.ndarray:
     """Absolute response of Immerkaer's noise operator (blind to linear ramps), on the pixels with all 8
     neighbours; his kernel is the outer product of two second differences, so it is applied axis by axis."""
     return np.abs(_second_difference(_second_difference(luma, 0), 1))
+
+
+def _laplacian(luma: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian on the pixels with all 4 neighbours (same shape as `_immerkaer_response`)."""
+    return _second_difference(luma, 0)[:, 1:-1] + _second_difference(luma, 1)[1:-1, :]
 
 
 def noise_sigma(luma: np.ndarray) -> float:
@@ -95,7 +95,7 @@ def noise_sigma(luma: np.ndarray) -> float:
         return 0.0
     gradient = np.abs(luma[2:, 1:-1] - luma[:-2, 1:-1]) + np.abs(luma[1:-1, 2:] - luma[1:-1, :-2])
     calm = gradient <= np.median(gradient[::2, ::2])  # every fourth pixel places the median
-    return _immerkaer_sigma(_immerkaer_response(luma)[calm])
+    return math.sqrt(math.pi / 2) * float(_immerkaer_response(luma)[calm].mean()) / 6.0  # Immerkaer (1996)
 
 
 def sharpness(luma: np.ndarray, grain_ratio: float = WHITE_GRAIN_RATIO) -> float:
@@ -105,8 +105,9 @@ def sharpness(luma: np.ndarray, grain_ratio: float = WHITE_GRAIN_RATIO) -> float
     squared taps) for white grain, more when resampling has made neighbouring pixels' grain alike."""
     if min(luma.shape) < 3:
         return 0.0
-    lap = _second_difference(luma, 0)[:, 1:-1] + _second_difference(luma, 1)[1:-1, :]
-    energy = float(np.square(lap).mean()) - grain_ratio * float(np.square(_immerkaer_response(luma)).mean())
+    energy = float(np.square(_laplacian(luma)).mean()) - grain_ratio * float(
+        np.square(_immerkaer_response(luma)).mean()
+    )
     return math.sqrt(max(energy, 0.0))
 
 
@@ -129,8 +130,7 @@ def resampled_grain_ratio(scale: float) -> float:
     side = GRAIN_PATCH_SIDE
     grain = np.random.default_rng(0).normal(0.0, 16.0, (round(side / scale),) * 2).astype(np.float32)
     patch = np.asarray(Image.fromarray(grain).resize((side, side), Image.Resampling.BILINEAR))
-    lap = _second_difference(patch, 0)[:, 1:-1] + _second_difference(patch, 1)[1:-1, :]
-    return float(np.square(lap).mean() / np.square(_immerkaer_response(patch)).mean())
+    return float(np.square(_laplacian(patch)).mean() / np.square(_immerkaer_response(patch)).mean())
 
 
 def blockiness(luma: np.ndarray) -> float:
@@ -194,12 +194,12 @@ def line_runs(luma: np.ndarray, axis: int) -> np.ndarray:
     return np.flatnonzero(np.concatenate(([True], ~same)))
 
 
-def repeat_factor(luma: np.ndarray, axis: int) -> float:
-    """How many times a nearest-neighbour upscale repeated each line along `axis`, 1 when it did not: an upscale
-    by f leaves no run of identical lines shorter than floor(f), and most runs floor(f) or ceil(f) long (longer
-    ones are source lines that were already alike); drawings and photographs have shorter or irregular runs."""
-    starts = line_runs(luma, axis)
-    runs = np.diff(np.append(starts, luma.shape[axis]))[1:-1]  # the crop cuts the first and last run
+def repeat_factor(starts: np.ndarray, length: int) -> float:
+    """How many times a nearest-neighbour upscale repeated each line of an axis of `length` lines whose runs of
+    identical lines begin at `starts` (`line_runs`), 1 when it did not: an upscale by f leaves no run shorter
+    than floor(f), and most runs floor(f) or ceil(f) long (longer ones are source lines that were already
+    alike); drawings and photographs have shorter or irregular runs."""
+    runs = np.diff(np.append(starts, length))[1:-1]  # the crop cuts the first and last run
     if runs.size < MIN_BLOCK_RUNS or runs.min() < 2:
         return 1.0
     factor = float(runs[runs < 2 * runs.min()].mean())
@@ -259,10 +259,16 @@ class Measurements:
         return np.asarray(native_centre(self.image).convert("L"), dtype=np.float32)
 
     @cached_property
+    def _line_starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each run of identical rows, and of identical columns, of the native centre begins."""
+        return line_runs(self.native_luma, 0), line_runs(self.native_luma, 1)
+
+    @cached_property
     def block_side(self) -> float:
         """Side of the pixel blocks a nearest-neighbour upscale left at the native grid (geometric mean of both
         axes' `repeat_factor`; 1 unless both axes repeat lines alike)."""
-        down, across = repeat_factor(self.native_luma, 0), repeat_factor(self.native_luma, 1)
+        (rows, columns), shape = self._line_starts, self.native_luma.shape
+        down, across = repeat_factor(rows, shape[0]), repeat_factor(columns, shape[1])
         if min(down, across) == 1 or abs(down - across) > BLOCK_AXES_AGREEMENT * max(down, across):
             return 1.0
         return math.sqrt(down * across)
@@ -273,7 +279,7 @@ class Measurements:
         pixels, on which noise and JPEG blocks are measured (block edges are neither)."""
         if self.block_side == 1:
             return self.native_luma
-        return self.native_luma[np.ix_(line_runs(self.native_luma, 0), line_runs(self.native_luma, 1))]
+        return self.native_luma[np.ix_(*self._line_starts)]
 
     @cached_property
     def sharpness_lap_std(self) -> float:
