@@ -5,6 +5,7 @@ from prefect import Task, task
 from aesq.analysis import critique, defect_analysis
 from aesq.core.config import Settings
 from aesq.tasks import RETRY
+from aesq.tasks.result_storage import pool_result, result_storage_block
 from aesq.tasks.score import PoolWorker, run_own_result
 
 
@@ -49,25 +50,28 @@ def critique_low_scorers(asset_ids: list[int], settings: Settings) -> int:
     if not settings.pools:
         return critique.critique_assets(asset_ids, settings)
     pool = next(name for name, pool in settings.pools.items() if critic in pool.scorers)
-    return hand_critique_to_pool(asset_ids, pool, settings.pool_wait_seconds)
+    return hand_critique_to_pool(asset_ids, pool, settings.pool_wait_seconds, result_storage_block(settings))
 
 
 @task(name="hand-critique-to-pool")
-def hand_critique_to_pool(asset_ids: list[int], pool: str, wait_seconds: float) -> int:
+def hand_critique_to_pool(asset_ids: list[int], pool: str, wait_seconds: float, result_storage: str | None) -> int:
     """Have pool `pool`'s workers critique a batch, and wait for them; returns how many critiques were written.
 
     A task of its own for the reason `aesq.tasks.score.hand_to_pools` is: what Prefect persists with the pool's task run holds
     ids and names, never the settings.
     """
-    return critique_pool_task(pool).delay(asset_ids).result(timeout=wait_seconds)
+    return pool_result(critique_pool_task(pool, result_storage=result_storage).delay(asset_ids), pool, wait_seconds)
 
 
-def critique_pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[list[int]], int]:
+def critique_pool_task(
+    pool: str, worker: PoolWorker | None = None, result_storage: str | None = None
+) -> Task[[list[int]], int]:
     """The critique task that pool `pool`'s workers serve when the critic is one of its scorers.
 
     Args:
         pool: scoring pool name from the settings.
         worker: the worker serving it (its settings and slot); None when only handing work over.
+        result_storage: slug of the Prefect block the batch's parameters and result are kept in; None: local.
 
     Returns:
         A task keyed by the pool name, so only that pool's workers pick its runs up.
@@ -79,4 +83,10 @@ def critique_pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[lis
         return critique.critique_assets(asset_ids, serving.settings, model_slot=serving.slot)
 
     critique_on_pool.__qualname__ = f"critique_on_pool_{pool}"  # Prefect keys a task by its function's name
-    return task(name=f"critique-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)(critique_on_pool)
+    return task(
+        name=f"critique-{pool}",
+        persist_result=True,
+        result_storage=result_storage,
+        cache_key_fn=run_own_result,
+        **RETRY,
+    )(critique_on_pool)

@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from aesq.core import scoring
 from aesq.core.config import Settings
 from aesq.tasks import RETRY
+from aesq.tasks.result_storage import pool_result, result_storage_block
 
 
 @task(name="claim-assets", **RETRY)
@@ -78,20 +79,23 @@ def score_assets(asset_ids: list[int], settings: Settings) -> scoring.BatchOutco
     if not settings.pools:
         return scoring.score_assets(asset_ids, settings)
     with scoring.keep_claimed(asset_ids, settings):
-        unfinished = hand_to_pools(asset_ids, list(settings.pools), settings.pool_wait_seconds)
+        unfinished = hand_to_pools(
+            asset_ids, list(settings.pools), settings.pool_wait_seconds, result_storage_block(settings)
+        )
     scoring.end_claims(asset_ids, set(unfinished), settings)
     return scoring.batch_outcome(asset_ids, settings, tuple(unfinished))
 
 
 @task(name="hand-to-pools")
-def hand_to_pools(asset_ids: list[int], pools: list[str], wait_seconds: float) -> list[int]:
+def hand_to_pools(asset_ids: list[int], pools: list[str], wait_seconds: float, result_storage: str | None) -> list[int]:
     """Have each pool's workers score a batch, and wait for them; returns the ids they could not finish.
 
     A task of its own, run inside `score_assets`: Prefect persists, with each pool task run, the parameters
     of the task run handing it over, and this one's are ids and names, never the settings (which hold secrets).
+    `result_storage` is the slug of the Prefect block the pools' workers read the batch from (None: local).
     """
-    futures = [pool_task(pool).delay(asset_ids) for pool in pools]
-    return sorted({i for future in futures for i in future.result(timeout=wait_seconds).unfinished})
+    futures = {pool: pool_task(pool, result_storage=result_storage).delay(asset_ids) for pool in pools}
+    return sorted({i for pool, future in futures.items() for i in pool_result(future, pool, wait_seconds).unfinished})
 
 
 def gpu_slot_name(worker: str) -> str:
@@ -128,13 +132,17 @@ class PoolWorker:
         return worker
 
 
-def pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[list[int]], scoring.BatchOutcome]:
+def pool_task(
+    pool: str, worker: PoolWorker | None = None, result_storage: str | None = None
+) -> Task[[list[int]], scoring.BatchOutcome]:
     """The task that pool `pool`'s workers serve and flows hand batches to.
 
     Args:
         pool: scoring pool name from the settings.
         worker: the worker serving it, whose settings and slot the models run with; None when the task is
             only being handed batches.
+        result_storage: slug of the Prefect block both sides keep the batch's parameters and result in
+            (`aesq.tasks.result_storage`); None: Prefect's local storage.
 
     Returns:
         A task keyed by the pool name, so only that pool's workers pick its runs up.
@@ -147,4 +155,10 @@ def pool_task(pool: str, worker: PoolWorker | None = None) -> Task[[list[int]], 
 
     # Prefect keys a task by its function's name and code: the pool in the name keeps pools apart.
     score_on_pool.__qualname__ = f"score_on_pool_{pool}"
-    return task(name=f"score-assets-{pool}", persist_result=True, cache_key_fn=run_own_result, **RETRY)(score_on_pool)
+    return task(
+        name=f"score-assets-{pool}",
+        persist_result=True,
+        result_storage=result_storage,
+        cache_key_fn=run_own_result,
+        **RETRY,
+    )(score_on_pool)

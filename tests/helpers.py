@@ -662,7 +662,8 @@ COMPOSE_SERVICES = yaml.safe_load(COMPOSE_TEXT)["services"]
 COMPOSE_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
 # A `.env` setting every interpolated variable, to catch services that spell the same secret differently.
 COMPOSE_DOTENV = {name: f"x{name.lower()}" for name in set(re.findall(r"\$\{(\w+)", COMPOSE_TEXT))} | {
-    "AESQ_POOLS": json.dumps({"xaesq_gpu_pool": {"scorers": ["technical"], "device": "cuda"}})
+    "AESQ_POOLS": json.dumps({"xaesq_gpu_pool": {"scorers": ["technical"], "device": "cuda"}}),
+    "AESQ_RESULT_STORAGE": "s3://xaesq-results/prefect",
 }
 # The documented GPU setup (deploy/compose-gpu.env, appended to `.env`): KEY=VALUE lines, values literal.
 COMPOSE_GPU_DOTENV = dict(

@@ -192,6 +192,14 @@ def test_gpu_profile_wires_one_pool_worker_per_gpu(dotenv: dict[str, str]) -> No
     assert COMPOSE_GPU_DOTENV["COMPOSE_PROFILES"] == "gpu"
 
 
+def test_pool_workers_and_the_flows_worker_share_a_result_storage_minio_init_creates() -> None:
+    """The containers share no Prefect home: what the flows worker hands a pool worker goes through a bucket."""
+    location = Settings(result_storage=compose_env("aesq-worker", {})["AESQ_RESULT_STORAGE"]).result_storage
+    assert location is not None and location.startswith("s3://")
+    made = re.findall(r"local/([\w.-]+)", resolve_compose(COMPOSE_SERVICES["minio-init"]["command"], {}))
+    assert location.removeprefix("s3://").partition("/")[0] in made
+
+
 def test_dockerfile_selects_the_torch_build_by_a_build_argument() -> None:
     """CPU wheels unless the build argument names a CUDA index, as the gpu services do."""
     arguments = re.findall(r"^ARG (\w+)=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)

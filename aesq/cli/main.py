@@ -361,9 +361,12 @@ def run(
     from aesq.core.pipeline_status import source_progress
     from aesq.core.scoring import check_device
     from aesq.core.storage import check_source
+    from aesq.tasks.result_storage import check_result_storage
 
     check_device(get_settings())  # configuration and an unreachable source are said before any start-up
     checked = check_source(source, get_settings())
+    if get_settings().pools:
+        check_result_storage(get_settings())
     settings = _ready_settings()
     _run_and_summarise(settings, checked.uri, verbose)
     if not source_progress(settings, checked.storage, checked.bucket, checked.prefix)[1]:
@@ -760,19 +763,25 @@ def worker(
     device: Annotated[str | None, typer.Option(help="torch device of this pool worker, e.g. cuda:1.")] = None,
     name: Annotated[str | None, typer.Option(help="Pool worker name, unique per GPU (default host-device).")] = None,
     prefetch: Annotated[int, typer.Option(min=1, help="Batches a pool worker prepares at once.")] = 2,
+    status_port: Annotated[
+        int | None,
+        typer.Option(help="Pool worker: answer GET /status on 127.0.0.1:PORT once its models are loaded (probes)."),
+    ] = None,
 ) -> None:
     """Serve the chain (ingest each of AESQ_SOURCES on an interval → score → aggregate and analyse
     defects; the nightly report), or (--pool) score batches for one scoring pool with its models loaded once."""
     from aesq.core.scoring import check_device
+    from aesq.tasks.result_storage import check_result_storage
 
     settings = _ready_settings()
     if pool is not None:
         from aesq.servers.scoring_pool import serve_scoring_pool
 
         check_device(settings.for_pool(pool, device), "--device" if device else f"AESQ_POOLS.{pool}.device")
+        check_result_storage(settings)
         worker_name = name or f"{socket.gethostname()}-{settings.for_pool(pool, device).device}"
         with _prefect_client_retries(), _prefect_api():
-            serve_scoring_pool(settings, pool, worker_name, device, prefetch)
+            serve_scoring_pool(settings, pool, worker_name, device, prefetch, status_port)
         return
     from prefect import serve
 
@@ -781,6 +790,8 @@ def worker(
     if not settings.sources:
         raise CliError("no sources configured: set AESQ_SOURCES (e.g. s3://images/)")
     check_device(settings)
+    if settings.pools:
+        check_result_storage(settings)
     with _prefect_client_retries(), _prefect_api():
         serve(*deployments(settings))
 

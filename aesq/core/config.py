@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         description="Scoring pools; when any is set, flows hand score batches to the pools' workers "
         "(`aesq worker --pool NAME`) instead of scoring in-process, and `scorers`/`embedders` are unused.",
     )
+    result_storage: str | None = Field(
+        default=None,
+        description="s3://bucket/folder (on the AESQ_S3_* object store) or a shared absolute folder where Prefect "
+        "keeps what flows hand to the scoring pools (each batch's ids, the workers' results); needed when pool "
+        "workers run on other hosts or in other containers than the flows. Unset: Prefect's local storage.",
+    )
     api_token: SecretStr | None = Field(
         default=None,
         description="Token `aesq serve` requires (bearer header, or the session cookie of the /login form); needed "
@@ -219,6 +225,16 @@ class Settings(BaseSettings):
     def _empty_token_is_none(cls, value: object) -> object:
         """An empty token (e.g. an unset compose variable) means no token, never an empty password."""
         return None if value == "" else value
+
+    @field_validator("result_storage", mode="before")
+    @classmethod
+    def _result_storage_location(cls, value: object) -> object:
+        """An S3 location or an absolute folder, which every host names alike; empty means none."""
+        if value == "":
+            return None
+        if isinstance(value, str) and not (value.startswith("s3://") or Path(value).is_absolute()):
+            raise ValueError("must be s3://bucket/folder or an absolute folder path shared by every host")
+        return value
 
     @field_validator("pools", mode="before")
     @classmethod

@@ -205,7 +205,7 @@ class S3Source(Source):
             if error.code == "NoSuchBucket":
                 raise SourceError(
                     f"s3://{self.bucket}/: no such bucket {self.bucket!r} at {self.endpoint} (AESQ_S3_ENDPOINT): "
-                    "create it, or check the source"
+                    "create it, or fix the name"
                 ) from error
             if error.code in denied:
                 raise CredentialsRefused(

@@ -12,17 +12,24 @@ from aesq.analysis import critique
 from aesq.core import scoring
 from aesq.core.config import Settings
 from aesq.tasks.defects import critique_pool_task
+from aesq.tasks.result_storage import result_storage_block
 from aesq.tasks.score import PoolWorker, gpu_slot_name, pool_task
 
 
 def serve_scoring_pool(
-    settings: Settings, pool: str, worker: str, device: str | None = None, prefetch: int = 2
+    settings: Settings,
+    pool: str,
+    worker: str,
+    device: str | None = None,
+    prefetch: int = 2,
+    status_port: int | None = None,
 ) -> None:
     """Load pool `pool`'s models once, claim one scoring slot for `worker`, then score (and, when its VLM is the
     critic, critique) batches until stopped, with the settings read at start-up.
 
     Up to `prefetch` batches are in progress at once: one holds the slot and runs the models while
-    the others are fetched, decoded and preprocessed.
+    the others are fetched, decoded and preprocessed. With `status_port`, Prefect's task worker answers
+    GET /status on 127.0.0.1 from then on (models loaded, serving; `stopping` once it is told to end).
     """
     logging.getLogger("aesq").setLevel(logging.INFO)  # model loads and the slot show in the worker's log
     serving = PoolWorker(settings.for_pool(pool, device), worker)
@@ -30,7 +37,8 @@ def serve_scoring_pool(
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(gpu_slot_name(worker), limit=1)
     logging.getLogger("aesq").info("worker %s serving pool %s with slot %s", worker, pool, gpu_slot_name(worker))
-    tasks: list[Task[[list[int]], Any]] = [pool_task(pool, serving)]
+    result_storage = result_storage_block(settings)
+    tasks: list[Task[[list[int]], Any]] = [pool_task(pool, serving, result_storage)]
     if critique.critic_name(settings) in serving.settings.scorers:
-        tasks.append(critique_pool_task(pool, serving))
-    serve(*tasks, limit=prefetch)
+        tasks.append(critique_pool_task(pool, serving, result_storage))
+    serve(*tasks, limit=prefetch, status_server_port=status_port)

@@ -62,7 +62,7 @@ def test_a_missing_bucket_names_the_bucket_the_source_and_the_endpoint(settings)
     error, _ = _aesq("run", f"s3://{name}/images/")
     assert error == (
         f"s3://{name}/: no such bucket {name!r} at {settings.s3_endpoint} (AESQ_S3_ENDPOINT): "
-        "create it, or check the source"
+        "create it, or fix the name"
     )
 
 

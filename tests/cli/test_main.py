@@ -307,7 +307,7 @@ def test_a_run_that_fails_says_why_in_one_line(settings):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "aesq: error: s3://no-such-bucket-here/: no such bucket 'no-such-bucket-here' at "
-        f"{settings.s3_endpoint} (AESQ_S3_ENDPOINT): create it, or check the source"
+        f"{settings.s3_endpoint} (AESQ_S3_ENDPOINT): create it, or fix the name"
     ], result.stderr
 
 

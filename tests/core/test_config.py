@@ -143,10 +143,11 @@ def test_a_pool_worker_and_a_run_with_its_own_scorers_see_only_their_models(monk
     assert settings.enabled_scorers == ["laion-aesthetic-v2"]  # the settings themselves are left as they were
 
 
-def test_an_empty_pools_variable_means_no_pools(monkeypatch):
-    """The compose stack passes AESQ_POOLS through, empty unless the gpu setup sets it."""
+def test_empty_pools_and_result_storage_variables_mean_none(monkeypatch):
+    """The compose stack passes AESQ_POOLS and AESQ_RESULT_STORAGE through, empty unless the gpu setup sets them."""
     monkeypatch.setenv("AESQ_POOLS", "")
-    assert Settings().pools == {}
+    monkeypatch.setenv("AESQ_RESULT_STORAGE", "")
+    assert (Settings().pools, Settings().result_storage) == ({}, None)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +171,11 @@ def test_an_empty_pools_variable_means_no_pools(monkeypatch):
             '{"gpu": ',
             "AESQ_POOLS is not valid JSON (Expecting value: line 1 column 9 (char 8)): expected an object of pool → "
             'models and device, e.g. {"gpu0": {"scorers": ["ernie-aes"], "device": "cuda:0"}}',
+        ),
+        (
+            "AESQ_RESULT_STORAGE",
+            "results/prefect",
+            "AESQ_RESULT_STORAGE: must be s3://bucket/folder or an absolute folder path shared by every host",
         ),
         (
             "AESQ_SCORERS",

@@ -123,7 +123,7 @@ def test_a_missing_bucket_is_found_by_the_check_and_is_configuration(settings):
         check_source(f"s3://{name}/images/", settings)
     assert isinstance(raised.value, ConfigurationError)
     assert str(raised.value) == (
-        f"s3://{name}/: no such bucket {name!r} at {settings.s3_endpoint} (AESQ_S3_ENDPOINT): create it, or check the source"
+        f"s3://{name}/: no such bucket {name!r} at {settings.s3_endpoint} (AESQ_S3_ENDPOINT): create it, or fix the name"
     )
 
 

@@ -1,0 +1,159 @@
+"""Scoring pools across "hosts": a flow and two pool workers as processes that share nothing but Postgres, the S3
+server and the Prefect server (each its own home, Prefect home and data folder), handing batches over through
+AESQ_RESULT_STORAGE on S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.settings import PREFECT_API_URL
+
+from aesq.core.database import get_engine
+from aesq.tasks.score import gpu_slot_name
+from tests.helpers import AESQ, jpeg_bytes, noise_image, put
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+IMAGES = 16
+WORKERS = ("host-a", "host-b")
+
+
+def host_environment(home: Path, result_storage: str) -> dict[str, str]:
+    """The environment of one host: the test's AESQ_* settings, its own home, Prefect home and data folder, the
+    shared Prefect API, and no other Prefect setting of this process (its local storage path least of all)."""
+    home.mkdir(parents=True)
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_")}
+    return environment | {
+        "HOME": str(home),
+        "PREFECT_HOME": str(home / ".prefect"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "AESQ_DATA_DIR": str(home / "data"),
+        "AESQ_POOLS": json.dumps({"gpu": {"scorers": ["technical"], "device": "cpu"}}),
+        "AESQ_RESULT_STORAGE": result_storage,
+        "AESQ_BATCH_SIZE": "2",
+        "AESQ_POOL_WAIT_SECONDS": "120",
+    }
+
+
+def wait_for_slot(name: str, worker: subprocess.Popen, log: Path) -> None:
+    """Block until the worker has loaded its models and claimed its slot (the last step before serving)."""
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise AssertionError(f"worker exited early: {log.read_text()}")
+            if any(limit.name == name for limit in client.read_global_concurrency_limits()):
+                time.sleep(2)  # subscribing to its task runs follows the slot at once
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"worker did not start: {log.read_text()}")
+
+
+@pytest.fixture
+def results_bucket(s3_client) -> str:
+    """A bucket of its own for Prefect's handed-over parameters and results."""
+    name = f"results-{uuid.uuid4().hex[:10]}"
+    s3_client.make_bucket(name)
+    return name
+
+
+@pytest.fixture
+def hosts(settings, results_bucket, tmp_path) -> Iterator[dict[str, tuple[dict[str, str], subprocess.Popen]]]:
+    """Two pool workers of pool `gpu`, each on its own "host"; yields the environment and process of each."""
+    started = {}
+    for name in WORKERS:
+        environment = host_environment(tmp_path / name, f"s3://{results_bucket}/prefect")
+        log = tmp_path / f"{name}.log"
+        command = [AESQ, "worker", "--pool", "gpu", "--name", name, "--prefetch", "1"]
+        with log.open("w") as output:
+            process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+        started[name] = (environment, process)
+    try:
+        for name, (_, process) in started.items():
+            wait_for_slot(gpu_slot_name(name), process, tmp_path / f"{name}.log")
+        yield started
+    finally:
+        for _, process in started.values():
+            process.terminate()
+            process.wait(30)
+
+
+def test_flow_and_two_pool_workers_on_separate_hosts_score_every_batch_once(
+    settings, hosts, s3_client, bucket, results_bucket, tmp_path
+):
+    for index in range(IMAGES):
+        put(s3_client, bucket, f"generated/sdxl/1.0/{index:02d}.jpg", jpeg_bytes(noise_image(index)))
+    flow_host = tmp_path / "host-flow"
+    flow = subprocess.Popen(
+        [AESQ, "run", f"s3://{bucket}/"],
+        env=host_environment(flow_host, f"s3://{results_bucket}/prefect") | {"COLUMNS": "120"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = flow.communicate(timeout=600)
+    assert flow.returncode == 0, output
+
+    with get_engine(settings).connect() as connection:
+        statuses = dict(connection.execute(sa.text("SELECT status, count(*) FROM assets GROUP BY status")).all())
+        scores = connection.execute(sa.text("SELECT count(*) FROM scores WHERE scorer = 'technical'")).scalar_one()
+        work = connection.execute(
+            sa.text("SELECT split_part(worker, ':', 2)::int, stage, sum(items) FROM work_log GROUP BY 1, 2")
+        ).all()
+    assert statuses == {"scored": IMAGES} and scores == IMAGES
+    # The flow read each image once (to ingest it); each was then read and scored by exactly one of the two pool
+    # workers, and each of them took batches.
+    names = {process.pid: name for name, (_, process) in hosts.items()} | {flow.pid: "flow"}
+    scored_by = {names.get(pid, f"pid {pid}"): items for pid, stage, items in work if stage == "model:technical"}
+    read_by = {names.get(pid, f"pid {pid}"): items for pid, stage, items in work if stage == "fetch"}
+    assert set(scored_by) == set(WORKERS) and sum(scored_by.values()) == IMAGES, scored_by
+    assert read_by == scored_by | {"flow": IMAGES}, read_by
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="score-assets-gpu")))
+    assert runs and all(run.state.is_completed() for run in runs)
+
+    # What was handed over went through the S3 result storage: nothing to any host's local Prefect storage, and
+    # nothing there holds the settings' secrets.
+    handed = [item.object_name for item in s3_client.list_objects(results_bucket, prefix="prefect/", recursive=True)]
+    assert len(handed) >= 2 * len(runs), handed  # each run's parameters and its result
+    for home in [flow_host, *(tmp_path / name for name in WORKERS)]:
+        assert not (home / ".prefect" / "storage").exists()
+    secret = settings.s3_secret_key.get_secret_value().encode()
+    assert not [key for key in handed if secret in s3_client.get_object(results_bucket, key).read()]
+
+    # A flow host that keeps what it hands over in its own local storage: the workers cannot read the batch, and
+    # the run ends with one line saying what to set (at once: configuration is not retried).
+    put(s3_client, bucket, "generated/sdxl/1.0/late.jpg", jpeg_bytes(noise_image(IMAGES)))
+    unshared = subprocess.run(
+        [AESQ, "run", f"s3://{bucket}/"],
+        env=host_environment(tmp_path / "host-alone", "") | {"COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert unshared.returncode == 1
+    assert unshared.stderr.strip().splitlines()[-1] == (
+        "aesq: error: a worker of pool 'gpu' could not read the batch handed to it: give the flows and every pool "
+        "worker the same AESQ_RESULT_STORAGE (an s3:// location or a folder all of them mount)"
+    ), unshared.stderr
+
+
+def test_result_storage_without_its_bucket_is_a_one_line_error(settings, bucket, tmp_path):
+    environment = host_environment(tmp_path / "host", "s3://no-such-results/prefect")
+    result = subprocess.run(
+        [AESQ, "worker", "--pool", "gpu"], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("aesq: error: AESQ_RESULT_STORAGE: s3://no-such-results/: no such bucket")
