@@ -21,7 +21,7 @@ from typing import cast
 
 import psycopg
 from pgvector.psycopg import register_vector
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
@@ -235,6 +235,16 @@ def connect(settings: Settings) -> Iterator[Connection]:
         raise _unreachable(url, settings, error) from error
     with connection:
         yield connection
+
+
+def answers(settings: Settings) -> bool:
+    """Whether the database answers a query now: what health probes report (never why, which names the server)."""
+    try:
+        with connect(settings) as connection:
+            connection.execute(text("SELECT 1"))
+    except (DatabaseError, sa_exc.SQLAlchemyError):
+        return False
+    return True
 
 
 def _reachable_url(settings: Settings) -> str:

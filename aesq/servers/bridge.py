@@ -56,7 +56,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from aesq.core.claims import Listed, queue_objects
 from aesq.core.config import Settings
-from aesq.core.database import DatabaseError, get_engine
+from aesq.core.database import DatabaseError, answers, get_engine
 from aesq.core.storage import is_sidecar, parse_location
 from aesq.core.tokens import bearer_token, token_matches
 from aesq.flows.events import OBJECT_CREATED, bucket_resource
@@ -428,6 +428,15 @@ def bridge_app(settings: Settings, api_url: str) -> Starlette:
             return _unavailable("the database cannot queue the objects now: try again later")
         return Response(json.dumps(counts), media_type="application/json")
 
+    async def healthz(request: Request) -> Response:
+        """For Kubernetes probes and load balancers, which send no token: 200 while both the database and the
+        Prefect API answer (a notification is taken only then), else 503 naming which does not (never where)."""
+        if not await anyio.to_thread.run_sync(answers, settings, limiter=bridge.database_limiter):
+            return JSONResponse({"status": "database unreachable"}, 503)
+        if not await bridge.prefect_answers():
+            return JSONResponse({"status": "Prefect API unreachable"}, 503)
+        return JSONResponse({"status": "ok"})
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         """Send the events still due when the server stops."""
@@ -435,7 +444,7 @@ def bridge_app(settings: Settings, api_url: str) -> Starlette:
         await bridge.flush()
 
     return Starlette(
-        routes=[Route("/", notify, methods=["POST", "HEAD"])],
+        routes=[Route("/", notify, methods=["POST", "HEAD"]), Route("/healthz", healthz, methods=["GET"])],
         exception_handlers={404: _not_here, 405: _not_here},
         lifespan=lifespan,
     )

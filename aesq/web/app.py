@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import plotly
-import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -43,10 +42,7 @@ def create_app() -> FastAPI:
     def healthz(settings: SettingsDep) -> Response:
         """For load balancers and Kubernetes probes, which send no token: 200 while the database answers a query,
         503 when it does not (saying only that)."""
-        try:
-            with database.connect(settings) as connection:
-                connection.execute(sa.text("SELECT 1"))
-        except (database.DatabaseError, sa.exc.SQLAlchemyError):
+        if not database.answers(settings):
             return JSONResponse({"status": "database unreachable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 

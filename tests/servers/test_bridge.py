@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
@@ -110,6 +111,23 @@ def test_a_database_that_cannot_take_the_objects_answers_503(prefect_harness, se
     with serving_bridge(bridge_settings(settings, bucket)) as url:
         assert post(url, notification) == (200, '{"objects": 1, "ignored": 0}')
     assert set(queued(settings, bucket)) == {"a.jpg"}
+
+
+def test_healthz_answers_probes_without_a_token_and_names_what_does_not_answer(prefect_harness, settings, bucket):
+    """200 while the database and the Prefect API both answer (a notification is taken only then), else 503 naming
+    which does not, never where it is or its password."""
+    guarded = bridge_settings(settings, bucket, bridge_token=SecretStr("bridge-secret"))
+    with serving_bridge(guarded) as url:
+        assert httpx.get(f"{url}healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{url}healthz", headers={"Host": "10.1.2.3:8001"}).status_code == 200  # a probe's Host
+    down = bridge_settings(settings, bucket, database_url=f"postgresql://aesq:hunter2@127.0.0.1:{free_port()}/aesq")
+    with serving_bridge(down) as url:
+        answer = httpx.get(f"{url}healthz", timeout=30)
+        assert (answer.status_code, answer.json()) == (503, {"status": "database unreachable"})
+        assert "hunter2" not in answer.text
+    with serving_bridge(guarded, api_url=f"http://127.0.0.1:{free_port()}/api") as url:
+        answer = httpx.get(f"{url}healthz", timeout=30)
+        assert (answer.status_code, answer.json()) == (503, {"status": "Prefect API unreachable"})
 
 
 def test_new_object_notification_starts_ingest_and_scoring(settings, serve_chain, s3_endpoint, s3_client, bucket):
