@@ -695,6 +695,19 @@ def compose_env(service: str, dotenv: dict[str, str]) -> dict[str, str]:
     }
 
 
+# The Kubernetes manifests as tests read them (tests/test_kubernetes.py, and the probes run against real processes).
+KUBERNETES = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+
+
+def kubernetes_probe(manifest: str, probe: str, port: int) -> list[str]:
+    """The exec command of `probe` (e.g. livenessProbe) of the first container in a Kubernetes manifest file,
+    pointed at `port` on loopback instead of the port the manifest names, run by this Python."""
+    (document,) = yaml.safe_load_all((KUBERNETES / manifest).read_text())
+    program, *arguments = document["spec"]["template"]["spec"]["containers"][0][probe]["exec"]["command"]
+    assert program == "python", program
+    return [sys.executable, *(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{port}", part) for part in arguments)]
+
+
 # A nightly report's figures with known answers, to render (tests/analysis/test_report.py, also in a subprocess).
 REPORT_HOSTILE = "<script>alert(1)</script>"
 REPORT_VERSIONS = ["sdxl/lora-7", "sdxl/base", REPORT_HOSTILE]

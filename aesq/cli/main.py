@@ -763,9 +763,9 @@ def worker(
     device: Annotated[str | None, typer.Option(help="torch device of this pool worker, e.g. cuda:1.")] = None,
     name: Annotated[str | None, typer.Option(help="Pool worker name, unique per GPU (default host-device).")] = None,
     prefetch: Annotated[int, typer.Option(min=1, help="Batches a pool worker prepares at once.")] = 2,
-    status_port: Annotated[
+    health_port: Annotated[
         int | None,
-        typer.Option(help="Pool worker: answer GET /status on 127.0.0.1:PORT once its models are loaded (probes)."),
+        typer.Option(help="Pool worker: answer GET /healthz on this port once its models are loaded (probes)."),
     ] = None,
 ) -> None:
     """Serve the chain (ingest each of AESQ_SOURCES on an interval → score → aggregate and analyse
@@ -781,7 +781,7 @@ def worker(
         check_result_storage(settings)
         worker_name = name or f"{socket.gethostname()}-{settings.for_pool(pool, device).device}"
         with _prefect_client_retries(), _prefect_api():
-            serve_scoring_pool(settings, pool, worker_name, device, prefetch, status_port)
+            serve_scoring_pool(settings, pool, worker_name, device, prefetch, health_port)
         return
     from prefect import serve
 

@@ -3,12 +3,14 @@ analysis, through the deployments `aesq worker` serves and their event triggers 
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import sqlalchemy as sa
 from prefect.deployments import run_deployment
 
 from aesq.core.database import get_engine
-from tests.helpers import flow_runs, jpeg_bytes, noise_image
+from tests.helpers import flow_runs, free_port, jpeg_bytes, kubernetes_probe, noise_image
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +21,18 @@ def test_completed_ingest_triggers_scoring_then_aggregation(settings, serve_chai
         path = folder / "generated" / "sdxl" / "1.0" / f"{index}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(jpeg_bytes(noise_image(index, 96)))
-    chain = serve_chain(AESQ_SOURCES=str(folder), AESQ_POLL_INTERVAL_SECONDS="3600")
+    runner_port = free_port()  # Prefect's runner health, as deploy/kubernetes's flows worker enables it
+    chain = serve_chain(
+        AESQ_SOURCES=str(folder),
+        AESQ_POLL_INTERVAL_SECONDS="3600",
+        PREFECT_RUNNER_SERVER_ENABLE="true",
+        PREFECT_RUNNER_SERVER_PORT=str(runner_port),
+    )
     run_deployment("aesq-ingest/ingest-0", timeout=0)  # what the interval schedule does
     chain.wait(lambda: ("aesq-after-scoring", "COMPLETED") in flow_runs(), "aggregation and defects")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert subprocess.run(kubernetes_probe("base/worker.yaml", probe, runner_port)).returncode == 0
+    assert subprocess.run(kubernetes_probe("base/worker.yaml", "livenessProbe", free_port())).returncode != 0
     with get_engine(settings).connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM assets WHERE status = 'scored'")).scalar() == 3
         assert connection.execute(sa.text("SELECT count FROM version_stats")).scalars().all() == [3]

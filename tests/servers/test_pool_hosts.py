@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.settings import PREFECT_API_URL
 
 from aesq.core.database import get_engine
 from aesq.tasks.score import gpu_slot_name
-from tests.helpers import AESQ, jpeg_bytes, noise_image, put
+from tests.helpers import AESQ, KUBERNETES, free_port, jpeg_bytes, noise_image, put
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -70,16 +73,27 @@ def results_bucket(s3_client) -> str:
 
 
 @pytest.fixture
-def hosts(settings, results_bucket, tmp_path) -> Iterator[dict[str, tuple[dict[str, str], subprocess.Popen]]]:
-    """Two pool workers of pool `gpu`, each on its own "host"; yields the environment and process of each."""
-    started = {}
+def hosts(settings, results_bucket, tmp_path) -> Iterator[dict[str, tuple[int, subprocess.Popen]]]:
+    """Two pool workers of pool `gpu`, each on its own "host"; yields the health port and process of each."""
+    started, ports = {}, {name: free_port() for name in WORKERS}
     for name in WORKERS:
         environment = host_environment(tmp_path / name, f"s3://{results_bucket}/prefect")
         log = tmp_path / f"{name}.log"
-        command = [AESQ, "worker", "--pool", "gpu", "--name", name, "--prefetch", "1"]
+        command = [
+            AESQ,
+            "worker",
+            "--pool",
+            "gpu",
+            "--name",
+            name,
+            "--prefetch",
+            "1",
+            "--health-port",
+            str(ports[name]),
+        ]
         with log.open("w") as output:
             process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
-        started[name] = (environment, process)
+        started[name] = (ports[name], process)
     try:
         for name, (_, process) in started.items():
             wait_for_slot(gpu_slot_name(name), process, tmp_path / f"{name}.log")
@@ -93,6 +107,13 @@ def hosts(settings, results_bucket, tmp_path) -> Iterator[dict[str, tuple[dict[s
 def test_flow_and_two_pool_workers_on_separate_hosts_score_every_batch_once(
     settings, hosts, s3_client, bucket, results_bucket, tmp_path
 ):
+    # Once the models are loaded, each worker answers the readiness probe of deploy/kubernetes's pool workers.
+    (pool_workers,) = yaml.safe_load_all((KUBERNETES / "gpu-pool" / "deployment.yaml").read_text())
+    readiness = pool_workers["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    for port, _ in hosts.values():
+        answer = httpx.get(f"http://127.0.0.1:{port}{readiness['path']}", timeout=30)
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+
     for index in range(IMAGES):
         put(s3_client, bucket, f"generated/sdxl/1.0/{index:02d}.jpg", jpeg_bytes(noise_image(index)))
     flow_host = tmp_path / "host-flow"
@@ -148,6 +169,22 @@ def test_flow_and_two_pool_workers_on_separate_hosts_score_every_batch_once(
         "aesq: error: a worker of pool 'gpu' could not read the batch handed to it: give the flows and every pool "
         "worker the same AESQ_RESULT_STORAGE (an s3:// location or a folder all of them mount)"
     ), unshared.stderr
+
+
+def test_a_health_port_in_use_is_a_one_line_error(settings, results_bucket, tmp_path):
+    environment = host_environment(tmp_path / "host", f"s3://{results_bucket}/prefect")
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [AESQ, "worker", "--pool", "gpu", "--health-port", str(port)],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"aesq: error: cannot answer health probes on port {port} (Address already in use)")
 
 
 def test_result_storage_without_its_bucket_is_a_one_line_error(settings, bucket, tmp_path):

@@ -53,7 +53,10 @@ def test_a_folder_is_a_local_file_system_block_and_another_folder_another_block(
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        ("s3://no-such-results/prefect", "AESQ_RESULT_STORAGE: s3://no-such-results/: no such bucket 'no-such-results'"),
+        (
+            "s3://no-such-results/prefect",
+            "AESQ_RESULT_STORAGE: s3://no-such-results/: no such bucket 'no-such-results'",
+        ),
         ("/no/such/folder", "AESQ_RESULT_STORAGE: '/no/such/folder': no such folder"),
     ],
 )
