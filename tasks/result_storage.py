@@ -14,8 +14,8 @@ from functools import cache
 from typing import TypeVar
 
 from prefect.exceptions import ObjectNotFound
-from pydantic import SecretStr
 from prefect.futures import PrefectFuture
+from pydantic import SecretStr
 
 from aesq.core.config import ConfigurationError, Settings
 from aesq.core.storage import SourceError, check_source, parse_location
