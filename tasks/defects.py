@@ -6,7 +6,7 @@ from aesq.analysis import critique, defect_analysis
 from aesq.core.config import Settings
 from aesq.tasks import RETRY
 from aesq.tasks.result_storage import pool_result, result_storage_block
-from aesq.tasks.score import PoolWorker, run_own_result
+from aesq.tasks.score import PoolWorker, handed_over_task
 
 
 @task(name="low-scorers", **RETRY)
@@ -82,11 +82,4 @@ def critique_pool_task(
         serving = PoolWorker.serving(worker, pool)
         return critique.critique_assets(asset_ids, serving.settings, model_slot=serving.slot)
 
-    critique_on_pool.__qualname__ = f"critique_on_pool_{pool}"  # Prefect keys a task by its function's name
-    return task(
-        name=f"critique-{pool}",
-        persist_result=True,
-        result_storage=result_storage,
-        cache_key_fn=run_own_result,
-        **RETRY,
-    )(critique_on_pool)
+    return handed_over_task(critique_on_pool, f"critique-{pool}", pool, result_storage)

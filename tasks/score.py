@@ -8,8 +8,10 @@ next batches are fetched, decoded and preprocessed on CPU threads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 from prefect import Task, task
 from prefect.concurrency.sync import concurrency
@@ -19,6 +21,9 @@ from aesq.core import scoring
 from aesq.core.config import Settings
 from aesq.tasks import RETRY
 from aesq.tasks.result_storage import pool_result, result_storage_block
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @task(name="claim-assets", **RETRY)
@@ -153,12 +158,17 @@ def pool_task(
         serving = PoolWorker.serving(worker, pool)
         return scoring.score_assets(asset_ids, serving.settings, model_slot=serving.slot, own_claims=False)
 
-    # Prefect keys a task by its function's name and code: the pool in the name keeps pools apart.
-    score_on_pool.__qualname__ = f"score_on_pool_{pool}"
-    return task(
-        name=f"score-assets-{pool}",
-        persist_result=True,
-        result_storage=result_storage,
-        cache_key_fn=run_own_result,
-        **RETRY,
-    )(score_on_pool)
+    return handed_over_task(score_on_pool, f"score-assets-{pool}", pool, result_storage)
+
+
+def handed_over_task(function: Callable[P, R], name: str, pool: str, result_storage: str | None) -> Task[P, R]:
+    """A task that flows hand to pool `pool`'s workers, built alike on both sides: its name (with the pool) lets
+    only that pool's workers take it, its parameters and result are kept in `result_storage`, and it is never
+    answered from a cache.
+
+    Prefect keys a task by its function's qualified name and code: the pool in it keeps pools apart.
+    """
+    function.__qualname__ = f"{function.__name__}_{pool}"
+    return task(name=name, persist_result=True, result_storage=result_storage, cache_key_fn=run_own_result, **RETRY)(
+        function
+    )

@@ -695,6 +695,23 @@ def compose_env(service: str, dotenv: dict[str, str]) -> dict[str, str]:
     }
 
 
+def wait_for_slot(name: str, worker: subprocess.Popen, log: Path) -> None:
+    """Block until a scoring pool's worker has loaded its models and claimed its slot (its last step before
+    serving), against the current Prefect API."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise AssertionError(f"worker exited early: {log.read_text()}")
+            if any(limit.name == name for limit in client.read_global_concurrency_limits()):
+                time.sleep(2)  # subscribing to its task runs follows the slot at once
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"worker did not start: {log.read_text()}")
+
+
 # The Kubernetes manifests as tests read them (tests/test_kubernetes.py, and the probes run against real processes).
 KUBERNETES = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 

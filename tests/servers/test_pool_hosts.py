@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from prefect.settings import PREFECT_API_URL
 
 from aesq.core.database import get_engine
 from aesq.tasks.score import gpu_slot_name
-from tests.helpers import AESQ, KUBERNETES, free_port, jpeg_bytes, noise_image, put
+from tests.helpers import AESQ, KUBERNETES, free_port, jpeg_bytes, noise_image, put, wait_for_slot
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -48,20 +47,6 @@ def host_environment(home: Path, result_storage: str) -> dict[str, str]:
         "AESQ_BATCH_SIZE": "2",
         "AESQ_POOL_WAIT_SECONDS": "120",
     }
-
-
-def wait_for_slot(name: str, worker: subprocess.Popen, log: Path) -> None:
-    """Block until the worker has loaded its models and claimed its slot (the last step before serving)."""
-    deadline = time.monotonic() + 120
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise AssertionError(f"worker exited early: {log.read_text()}")
-            if any(limit.name == name for limit in client.read_global_concurrency_limits()):
-                time.sleep(2)  # subscribing to its task runs follows the slot at once
-                return
-            time.sleep(0.5)
-    raise AssertionError(f"worker did not start: {log.read_text()}")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from aesq.core.database import get_engine
 from aesq.flows.followup import defects_flow
 from aesq.flows.spine import run_flow
 from aesq.tasks.score import gpu_slot_name
-from tests.helpers import jpeg_bytes, noise_image, put, write_tiny_ernie
+from tests.helpers import jpeg_bytes, noise_image, put, wait_for_slot, write_tiny_ernie
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -34,20 +34,6 @@ POOLS = {
     "vectors": {"embedders": ["efficientnet-lite0"], "device": "cpu"},
     "vlm": {"scorers": ["ernie-aes"], "device": "cpu"},  # a tiny random model in the published layout
 }
-
-
-def _wait_for_slot(name: str, worker: subprocess.Popen, log: Path) -> None:
-    """Block until the worker has loaded its models and claimed its slot (the last step before serving)."""
-    deadline = time.monotonic() + 120
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise AssertionError(f"worker exited early: {log.read_text()}")
-            if any(limit.name == name for limit in client.read_global_concurrency_limits()):
-                time.sleep(2)  # subscribing to its task runs follows the slot at once
-                return
-            time.sleep(0.5)
-    raise AssertionError(f"worker did not start: {log.read_text()}")
 
 
 @pytest.fixture
@@ -72,7 +58,7 @@ def pool_workers(settings, monkeypatch, tmp_path) -> Iterator[dict[str, Path]]:
         workers.append(subprocess.Popen(command, env=env, stdout=logs[pool].open("w"), stderr=subprocess.STDOUT))
     try:
         for pool, worker in zip(POOLS, workers):
-            _wait_for_slot(gpu_slot_name(f"test-{pool}"), worker, logs[pool])
+            wait_for_slot(gpu_slot_name(f"test-{pool}"), worker, logs[pool])
         yield logs
     finally:
         for worker in workers:
