@@ -773,6 +773,11 @@ def worker(
     from aesq.core.scoring import check_device
     from aesq.tasks.result_storage import check_result_storage
 
+    if health_port is not None and pool is None:
+        raise CliError(
+            "--health-port is a pool worker's (--pool); the flows worker's health is Prefect's runner: set "
+            "PREFECT_RUNNER_SERVER_ENABLE=true and ask GET /health on 127.0.0.1:8080"
+        )
     settings = _ready_settings()
     if pool is not None:
         from aesq.servers.scoring_pool import serve_scoring_pool

@@ -111,6 +111,12 @@ def test_a_pool_workers_device_is_named_where_it_is_set(settings):
     assert error == f"AESQ_POOLS.gpu.device={device}: " + message.format(named="AESQ_POOLS.gpu.device")
 
 
+def test_a_health_port_without_a_pool_says_where_the_flows_workers_health_is(settings):
+    error, elapsed = _aesq("worker", "--health-port", "8081", env={"AESQ_SOURCES": "s3://images/"})
+    assert error.startswith("--health-port is a pool worker's (--pool); the flows worker's health is Prefect's runner")
+    assert elapsed < FAST
+
+
 def test_a_device_name_torch_does_not_know_is_refused(settings, tmp_path):
     error, _ = _aesq("run", str(tmp_path), env={"AESQ_DEVICE": "gpu"})
     assert error == "AESQ_DEVICE=gpu is not a torch device: use cpu, cuda, cuda:N or mps"
