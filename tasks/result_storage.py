@@ -1,7 +1,8 @@
 """Where Prefect keeps what flows hand to the scoring pools' workers: each batch's parameters and the results.
 
-Both sides name the same Prefect storage block on every pool task (`pool_task`), so a worker on another host
-reads the ids a flow stored, and the flow reads the worker's outcome. AESQ_RESULT_STORAGE names it: an S3
+Both sides put a Prefect storage block on the same place on every pool task (`handed_over_task`), so a worker
+on another host reads the ids a flow stored, and the flow reads the worker's outcome (through the worker's
+block: every host must name the S3 endpoint alike). AESQ_RESULT_STORAGE names it: an S3
 location on aesq's own object store (saved as a prefect-aws `S3Bucket` block with the AESQ_S3_* credentials)
 or a folder every host mounts; unset, Prefect's local storage, which only processes sharing a home folder see.
 """
@@ -17,16 +18,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from pydantic import SecretStr
 
-from aesq.core.config import ConfigurationError, Settings
-from aesq.core.storage import SourceError, check_source, parse_location
+from aesq.core.config import Settings
+from aesq.core.storage import BatchUnread, SourceError, check_source, parse_location
 
 R = TypeVar("R")
 # How often a flow waiting for a pool looks whether the run it handed over still exists.
 LOOK_SECONDS = 5.0
-
-
-class ResultStorageUnshared(ConfigurationError):
-    """A pool's worker could not read what a flow handed it: the two do not share Prefect's result storage."""
 
 
 def check_result_storage(settings: Settings) -> None:
@@ -42,20 +39,21 @@ def check_result_storage(settings: Settings) -> None:
 def pool_result(future: PrefectFuture[R], pool: str, wait_seconds: float) -> R:
     """The result of a task run handed to pool `pool`, waiting up to `wait_seconds` for it.
 
-    A worker that cannot read the run's parameters deletes the run (Prefect's task worker does): the hosts then
-    keep them in different places. Looking for the run every LOOK_SECONDS says so within seconds, in one line
-    and never retried (configuration), rather than after the whole wait.
+    A worker that cannot read the run's parameters deletes the run (Prefect's task worker does): the hosts keep
+    them in different places, or the storage failed that once. Looking for the run every LOOK_SECONDS says so
+    within seconds rather than after the whole wait; the error is retried (the task's retries hand the batch
+    over again), so a passing failure of the storage costs a retry and a lasting one ends the run in one line.
     """
     deadline = time.monotonic() + wait_seconds
     try:
         while not future.state.is_final() and (left := deadline - time.monotonic()) > 0:
             future.wait(timeout=min(left, LOOK_SECONDS))  # reads the run first: ObjectNotFound once it is deleted
-        return future.result(timeout=0)
     except ObjectNotFound:
-        raise ResultStorageUnshared(
+        raise BatchUnread(
             f"a worker of pool {pool!r} could not read the batch handed to it: give the flows and every pool worker "
-            "the same AESQ_RESULT_STORAGE (an s3:// location or a folder all of them mount)"
+            "the same AESQ_RESULT_STORAGE (an s3:// location or a folder all of them mount), or see the worker's log"
         ) from None
+    return future.result(timeout=0)
 
 
 def result_storage_block(settings: Settings) -> str | None:
@@ -78,7 +76,8 @@ def result_storage_block(settings: Settings) -> str | None:
 
 
 def _block_name(*place: str) -> str:
-    """A block name of its own for each storage place, so deployments sharing a Prefect server keep theirs."""
+    """A block name of its own for each storage place (and S3 key), so deployments sharing a Prefect server, or
+    hosts with keys of their own, never overwrite each other's block."""
     return "aesq-results-" + hashlib.sha256("\n".join(place).encode()).hexdigest()[:12]
 
 
@@ -100,7 +99,7 @@ def _saved_s3_block(
     its slug."""
     from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
-    name = _block_name("s3", endpoint, bucket, folder)
+    name = _block_name("s3", endpoint, bucket, folder, access_key)
     credentials = AwsCredentials(
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,

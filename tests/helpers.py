@@ -696,8 +696,8 @@ def compose_env(service: str, dotenv: dict[str, str]) -> dict[str, str]:
 
 
 def wait_for_slot(name: str, worker: subprocess.Popen, log: Path) -> None:
-    """Block until a scoring pool's worker has loaded its models and claimed its slot (its last step before
-    serving), against the current Prefect API."""
+    """Block until a scoring pool's worker has loaded its models and claimed its slot, against the current Prefect
+    API: it serves a moment later (and batches handed over before then wait for it)."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + 120

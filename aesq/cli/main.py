@@ -1026,12 +1026,12 @@ def _one_line(error: BaseException) -> str:
 
     from aesq.cli.local_prefect import LocalPrefectError
     from aesq.core.database import DatabaseError
-    from aesq.core.storage import ObjectStoreUnreachable
+    from aesq.core.storage import BatchUnread, ObjectStoreUnreachable
 
     if isinstance(error, DBAPIError):  # the driver's message, without the statement and its parameters
         return "cannot use the database: " + " ".join(str(error.orig).split())
     message = " ".join(str(error).split()) or type(error).__name__
-    expected = (CliError, ConfigurationError, DatabaseError, LocalPrefectError, ObjectStoreUnreachable)
+    expected = (CliError, ConfigurationError, DatabaseError, LocalPrefectError, ObjectStoreUnreachable, BatchUnread)
     return message if isinstance(error, expected) else f"{type(error).__name__}: {message}"
 
 

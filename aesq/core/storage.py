@@ -55,6 +55,11 @@ class StorageUnavailable(ConnectionError):
     """The storage failed for every object asked of it: an outage, retried by the task."""
 
 
+class BatchUnread(ConnectionError):
+    """A pool's worker could not read a batch a flow handed it: they do not share Prefect's result storage
+    (AESQ_RESULT_STORAGE), or it failed; retried, and its message says what to set."""
+
+
 class ObjectStoreUnreachable(ConnectionError):
     """The S3 endpoint did not answer (refused, timed out, reset): transient, so tasks retry it."""
 

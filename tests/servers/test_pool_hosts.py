@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,17 @@ def host_environment(home: Path, result_storage: str) -> dict[str, str]:
         "AESQ_BATCH_SIZE": "2",
         "AESQ_POOL_WAIT_SECONDS": "120",
     }
+
+
+def answer_when_listening(url: str) -> httpx.Response:
+    """GET `url` once its port opens (a worker opens it a moment after claiming its slot), as a startup probe waits."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.get(url, timeout=30)
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, f"nothing listens at {url}"
+            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -96,7 +108,7 @@ def test_flow_and_two_pool_workers_on_separate_hosts_score_every_batch_once(
     (pool_workers,) = yaml.safe_load_all((KUBERNETES / "gpu-pool" / "deployment.yaml").read_text())
     readiness = pool_workers["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
     for port, _ in hosts.values():
-        answer = httpx.get(f"http://127.0.0.1:{port}{readiness['path']}", timeout=30)
+        answer = answer_when_listening(f"http://127.0.0.1:{port}{readiness['path']}")
         assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
 
     for index in range(IMAGES):
@@ -139,8 +151,9 @@ def test_flow_and_two_pool_workers_on_separate_hosts_score_every_batch_once(
     secret = settings.s3_secret_key.get_secret_value().encode()
     assert not [key for key in handed if secret in s3_client.get_object(results_bucket, key).read()]
 
-    # A flow host that keeps what it hands over in its own local storage: the workers cannot read the batch, and
-    # the run ends with one line saying what to set (at once: configuration is not retried).
+    # A flow host that keeps what it hands over in its own local storage: the workers cannot read the batch, each
+    # hand-over is said within seconds (not after AESQ_POOL_WAIT_SECONDS), and once the task's retries are spent
+    # the run ends with one line saying what to set.
     put(s3_client, bucket, "generated/sdxl/1.0/late.jpg", jpeg_bytes(noise_image(IMAGES)))
     unshared = subprocess.run(
         [AESQ, "run", f"s3://{bucket}/"],
@@ -152,7 +165,7 @@ def test_flow_and_two_pool_workers_on_separate_hosts_score_every_batch_once(
     assert unshared.returncode == 1
     assert unshared.stderr.strip().splitlines()[-1] == (
         "aesq: error: a worker of pool 'gpu' could not read the batch handed to it: give the flows and every pool "
-        "worker the same AESQ_RESULT_STORAGE (an s3:// location or a folder all of them mount)"
+        "worker the same AESQ_RESULT_STORAGE (an s3:// location or a folder all of them mount), or see the worker's log"
     ), unshared.stderr
 
 

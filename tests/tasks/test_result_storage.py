@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import pytest
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
 from prefect.filesystems import LocalFileSystem
 
 from aesq.core.config import get_settings
@@ -13,6 +15,13 @@ from aesq.core.storage import SourceError
 from aesq.tasks.result_storage import check_result_storage, result_storage_block
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def saved_at(slug: str) -> datetime:
+    """When the block document of `slug` was last written on the Prefect server."""
+    block_type, _, name = slug.partition("/")
+    with get_client(sync_client=True) as client:
+        return client.read_block_document_by_name(name, block_type_slug=block_type).updated
 
 
 def test_without_the_setting_prefect_keeps_its_local_default(settings):
@@ -28,7 +37,8 @@ def test_an_s3_location_is_a_block_that_writes_into_that_bucket_and_folder(setti
     check_result_storage(get_settings())
     slug = result_storage_block(get_settings())
     assert slug is not None and slug.startswith("s3-bucket/aesq-results-")
-    assert result_storage_block(get_settings()) == slug  # the same block, not saved again
+    saved = saved_at(slug)
+    assert result_storage_block(get_settings()) == slug and saved_at(slug) == saved  # once per process
 
     # What another host loads by that slug reaches the same objects with the credentials saved in it.
     block = Block.load(slug)
