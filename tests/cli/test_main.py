@@ -115,6 +115,17 @@ def test_errors_are_one_clear_line(settings, args, env, message):
     assert len(lines) == 1 and lines[0].startswith("aesq: error: ") and message in lines[0], result.stderr
 
 
+def test_explained_errors_keep_their_line_and_others_their_type():
+    """An error whose message already says the cause and what to do reaches the user as it is."""
+    from aesq.cli.main import _one_line
+    from aesq.core.storage import BatchUnread
+
+    assert _one_line(BatchUnread("a worker of pool 'gpu' could not read the batch")) == (
+        "a worker of pool 'gpu' could not read the batch"
+    )
+    assert _one_line(KeyError("x")) == "KeyError: 'x'"
+
+
 def test_a_database_refusal_is_one_line_without_the_statement(settings):
     role = f"stranger_{uuid.uuid4().hex[:8]}"
     admin = database.engine(settings.database_url)
