@@ -2,9 +2,9 @@
 
 Both sides put a Prefect storage block on the same place on every pool task (`handed_over_task`), so a worker
 on another host reads the ids a flow stored, and the flow reads the worker's outcome (through the worker's
-block: every host must name the S3 endpoint alike). AESQ_RESULT_STORAGE names it: an S3
-location on aesq's own object store (saved as a prefect-aws `S3Bucket` block with the AESQ_S3_* credentials)
-or a folder every host mounts; unset, Prefect's local storage, which only processes sharing a home folder see.
+block: every host must name the S3 endpoint alike). AESQ_RESULT_STORAGE names the place: an S3 location on
+aesq's own object store (saved as a prefect-aws `S3Bucket` block with the AESQ_S3_* credentials) or a folder
+every host mounts; unset, Prefect's local storage, which only processes sharing a home folder see.
 """
 
 from __future__ import annotations
